@@ -1,0 +1,1 @@
+"""lightmesh control plane: sources → store → translate → snapshot cache → gRPC config stream."""

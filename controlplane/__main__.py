@@ -1,0 +1,7 @@
+"""`python -m controlplane`: same as `lightmesh controlplane`."""
+
+import sys
+
+from lightmesh.cli import main
+
+sys.exit(main(["controlplane", *sys.argv[1:]]))

@@ -1,0 +1,242 @@
+"""Structural OpenAPI v3 schemas of the lightmesh.io/v1alpha1 resources, and a validator for them.
+
+One source of truth: `scripts/gen_crds.py` writes these schemas into `crds/` (the API server enforces
+them in cluster mode) and the file source validates against the very same schemas in local mode, so
+a resource is accepted or rejected identically in both. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+GROUP = "lightmesh.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+Schema = dict[str, Any]
+
+DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$"
+
+
+def _obj(
+    properties: Mapping[str, Schema], *, required: Sequence[str] = (), desc: str = ""
+) -> Schema:
+    schema: Schema = {"type": "object", "properties": dict(properties)}
+    if required:
+        schema["required"] = list(required)
+    if desc:
+        schema["description"] = desc
+    return schema
+
+
+def _arr(items: Schema, *, desc: str = "") -> Schema:
+    schema: Schema = {"type": "array", "items": items}
+    if desc:
+        schema["description"] = desc
+    return schema
+
+
+def _str(*, enum: Sequence[str] = (), pattern: str = "", desc: str = "") -> Schema:
+    schema: Schema = {"type": "string"}
+    if enum:
+        schema["enum"] = list(enum)
+    if pattern:
+        schema["pattern"] = pattern
+    if desc:
+        schema["description"] = desc
+    return schema
+
+
+def _int(*, minimum: int | None = None, maximum: int | None = None) -> Schema:
+    schema: Schema = {"type": "integer"}
+    if minimum is not None:
+        schema["minimum"] = minimum
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return schema
+
+
+_STRING_MAP: Schema = {"type": "object", "additionalProperties": {"type": "string"}}
+_DURATION = _str(pattern=DURATION_PATTERN, desc='Duration such as "500ms", "1.5s", "2m".')
+_STRING_MATCH = _obj(
+    {"exact": _str(), "prefix": _str(), "regex": _str(desc="RE2-style full match.")},
+    desc="Exactly one of exact, prefix or regex.",
+)
+
+_HTTP_MATCH = _obj(
+    {
+        "name": _str(),
+        "uri": _STRING_MATCH,
+        "method": _STRING_MATCH,
+        "headers": {"type": "object", "additionalProperties": _STRING_MATCH},
+        "queryParams": {"type": "object", "additionalProperties": _STRING_MATCH},
+    }
+)
+
+_DESTINATION = _obj(
+    {
+        "host": _str(desc="Service name: short, name.namespace or FQDN."),
+        "subset": _str(),
+        "port": _obj({"number": _int(minimum=1, maximum=65535)}),
+    },
+    required=["host"],
+)
+
+_HTTP_ROUTE = _obj(
+    {
+        "name": _str(),
+        "match": _arr(_HTTP_MATCH, desc="Alternatives (OR); fields within one entry are ANDed."),
+        "route": _arr(
+            _obj({"destination": _DESTINATION, "weight": _int(minimum=0, maximum=100)}),
+        ),
+        "timeout": _DURATION,
+    },
+    required=["route"],
+)
+
+VIRTUAL_SERVICE_SPEC = _obj(
+    {
+        "hosts": _arr(_str()),
+        "http": _arr(_HTTP_ROUTE, desc="Ordered routes; the first match wins."),
+    },
+    required=["hosts"],
+)
+
+_TRAFFIC_POLICY = _obj(
+    {
+        "loadBalancer": _obj(
+            {"simple": _str(enum=["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"])},
+        ),
+        "connectionPool": _obj({"tcp": _obj({"connectTimeout": _DURATION})}),
+    }
+)
+
+DESTINATION_RULE_SPEC = _obj(
+    {
+        "host": _str(),
+        "trafficPolicy": _TRAFFIC_POLICY,
+        "subsets": _arr(
+            _obj(
+                {"name": _str(), "labels": _STRING_MAP, "trafficPolicy": _TRAFFIC_POLICY},
+                required=["name"],
+            )
+        ),
+    },
+    required=["host"],
+)
+
+# kind -> (plural, short names, spec schema)
+KINDS: dict[str, tuple[str, list[str], Schema]] = {
+    "VirtualService": ("virtualservices", ["vs"], VIRTUAL_SERVICE_SPEC),
+    "DestinationRule": ("destinationrules", ["dr"], DESTINATION_RULE_SPEC),
+}
+
+_TYPE_CHECKS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "object": (dict, "an object"),
+    "array": (list, "a list"),
+    "string": (str, "a string"),
+    "integer": (int, "an integer"),
+    "number": ((int, float), "a number"),
+    "boolean": (bool, "a boolean"),
+}
+
+
+def validate_schema(value: Any, schema: Schema, path: str) -> list[str]:
+    """Return one message per violation, each starting with the field path (e.g. `spec.http[0].route`).
+
+    Implements the subset of structural OpenAPI v3 the CRDs use: type, properties (unknown fields
+    rejected, as the API server prunes/rejects them), additionalProperties, items, required, enum,
+    pattern, minimum, maximum.
+    """
+    expected = schema.get("type")
+    if expected is not None:
+        kinds, label = _TYPE_CHECKS[expected]
+        # bool is an int in Python; YAML `true` is never a valid integer.
+        if not isinstance(value, kinds) or (isinstance(value, bool) and expected != "boolean"):
+            return [f"{path}: must be {label}, got {_describe(value)}"]
+    problems: list[str] = []
+    if isinstance(value, dict):
+        props: dict[str, Schema] = schema.get("properties", {})
+        extra: Schema | None = schema.get("additionalProperties")
+        for key in schema.get("required", []):
+            if key not in value:
+                problems.append(f"{path}.{key}: required field is missing")
+        for key, item in value.items():
+            child = f"{path}.{key}"
+            if key in props:
+                problems += validate_schema(item, props[key], child)
+            elif extra is not None:
+                problems += validate_schema(item, extra, child)
+            else:
+                known = ", ".join(sorted(props)) or "none"
+                problems.append(f"{child}: unknown field (known fields: {known})")
+    elif isinstance(value, list):
+        items: Schema | None = schema.get("items")
+        if items is not None:
+            for index, item in enumerate(value):
+                problems += validate_schema(item, items, f"{path}[{index}]")
+    else:
+        if "enum" in schema and value not in schema["enum"]:
+            allowed = ", ".join(schema["enum"])
+            problems.append(f"{path}: {value!r} is not one of {allowed}")
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            problems.append(f"{path}: {value!r} does not match {schema['pattern']}")
+        if "minimum" in schema and value < schema["minimum"]:
+            problems.append(f"{path}: {value} is below the minimum {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            problems.append(f"{path}: {value} is above the maximum {schema['maximum']}")
+    return problems
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def crd_manifest(kind: str) -> dict[str, Any]:
+    """Return the CustomResourceDefinition for one kind, as a plain mapping ready for YAML."""
+    plural, short_names, spec = KINDS[kind]
+    status: Schema = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": short_names,
+                "categories": ["lightmesh"],
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {"spec": spec, "status": status},
+                            "required": ["spec"],
+                        }
+                    },
+                }
+            ],
+        },
+    }

@@ -1,0 +1,1 @@
+"""Sources of resources and services: a directory of YAML files (local mode), Kubernetes (cluster mode)."""

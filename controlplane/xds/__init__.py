@@ -1,0 +1,1 @@
+"""The config stream: its pure per-stream protocol state and the gRPC server that drives it."""

@@ -1,0 +1,87 @@
+"""Admin endpoints of the sidecar: /ready, /healthz, /metrics, /config_dump."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from lightmesh.types import SHORT_NAMES
+from sidecar.config.apply import DataPlane
+from sidecar.config.client import ConfigClient
+from sidecar.proxy.decision import RequestHead
+from sidecar.proxy.local_server import LocalResponse
+
+_TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
+_JSON = [(b"content-type", b"application/json")]
+
+
+class Admin:
+    """Answers admin requests from the sidecar's live state."""
+
+    def __init__(
+        self,
+        *,
+        node: dict[str, Any],
+        client: ConfigClient,
+        dataplane: DataPlane,
+        registry: CollectorRegistry,
+        draining: Callable[[], bool],
+    ) -> None:
+        self._node = node
+        self._client = client
+        self._dataplane = dataplane
+        self._registry = registry
+        self._draining = draining
+
+    async def handle(self, head: RequestHead) -> LocalResponse:
+        """Dispatch one admin request."""
+        path = head.path.partition("?")[0]
+        if path == "/ready":
+            return self._ready()
+        if path == "/healthz":
+            return LocalResponse(status=200, headers=_TEXT, body=b"ok\n")
+        if path == "/metrics":
+            body = generate_latest(self._registry)
+            return LocalResponse(
+                status=200, headers=[(b"content-type", CONTENT_TYPE_LATEST.encode())], body=body
+            )
+        if path == "/config_dump":
+            return LocalResponse(
+                status=200, headers=_JSON, body=json.dumps(self.config_dump(), indent=2).encode()
+            )
+        return LocalResponse(
+            status=404, headers=_TEXT, body=b"try /ready, /healthz, /metrics, /config_dump\n"
+        )
+
+    def _ready(self) -> LocalResponse:
+        if self._draining():
+            return LocalResponse(status=503, headers=_TEXT, body=b"draining\n")
+        if not self._client.protocol.complete:
+            missing = [
+                SHORT_NAMES[t] for t, h in self._client.protocol.held.items() if not h.version
+            ]
+            text = f"waiting for first config: {', '.join(missing)}\n"
+            return LocalResponse(status=503, headers=_TEXT, body=text.encode())
+        return LocalResponse(status=200, headers=_TEXT, body=b"ready\n")
+
+    def config_dump(self) -> dict[str, Any]:
+        """Applied config, versions and last rejection per type."""
+        versions: dict[str, Any] = {}
+        for type_url, held in self._client.protocol.held.items():
+            entry: dict[str, Any] = {"version": held.version, "applied_at": held.applied_at}
+            if held.nack_message:
+                entry["last_nack"] = {
+                    "version": held.nacked_version,
+                    "error": held.nack_message,
+                    "at": held.nacked_at,
+                }
+            versions[SHORT_NAMES[type_url]] = entry
+        return {
+            "node": self._node,
+            "control_plane": {"connected": self._client.connected},
+            "versions": versions,
+            "config": self._dataplane.dump(),
+        }

@@ -1,0 +1,127 @@
+"""Sidecar wiring: outbound, inbound and admin listeners, and the config client, in one loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import uuid
+
+from google.protobuf.json_format import MessageToDict
+from prometheus_client import CollectorRegistry
+
+import lightmesh
+from lightmesh.v1 import discovery_pb2 as pb
+from sidecar.admin import Admin
+from sidecar.config.apply import DataPlane
+from sidecar.config.client import ConfigClient
+from sidecar.proxy.decision import Completed
+from sidecar.proxy.engine import start_proxy
+from sidecar.proxy.local_server import start_local_server
+from sidecar.router import InboundRouter, OutboundRouter
+from sidecar.settings import Settings
+from sidecar.telemetry.metrics import RequestMetrics
+
+log = logging.getLogger("sidecar")
+
+
+def build_node(settings: Settings, *, inbound_port: int) -> pb.Node:
+    """The identity (and local-mode registrations) announced to the control plane."""
+    node = pb.Node(
+        id=f"{settings.workload}-{uuid.uuid4().hex[:6]}.{settings.namespace}",
+        workload=settings.workload,
+        namespace=settings.namespace,
+        labels=dict(settings.labels),
+        service_account=settings.service_account,
+        sidecar_version=lightmesh.__version__,
+    )
+    if inbound_port:
+        for service in settings.services:
+            node.registrations.add(
+                service=service, address=settings.advertise or settings.bind, port=inbound_port
+            )
+    return node
+
+
+async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Run the sidecar until `stop` is set or SIGINT/SIGTERM arrives, then drain."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    dataplane = DataPlane(max_regex_length=settings.max_regex_length)
+    outbound_router = OutboundRouter(dataplane)
+    registry = CollectorRegistry()
+    outbound_metrics = RequestMetrics(
+        reporter="source", workload=settings.workload, namespace=settings.namespace
+    )
+    inbound_metrics = RequestMetrics(
+        reporter="destination",
+        workload=settings.workload,
+        namespace=settings.namespace,
+        local_service=settings.services[0] if settings.services else settings.workload,
+    )
+    registry.register(outbound_metrics)
+    registry.register(inbound_metrics)
+
+    def record_outbound(done: Completed) -> None:
+        outbound_router.finished(done)
+        outbound_metrics.record(done)
+
+    outbound = await start_proxy(
+        settings.bind,
+        settings.outbound_port,
+        resolver=outbound_router.resolve,
+        recorder=record_outbound,
+        listener="outbound",
+    )
+    inbound = None
+    if settings.app_port:
+        inbound_router = InboundRouter(app_host=settings.app_host, app_port=settings.app_port)
+        inbound = await start_proxy(
+            settings.bind,
+            settings.inbound_port,
+            resolver=inbound_router.resolve,
+            recorder=inbound_metrics.record,
+            listener="inbound",
+        )
+    node = build_node(settings, inbound_port=inbound.port if inbound else 0)
+    client = ConfigClient(target=settings.control_plane, node=node, dataplane=dataplane)
+    draining = False
+    admin = Admin(
+        node=MessageToDict(node),
+        client=client,
+        dataplane=dataplane,
+        registry=registry,
+        draining=lambda: draining,
+    )
+    admin_server = await start_local_server(settings.bind, settings.admin_port, admin.handle)
+    admin_port = admin_server.sockets[0].getsockname()[1]
+    log.info(
+        "sidecar listening",
+        extra={
+            "event": "started",
+            "node": node.id,
+            "pid": os.getpid(),
+            "outbound_port": outbound.port,
+            "inbound_port": inbound.port if inbound else None,
+            "admin_port": admin_port,
+            "control_plane": settings.control_plane,
+        },
+    )
+    client_task = asyncio.create_task(client.run(stop), name="config-client")
+    await stop.wait()
+    draining = True
+    log.info("draining", extra={"event": "draining", "timeout": settings.drain_timeout})
+    await asyncio.gather(
+        outbound.close(settings.drain_timeout),
+        *([inbound.close(settings.drain_timeout)] if inbound else []),
+    )
+    await client_task
+    admin_server.close()
+    await admin_server.wait_closed()
+    log.info("stopped", extra={"event": "stopped"})

@@ -1,0 +1,1 @@
+"""Config: the client side of the config stream and the application of what it receives."""

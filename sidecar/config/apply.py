@@ -1,0 +1,121 @@
+"""Applying config responses to the running data plane.
+
+Each type is decoded and checked completely before anything is swapped in, so a response either
+applies whole or raises `ConfigError` (→ NACK) and changes nothing. Requests already routed keep
+the objects they were routed with.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from google.protobuf.any_pb2 import Any as AnyPb
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+from lightmesh import types
+from lightmesh.v1 import config_pb2 as pb
+from sidecar.cluster.balancers import Balancer, Endpoint
+from sidecar.errors import ConfigError
+from sidecar.routing.table import RouteTable, compile_routes
+
+_KNOWN_LB = set(pb.LbPolicy.values())
+_M = TypeVar("_M", bound=Message)
+
+
+@dataclass(slots=True)
+class ClusterState:
+    """A cluster as the router uses it."""
+
+    name: str
+    service: str
+    subset: str
+    connect_timeout: float
+    balancer: Balancer
+
+
+class DataPlane:
+    """The config currently serving: route table and clusters (with endpoints)."""
+
+    def __init__(self, *, max_regex_length: int = 1024, rng: random.Random | None = None) -> None:
+        self.routes = RouteTable({})
+        self.clusters: dict[str, ClusterState] = {}
+        self._endpoints: dict[str, tuple[Endpoint, ...]] = {}
+        self._max_regex = max_regex_length
+        self._rng = rng or random.Random()
+        self._raw: dict[str, list[dict[str, Any]]] = {}
+
+    def apply(self, type_url: str, resources: Sequence[AnyPb]) -> None:
+        """Apply the complete set of resources of one type, or raise ConfigError."""
+        if type_url == types.CLUSTER:
+            clusters = [_unpack(r, pb.Cluster) for r in resources]
+            self._apply_clusters(clusters)
+            decoded: list[Message] = list(clusters)
+        elif type_url == types.ENDPOINTS:
+            assignments = [_unpack(r, pb.ClusterLoadAssignment) for r in resources]
+            self._apply_endpoints(assignments)
+            decoded = list(assignments)
+        elif type_url == types.ROUTES:
+            configs = [_unpack(r, pb.RouteConfiguration) for r in resources]
+            if len(configs) != 1:
+                raise ConfigError(f"expected one RouteConfiguration, got {len(configs)}")
+            self.routes = compile_routes(configs[0], max_regex=self._max_regex)
+            decoded = list(configs)
+        else:
+            raise ConfigError(f"unsupported resource type {type_url}")
+        self._raw[type_url] = [MessageToDict(m) for m in decoded]
+
+    def _apply_clusters(self, clusters: list[pb.Cluster]) -> None:
+        for cluster in clusters:
+            if cluster.lb_policy not in _KNOWN_LB:
+                raise ConfigError(
+                    f"cluster {cluster.name}: load balancer policy {cluster.lb_policy} is not "
+                    "supported by this sidecar version"
+                )
+        new: dict[str, ClusterState] = {}
+        for cluster in clusters:
+            old = self.clusters.get(cluster.name)
+            if old is not None and old.balancer.policy == cluster.lb_policy:
+                balancer = old.balancer  # keeps round-robin position and in-flight counts
+            else:
+                balancer = Balancer(
+                    policy=cluster.lb_policy,
+                    endpoints=self._endpoints.get(cluster.name, ()),
+                    rng=self._rng,
+                )
+            new[cluster.name] = ClusterState(
+                name=cluster.name,
+                service=cluster.service,
+                subset=cluster.subset,
+                connect_timeout=(cluster.connect_timeout_ms or 10_000) / 1000,
+                balancer=balancer,
+            )
+        self.clusters = new
+
+    def _apply_endpoints(self, assignments: list[pb.ClusterLoadAssignment]) -> None:
+        endpoints = {
+            a.cluster_name: tuple(
+                Endpoint(address=e.address, port=e.port, workload=e.workload) for e in a.endpoints
+            )
+            for a in assignments
+        }
+        for name, state in self.clusters.items():
+            state.balancer.endpoints = endpoints.get(name, ())
+        self._endpoints = endpoints
+
+    def dump(self) -> dict[str, list[dict[str, Any]]]:
+        """Applied resources by short type name, as JSON-ready mappings."""
+        return {types.SHORT_NAMES[t]: v for t, v in self._raw.items()}
+
+
+def _unpack(resource: AnyPb, message_type: type[_M]) -> _M:
+    message = message_type()
+    if not resource.Unpack(message):
+        raise ConfigError(
+            f"resource of type {resource.TypeName()} where {message_type.DESCRIPTOR.full_name} "
+            "was expected"
+        )
+    return message

@@ -1,0 +1,160 @@
+"""The config stream client: subscribes, applies, ACKs/NACKs, and reconnects with backoff.
+
+The last applied config keeps serving while the control plane is away; on reconnect the versions
+held are announced so the control plane sends only what changed meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+
+import grpc
+
+from lightmesh.types import SHORT_NAMES
+from lightmesh.v1 import discovery_pb2 as pb
+from sidecar.config.apply import DataPlane
+from sidecar.config.protocol import ClientProtocol
+from sidecar.errors import ConfigError
+
+log = logging.getLogger("sidecar.config")
+
+METHOD = "/lightmesh.v1.ConfigDiscovery/StreamConfig"
+
+
+class Backoff:
+    """Exponential backoff with jitter: base · 2^n, capped, each delay scaled by U(0.5, 1.5)."""
+
+    def __init__(self, *, base: float = 0.25, cap: float = 4.0, rng: random.Random) -> None:
+        self._base = base
+        self._cap = cap
+        self._rng = rng
+        self._attempt = 0
+
+    def next_delay(self) -> float:
+        """Delay before the next attempt."""
+        delay = min(self._cap, self._base * 2.0**self._attempt) * self._rng.uniform(0.5, 1.5)
+        self._attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        """Start over after a success."""
+        self._attempt = 0
+
+
+class ConfigClient:
+    """Keeps a `DataPlane` in step with the control plane."""
+
+    def __init__(
+        self,
+        *,
+        target: str,
+        node: pb.Node,
+        dataplane: DataPlane,
+        on_applied: Callable[[], None] = lambda: None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._target = target
+        self._node = node
+        self._dataplane = dataplane
+        self._on_applied = on_applied
+        self.protocol = ClientProtocol()
+        self.connected = False
+        self._backoff = Backoff(rng=rng or random.Random())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stay connected until `stop` is set."""
+        while not stop.is_set():
+            try:
+                await self._stream(stop)
+            except grpc.aio.AioRpcError as error:
+                log.warning(
+                    "config stream failed: %s %s",
+                    error.code().name,
+                    error.details(),
+                    extra={"event": "stream_error", "target": self._target},
+                )
+            finally:
+                self.connected = False
+            if stop.is_set():
+                return
+            delay = self._backoff.next_delay()
+            log.info("reconnecting in %.2fs", delay, extra={"event": "reconnect_wait"})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    async def _stream(self, stop: asyncio.Event) -> None:
+        async with grpc.aio.insecure_channel(self._target) as channel:
+            call = channel.stream_stream(
+                METHOD,
+                request_serializer=pb.DiscoveryRequest.SerializeToString,
+                response_deserializer=pb.DiscoveryResponse.FromString,
+            )()
+            for index, (type_url, version) in enumerate(self.protocol.subscriptions()):
+                request = pb.DiscoveryRequest(type_url=type_url, version_info=version)
+                if index == 0:
+                    request.node.CopyFrom(self._node)
+                await call.write(request)
+            stopped = asyncio.ensure_future(stop.wait())
+            try:
+                while True:
+                    read = asyncio.ensure_future(call.read())
+                    await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                    if not read.done():
+                        read.cancel()
+                        call.cancel()
+                        return
+                    response = read.result()
+                    if response is grpc.aio.EOF:
+                        log.warning("control plane closed the stream", extra={"event": "eof"})
+                        return
+                    if not self.connected:
+                        self.connected = True
+                        self._backoff.reset()
+                        log.info("connected", extra={"event": "connected", "target": self._target})
+                    await call.write(self._handle(response))
+            finally:
+                stopped.cancel()
+
+    def _handle(self, response: pb.DiscoveryResponse) -> pb.DiscoveryRequest:
+        short = SHORT_NAMES.get(response.type_url, response.type_url)
+        try:
+            self._dataplane.apply(response.type_url, response.resources)
+            error = None
+        except ConfigError as rejected:
+            error = str(rejected)
+        reply = self.protocol.on_response(
+            type_url=response.type_url,
+            version=response.version_info,
+            nonce=response.nonce,
+            error=error,
+            now=time.time(),
+        )
+        if error is None:
+            log.info(
+                "applied config",
+                extra={"event": "applied", "type": short, "version": response.version_info},
+            )
+            self._on_applied()
+        else:
+            log.warning(
+                "rejected config: %s",
+                error,
+                extra={
+                    "event": "nack",
+                    "type": short,
+                    "version": response.version_info,
+                    "kept_version": reply.version,
+                },
+            )
+        request = pb.DiscoveryRequest(
+            type_url=reply.type_url, version_info=reply.version, response_nonce=reply.nonce
+        )
+        if reply.error is not None:
+            request.error_detail.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            request.error_detail.message = reply.error
+        return request

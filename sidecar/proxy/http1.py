@@ -1,0 +1,436 @@
+"""HTTP/1.1 message parsing and framing shared by the proxy engine and the admin server.
+
+Sans-IO: parsers take bytes and return events, serializers return bytes. Nothing here touches a
+socket, so the same code serves the stream-based engine today and a Protocol-based one later.
+Parsing is done by httptools (llhttp); this module adapts its callbacks into an event list.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from urllib.parse import urlsplit
+
+import httptools
+
+from sidecar.proxy.decision import RequestHead
+
+# Bytes allowed before a head is complete; larger heads are refused rather than buffered.
+MAX_HEAD_BYTES = 64 * 1024
+
+# Connection-scoped headers (RFC 9110 7.6.1) that a proxy must not forward. Proxy-Authorization is
+# deliberately absent: in the mesh it is end-to-end. Transfer-Encoding is re-framed by the engine.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class ParseError(Exception):
+    """The peer sent bytes that are not valid HTTP/1.x (or a head that is too large)."""
+
+
+class BodyKind(enum.Enum):
+    """How a message body is delimited on the wire."""
+
+    NONE = enum.auto()
+    LENGTH = enum.auto()
+    CHUNKED = enum.auto()
+    UNTIL_CLOSE = enum.auto()
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """Body delimitation of one message; `length` only meaningful for LENGTH."""
+
+    kind: BodyKind
+    length: int = 0
+
+
+NO_BODY = Framing(BodyKind.NONE)
+CHUNKED = Framing(BodyKind.CHUNKED)
+UNTIL_CLOSE = Framing(BodyKind.UNTIL_CLOSE)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestStart:
+    """A request head, as received (header names lower-cased)."""
+
+    method: str
+    target: bytes
+    http_version: str
+    headers: Headers
+    keep_alive: bool
+    framing: Framing
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResponseStart:
+    """A final (non-1xx) response head, as received (header names lower-cased)."""
+
+    status: int
+    reason: bytes
+    http_version: str
+    headers: Headers
+    keep_alive: bool
+    framing: Framing
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """A piece of message body, already de-chunked."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfMessage:
+    """The current message is complete."""
+
+
+END = EndOfMessage()
+
+RequestEvent = RequestStart | Data | EndOfMessage
+ResponseEvent = ResponseStart | Data | EndOfMessage
+
+
+def header_values(headers: Headers, name: bytes) -> list[bytes]:
+    """All values of a header (name in lower case)."""
+    return [value for key, value in headers if key == name]
+
+
+def connection_tokens(headers: Headers) -> set[bytes]:
+    """Lower-case tokens of all Connection headers."""
+    tokens: set[bytes] = set()
+    for value in header_values(headers, b"connection"):
+        tokens.update(t.strip().lower() for t in value.split(b","))
+    tokens.discard(b"")
+    return tokens
+
+
+def is_chunked(headers: Headers) -> bool:
+    """Whether the final transfer coding is chunked."""
+    codings = b",".join(header_values(headers, b"transfer-encoding")).split(b",")
+    return codings[-1].strip().lower() == b"chunked"
+
+
+def content_length(headers: Headers) -> int | None:
+    """The Content-Length value; llhttp already rejected malformed or conflicting ones."""
+    values = header_values(headers, b"content-length")
+    return int(values[0]) if values else None
+
+
+def request_framing(headers: Headers) -> Framing:
+    """Body framing of a request (RFC 9112 6.3: no length and not chunked means no body)."""
+    if header_values(headers, b"transfer-encoding"):
+        return CHUNKED
+    length = content_length(headers)
+    return Framing(BodyKind.LENGTH, length) if length else NO_BODY
+
+
+def response_has_body(method: str, status: int) -> bool:
+    """HEAD responses and 1xx/204/304 never carry a body whatever their headers say."""
+    return not (method == "HEAD" or status < 200 or status in (204, 304))
+
+
+def response_framing(headers: Headers, *, method: str, status: int) -> Framing:
+    """Body framing of a response to `method`."""
+    if not response_has_body(method, status):
+        return NO_BODY
+    if header_values(headers, b"transfer-encoding"):
+        # Not chunked-last means "read until close" (RFC 9112 6.3 rule 4).
+        return CHUNKED if is_chunked(headers) else UNTIL_CLOSE
+    length = content_length(headers)
+    return UNTIL_CLOSE if length is None else Framing(BodyKind.LENGTH, length)
+
+
+def strip_hop_by_hop(headers: Headers) -> Headers:
+    """Drop connection-scoped headers, including those named by Connection."""
+    named = connection_tokens(headers)
+    return [(k, v) for k, v in headers if k not in HOP_BY_HOP and k not in named]
+
+
+def split_target(target: bytes) -> tuple[str, str | None]:
+    """Reduce a request target to origin-form; return it and the URI's host if absolute-form."""
+    text = target.decode("latin-1")
+    if text.startswith("/") or text == "*":
+        return text, None
+    parts = urlsplit(text)
+    if not parts.scheme or not parts.netloc:
+        raise ParseError(f"unsupported request target {text!r}")
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    return path, parts.netloc
+
+
+def host_without_port(authority: str) -> str:
+    """Lower-case host part of an authority ("Catalog:80" -> "catalog", "[::1]:80" -> "::1")."""
+    authority = authority.rpartition("@")[2].strip().lower()
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")] if "]" in authority else authority[1:]
+    return authority.partition(":")[0]
+
+
+def _status_line(status: int, reason: bytes) -> bytes:
+    if not reason:
+        try:
+            reason = HTTPStatus(status).phrase.encode("ascii")
+        except ValueError:
+            reason = b"Unknown"
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason)
+
+
+def _header_block(headers: Headers) -> bytes:
+    return b"".join(b"%s: %s\r\n" % (k, v) for k, v in headers) + b"\r\n"
+
+
+def framing_headers(framing: Framing) -> Headers:
+    """The headers that announce `framing` (none for close-delimited or bodiless messages)."""
+    if framing.kind is BodyKind.CHUNKED:
+        return [(b"transfer-encoding", b"chunked")]
+    if framing.kind is BodyKind.LENGTH:
+        return [(b"content-length", str(framing.length).encode("ascii"))]
+    return []
+
+
+def serialize_request_head(method: str, path: str, headers: Headers) -> bytes:
+    """An HTTP/1.1 request head; `headers` must already include framing headers."""
+    return f"{method} {path} HTTP/1.1\r\n".encode("latin-1") + _header_block(headers)
+
+
+def serialize_response_head(status: int, headers: Headers, *, reason: bytes = b"") -> bytes:
+    """An HTTP/1.1 response head; `headers` must already include framing headers."""
+    return _status_line(status, reason) + _header_block(headers)
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body; empty data yields nothing (the last chunk is separate)."""
+    if not data:
+        return b""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def encode_body(data: bytes, framing: Framing) -> bytes:
+    """Body bytes as they go on the wire under `framing`."""
+    return encode_chunk(data) if framing.kind is BodyKind.CHUNKED else data
+
+
+def end_of_body(framing: Framing) -> bytes:
+    """What terminates a body under `framing` on the wire."""
+    return LAST_CHUNK if framing.kind is BodyKind.CHUNKED else b""
+
+
+class _Collector:
+    """httptools callback target: accumulates the pieces of the message being parsed."""
+
+    def __init__(self) -> None:
+        self.events: list[RequestEvent | ResponseEvent] = []
+        self.target = bytearray()
+        self.reason = bytearray()
+        self.headers: Headers = []
+        self.in_head = True
+        self.head_complete_hook: Callable[[], None] | None = None
+
+    def on_message_begin(self) -> None:
+        self.target.clear()
+        self.reason.clear()
+        self.headers = []
+        self.in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        self.target += url  # may arrive in several pieces
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_head:  # trailer fields also come here; they are dropped
+            self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        if self.head_complete_hook is not None:
+            self.head_complete_hook()
+
+    def on_body(self, body: bytes) -> None:
+        self.events.append(Data(body))
+
+    def on_message_complete(self) -> None:
+        self.events.append(END)
+
+
+class RequestParser:
+    """Incremental request parser for one downstream connection (handles pipelining)."""
+
+    def __init__(self) -> None:
+        self._collector = _Collector()
+        self._collector.head_complete_hook = self._on_head
+        self._parser = httptools.HttpRequestParser(self._collector)
+        self._head_bytes = 0
+        self.method = ""
+        # Set once the input is broken. Events parsed before the error are still returned, so
+        # pipelined requests ahead of the garbage are answered before the 400.
+        self.error: ParseError | None = None
+
+    def feed(self, data: bytes) -> list[RequestEvent]:
+        """Parse `data`; return the events it completes (check `error` afterwards)."""
+        collector = self._collector
+        if self.error is not None:
+            return []
+        if collector.in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self.error = ParseError("request head too large")
+                return []
+        try:
+            self._feed_parser(data)
+        except ParseError as exc:
+            self.error = exc
+        events = collector.events
+        collector.events = []
+        return events  # type: ignore[return-value]
+
+    def _on_head(self) -> None:
+        collector = self._collector
+        self._head_bytes = 0
+        headers = collector.headers
+        self.method = self._parser.get_method().decode("ascii")
+        collector.events.append(
+            RequestStart(
+                method=self.method,
+                target=bytes(collector.target),
+                http_version=self._parser.get_http_version(),
+                headers=headers,
+                keep_alive=self._parser.should_keep_alive(),
+                framing=request_framing(headers),
+            )
+        )
+
+    def _feed_parser(self, data: bytes) -> None:
+        while data:
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserUpgrade as upgrade:
+                # llhttp stops after a request asking for Upgrade (or CONNECT). The engine never
+                # forwards Upgrade, so the connection stays HTTP/1.1: go on with a fresh parser.
+                if self.method == "CONNECT":
+                    raise ParseError("CONNECT is not supported") from upgrade
+                self._parser = httptools.HttpRequestParser(self._collector)
+                data = data[upgrade.args[0] :]
+            except httptools.HttpParserError as exc:
+                raise ParseError(str(exc)) from exc
+            else:
+                return
+
+
+class ResponseParser:
+    """Parser for one response (plus any 1xx heads before it) to a request of `method`."""
+
+    def __init__(self, method: str) -> None:
+        self._method = method
+        self._collector = _Collector()
+        self._collector.head_complete_hook = self._on_head
+        self._parser = httptools.HttpResponseParser(self._collector)
+        self._interim = False
+        self._done = False
+        self.framing: Framing | None = None
+        self.received = 0  # bytes fed, to tell "nothing came back" from "died mid-way"
+
+    @property
+    def done(self) -> bool:
+        """Whether the final response is complete."""
+        return self._done
+
+    def feed(self, data: bytes) -> list[ResponseEvent]:
+        """Parse `data`; return the events it completes (nothing after the final message)."""
+        self.received += len(data)
+        if self._done:
+            return []
+        if self.framing is None and self.received > MAX_HEAD_BYTES:
+            raise ParseError("response head too large")
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if not self._done:  # errors after the final message are junk we ignore
+                raise ParseError(str(exc)) from exc
+        return self._take_events()
+
+    def feed_eof(self) -> list[ResponseEvent]:
+        """The upstream closed: ends a close-delimited body, otherwise the message is truncated."""
+        if self._done:
+            return []
+        if self.framing is not None and self.framing.kind is BodyKind.UNTIL_CLOSE:
+            self._done = True
+            return [*self._take_events(), END]
+        raise ParseError("upstream closed before the response was complete")
+
+    def _take_events(self) -> list[ResponseEvent]:
+        out: list[ResponseEvent] = []
+        for event in self._collector.events:
+            if self._done:
+                break
+            if isinstance(event, EndOfMessage):
+                if self._interim:  # end of a 1xx head: the real response follows
+                    self._interim = False
+                    continue
+                self._done = True
+            out.append(event)  # type: ignore[arg-type]
+        self._collector.events = []
+        return out
+
+    def _on_head(self) -> None:
+        collector = self._collector
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # Interim responses are consumed here; Expect is answered by the engine itself.
+            self._interim = True
+            return
+        headers = collector.headers
+        self.framing = response_framing(headers, method=self._method, status=status)
+        collector.events.append(
+            ResponseStart(
+                status=status,
+                reason=bytes(collector.reason),
+                http_version=self._parser.get_http_version(),
+                headers=headers,
+                keep_alive=self._parser.should_keep_alive(),
+                framing=self.framing,
+            )
+        )
+        if self.framing.kind is BodyKind.NONE:
+            # llhttp does not know the request was HEAD and would wait for a body.
+            collector.events.append(END)
+
+
+def request_head(start: RequestStart, *, peer: str) -> RequestHead:
+    """The routing view of a request head, target reduced to origin-form.
+
+    An absolute-form target's authority wins over the Host header (RFC 9112 3.2.2).
+    """
+    path, authority = split_target(start.target)
+    if authority is None:
+        hosts = header_values(start.headers, b"host")
+        authority = hosts[0].decode("latin-1") if hosts else ""
+    return RequestHead(
+        method=start.method,
+        path=path,
+        host=host_without_port(authority),
+        http_version=start.http_version,
+        headers=list(start.headers),
+        peer=peer,
+    )

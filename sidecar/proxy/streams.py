@@ -1,0 +1,90 @@
+"""asyncio-stream adapters that pull events from the sans-IO parsers in `http1`.
+
+Each adapter reads from its StreamReader only when it has no parsed event left, so the reader's
+buffer limit is the backpressure: a slow consumer stops the socket being read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+
+from sidecar.proxy.http1 import (
+    ParseError,
+    RequestEvent,
+    RequestParser,
+    ResponseEvent,
+    ResponseParser,
+)
+
+READ_SIZE = 64 * 1024
+
+
+class PeerClosed(Exception):
+    """The peer closed or reset the connection where more bytes were required."""
+
+
+class RequestStream:
+    """The requests arriving on one downstream connection, as a sequence of events."""
+
+    def __init__(self, reader: asyncio.StreamReader, *, read_size: int = READ_SIZE) -> None:
+        self._reader = reader
+        self._read_size = read_size
+        self._parser = RequestParser()
+        self._events: deque[RequestEvent] = deque()
+
+    @property
+    def has_buffered_events(self) -> bool:
+        """Whether parsed events are waiting (the connection is not idle)."""
+        return bool(self._events)
+
+    async def next_event(self) -> RequestEvent | None:
+        """The next event; None on a clean close. Raises ParseError or ConnectionError."""
+        while not self._events:
+            if self._parser.error is not None:
+                raise self._parser.error
+            data = await self._reader.read(self._read_size)
+            if not data:
+                return None
+            self._events.extend(self._parser.feed(data))
+        return self._events.popleft()
+
+
+class ResponseStream:
+    """One response read from an upstream connection."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, *, method: str, read_size: int = READ_SIZE
+    ) -> None:
+        self._reader = reader
+        self._read_size = read_size
+        self.parser = ResponseParser(method)
+        self._events: deque[ResponseEvent] = deque()
+
+    async def next_event(self) -> ResponseEvent:
+        """The next event. Raises PeerClosed, or ParseError on a protocol violation."""
+        while not self._events:
+            try:
+                data = await self._reader.read(self._read_size)
+            except ConnectionError as exc:
+                raise PeerClosed(str(exc)) from exc
+            if data:
+                self._events.extend(self.parser.feed(data))
+                continue
+            try:
+                self._events.extend(self.parser.feed_eof())
+            except ParseError as exc:
+                raise PeerClosed(str(exc)) from exc
+        return self._events.popleft()
+
+
+async def close_writer(writer: asyncio.StreamWriter, *, abort: bool = False) -> None:
+    """Close a stream and wait for it; `abort` resets instead (signals truncation)."""
+    if abort:
+        writer.transport.abort()
+    else:
+        writer.close()
+    # Errors here mean the peer already went away, which is what we wanted.
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()

@@ -1,0 +1,195 @@
+"""Route table compiled from a `RouteConfiguration`: regexes compiled once, lookups by domain.
+
+`compile_routes` raises `ConfigError` for anything this sidecar cannot apply, which the config
+client turns into a NACK. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+from lightmesh.v1 import config_pb2 as pb
+from sidecar.errors import ConfigError
+from sidecar.proxy.decision import RequestHead
+
+Matcher = Callable[[str], bool]
+
+
+def _string_matcher(match: pb.StringMatch, where: str, *, max_regex: int) -> Matcher:
+    kind = match.WhichOneof("kind")
+    if kind == "exact":
+        exact = match.exact
+        return lambda value: value == exact
+    if kind == "prefix":
+        prefix = match.prefix
+        return lambda value: value.startswith(prefix)
+    if kind == "regex":
+        pattern = match.regex
+        if len(pattern) > max_regex:
+            raise ConfigError(
+                f"{where}.regex: pattern is {len(pattern)} characters, over this sidecar's "
+                f"limit of {max_regex} (--max-regex-length)"
+            )
+        try:
+            compiled = re.compile(pattern)
+        except re.error as error:
+            raise ConfigError(f"{where}.regex: {pattern!r} does not compile: {error}") from None
+        return lambda value: compiled.fullmatch(value) is not None
+    raise ConfigError(f"{where}: empty string match (a newer control plane?)")
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledMatch:
+    """One match entry; all present parts must match."""
+
+    uri: Matcher | None
+    method: Matcher | None
+    headers: tuple[tuple[bytes, Matcher], ...]
+    query: tuple[tuple[str, Matcher], ...]
+
+    def matches(self, head: RequestHead, path: str, query: dict[str, str] | None) -> bool:
+        """Whether the request satisfies this entry."""
+        if self.uri is not None and not self.uri(path):
+            return False
+        if self.method is not None and not self.method(head.method):
+            return False
+        for name, matcher in self.headers:
+            value = head.header(name)
+            if value is None or not matcher(value.decode("latin-1")):
+                return False
+        if self.query:
+            params = query if query is not None else {}
+            for qname, matcher in self.query:
+                qvalue = params.get(qname)
+                if qvalue is None or not matcher(qvalue):
+                    return False
+        return True
+
+
+class WeightedClusters:
+    """Smooth weighted round robin over a route's clusters: exact shares, evenly interleaved."""
+
+    __slots__ = ("_current", "_names", "_total", "_weights")
+
+    def __init__(self, entries: list[tuple[str, int]]) -> None:
+        self._names = [name for name, weight in entries if weight > 0]
+        self._weights = [weight for _, weight in entries if weight > 0]
+        self._total = sum(self._weights)
+        self._current = [0] * len(self._names)
+
+    @property
+    def names(self) -> list[str]:
+        """Cluster names with non-zero weight."""
+        return self._names
+
+    def pick(self) -> str | None:
+        """The next cluster, or None when no cluster has weight."""
+        if len(self._names) <= 1:
+            return self._names[0] if self._names else None
+        best = 0
+        for index, weight in enumerate(self._weights):
+            self._current[index] += weight
+            if self._current[index] > self._current[best]:
+                best = index
+        self._current[best] -= self._total
+        return self._names[best]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    """A route: its match alternatives and where matching requests go."""
+
+    name: str
+    matches: tuple[CompiledMatch, ...]
+    clusters: WeightedClusters
+    timeout: float | None
+    needs_query: bool
+
+    def accepts(self, head: RequestHead, path: str, query: dict[str, str] | None) -> bool:
+        """Whether the request matches (a route without match entries matches everything)."""
+        return not self.matches or any(m.matches(head, path, query) for m in self.matches)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledHost:
+    """A virtual host's ordered routes."""
+
+    name: str
+    routes: tuple[CompiledRoute, ...]
+    needs_query: bool
+
+
+class RouteTable:
+    """Virtual hosts by domain."""
+
+    def __init__(self, hosts: dict[str, CompiledHost]) -> None:
+        self._by_domain = hosts
+
+    def route(self, head: RequestHead) -> tuple[CompiledHost | None, CompiledRoute | None]:
+        """The virtual host for the request's host, and its first matching route."""
+        host = self._by_domain.get(head.host)
+        if host is None:
+            return None, None
+        path, _, raw_query = head.path.partition("?")
+        query = dict(parse_qsl(raw_query, keep_blank_values=True)) if host.needs_query else None
+        for route in host.routes:
+            if route.accepts(head, path, query):
+                return host, route
+        return host, None
+
+    @property
+    def domains(self) -> list[str]:
+        """Every domain served (for config_dump)."""
+        return sorted(self._by_domain)
+
+
+def compile_routes(config: pb.RouteConfiguration, *, max_regex: int) -> RouteTable:
+    """Compile a route configuration, or raise ConfigError naming the offending field."""
+    by_domain: dict[str, CompiledHost] = {}
+    for vh in config.virtual_hosts:
+        where = f"route {vh.origin or vh.name}"
+        routes = tuple(
+            _compile_route(route, f"{where} {route.name}", max_regex=max_regex)
+            for route in vh.routes
+        )
+        host = CompiledHost(
+            name=vh.name, routes=routes, needs_query=any(r.needs_query for r in routes)
+        )
+        for domain in vh.domains:
+            by_domain.setdefault(domain.lower(), host)
+    return RouteTable(by_domain)
+
+
+def _compile_route(route: pb.Route, where: str, *, max_regex: int) -> CompiledRoute:
+    matches = []
+    for index, match in enumerate(route.matches):
+        at = f"{where} match[{index}]"
+
+        def string(m: pb.StringMatch, field: str, at: str = at) -> Matcher:
+            return _string_matcher(m, f"{at}.{field}", max_regex=max_regex)
+
+        matches.append(
+            CompiledMatch(
+                uri=string(match.uri, "uri") if match.HasField("uri") else None,
+                method=string(match.method, "method") if match.HasField("method") else None,
+                headers=tuple(
+                    (h.name.lower().encode(), string(h.value, f"headers.{h.name}"))
+                    for h in match.headers
+                ),
+                query=tuple(
+                    (q.name, string(q.value, f"queryParams.{q.name}")) for q in match.query_params
+                ),
+            )
+        )
+    if not route.clusters:
+        raise ConfigError(f"{where}: route has no destination")
+    return CompiledRoute(
+        name=route.name,
+        matches=tuple(matches),
+        clusters=WeightedClusters([(c.cluster, c.weight) for c in route.clusters]),
+        timeout=route.timeout_ms / 1000 if route.timeout_ms else None,
+        needs_query=any(m.query for m in matches),
+    )

@@ -1,0 +1,1 @@
+"""Telemetry of the sidecar: request metrics aggregated locally, exposed to Prometheus."""
