@@ -213,6 +213,7 @@ class RequestBody:
         self.complete = False  # END seen: the connection is positioned at the next request
         self.consumed = 0
         self.failed = False
+        self.continue_sent = False  # we told a client sending Expect: 100-continue to go ahead
 
     async def next_chunk(self) -> bytes | None:
         """The next piece of body, or None at the end. Raises DownstreamFailed."""
@@ -313,7 +314,9 @@ def downstream_framing(upstream: Framing, *, http11: bool) -> Framing:
     """Re-frame an upstream body for the client: 1.0 clients cannot take chunked."""
     if upstream.kind in (BodyKind.NONE, BodyKind.LENGTH):
         return upstream
-    return CHUNKED if http11 else UNTIL_CLOSE
+    if not http11:
+        return UNTIL_CLOSE
+    return upstream if upstream.kind is BodyKind.CHUNKED else CHUNKED
 
 
 def response_headers(
@@ -371,7 +374,7 @@ class _Client:
     requests: RequestStream
     writer: asyncio.StreamWriter
     peer: str
-    task: asyncio.Task[None] | None
+    task: asyncio.Task[None] | None = None
 
 
 class ProxyListener:
@@ -406,7 +409,7 @@ class ProxyListener:
         return self._active
 
     async def _start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._serve, host, port)
+        self._server = await asyncio.start_server(self._on_connect, host, port)
         self.port = int(self._server.sockets[0].getsockname()[1])
         self._sweeper = asyncio.get_running_loop().create_task(
             self._sweep_forever(), name=f"proxy-{self._name}-pool-sweeper"
@@ -424,6 +427,9 @@ class ProxyListener:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for client in list(self._clients):  # tasks cancelled before they ever ran
+            self._clients.discard(client)
+            await close_writer(client.writer, abort=True)
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
@@ -439,14 +445,21 @@ class ProxyListener:
 
     # --- downstream connection ---
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # We own the connection task (rather than letting start_server wrap a coroutine) so
+        # close() can cancel it: Python 3.11's wrapper logs an error for cancelled tasks.
         client = _Client(
             requests=RequestStream(reader, read_size=self._settings.read_size),
             writer=writer,
             peer=_peer_host(writer),
-            task=asyncio.current_task(),
+        )
+        client.task = asyncio.get_running_loop().create_task(
+            self._serve(client), name=f"proxy-{self._name}-connection"
         )
         self._clients.add(client)
+
+    async def _serve(self, client: _Client) -> None:
+        writer = client.writer
         abort = False
         try:
             await self._serve_requests(client)
@@ -528,24 +541,29 @@ class ProxyListener:
         started: float,
         request_bytes: int,
     ) -> None:
-        self._recorder(
-            Completed(
-                method=start.method if start else "",
-                host=head.host if head else "",
-                cluster=outcome.cluster,
-                status=outcome.status,
-                flags=outcome.flags,
-                duration=self._clock() - started,
-                request_bytes=request_bytes,
-                response_bytes=outcome.response_bytes,
-            )
+        completed = Completed(
+            method=start.method if start else "",
+            host=head.host if head else "",
+            cluster=outcome.cluster,
+            status=outcome.status,
+            flags=outcome.flags,
+            duration=self._clock() - started,
+            request_bytes=request_bytes,
+            response_bytes=outcome.response_bytes,
         )
+        try:
+            self._recorder(completed)
+        except Exception as exc:
+            # Telemetry trouble must not cost the client its connection.
+            logger.error("proxy listener=%s recorder failed: %r", self._name, exc)
 
     async def _reply(
         self, client: _Client, start: RequestStart, body: RequestBody, reply: LocalReply
     ) -> Outcome:
         """Answer from the proxy. The unread body is drained, unless the client awaits 100."""
-        keep_alive = start.keep_alive and not self._draining and not expects_continue(start)
+        # A client still waiting for 100 Continue never sends its body: draining would hang.
+        awaiting_continue = expects_continue(start) and not body.continue_sent
+        keep_alive = start.keep_alive and not self._draining and not awaiting_continue
         if keep_alive:
             keep_alive = await body.drain(MAX_DRAIN_BYTES)
         payload = (reply.body + "\n").encode("utf-8")
@@ -571,6 +589,7 @@ class ProxyListener:
         if expects_continue(start):
             # Like Envoy, answer 100 ourselves and keep Expect away from the upstream.
             client.writer.write(CONTINUE)
+            body.continue_sent = True
         try:
             async with asyncio.timeout(target.timeout):
                 attempt, response = await self._open(target, start, head, body)
@@ -709,7 +728,7 @@ class ProxyListener:
         except ConnectionError:
             return Outcome(head.status, "DC", sent, False), False
         request_done = await self._await_pump(attempt, body)
-        reusable = head.keep_alive and request_done
+        reusable = head.keep_alive and request_done and not attempt.response.parser.trailing_data
         return Outcome(head.status, "", sent, keep_alive and request_done), reusable
 
     async def _await_pump(self, attempt: Attempt, body: RequestBody) -> bool:

@@ -52,10 +52,16 @@ class BodyKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Framing:
-    """Body delimitation of one message; `length` only meaningful for LENGTH."""
+    """Body delimitation of one message.
+
+    `length` is only meaningful for LENGTH. `codings` is the Transfer-Encoding to announce for
+    CHUNKED; codings before "chunked" (e.g. gzip) are not undone by the proxy, so they must be
+    re-announced when the body is forwarded.
+    """
 
     kind: BodyKind
     length: int = 0
+    codings: bytes = b"chunked"
 
 
 NO_BODY = Framing(BodyKind.NONE)
@@ -131,10 +137,15 @@ def content_length(headers: Headers) -> int | None:
     return int(values[0]) if values else None
 
 
+def _chunked(headers: Headers) -> Framing:
+    codings = b", ".join(v.strip() for v in header_values(headers, b"transfer-encoding"))
+    return CHUNKED if codings.lower() == b"chunked" else Framing(BodyKind.CHUNKED, codings=codings)
+
+
 def request_framing(headers: Headers) -> Framing:
     """Body framing of a request (RFC 9112 6.3: no length and not chunked means no body)."""
     if header_values(headers, b"transfer-encoding"):
-        return CHUNKED
+        return _chunked(headers)  # llhttp refused requests whose last coding is not chunked
     length = content_length(headers)
     return Framing(BodyKind.LENGTH, length) if length else NO_BODY
 
@@ -150,7 +161,7 @@ def response_framing(headers: Headers, *, method: str, status: int) -> Framing:
         return NO_BODY
     if header_values(headers, b"transfer-encoding"):
         # Not chunked-last means "read until close" (RFC 9112 6.3 rule 4).
-        return CHUNKED if is_chunked(headers) else UNTIL_CLOSE
+        return _chunked(headers) if is_chunked(headers) else UNTIL_CLOSE
     length = content_length(headers)
     return UNTIL_CLOSE if length is None else Framing(BodyKind.LENGTH, length)
 
@@ -199,7 +210,7 @@ def _header_block(headers: Headers) -> bytes:
 def framing_headers(framing: Framing) -> Headers:
     """The headers that announce `framing` (none for close-delimited or bodiless messages)."""
     if framing.kind is BodyKind.CHUNKED:
-        return [(b"transfer-encoding", b"chunked")]
+        return [(b"transfer-encoding", framing.codings)]
     if framing.kind is BodyKind.LENGTH:
         return [(b"content-length", str(framing.length).encode("ascii"))]
     return []
@@ -245,8 +256,10 @@ class _Collector:
         self.headers: Headers = []
         self.in_head = True
         self.head_complete_hook: Callable[[], None] | None = None
+        self.begun = 0
 
     def on_message_begin(self) -> None:
+        self.begun += 1
         self.target.clear()
         self.reason.clear()
         self.headers = []
@@ -348,8 +361,11 @@ class ResponseParser:
         self._parser = httptools.HttpResponseParser(self._collector)
         self._interim = False
         self._done = False
+        self._ended = 0  # messages (interim or final) whose end we have seen
         self.framing: Framing | None = None
         self.received = 0  # bytes fed, to tell "nothing came back" from "died mid-way"
+        # Bytes beyond the final response: the connection is out of sync and must not be reused.
+        self.trailing_data = False
 
     @property
     def done(self) -> bool:
@@ -360,6 +376,7 @@ class ResponseParser:
         """Parse `data`; return the events it completes (nothing after the final message)."""
         self.received += len(data)
         if self._done:
+            self.trailing_data = self.trailing_data or bool(data)
             return []
         if self.framing is None and self.received > MAX_HEAD_BYTES:
             raise ParseError("response head too large")
@@ -383,14 +400,19 @@ class ResponseParser:
         out: list[ResponseEvent] = []
         for event in self._collector.events:
             if self._done:
-                break
+                # A body after a bodiless response (HEAD, 204) means the upstream is confused.
+                self.trailing_data = self.trailing_data or isinstance(event, Data)
+                continue
             if isinstance(event, EndOfMessage):
+                self._ended += 1
                 if self._interim:  # end of a 1xx head: the real response follows
                     self._interim = False
                     continue
                 self._done = True
             out.append(event)  # type: ignore[arg-type]
         self._collector.events = []
+        if self._done and self._collector.begun > self._ended:
+            self.trailing_data = True
         return out
 
     def _on_head(self) -> None:

@@ -135,8 +135,15 @@ async def _serve_connection(
 
 async def start_local_server(host: str, port: int, handler: Handler) -> asyncio.Server:
     """Serve `handler` on host:port (0 picks a free port); close the returned server to stop."""
+    # Strong references to the connection tasks; each removes itself when done. Owning the
+    # tasks avoids Python 3.11's start_server wrapper, which logs an error for cancelled ones.
+    tasks: set[asyncio.Task[None]] = set()
 
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _serve_connection(reader, writer, handler)
+    def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.get_running_loop().create_task(
+            _serve_connection(reader, writer, handler), name="admin-connection"
+        )
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     return await asyncio.start_server(on_connect, host, port)

@@ -34,11 +34,6 @@ class RequestStream:
         self._parser = RequestParser()
         self._events: deque[RequestEvent] = deque()
 
-    @property
-    def has_buffered_events(self) -> bool:
-        """Whether parsed events are waiting (the connection is not idle)."""
-        return bool(self._events)
-
     async def next_event(self) -> RequestEvent | None:
         """The next event; None on a clean close. Raises ParseError or ConnectionError."""
         while not self._events:

@@ -1,0 +1,102 @@
+"""Route table compilation and matching, weighted cluster choice, and what the sidecar rejects."""
+
+from collections import Counter
+
+import pytest
+
+from lightmesh.v1 import config_pb2 as pb
+from sidecar.errors import ConfigError
+from sidecar.proxy.decision import RequestHead
+from sidecar.routing.table import WeightedClusters, compile_routes
+
+
+def head(
+    path: str = "/", *, host: str = "catalog", method: str = "GET", **headers: str
+) -> RequestHead:
+    return RequestHead(
+        method=method,
+        path=path,
+        host=host,
+        http_version="1.1",
+        headers=[(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()],
+    )
+
+
+def table(*routes: pb.Route, max_regex: int = 1024) -> object:
+    config = pb.RouteConfiguration(
+        virtual_hosts=[pb.VirtualHost(name="catalog.default.svc.cluster.local",
+                                      domains=["catalog", "catalog.default"], routes=routes)]
+    )  # fmt: skip
+    return compile_routes(config, max_regex=max_regex)
+
+
+def to(cluster: str, **match: object) -> pb.Route:
+    return pb.Route(
+        name=cluster, matches=[pb.RouteMatch(**match)] if match else [],  # type: ignore[arg-type]
+        clusters=[pb.WeightedCluster(cluster=cluster, weight=100)],
+    )  # fmt: skip
+
+
+def picked(routes: object, request: RequestHead) -> str | None:
+    _, route = routes.route(request)  # type: ignore[attr-defined]
+    return None if route is None else route.name  # type: ignore[no-any-return]
+
+
+def test_first_matching_route_wins() -> None:
+    routes = table(
+        to("exact", uri=pb.StringMatch(exact="/a")),
+        to("prefix", uri=pb.StringMatch(prefix="/a")),
+        to("regex", uri=pb.StringMatch(regex="/items/[0-9]+")),
+        to("rest"),
+    )
+    assert picked(routes, head("/a")) == "exact"
+    assert picked(routes, head("/a/b?x=1")) == "prefix"
+    assert picked(routes, head("/items/42")) == "regex"
+    assert picked(routes, head("/items/42/more")) == "rest"  # regex is a full match
+
+
+def test_headers_method_and_query_params_are_anded() -> None:
+    match = pb.RouteMatch(
+        method=pb.StringMatch(exact="POST"),
+        headers=[pb.HeaderMatch(name="end-user", value=pb.StringMatch(exact="jason"))],
+        query_params=[pb.QueryParamMatch(name="debug", value=pb.StringMatch(exact="1"))],
+    )
+    routes = table(
+        pb.Route(
+            name="all", matches=[match], clusters=[pb.WeightedCluster(cluster="c", weight=100)]
+        ),
+        to("rest"),
+    )
+    assert picked(routes, head("/?debug=1", method="POST", end_user="jason")) == "all"
+    assert picked(routes, head("/?debug=1", method="GET", end_user="jason")) == "rest"
+    assert picked(routes, head("/?debug=0", method="POST", end_user="jason")) == "rest"
+    assert picked(routes, head("/?debug=1", method="POST")) == "rest"
+
+
+def test_unknown_host_and_no_matching_route() -> None:
+    routes = table(to("only", uri=pb.StringMatch(prefix="/api")))
+    host, route = routes.route(head("/", host="payments"))  # type: ignore[attr-defined]
+    assert host is None and route is None
+    host, route = routes.route(head("/web", host="catalog.default"))  # type: ignore[attr-defined]
+    assert host is not None and route is None
+
+
+def test_weighted_clusters_give_exact_interleaved_shares() -> None:
+    weighted = WeightedClusters([("v1", 80), ("v2", 20), ("off", 0)])
+    first = [weighted.pick() for _ in range(10)]
+    assert Counter(first) == Counter({"v1": 8, "v2": 2})
+    assert Counter(weighted.pick() for _ in range(1000)) == Counter({"v1": 800, "v2": 200})
+
+
+def test_regex_over_the_sidecar_limit_is_rejected_naming_the_route() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"route catalog.default.svc.cluster.local long match\[0\].uri.regex: "
+        r"pattern is 30 characters, over this sidecar's limit of 10",
+    ):
+        table(to("long", uri=pb.StringMatch(regex="x" * 30)), max_regex=10)
+
+
+def test_route_without_destination_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="route has no destination"):
+        table(pb.Route(name="empty"))
