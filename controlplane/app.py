@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from controlplane.snapshots import SnapshotCache
 from controlplane.sources.files import DirectorySource
 from controlplane.store import Store
 from controlplane.xds.server import ConfigDiscovery
+from lightmesh.runtime import stop_on_signals
 from lightmesh.v1 import discovery_pb2_grpc
 
 log = logging.getLogger("controlplane")
@@ -86,10 +86,7 @@ class _RegistryKeeper:
 async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Run the control plane until `stop` is set or SIGINT/SIGTERM arrives."""
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop)
 
     metrics = ControlPlaneMetrics.create()
     store = Store()

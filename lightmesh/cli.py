@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +61,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 def fetch_json(url: str) -> Any:
     """GET a JSON document (raises OSError with a readable message when unreachable)."""
+    import urllib.error  # here, not at the top: the sidecar process never needs it
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - http(s) URL we build
             return json.load(response)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import uuid
 
 from google.protobuf.json_format import MessageToDict
 from prometheus_client import CollectorRegistry
 
 import lightmesh
+from lightmesh.runtime import stop_on_signals
 from lightmesh.v1 import discovery_pb2 as pb
 from sidecar.admin import Admin
 from sidecar.config.apply import DataPlane
@@ -48,10 +47,7 @@ def build_node(settings: Settings, *, inbound_port: int) -> pb.Node:
 async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Run the sidecar until `stop` is set or SIGINT/SIGTERM arrives, then drain."""
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop)
 
     dataplane = DataPlane(max_regex_length=settings.max_regex_length)
     outbound_router = OutboundRouter(dataplane)

@@ -518,11 +518,13 @@ class ProxyListener:
             self._record(start, None, outcome, started, body.consumed)
             return False
         decision = self._resolve(head)
+        upstream = ""
         if isinstance(decision, LocalReply):
             outcome = await self._reply(client, start, body, decision)
         else:
+            upstream = f"{decision.address}:{decision.port}"
             outcome = await self._forward(client, start, head, body, decision)
-        self._record(start, head, outcome, started, body.consumed)
+        self._record(start, head, outcome, started, body.consumed, upstream=upstream)
         return outcome.keep_alive and body.complete and not self._draining
 
     def _resolve(self, head: RequestHead) -> Decision:
@@ -540,6 +542,8 @@ class ProxyListener:
         outcome: Outcome,
         started: float,
         request_bytes: int,
+        *,
+        upstream: str = "",
     ) -> None:
         completed = Completed(
             method=start.method if start else "",
@@ -550,6 +554,7 @@ class ProxyListener:
             duration=self._clock() - started,
             request_bytes=request_bytes,
             response_bytes=outcome.response_bytes,
+            upstream=upstream,
         )
         try:
             self._recorder(completed)

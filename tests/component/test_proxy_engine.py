@@ -346,6 +346,9 @@ async def test_get_is_forwarded_and_recorded(proxy: Proxy, session: aiohttp.Clie
     assert record.flags == ""
     assert record.response_bytes == len(body)
     assert record.duration >= 0
+    echo_route = proxy.routes["echo"]
+    assert isinstance(echo_route, Forward)
+    assert record.upstream == f"127.0.0.1:{echo_route.port}"  # the balancer releases this slot
 
 
 async def test_post_with_content_length(proxy: Proxy, session: aiohttp.ClientSession) -> None:

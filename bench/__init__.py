@@ -1,0 +1,1 @@
+"""Benchmarks of lightmesh; each prints its figures and the command that produced them."""

@@ -1,0 +1,72 @@
+"""The outbound router: route → cluster → endpoint, local replies with flags, in-flight accounting."""
+
+from google.protobuf.any_pb2 import Any as AnyPb
+from google.protobuf.message import Message
+
+from lightmesh import types
+from lightmesh.v1 import config_pb2 as pb
+from sidecar.config.apply import DataPlane
+from sidecar.proxy.decision import Completed, Forward, LocalReply, RequestHead
+from sidecar.router import OutboundRouter
+
+CLUSTER = "outbound||catalog.default.svc.cluster.local"
+
+
+def pack(message: Message) -> list[AnyPb]:
+    item = AnyPb()
+    item.Pack(message)
+    return [item]
+
+
+def dataplane(*ports: int) -> DataPlane:
+    plane = DataPlane()
+    plane.apply(
+        types.CLUSTER,
+        pack(pb.Cluster(name=CLUSTER, lb_policy=pb.LEAST_REQUEST, connect_timeout_ms=250)),
+    )
+    plane.apply(types.ENDPOINTS, pack(pb.ClusterLoadAssignment(
+        cluster_name=CLUSTER, endpoints=[pb.Endpoint(address="127.0.0.1", port=p) for p in ports])))  # fmt: skip
+    plane.apply(types.ROUTES, pack(pb.RouteConfiguration(virtual_hosts=[pb.VirtualHost(
+        name="catalog", domains=["catalog"], routes=[pb.Route(
+            name="r", timeout_ms=1500, clusters=[pb.WeightedCluster(cluster=CLUSTER, weight=100)])])])))  # fmt: skip
+    return plane
+
+
+def head(host: str = "catalog") -> RequestHead:
+    return RequestHead(method="GET", path="/", host=host, http_version="1.1")
+
+
+def done(decision: Forward) -> Completed:
+    return Completed(
+        method="GET", host="catalog", cluster=decision.cluster, status=200, flags="",
+        duration=0.001, request_bytes=0, response_bytes=0,
+        upstream=f"{decision.address}:{decision.port}",
+    )  # fmt: skip
+
+
+def test_forward_carries_route_timeout_and_cluster_connect_timeout() -> None:
+    decision = OutboundRouter(dataplane(1)).resolve(head())
+    assert decision == Forward(
+        address="127.0.0.1", port=1, cluster=CLUSTER, timeout=1.5, connect_timeout=0.25
+    )
+
+
+def test_in_flight_slots_are_released_when_requests_complete() -> None:
+    plane = dataplane(1, 2)
+    router = OutboundRouter(plane)
+    decisions = [router.resolve(head()) for _ in range(4)]
+    balancer = plane.clusters[CLUSTER].balancer
+    assert sum(balancer.in_flight.values()) == 4
+    for decision in decisions:
+        assert isinstance(decision, Forward)
+        router.finished(done(decision))
+    assert balancer.in_flight == {}
+
+
+def test_local_replies_say_why() -> None:
+    assert OutboundRouter(dataplane(1)).resolve(head("payments")) == LocalReply(
+        status=404, body="no route to host 'payments'", flags="NR"
+    )
+    reply = OutboundRouter(dataplane()).resolve(head())
+    assert isinstance(reply, LocalReply)
+    assert (reply.status, reply.flags) == (503, "UH")
