@@ -14,6 +14,7 @@ from controlplane.metrics import ControlPlaneMetrics
 from controlplane.push import Pusher
 from controlplane.snapshots import SnapshotCache
 from controlplane.store import Store
+from controlplane.xds.protocol import SyncState
 from lightmesh.types import PUSH_ORDER, SHORT_NAMES
 
 
@@ -31,7 +32,7 @@ def proxy_status(pusher: Pusher, cache: SnapshotCache, *, now: float) -> list[di
             if state is not None:
                 entry["acked"] = state.acked_version
                 entry["sent"] = state.sent_version
-                if sync.value == "STALE" and state.sent_at:
+                if sync is SyncState.STALE and state.sent_at:
                     entry["pending_seconds"] = round(now - state.sent_at, 3)
                 if state.nack_message:
                     entry["nack"] = state.nack_message

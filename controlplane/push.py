@@ -97,15 +97,15 @@ class Pusher:
             if stop.is_set():
                 return
             # Quiet period: wait until no change arrived for `debounce`, at most `max_delay` overall.
+            first = self._first_change_at or time.monotonic()
             while True:
-                assert self._first_change_at is not None  # noqa: S101 - set with _dirty
                 now = time.monotonic()
                 quiet_until = self._last_change_at + self._debounce
-                deadline = self._first_change_at + self._max_delay
+                deadline = first + self._max_delay
                 if now >= min(quiet_until, deadline):
                     break
                 await asyncio.sleep(min(quiet_until, deadline) - now)
-            observed_at = self._first_change_at
+            observed_at = first
             self._dirty.clear()
             self._first_change_at = None
             world = self._store.world()

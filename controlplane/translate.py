@@ -58,7 +58,7 @@ def translate(world: World, node: NodeInfo) -> ProxyConfig:
 
 
 def _first_by_host(pairs: Iterable[tuple[str, _T]]) -> dict[str, _T]:
-    # Resources arrive sorted by key; when two claim one host the first (oldest name) wins, as in Istio.
+    # Resources arrive sorted by namespace/name, so when two claim one host the choice is stable.
     out: dict[str, _T] = {}
     for host, value in pairs:
         out.setdefault(host, value)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 import grpc
@@ -65,7 +65,7 @@ class ConfigDiscovery(discovery_pb2_grpc.ConfigDiscoveryServicer):  # type: igno
         pusher: Pusher,
         cache: SnapshotCache,
         registry: LocalRegistry,
-        on_registry_change: Any,
+        on_registry_change: Callable[[], None],
         metrics: ControlPlaneMetrics,
     ) -> None:
         self._pusher = pusher
@@ -179,8 +179,8 @@ async def _read(
     try:
         async for request in requests:
             await queue.put(request)
-    except (grpc.RpcError, asyncio.CancelledError):
-        pass
+    except grpc.RpcError:
+        pass  # the stream broke; the finally below tells the stream loop
     finally:
         # Wake the stream loop so it notices the end; never block here.
         if not queue.full():

@@ -78,6 +78,10 @@ class ConfigClient:
                     error.details(),
                     extra={"event": "stream_error", "target": self._target},
                 )
+            except Exception:
+                # This loop owns recovery: whatever broke the stream, keep serving the last good
+                # config and try again after the backoff.
+                log.exception("config stream crashed", extra={"event": "stream_error"})
             finally:
                 self.connected = False
             if stop.is_set():
