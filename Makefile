@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit component integration proto crds check-demo clean
+.PHONY: demo test lint typecheck unit component integration kube k8s-bins proto crds check-demo clean bench bench-quick bench-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,25 @@ component: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration
 
-test: lint typecheck $(STAMP)
+# A real kube-apiserver + etcd + kubectl, built from Go modules into ~/.cache/lightmesh/k8s/ (about
+# 7 minutes cold on 2 cores, skipped when present).
+k8s-bins:
+	scripts/k8s/build.sh
+
+kube: $(STAMP) k8s-bins
+	$(BIN)/pytest -q tests/kube
+
+test: lint typecheck $(STAMP) k8s-bins
 	$(BIN)/pytest -q tests
+
+bench-tools: $(STAMP)
+	VENV=$(VENV) scripts/install-bench-tools.sh
+
+bench: bench-tools
+	$(BIN)/python -m bench dataplane --profile --json docs/dataplane.json --markdown docs/benchmarks.md --chart docs/dataplane.png
+
+bench-quick: bench-tools
+	$(BIN)/python -m bench dataplane --quick --json /tmp/lightmesh-dataplane.json
 
 proto: $(STAMP)
 	PYTHON=$(BIN)/python scripts/gen_proto.sh

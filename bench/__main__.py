@@ -1,0 +1,33 @@
+"""`python -m bench SUBCOMMAND`: the benchmarks of lightmesh.
+
+python -m bench dataplane [--quick] [--json FILE] [--markdown FILE] [--chart FILE] [--profile]
+python -m bench startup [--runs N]
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str]) -> int:
+    """Dispatch to a benchmark's own `main`."""
+    usage = "usage: python -m bench {dataplane,startup} [options]   (-h after one for its options)"
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "dataplane":
+        from bench import dataplane
+
+        return dataplane.main(rest)
+    if command == "startup":
+        from bench import startup
+
+        sys.argv = ["python -m bench startup", *rest]  # startup.main() reads sys.argv
+        return startup.main()
+    print(f"unknown benchmark {command!r}\n{usage}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Install everything `python -m bench dataplane` needs; idempotent (safe to run again).
+#
+#   - nginx and haproxy (Debian packages): the backend and the reference proxies. Their system
+#     services are not used: the bench writes its own configs and runs them in the foreground.
+#   - wrk (Debian package): the closed-loop saturation generator.
+#   - fortio, built from Go modules: the constant-rate (open-loop, -qps) latency generator with
+#     per-request latency histograms. Installed to $LIGHTMESH_BIN (default
+#     ~/.cache/lightmesh/bin), with its module cache under ~/.cache/lightmesh/go.
+#   - the `bench` extra of lightmesh (matplotlib for the chart, py-spy for profiling) into the
+#     project venv, if one exists at $VENV (default .venv).
+set -euo pipefail
+
+FORTIO_VERSION="${FORTIO_VERSION:-v1.66.0}"
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/lightmesh"
+BIN_DIR="${LIGHTMESH_BIN:-$CACHE/bin}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+
+sudo_if_needed() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+missing=()
+for pkg in nginx haproxy wrk; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "install-bench-tools: apt-get install ${missing[*]}"
+    sudo_if_needed apt-get update -qq
+    # policy-rc.d 101: do not start the packaged nginx/haproxy services (ports 80 and 8404/…).
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | sudo_if_needed tee /usr/sbin/policy-rc.d >/dev/null
+        sudo_if_needed chmod +x /usr/sbin/policy-rc.d
+        trap 'sudo_if_needed rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}"
+fi
+
+if [ -x "$BIN_DIR/fortio" ] && "$BIN_DIR/fortio" version 2>/dev/null | grep -q "${FORTIO_VERSION#v}"; then
+    :
+else
+    command -v go >/dev/null || { echo "install-bench-tools: go is required to build fortio" >&2; exit 1; }
+    echo "install-bench-tools: go install fortio.org/fortio@$FORTIO_VERSION -> $BIN_DIR"
+    mkdir -p "$BIN_DIR"
+    GOBIN="$BIN_DIR" GOPATH="$CACHE/go" GOMODCACHE="$CACHE/go/mod" GOFLAGS=-mod=mod \
+        CGO_ENABLED=0 go install "fortio.org/fortio@$FORTIO_VERSION"
+fi
+
+if [ -x "$VENV/bin/pip" ]; then
+    if ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null || [ ! -x "$VENV/bin/py-spy" ]; then
+        # The same pins as pyproject's `bench` extra (pip ignores an extra it does not know, so
+        # name the packages rather than rely on `.[bench]`).
+        echo "install-bench-tools: pip install matplotlib py-spy into $VENV"
+        "$VENV/bin/pip" install --quiet "matplotlib>=3.8" "py-spy>=0.3.14"
+    fi
+fi
+
+echo "install-bench-tools: nginx $(nginx -v 2>&1 | sed 's/.*\///'), haproxy $(haproxy -v | head -1 | awk '{print $3}'), wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'), fortio $("$BIN_DIR/fortio" version 2>/dev/null | head -1) in $BIN_DIR"
