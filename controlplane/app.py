@@ -23,6 +23,7 @@ from controlplane.push import Pusher
 from controlplane.registry import LocalRegistry
 from controlplane.snapshots import SnapshotCache
 from controlplane.sources.files import DirectorySource
+from controlplane.sources.kube import KubeSource
 from controlplane.store import Store
 from controlplane.xds.server import ConfigDiscovery
 from lightmesh.runtime import stop_on_signals
@@ -37,7 +38,11 @@ REGISTRY_SOURCE = "local-registry"
 class Settings:
     """Everything the control plane is started with."""
 
-    config_dir: Path
+    config_dir: Path | None = None  # directory source (local mode)
+    kubeconfig: Path | None = (
+        None  # Kubernetes source; with `in_cluster`, the pod's service account
+    )
+    in_cluster: bool = False
     host: str = "127.0.0.1"
     port: int = 15010
     debug_port: int = 15014
@@ -119,11 +124,25 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.debug_port)
 
-    source = DirectorySource(settings.config_dir, store, interval=settings.poll_interval)
-    # Load the files before serving so the first sidecar gets the full config, not a partial one.
-    await source.load()
+    files = (
+        DirectorySource(settings.config_dir, store, interval=settings.poll_interval)
+        if settings.config_dir
+        else None
+    )
+    kube = (
+        KubeSource(store, _kube_api_client(settings))
+        if settings.kubeconfig or settings.in_cluster
+        else None
+    )
+    # Load every source before serving so the first sidecar gets the full config, not a partial one.
+    if files is not None:
+        await files.load()
+    if kube is not None:
+        kube.start()
+        await kube.synced()
     async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(source.watch(stop), name="files")
+        if files is not None:
+            tasks.create_task(files.watch(stop), name="files")
         tasks.create_task(pusher.run(stop), name="push")
         tasks.create_task(keeper.expire_loop(stop), name="registry-expiry")
         await server.start()
@@ -134,7 +153,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
                 "event": "started",
                 "grpc": f"{settings.host}:{bound}",
                 "debug": f"http://{settings.host}:{settings.debug_port}",
-                "config_dir": str(settings.config_dir),
+                "config_dir": str(settings.config_dir or ""),
+                "kubernetes": bool(kube),
             },
         )
         await stop.wait()
@@ -143,3 +163,14 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         await server.stop(grace=1.0)
         await runner.cleanup()
         pusher.shutdown()
+        if kube is not None:
+            kube.stop()
+
+
+def _kube_api_client(settings: Settings) -> object:
+    from kubernetes import client, config  # only cluster mode pays for the import
+
+    if settings.in_cluster:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return client.ApiClient()
+    return config.new_client_from_config(config_file=str(settings.kubeconfig))  # type: ignore[no-untyped-call]

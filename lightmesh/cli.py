@@ -22,14 +22,22 @@ def _controlplane(args: argparse.Namespace) -> int:
     from controlplane.app import Settings, run
 
     setup_logging("controlplane", level=args.log_level)
+    if not args.config_dir and not args.kubeconfig and not args.in_cluster:
+        print(
+            "lightmesh controlplane: give --config-dir, --kubeconfig or --in-cluster",
+            file=sys.stderr,
+        )
+        return 2
     settings = Settings(
-        config_dir=Path(args.config_dir),
+        config_dir=Path(args.config_dir) if args.config_dir else None,
+        kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
+        in_cluster=args.in_cluster,
         host=args.host,
         port=args.port,
         debug_port=args.debug_port,
         state_dir=Path(args.state_dir) if args.state_dir else None,
     )
-    if not settings.config_dir.is_dir():
+    if settings.config_dir is not None and not settings.config_dir.is_dir():
         print(
             f"lightmesh controlplane: --config-dir {args.config_dir}: not a directory",
             file=sys.stderr,
@@ -122,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     cp = sub.add_parser("controlplane", help="run the control plane")
-    cp.add_argument("--config-dir", required=True, help="directory of lightmesh.io YAML resources")
+    cp.add_argument("--config-dir", default="", help="directory of lightmesh.io YAML resources")
+    cp.add_argument("--kubeconfig", default="", help="watch this cluster's resources and services")
+    cp.add_argument("--in-cluster", action="store_true", help="watch the cluster this pod runs in")
     cp.add_argument("--host", default="127.0.0.1")
     cp.add_argument("--port", type=int, default=15010, help="gRPC config stream port")
     cp.add_argument("--debug-port", type=int, default=15014, help="debug/metrics HTTP port")

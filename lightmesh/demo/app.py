@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--version", default="v1")
     parser.add_argument("--workload", default="")
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--call", default="", help="service to call for every request")
     parser.add_argument("--outbound", default="", help="host:port of this app's sidecar outbound")
@@ -80,7 +81,7 @@ def main() -> None:
     )
     web.run_app(
         app,
-        host="127.0.0.1",
+        host=args.host,
         port=args.port,
         print=None,
         access_log=None,

@@ -169,7 +169,8 @@ class LocalMesh:
         """Base URL of the control plane's debug server."""
         return f"http://127.0.0.1:{self.cp_debug_port}"
 
-    def _spawn(self, name: str, args: list[str]) -> Process:
+    def spawn(self, name: str, args: list[str]) -> Process:
+        """Start `python ARGS` as a child whose output goes to logs/NAME.log."""
         log = self.work_dir / "logs" / f"{name}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with log.open("ab") as out:
@@ -184,9 +185,9 @@ class LocalMesh:
         self._processes.append(process)
         return process
 
-    def start_control_plane(self, *, wait: bool = True) -> Process:
+    def start_control_plane(self, *, wait: bool = True, extra_args: tuple[str, ...] = ()) -> Process:
         """Start (or restart, on the same ports and state) the control plane."""
-        self.control_plane = self._spawn(
+        self.control_plane = self.spawn(
             "controlplane",
             [
                 "-m", "lightmesh.cli", "controlplane",
@@ -194,6 +195,7 @@ class LocalMesh:
                 "--port", str(self.cp_port),
                 "--debug-port", str(self.cp_debug_port),
                 "--state-dir", str(self.work_dir / "state"),
+                *extra_args,
             ],
         )  # fmt: skip
         if wait:
@@ -211,6 +213,7 @@ class LocalMesh:
         service: str,
         version: str = "v1",
         call: str = "",
+        namespace: str = "default",
         sidecar_args: tuple[str, ...] = (),
     ) -> Workload:
         """Start a demo app and its sidecar (not waiting for readiness)."""
@@ -223,7 +226,7 @@ class LocalMesh:
             outbound_port=free_port(),
             admin_port=free_port(),
         )
-        workload.app = self._spawn(
+        workload.app = self.spawn(
             f"{name}-app",
             [
                 "-m", "lightmesh.demo.app",
@@ -232,12 +235,12 @@ class LocalMesh:
                 "--call", call, "--outbound", workload.outbound,
             ],
         )  # fmt: skip
-        workload.sidecar = self._spawn(
+        workload.sidecar = self.spawn(
             f"{name}-sidecar",
             [
                 "-m", "lightmesh.cli", "sidecar",
                 "--control-plane", f"127.0.0.1:{self.cp_port}",
-                "--workload", name, "--service", service,
+                "--workload", name, "--service", service, "--namespace", namespace,
                 "--labels", f"app={service},version={version}",
                 "--app-port", str(workload.app_port),
                 "--inbound-port", str(workload.inbound_port),

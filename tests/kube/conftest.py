@@ -42,3 +42,15 @@ def namespace(kube: KubeCluster, request: pytest.FixtureRequest) -> Iterator[str
     kube.kubectl("create", "namespace", name)
     yield name
     kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+CRDS = ("virtualservices.lightmesh.io", "destinationrules.lightmesh.io")
+
+
+@pytest.fixture(scope="session")
+def crds(kube: KubeCluster) -> None:
+    """The generated CRDs, applied with kubectl and Established."""
+    kube.kubectl("apply", "-f", "crds/")
+    kube.kubectl(
+        "wait", "--for=condition=Established", "--timeout=30s", *(f"crd/{name}" for name in CRDS)
+    )

@@ -7,23 +7,14 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.kube.conftest import CRDS
 from tests.support.kube import REPO, KubeCluster
 
 pytestmark = pytest.mark.kube
 
 GROUP = "lightmesh.io"
 VERSION = "v1alpha1"
-CRDS = ("virtualservices.lightmesh.io", "destinationrules.lightmesh.io")
 DEMO = REPO / "examples" / "demo"
-
-
-@pytest.fixture(scope="module")
-def crds(kube: KubeCluster) -> None:
-    """The generated CRDs, applied with kubectl and Established."""
-    kube.kubectl("apply", "-f", "crds/")
-    kube.kubectl(
-        "wait", "--for=condition=Established", "--timeout=30s", *(f"crd/{name}" for name in CRDS)
-    )
 
 
 def virtual_service(name: str, spec: dict[str, Any]) -> str:

@@ -1,0 +1,189 @@
+"""Kubernetes source: list-then-watch of the mesh kinds, Services, EndpointSlices and Pods.
+
+One worker thread per kind runs the (synchronous) `kubernetes` client: it lists, then watches from
+the list's resourceVersion with bookmarks, and relists on 410 Gone or any error (with backoff);
+a relist replaces the kind's objects wholesale, and the store ignores results equal to what it
+has, so a relist causes no spurious push. Events are handed to the event loop, which owns the
+index and the store. The threads stay out of the loop, and the loop never blocks on the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from controlplane.sources.kube_index import KINDS, MESH_KINDS, KubeIndex, Obj
+from controlplane.store import Store
+
+log = logging.getLogger("controlplane.sources.kube")
+
+SOURCE = "kubernetes"
+WATCH_TIMEOUT = 240  # seconds a watch request stays open before it is renewed
+
+
+class _Gone(Exception):
+    """The watch's resourceVersion is too old (410): relist."""
+
+
+class KubeSource:
+    """Feeds the store from the Kubernetes API; `start()` spawns the watchers, `stop()` ends them."""
+
+    def __init__(self, store: Store, api_client: Any) -> None:
+        self._store = store
+        self._api = api_client
+        self._index = KubeIndex()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._synced: set[str] = set()
+        self._all_synced = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Start one list/watch thread per kind."""
+        self._loop = asyncio.get_running_loop()
+        for kind in KINDS:
+            thread = threading.Thread(
+                target=self._run, args=(kind,), name=f"watch-{kind}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    async def synced(self) -> None:
+        """Wait until every kind has been listed once (the first config is then complete)."""
+        await self._all_synced.wait()
+
+    def stop(self) -> None:
+        """End the watches: nothing is delivered after this returns.
+
+        The watch threads are daemons blocked in reads; closing their sockets from here can
+        deadlock inside urllib3, and they deliver nothing once stopped, so the process does not
+        wait for them.
+        """
+        self._stop.set()
+
+    # --- worker threads ---
+
+    def _run(self, kind: str) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                version = self._list(kind)
+                backoff = 0.2
+                while not self._stop.is_set():
+                    version = self._watch(kind, version)
+            except _Gone:
+                log.info("watch expired, relisting", extra={"event": "relist", "kind": kind})
+            except Exception as error:
+                if self._stop.is_set():
+                    return
+                log.warning(
+                    "list/watch failed: %s",
+                    error,
+                    extra={"event": "watch_error", "kind": kind},
+                )
+                self._stop.wait(backoff * random.uniform(0.5, 1.5))
+                backoff = min(backoff * 2, 5.0)
+
+    def _get(self, kind: str, query: list[tuple[str, str]], *, read_timeout: float) -> Any:
+        """GET a collection (list or watch); returns the streaming urllib3 response."""
+        path = KINDS[kind][1]
+        method, url, headers, _, _ = self._api.param_serialize(
+            "GET",
+            path,
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        response = self._api.call_api(
+            method, url, header_params=headers, _request_timeout=(5, read_timeout)
+        ).response
+        if response.status == 410:
+            response.release_conn()
+            raise _Gone
+        if response.status >= 400:
+            text = response.data[:300].decode(errors="replace")
+            response.release_conn()
+            raise RuntimeError(f"GET {path}: HTTP {response.status}: {text}")
+        return response
+
+    def _list(self, kind: str) -> str:
+        response = self._get(kind, [], read_timeout=60)
+        try:
+            body = json.loads(response.data)
+        finally:
+            response.release_conn()
+        self._deliver(partial(self._on_list, kind, body.get("items") or []))
+        version: str = body["metadata"]["resourceVersion"]
+        return version
+
+    def _watch(self, kind: str, version: str) -> str:
+        query = [
+            ("watch", "true"),
+            ("resourceVersion", version),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(WATCH_TIMEOUT)),
+        ]
+        response = self._get(kind, query, read_timeout=WATCH_TIMEOUT + 30)
+        try:
+            for line in _lines(response):
+                event = json.loads(line)
+                kind_of_event = event.get("type")
+                obj = event.get("object") or {}
+                if kind_of_event == "ERROR":
+                    if obj.get("code") == 410:
+                        raise _Gone
+                    raise RuntimeError(obj.get("message", "watch error"))
+                version = obj.get("metadata", {}).get("resourceVersion", version)
+                if kind_of_event in ("ADDED", "MODIFIED", "DELETED"):
+                    deleted = kind_of_event == "DELETED"
+                    self._deliver(partial(self._on_event, kind, obj, deleted=deleted))
+        finally:
+            response.release_conn()
+        return version
+
+    def _deliver(self, callback: Callable[[], None]) -> None:
+        if self._loop is not None and not self._stop.is_set():
+            self._loop.call_soon_threadsafe(callback)
+
+    # --- on the event loop ---
+
+    def _on_list(self, kind: str, items: list[Obj]) -> None:
+        self._index.replace(kind, items)
+        self._synced.add(kind)
+        if self._synced >= set(KINDS):
+            self._all_synced.set()
+        self._publish(kind)
+
+    def _on_event(self, kind: str, obj: Obj, *, deleted: bool) -> None:
+        if deleted:
+            self._index.delete(kind, obj)
+        else:
+            self._index.apply(kind, obj)
+        self._publish(kind)
+
+    def _publish(self, kind: str) -> None:
+        if not self._all_synced.is_set():
+            return  # a partial world would push partial config; wait for every first list
+        resources, problems = self._index.resources()
+        if kind in MESH_KINDS:
+            for problem in problems:
+                log.warning("resource rejected: %s", problem, extra={"event": "resource_rejected"})
+        self._store.replace_resources(SOURCE, resources, problems)
+        self._store.replace_services(SOURCE, self._index.services())
+
+
+def _lines(response: Any) -> Any:
+    """Newline-delimited JSON objects from a streaming urllib3 response."""
+    buffer = b""
+    for chunk in response.stream(4096, decode_content=True):
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line.strip():
+                yield line

@@ -1,0 +1,125 @@
+"""Index of watched Kubernetes objects → validated resources and services. Pure.
+
+Objects arrive as plain JSON mappings (list items and watch events). A resource whose new version
+is invalid keeps its last accepted version serving, exactly as in the file source; services are
+built from Service objects, their EndpointSlices (ready endpoints only) and the Pods those
+endpoints point at (labels select subsets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from controlplane.model import Resource, ResourceKey, Service, ServiceEndpoint, resolve_host
+from controlplane.schema import API_VERSION
+from controlplane.validate import Problem, parse_document
+
+ORIGIN = "kubernetes"
+
+# kind -> (apiVersion, API path of the cluster-wide collection)
+KINDS: dict[str, tuple[str, str]] = {
+    "VirtualService": (API_VERSION, f"/apis/{API_VERSION}/virtualservices"),
+    "DestinationRule": (API_VERSION, f"/apis/{API_VERSION}/destinationrules"),
+    "Service": ("v1", "/api/v1/services"),
+    "EndpointSlice": ("discovery.k8s.io/v1", "/apis/discovery.k8s.io/v1/endpointslices"),
+    "Pod": ("v1", "/api/v1/pods"),
+}
+MESH_KINDS = ("VirtualService", "DestinationRule")
+
+Obj = Mapping[str, Any]
+ObjKey = tuple[str, str]  # namespace, name
+
+
+def _key(obj: Obj) -> ObjKey:
+    meta = obj.get("metadata", {})
+    return meta.get("namespace", ""), meta.get("name", "")
+
+
+class KubeIndex:
+    """The latest version of every watched object, and what the mesh makes of them."""
+
+    def __init__(self) -> None:
+        self._objects: dict[str, dict[ObjKey, Obj]] = {kind: {} for kind in KINDS}
+        self._good: dict[ResourceKey, Resource] = {}
+
+    def replace(self, kind: str, objects: Iterable[Obj]) -> None:
+        """Replace every object of `kind` (after a list or relist)."""
+        self._objects[kind] = {_key(o): o for o in objects}
+        if kind in MESH_KINDS:
+            present = {ResourceKey(kind, *k) for k in self._objects[kind]}
+            for key in [k for k in self._good if k.kind == kind and k not in present]:
+                del self._good[key]
+
+    def apply(self, kind: str, obj: Obj) -> None:
+        """An object was added or modified."""
+        self._objects[kind][_key(obj)] = obj
+
+    def delete(self, kind: str, obj: Obj) -> None:
+        """An object was deleted."""
+        self._objects[kind].pop(_key(obj), None)
+        if kind in MESH_KINDS:
+            self._good.pop(ResourceKey(kind, *_key(obj)), None)
+
+    def resources(self) -> tuple[dict[ResourceKey, Resource], tuple[Problem, ...]]:
+        """Accepted resources (last good version where the current one is invalid) and problems."""
+        problems: list[Problem] = []
+        for kind in MESH_KINDS:
+            api_version = KINDS[kind][0]
+            for obj in self._objects[kind].values():
+                doc = {**obj, "apiVersion": api_version, "kind": kind}
+                parsed = parse_document(doc, origin=ORIGIN)
+                if parsed.key is None:
+                    problems += parsed.problems
+                elif parsed.resource is not None:
+                    self._good[parsed.key] = parsed.resource
+                else:
+                    problems += parsed.problems
+                    if parsed.key in self._good:
+                        problems.append(
+                            Problem(
+                                origin=ORIGIN,
+                                resource=str(parsed.key),
+                                path="",
+                                message="rejected; the last accepted version keeps serving",
+                            )
+                        )
+        return dict(self._good), tuple(problems)
+
+    def services(self) -> dict[str, Service]:
+        """Services by FQDN with their ready endpoints."""
+        pods = self._objects["Pod"]
+        endpoints: dict[ObjKey, list[ServiceEndpoint]] = {}
+        for slice_obj in self._objects["EndpointSlice"].values():
+            namespace = slice_obj.get("metadata", {}).get("namespace", "")
+            labels = slice_obj.get("metadata", {}).get("labels") or {}
+            service = labels.get("kubernetes.io/service-name")
+            ports = slice_obj.get("ports") or []
+            if not service or not ports or ports[0].get("port") is None:
+                continue
+            port = int(ports[0]["port"])
+            for endpoint in slice_obj.get("endpoints") or []:
+                conditions = endpoint.get("conditions") or {}
+                # `ready` unset means ready; terminating endpoints are not ready.
+                if conditions.get("ready") is False or not endpoint.get("addresses"):
+                    continue
+                ref = endpoint.get("targetRef") or {}
+                pod = (
+                    pods.get((namespace, ref.get("name", ""))) if ref.get("kind") == "Pod" else None
+                )
+                pod_labels = (pod or {}).get("metadata", {}).get("labels") or {}
+                endpoints.setdefault((namespace, service), []).append(
+                    ServiceEndpoint(
+                        address=endpoint["addresses"][0],
+                        port=port,
+                        workload=ref.get("name", ""),
+                        labels=tuple(sorted(pod_labels.items())),
+                    )
+                )
+        services = {}
+        for namespace, name in sorted(self._objects["Service"]):
+            found = sorted(endpoints.get((namespace, name), []), key=lambda e: (e.address, e.port))
+            services[resolve_host(name, namespace)] = Service(
+                name=name, namespace=namespace, endpoints=tuple(found)
+            )
+        return services

@@ -1,0 +1,68 @@
+"""The Kubernetes index: objects → resources (with last-known-good) and services."""
+
+from typing import Any
+
+from controlplane.model import ResourceKey
+from controlplane.sources.kube_index import KubeIndex
+
+
+def vs(weight_v1: int) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "catalog", "namespace": "shop", "resourceVersion": str(weight_v1)},
+        "spec": {"hosts": ["catalog"], "http": [{"route": [
+            {"destination": {"host": "catalog", "subset": "v1"}, "weight": weight_v1},
+            {"destination": {"host": "catalog", "subset": "v2"}, "weight": 40},
+        ]}]},
+    }  # fmt: skip
+
+
+def endpoint_slice(name: str, address: str, pod: str, *, ready: bool | None) -> dict[str, Any]:
+    conditions = {} if ready is None else {"ready": ready}
+    return {
+        "metadata": {"name": name, "namespace": "shop", "labels": {"kubernetes.io/service-name": "catalog"}},
+        "ports": [{"port": 8080}],
+        "endpoints": [{"addresses": [address], "conditions": conditions,
+                       "targetRef": {"kind": "Pod", "name": pod}}],
+    }  # fmt: skip
+
+
+def test_invalid_update_keeps_last_good_and_delete_removes_it() -> None:
+    index = KubeIndex()
+    index.replace("VirtualService", [vs(60)])
+    resources, problems = index.resources()
+    key = ResourceKey("VirtualService", "shop", "catalog")
+    good = resources[key]
+    assert problems == ()
+    index.apply("VirtualService", vs(70))
+    resources, problems = index.resources()
+    assert resources[key] is good
+    assert [str(p) for p in problems] == [
+        "kubernetes: VirtualService shop/catalog: spec.http[0].route: weights sum to 110, must be 100",
+        "kubernetes: VirtualService shop/catalog: rejected; the last accepted version keeps serving",
+    ]
+    index.delete("VirtualService", vs(70))
+    assert index.resources() == ({}, ())
+
+
+def test_services_take_ready_endpoints_with_their_pod_labels() -> None:
+    index = KubeIndex()
+    index.replace("Service", [{"metadata": {"name": "catalog", "namespace": "shop"}}])
+    index.replace(
+        "Pod", [{"metadata": {"name": "c1", "namespace": "shop", "labels": {"version": "v1"}}}]
+    )
+    index.replace("EndpointSlice", [
+        endpoint_slice("a", "10.0.0.1", "c1", ready=None),
+        endpoint_slice("b", "10.0.0.2", "c2", ready=False),
+    ])  # fmt: skip
+    service = index.services()["catalog.shop.svc.cluster.local"]
+    assert [(e.address, e.port, e.workload, e.labels) for e in service.endpoints] == [
+        ("10.0.0.1", 8080, "c1", (("version", "v1"),))
+    ]
+
+
+def test_relist_drops_resources_that_disappeared() -> None:
+    index = KubeIndex()
+    index.replace("VirtualService", [vs(60)])
+    index.resources()
+    index.replace("VirtualService", [])
+    assert index.resources() == ({}, ())
