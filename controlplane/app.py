@@ -24,6 +24,7 @@ from controlplane.registry import LocalRegistry
 from controlplane.snapshots import SnapshotCache
 from controlplane.sources.files import DirectorySource
 from controlplane.sources.kube import KubeSource
+from controlplane.status import StatusWriter
 from controlplane.store import Store
 from controlplane.xds.server import ConfigDiscovery
 from lightmesh.runtime import stop_on_signals
@@ -43,6 +44,7 @@ class Settings:
         None  # Kubernetes source; with `in_cluster`, the pod's service account
     )
     in_cluster: bool = False
+    lease_namespace: str = "default"  # where the status-writer Lease lives
     host: str = "127.0.0.1"
     port: int = 15010
     debug_port: int = 15014
@@ -129,21 +131,25 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         if settings.config_dir
         else None
     )
-    kube = (
-        KubeSource(store, _kube_api_client(settings))
-        if settings.kubeconfig or settings.in_cluster
-        else None
-    )
+    kube: KubeSource | None = None
+    status: StatusWriter | None = None
+    if settings.kubeconfig or settings.in_cluster:
+        api = _kube_api_client(settings)
+        status = StatusWriter(api, lease_namespace=settings.lease_namespace)
+        kube = KubeSource(store, api, on_status=status.submit)
     # Load every source before serving so the first sidecar gets the full config, not a partial one.
     if files is not None:
         await files.load()
-    if kube is not None:
+    if kube is not None and status is not None:
         kube.start()
+        status.start()
         await kube.synced()
     async with asyncio.TaskGroup() as tasks:
         if files is not None:
             tasks.create_task(files.watch(stop), name="files")
         tasks.create_task(pusher.run(stop), name="push")
+        if kube is not None and status is not None:
+            tasks.create_task(_refresh_status_on_leadership(kube, status, stop), name="status")
         tasks.create_task(keeper.expire_loop(stop), name="registry-expiry")
         await server.start()
         await site.start()
@@ -163,8 +169,21 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         await server.stop(grace=1.0)
         await runner.cleanup()
         pusher.shutdown()
-        if kube is not None:
+        if kube is not None and status is not None:
             kube.stop()
+            status.stop()
+
+
+async def _refresh_status_on_leadership(
+    kube: KubeSource, status: StatusWriter, stop: asyncio.Event
+) -> None:
+    was_leading = False
+    while not stop.is_set():
+        if status.leading and not was_leading:
+            kube.refresh_status()
+        was_leading = status.leading
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=0.5)
 
 
 def _kube_api_client(settings: Settings) -> object:

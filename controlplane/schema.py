@@ -127,6 +127,12 @@ DESTINATION_RULE_SPEC = _obj(
     required=["host"],
 )
 
+# kind -> extra printer columns for `kubectl get` (name, JSONPath)
+_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "VirtualService": [("Hosts", ".spec.hosts")],
+    "DestinationRule": [("Host", ".spec.host")],
+}
+
 # kind -> (plural, short names, spec schema)
 KINDS: dict[str, tuple[str, list[str], Schema]] = {
     "VirtualService": ("virtualservices", ["vs"], VIRTUAL_SERVICE_SPEC),
@@ -229,6 +235,15 @@ def crd_manifest(kind: str) -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        *({"name": n, "type": "string", "jsonPath": p} for n, p in _COLUMNS[kind]),
+                        {
+                            "name": "Accepted",
+                            "type": "string",
+                            "jsonPath": '.status.conditions[?(@.type=="Accepted")].status',
+                        },
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",

@@ -32,6 +32,7 @@ def _controlplane(args: argparse.Namespace) -> int:
         config_dir=Path(args.config_dir) if args.config_dir else None,
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
         in_cluster=args.in_cluster,
+        lease_namespace=args.lease_namespace,
         host=args.host,
         port=args.port,
         debug_port=args.debug_port,
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--config-dir", default="", help="directory of lightmesh.io YAML resources")
     cp.add_argument("--kubeconfig", default="", help="watch this cluster's resources and services")
     cp.add_argument("--in-cluster", action="store_true", help="watch the cluster this pod runs in")
+    cp.add_argument("--lease-namespace", default="default", help="namespace of the leader Lease")
     cp.add_argument("--host", default="127.0.0.1")
     cp.add_argument("--port", type=int, default=15010, help="gRPC config stream port")
     cp.add_argument("--debug-port", type=int, default=15014, help="debug/metrics HTTP port")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from controlplane.sources.kube_index import KINDS, MESH_KINDS, KubeIndex, Obj
+from controlplane.sources.kube_index import KINDS, MESH_KINDS, KubeIndex, Obj, StatusUpdate
 from controlplane.store import Store
 
 log = logging.getLogger("controlplane.sources.kube")
@@ -34,7 +34,10 @@ class _Gone(Exception):
 class KubeSource:
     """Feeds the store from the Kubernetes API; `start()` spawns the watchers, `stop()` ends them."""
 
-    def __init__(self, store: Store, api_client: Any) -> None:
+    def __init__(
+        self, store: Store, api_client: Any, *, on_status: Callable[[list[StatusUpdate]], None]
+    ) -> None:
+        self._on_status = on_status
         self._store = store
         self._api = api_client
         self._index = KubeIndex()
@@ -53,6 +56,11 @@ class KubeSource:
             )
             thread.start()
             self._threads.append(thread)
+
+    def refresh_status(self) -> None:
+        """Offer every out-of-date status again (after this replica became leader)."""
+        if self._all_synced.is_set():
+            self._on_status(self._index.status_updates())
 
     async def synced(self) -> None:
         """Wait until every kind has been listed once (the first config is then complete)."""
@@ -175,6 +183,8 @@ class KubeSource:
             for problem in problems:
                 log.warning("resource rejected: %s", problem, extra={"event": "resource_rejected"})
         self._store.replace_resources(SOURCE, resources, problems)
+        if kind in MESH_KINDS:
+            self._on_status(self._index.status_updates())
         self._store.replace_services(SOURCE, self._index.services())
 
 

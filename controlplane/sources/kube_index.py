@@ -9,6 +9,7 @@ endpoints point at (labels select subsets).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from controlplane.model import Resource, ResourceKey, Service, ServiceEndpoint, resolve_host
@@ -28,6 +29,20 @@ KINDS: dict[str, tuple[str, str]] = {
 MESH_KINDS = ("VirtualService", "DestinationRule")
 
 Obj = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusUpdate:
+    """The `Accepted` condition a mesh resource should carry, when it does not yet."""
+
+    kind: str
+    namespace: str
+    name: str
+    generation: int
+    accepted: bool
+    message: str
+
+
 ObjKey = tuple[str, str]  # namespace, name
 
 
@@ -85,6 +100,44 @@ class KubeIndex:
                             )
                         )
         return dict(self._good), tuple(problems)
+
+    def status_updates(self) -> list[StatusUpdate]:
+        """Mesh resources whose `Accepted` condition is missing or out of date."""
+        updates = []
+        for kind in MESH_KINDS:
+            for (namespace, name), obj in sorted(self._objects[kind].items()):
+                doc = {**obj, "apiVersion": KINDS[kind][0], "kind": kind}
+                parsed = parse_document(doc, origin=ORIGIN)
+                accepted = parsed.resource is not None
+                message = (
+                    "accepted"
+                    if accepted
+                    else "; ".join(
+                        ": ".join(x for x in (p.path, p.message) if x) for p in parsed.problems
+                    )
+                )
+                generation = int(obj.get("metadata", {}).get("generation") or 0)
+                status = obj.get("status") or {}
+                current: Mapping[str, Any] = next(
+                    (c for c in status.get("conditions") or [] if c.get("type") == "Accepted"), {}
+                )
+                if (
+                    current.get("status") == ("True" if accepted else "False")
+                    and current.get("message") == message
+                    and status.get("observedGeneration") == generation
+                ):
+                    continue
+                updates.append(
+                    StatusUpdate(
+                        kind=kind,
+                        namespace=namespace,
+                        name=name,
+                        generation=generation,
+                        accepted=accepted,
+                        message=message,
+                    )
+                )
+        return updates
 
     def services(self) -> dict[str, Service]:
         """Services by FQDN with their ready endpoints."""

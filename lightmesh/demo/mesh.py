@@ -185,7 +185,9 @@ class LocalMesh:
         self._processes.append(process)
         return process
 
-    def start_control_plane(self, *, wait: bool = True, extra_args: tuple[str, ...] = ()) -> Process:
+    def start_control_plane(
+        self, *, wait: bool = True, extra_args: tuple[str, ...] = ()
+    ) -> Process:
         """Start (or restart, on the same ports and state) the control plane."""
         self.control_plane = self.spawn(
             "controlplane",

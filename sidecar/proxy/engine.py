@@ -29,6 +29,8 @@ from sidecar.proxy.decision import (
 )
 from sidecar.proxy.http1 import (
     CHUNKED,
+    MAX_HEAD_BYTES,
+    MAX_HEADERS,
     UNTIL_CLOSE,
     BodyKind,
     Data,
@@ -36,6 +38,7 @@ from sidecar.proxy.http1 import (
     Framing,
     Headers,
     ParseError,
+    RequestEvent,
     RequestStart,
     ResponseStart,
     encode_body,
@@ -62,9 +65,16 @@ PUMP_FLUSH_TIMEOUT = 1.0
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EngineSettings:
-    """Tunables of one proxy listener; defaults suit production."""
+    """Tunables of one proxy listener; defaults suit production (and follow Envoy's)."""
 
     pool_idle_timeout: float = 60.0
+    # A downstream connection with no request in flight is closed after this long.
+    idle_timeout: float = 60.0
+    # From the first byte of a request head to its end; then 408 and close.
+    head_timeout: float = 30.0
+    # Larger heads, or heads with more fields, are answered 431 and the connection closed.
+    max_head_bytes: int = MAX_HEAD_BYTES
+    max_headers: int = MAX_HEADERS
     read_size: int = READ_SIZE
     clock: Callable[[], float] = time.monotonic
 
@@ -205,6 +215,10 @@ class DownstreamFailed(Exception):
     """The client closed, reset or sent garbage while its request body was being read."""
 
 
+class HeadTimeout(Exception):
+    """A request head did not arrive completely within `EngineSettings.head_timeout`."""
+
+
 class RequestBody:
     """The body of the current request, pulled from the downstream connection."""
 
@@ -285,6 +299,8 @@ def forwarded_head(start: RequestStart, *, peer: str) -> RequestHead:
         headers = [(k, v) for k, v in headers if k != b"host"]
         headers.insert(0, (b"host", authority.rpartition("@")[2].encode("latin-1")))
     headers = _append_forwarded_for(headers, peer)
+    if start.upgrade:
+        headers += [(b"connection", b"upgrade"), (b"upgrade", start.upgrade)]
     if not header_values(headers, b"x-forwarded-proto"):
         headers.append((b"x-forwarded-proto", b"http"))
     if not header_values(headers, b"x-request-id"):
@@ -375,6 +391,7 @@ class _Client:
     writer: asyncio.StreamWriter
     peer: str
     task: asyncio.Task[None] | None = None
+    idle: bool = False  # waiting for the first byte of a request: safe to close when draining
 
 
 class ProxyListener:
@@ -396,8 +413,6 @@ class ProxyListener:
         self._pool = ConnectionPool(idle_timeout=settings.pool_idle_timeout, clock=settings.clock)
         self._clients: set[_Client] = set()
         self._active = 0
-        self._quiet = asyncio.Event()
-        self._quiet.set()
         self._draining = False
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -416,14 +431,17 @@ class ProxyListener:
         )
 
     async def close(self, drain_timeout: float = 5.0) -> None:
-        """Stop accepting, let in-flight exchanges finish (bounded), then close everything."""
+        """Drain: stop accepting, close idle connections, let exchanges in flight finish (each
+        answered with Connection: close) for up to `drain_timeout`, then close everything."""
         self._draining = True
         if self._server is not None:
             self._server.close()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(drain_timeout):
-                await self._quiet.wait()
+        for client in list(self._clients):
+            if client.idle and client.task is not None:
+                client.task.cancel()  # between requests: nothing is lost by closing now
         tasks = [c.task for c in self._clients if c.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=drain_timeout)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -448,8 +466,14 @@ class ProxyListener:
     def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # We own the connection task (rather than letting start_server wrap a coroutine) so
         # close() can cancel it: Python 3.11's wrapper logs an error for cancelled tasks.
+        settings = self._settings
         client = _Client(
-            requests=RequestStream(reader, read_size=self._settings.read_size),
+            requests=RequestStream(
+                reader,
+                read_size=settings.read_size,
+                max_head_bytes=settings.max_head_bytes,
+                max_headers=settings.max_headers,
+            ),
             writer=writer,
             peer=_peer_host(writer),
         )
@@ -477,33 +501,61 @@ class ProxyListener:
     async def _serve_requests(self, client: _Client) -> None:
         while not self._draining:
             try:
-                event = await client.requests.next_event()
-            except ParseError:
-                await self._bad_request(client)
+                event = await self._next_request(client)
+            except ParseError as exc:
+                text = "request header fields too large" if exc.status == 431 else "bad request"
+                await self._refuse(client, exc.status, text, flags="DPE")
+                return
+            except HeadTimeout:
+                await self._refuse(client, 408, "request timeout", flags="DT")
                 return
             if event is None:
                 return
             if not isinstance(event, RequestStart):
                 raise RuntimeError(f"request stream out of sync: {event!r}")
             self._active += 1
-            self._quiet.clear()
             try:
                 keep_alive = await self._exchange(client, event)
             finally:
                 self._active -= 1
-                if self._active == 0:
-                    self._quiet.set()
             if not keep_alive:
                 return
 
-    async def _bad_request(self, client: _Client) -> None:
+    async def _next_request(self, client: _Client) -> RequestEvent | None:
+        """The next request head; None if the client closed or stayed idle too long.
+
+        Raises ParseError, or HeadTimeout if a head began but did not complete in time.
+        """
+        requests = client.requests
+        if requests.ready:  # pipelined: already parsed, no timer needed
+            return await requests.next_event()
+        settings = self._settings
+        in_head = False
+        try:
+            async with asyncio.timeout(settings.idle_timeout) as deadline:
+                client.idle = True
+                try:
+                    if not await requests.begin():
+                        return None
+                finally:
+                    client.idle = False
+                in_head = True
+                deadline.reschedule(asyncio.get_running_loop().time() + settings.head_timeout)
+                return await requests.next_event()
+        except TimeoutError:
+            if in_head:
+                raise HeadTimeout from None
+            return None  # idle keep-alive connection: close it quietly
+
+    async def _refuse(self, client: _Client, status: int, text: str, *, flags: str) -> None:
+        """Answer a request the engine could not read, then close (the stream is unusable)."""
         started = self._clock()
-        body = b"bad request\n"
+        body = f"{text}\n".encode("ascii")
         client.writer.write(
-            local_reply_head(400, body, flags="DPE", keep_alive=False, http11=True) + body
+            local_reply_head(status, body, flags=flags, keep_alive=False, http11=True) + body
         )
         await client.writer.drain()
-        self._record(None, None, Outcome(400, "DPE", len(body), False), started, 0)
+        self._record(None, None, Outcome(status, flags, len(body), False), started, 0)
 
     # --- one exchange ---
 
@@ -606,7 +658,10 @@ class ProxyListener:
             return await self._upstream_error(client, start, body, target, exc)
         reusable = False
         try:
-            outcome, reusable = await self._relay(client, start, body, attempt, response)
+            if response.status == 101:
+                outcome = await self._tunnel(client, body, attempt, response)
+            else:
+                outcome, reusable = await self._relay(client, start, body, attempt, response)
             return dataclasses.replace(outcome, cluster=target.cluster)
         finally:
             reusable = await attempt.stop_pump() and reusable
@@ -645,7 +700,7 @@ class ProxyListener:
             )
             try:
                 await self._send_head(attempt, data, body, start.framing)
-                return attempt, await self._response_head(attempt)
+                return attempt, await self._response_head(attempt, upgrade=bool(start.upgrade))
             except PeerClosed as exc:
                 await attempt.stop_pump()
                 self._pool.discard(conn)
@@ -675,10 +730,10 @@ class ProxyListener:
                 self._pump(attempt, body, framing), name=f"proxy-{self._name}-request-body"
             )
 
-    async def _response_head(self, attempt: Attempt) -> ResponseStart:
+    async def _response_head(self, attempt: Attempt, *, upgrade: bool) -> ResponseStart:
         event = await attempt.response.next_event()
-        if not isinstance(event, ResponseStart) or event.status == 101:
-            # 101 is never expected: Upgrade is not forwarded.
+        if not isinstance(event, ResponseStart) or (event.status == 101 and not upgrade):
+            # 101 only answers a request that asked for Upgrade.
             raise ParseError(f"unexpected response event {event!r}")
         return event
 
@@ -736,6 +791,42 @@ class ProxyListener:
         reusable = head.keep_alive and request_done and not attempt.response.parser.trailing_data
         return Outcome(head.status, "", sent, keep_alive and request_done), reusable
 
+    async def _tunnel(
+        self, client: _Client, body: RequestBody, attempt: Attempt, head: ResponseStart
+    ) -> Outcome:
+        """After a 101: relay raw bytes both ways until both sides have closed their half."""
+        upgrade = b", ".join(header_values(head.headers, b"upgrade"))
+        headers = [*strip_hop_by_hop(head.headers), (b"connection", b"upgrade")]
+        if upgrade:
+            headers.append((b"upgrade", upgrade))
+        client.writer.write(serialize_response_head(101, headers, reason=head.reason))
+        conn = attempt.conn
+        read_size = self._settings.read_size
+        async with asyncio.TaskGroup() as group:
+            name = f"proxy-{self._name}-tunnel"
+            up = group.create_task(
+                _splice(
+                    client.requests.reader,
+                    client.requests.detach(),
+                    conn.writer,
+                    read_size=read_size,
+                    other=client.writer,
+                ),
+                name=f"{name}-up",
+            )
+            down = group.create_task(
+                _splice(
+                    conn.reader,
+                    attempt.response.parser.upgrade_tail,
+                    client.writer,
+                    read_size=read_size,
+                    other=conn.writer,
+                ),
+                name=f"{name}-down",
+            )
+        body.consumed += up.result()
+        return Outcome(101, "", down.result(), False)
+
     async def _await_pump(self, attempt: Attempt, body: RequestBody) -> bool:
         """After the response: whether the request body was fully read and sent."""
         pump = attempt.pump
@@ -749,6 +840,34 @@ class ProxyListener:
             await asyncio.gather(pump, return_exceptions=True)
             return False
         return attempt.pump_ok and body.complete
+
+
+async def _splice(
+    reader: asyncio.StreamReader,
+    first: bytes,
+    writer: asyncio.StreamWriter,
+    *,
+    read_size: int,
+    other: asyncio.StreamWriter,
+) -> int:
+    """Copy `first`, then everything `reader` yields, to `writer`; pass the end of input on as a
+    half-close. Returns the bytes copied. A broken side resets both connections (`other` is the
+    writer on the reader's connection), which ends the opposite direction too."""
+    moved = len(first)
+    try:
+        if first:
+            writer.write(first)
+            await writer.drain()
+        while data := await reader.read(read_size):
+            moved += len(data)
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof() and not writer.is_closing():
+            writer.write_eof()
+    except OSError:
+        writer.transport.abort()
+        other.transport.abort()
+    return moved
 
 
 def _error_text(flags: str) -> str:

@@ -17,8 +17,14 @@ import httptools
 
 from sidecar.proxy.decision import RequestHead
 
-# Bytes allowed before a head is complete; larger heads are refused rather than buffered.
-MAX_HEAD_BYTES = 64 * 1024
+# Bytes allowed before a head is complete; larger heads are refused rather than buffered
+# (Envoy's default max_request_headers_kb is 60).
+MAX_HEAD_BYTES = 60 * 1024
+# Header fields allowed in one request head (Envoy's max_headers_count default).
+MAX_HEADERS = 100
+
+# Transfer codings a request may list before its final "chunked" (RFC 9110 8.4.1, RFC 9112 7).
+KNOWN_CODINGS = frozenset({b"chunked", b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress"})
 
 # Connection-scoped headers (RFC 9110 7.6.1) that a proxy must not forward. Proxy-Authorization is
 # deliberately absent: in the mesh it is end-to-end. Transfer-Encoding is re-framed by the engine.
@@ -38,7 +44,15 @@ Headers = list[tuple[bytes, bytes]]
 
 
 class ParseError(Exception):
-    """The peer sent bytes that are not valid HTTP/1.x (or a head that is too large)."""
+    """The peer sent bytes that are not valid (or not unambiguous) HTTP/1.x; answer `status`."""
+
+    status = 400
+
+
+class HeadTooLarge(ParseError):
+    """The request head has more bytes or more header fields than allowed."""
+
+    status = 431
 
 
 class BodyKind(enum.Enum):
@@ -79,6 +93,9 @@ class RequestStart:
     headers: Headers
     keep_alive: bool
     framing: Framing
+    # The Upgrade header of a bodiless request asking to switch protocols (e.g. b"websocket");
+    # empty otherwise. Such a request is forwarded with its Upgrade; a 101 turns into a tunnel.
+    upgrade: bytes = b""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,6 +165,43 @@ def request_framing(headers: Headers) -> Framing:
         return _chunked(headers)  # llhttp refused requests whose last coding is not chunked
     length = content_length(headers)
     return Framing(BodyKind.LENGTH, length) if length else NO_BODY
+
+
+def check_request_head(headers: Headers, *, http_version: str) -> None:
+    """Refuse a head that a proxy and a server could frame differently (request smuggling).
+
+    llhttp already refuses Content-Length with Transfer-Encoding, duplicate or malformed
+    Content-Length, a final coding other than chunked, obs-fold, whitespace before the colon,
+    bare CR or LF and control characters. This closes the gaps it leaves: Transfer-Encoding in
+    HTTP/1.0, empty, unknown or repeated codings, repeated Host, and versions other than 1.x.
+    """
+    if http_version not in ("1.1", "1.0"):
+        raise ParseError(f"unsupported HTTP version {http_version}")
+    codings: list[bytes] = []
+    lengths = hosts = 0
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            codings += value.split(b",")
+        elif name == b"content-length":
+            lengths += 1
+            if not value.strip(b" \t").isdigit():
+                raise ParseError("invalid Content-Length")
+        elif name == b"host":
+            hosts += 1
+    if hosts > 1:
+        raise ParseError("more than one Host header")
+    if lengths > 1:
+        raise ParseError("more than one Content-Length header")
+    if codings:
+        if lengths or http_version == "1.0":
+            raise ParseError("Transfer-Encoding with Content-Length or in HTTP/1.0")
+        names = [c.strip(b" \t").lower() for c in codings]
+        if (
+            names[-1] != b"chunked"
+            or names.count(b"chunked") != 1
+            or not KNOWN_CODINGS.issuperset(names)
+        ):
+            raise ParseError("invalid Transfer-Encoding")
 
 
 def response_has_body(method: str, status: int) -> bool:
@@ -249,14 +303,19 @@ def end_of_body(framing: Framing) -> bytes:
 class _Collector:
     """httptools callback target: accumulates the pieces of the message being parsed."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_headers: int = MAX_HEADERS) -> None:
         self.events: list[RequestEvent | ResponseEvent] = []
         self.target = bytearray()
         self.reason = bytearray()
         self.headers: Headers = []
-        self.in_head = True
+        self.in_head = True  # the next bytes belong to a head (also between messages)
+        self.in_message = False  # a message has begun and not yet ended
+        self.message_start = 0  # index in `events` where the current message's events begin
+        self.max_headers = max_headers
         self.head_complete_hook: Callable[[], None] | None = None
         self.begun = 0
+        # What a callback raised; httptools only reports that "a callback failed".
+        self.error: ParseError | None = None
 
     def on_message_begin(self) -> None:
         self.begun += 1
@@ -264,6 +323,8 @@ class _Collector:
         self.reason.clear()
         self.headers = []
         self.in_head = True
+        self.in_message = True
+        self.message_start = len(self.events)
 
     def on_url(self, url: bytes) -> None:
         self.target += url  # may arrive in several pieces
@@ -274,81 +335,148 @@ class _Collector:
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.in_head:  # trailer fields also come here; they are dropped
             self.headers.append((name.lower(), value))
+            if len(self.headers) > self.max_headers:
+                self.fail(HeadTooLarge(f"more than {self.max_headers} header fields"))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         if self.head_complete_hook is not None:
-            self.head_complete_hook()
+            try:
+                self.head_complete_hook()
+            except ParseError as exc:
+                self.fail(exc)
 
     def on_body(self, body: bytes) -> None:
         self.events.append(Data(body))
 
     def on_message_complete(self) -> None:
+        self.in_head = True
+        self.in_message = False
         self.events.append(END)
+
+    def fail(self, error: ParseError) -> None:
+        """Stop the parser from a callback, remembering why."""
+        self.error = error
+        raise error
 
 
 class RequestParser:
-    """Incremental request parser for one downstream connection (handles pipelining)."""
+    """Incremental request parser for one downstream connection (handles pipelining).
 
-    def __init__(self) -> None:
-        self._collector = _Collector()
+    Invariant: a request whose bytes turn out to be invalid produces no event at all, so a head
+    that arrived together with its fault is never forwarded. After a request asking for Upgrade
+    the parser pauses: what follows is held until the engine knows whether protocols switched.
+    """
+
+    def __init__(
+        self, *, max_head_bytes: int = MAX_HEAD_BYTES, max_headers: int = MAX_HEADERS
+    ) -> None:
+        self._collector = _Collector(max_headers=max_headers)
         self._collector.head_complete_hook = self._on_head
         self._parser = httptools.HttpRequestParser(self._collector)
+        self._max_head_bytes = max_head_bytes
         self._head_bytes = 0
         self.method = ""
         # Set once the input is broken. Events parsed before the error are still returned, so
         # pipelined requests ahead of the garbage are answered before the 400.
         self.error: ParseError | None = None
+        # Bytes after an Upgrade request's head, held while paused (None: not paused).
+        self._held: bytearray | None = None
+
+    @property
+    def paused(self) -> bool:
+        """Whether the parser stopped after an Upgrade request (see `resume` and `detach`)."""
+        return self._held is not None
+
+    @property
+    def in_message(self) -> bool:
+        """Whether part of a request has been parsed but not its end."""
+        return self._collector.in_message or bool(self._held)
 
     def feed(self, data: bytes) -> list[RequestEvent]:
         """Parse `data`; return the events it completes (check `error` afterwards)."""
-        collector = self._collector
         if self.error is not None:
             return []
-        if collector.in_head:
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self.error = ParseError("request head too large")
-                return []
+        if self._held is not None:
+            self._held += data
+            return []
+        collector = self._collector
         try:
-            self._feed_parser(data)
+            while data:
+                if collector.in_head:
+                    # Feed at most what the head may still take, so a huge head is refused
+                    # without being buffered; a completed head resets the count.
+                    room = self._max_head_bytes - self._head_bytes
+                    if room <= 0:
+                        raise HeadTooLarge("request head too large")
+                    piece, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
+                    self._head_bytes += len(piece)
+                else:
+                    piece, data = data, b""
+                rest = self._feed_parser(piece)
+                if rest is not None:
+                    self._held = bytearray(rest + data)
+                    break
         except ParseError as exc:
             self.error = exc
+            del collector.events[collector.message_start :]  # nothing of the broken request
         events = collector.events
         collector.events = []
+        collector.message_start = 0
         return events  # type: ignore[return-value]
+
+    def resume(self) -> list[RequestEvent]:
+        """The upstream did not switch protocols: parse what followed the request as HTTP."""
+        held, self._held = self._held, None
+        return self.feed(bytes(held)) if held else []
+
+    def detach(self) -> bytes:
+        """The upstream switched protocols: take the bytes that followed the request's head."""
+        held = bytes(self._held or b"")
+        self._held = None
+        self.error = ParseError("the connection switched protocols")
+        return held
 
     def _on_head(self) -> None:
         collector = self._collector
         self._head_bytes = 0
         headers = collector.headers
-        self.method = self._parser.get_method().decode("ascii")
+        parser = self._parser
+        self.method = parser.get_method().decode("ascii")
+        version = parser.get_http_version()
+        check_request_head(headers, http_version=version)
+        framing = request_framing(headers)
+        upgrade = b""
+        if parser.should_upgrade() and self.method != "CONNECT":
+            if framing.kind is not BodyKind.NONE:
+                # llhttp does not parse the body of an Upgrade request: it would be read as the
+                # next request. Refuse rather than guess.
+                raise ParseError("Upgrade request with a body")
+            upgrade = b", ".join(header_values(headers, b"upgrade"))
         collector.events.append(
             RequestStart(
                 method=self.method,
                 target=bytes(collector.target),
-                http_version=self._parser.get_http_version(),
+                http_version=version,
                 headers=headers,
-                keep_alive=self._parser.should_keep_alive(),
-                framing=request_framing(headers),
+                keep_alive=parser.should_keep_alive(),
+                framing=framing,
+                upgrade=upgrade,
             )
         )
 
-    def _feed_parser(self, data: bytes) -> None:
-        while data:
-            try:
-                self._parser.feed_data(data)
-            except httptools.HttpParserUpgrade as upgrade:
-                # llhttp stops after a request asking for Upgrade (or CONNECT). The engine never
-                # forwards Upgrade, so the connection stays HTTP/1.1: go on with a fresh parser.
-                if self.method == "CONNECT":
-                    raise ParseError("CONNECT is not supported") from upgrade
-                self._parser = httptools.HttpRequestParser(self._collector)
-                data = data[upgrade.args[0] :]
-            except httptools.HttpParserError as exc:
-                raise ParseError(str(exc)) from exc
-            else:
-                return
+    def _feed_parser(self, data: bytes) -> bytes | None:
+        """Feed llhttp; return the bytes after the head if it stopped at an Upgrade request."""
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            if self.method == "CONNECT":
+                raise ParseError("CONNECT is not supported") from upgrade
+            self._parser = httptools.HttpRequestParser(self._collector)
+            return data[upgrade.args[0] :]
+        except httptools.HttpParserError as exc:
+            raise self._collector.error or ParseError(str(exc)) from exc
+        return None
 
 
 class ResponseParser:
@@ -364,6 +492,8 @@ class ResponseParser:
         self._ended = 0  # messages (interim or final) whose end we have seen
         self.framing: Framing | None = None
         self.received = 0  # bytes fed, to tell "nothing came back" from "died mid-way"
+        # After a 101: the bytes that followed its head, already in the new protocol.
+        self.upgrade_tail = b""
         # Bytes beyond the final response: the connection is out of sync and must not be reused.
         self.trailing_data = False
 
@@ -378,13 +508,16 @@ class ResponseParser:
         if self._done:
             self.trailing_data = self.trailing_data or bool(data)
             return []
-        if self.framing is None and self.received > MAX_HEAD_BYTES:
-            raise ParseError("response head too large")
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self.upgrade_tail = data[upgrade.args[0] :]  # a 101 with Connection: upgrade
         except httptools.HttpParserError as exc:
             if not self._done:  # errors after the final message are junk we ignore
                 raise ParseError(str(exc)) from exc
+        if self.framing is None and self.received > MAX_HEAD_BYTES:
+            # Checked after parsing: one read may hold a small head and a large body.
+            raise ParseError("response head too large")
         return self._take_events()
 
     def feed_eof(self) -> list[ResponseEvent]:

@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,6 +118,15 @@ def versions(mesh: LocalMesh, n: int = 6) -> Counter[str]:
     return seen
 
 
+def accepted_condition(kube: KubeCluster, namespace: str, *, status: str) -> dict[str, Any] | None:
+    obj = kube.kubectl_json("get", "virtualservice", "catalog", "-n", namespace)
+    for condition in obj.get("status", {}).get("conditions", []):
+        if condition["type"] == "Accepted" and condition["status"] == status:
+            assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+            return condition  # type: ignore[no-any-return]
+    return None
+
+
 def routed_to(mesh: LocalMesh, version: str, *, timeout: float = 10) -> float:
     """Seconds until every request lands on `version`."""
     started = time.monotonic()
@@ -131,6 +141,12 @@ def test_kubectl_apply_routes_traffic_and_invalid_changes_keep_the_last_good(
     # No VirtualService yet: the service's ready endpoints share the traffic.
     wait_for(lambda: set(versions(shop, 8)) == {"v1", "v2"}, timeout=10, what="both endpoints")
 
+    kube.kubectl("apply", "-f", "-", input=vs(namespace, ALL_V2))
+    wait_for(
+        lambda: accepted_condition(kube, namespace, status="True"),
+        timeout=10,
+        what="Accepted=True written by the leader",
+    )
     for version, routes in (("v2", ALL_V2), ("v1", ALL_V1)):
         started = time.monotonic()
         kube.kubectl("apply", "-f", "-", input=vs(namespace, routes))
@@ -150,6 +166,15 @@ def test_kubectl_apply_routes_traffic_and_invalid_changes_keep_the_last_good(
         "weights sum to 120, must be 100"
     )
     assert versions(shop, 10) == Counter({"v1": 10})
+    condition = wait_for(
+        lambda: accepted_condition(kube, namespace, status="False"),
+        timeout=10,
+        what="Accepted=False on the VirtualService",
+    )
+    assert condition["reason"] == "Invalid"
+    assert condition["message"] == "spec.http[0].route: weights sum to 120, must be 100"
+    table = kube.kubectl("get", "vs", "-n", namespace).stdout.split()
+    assert table[:5] == ["NAME", "HOSTS", "ACCEPTED", "AGE", "catalog"] and "False" in table
 
     kube.kubectl("delete", "virtualservice", "catalog", "-n", namespace)
     wait_for(lambda: set(versions(shop, 8)) == {"v1", "v2"}, timeout=10, what="default route")
@@ -172,3 +197,61 @@ def test_endpoint_slices_decide_where_traffic_goes(
     wait_for(lambda: set(versions(shop, 8)) == {"v1", "v2"}, timeout=10, what="v2 back")
     kube.kubectl("delete", "endpointslice", "catalog-v1", "-n", namespace)
     routed_to(shop, "v2")
+
+
+def test_only_the_lease_holder_writes_status_and_leadership_moves_on(
+    kube: KubeCluster, crds: None, namespace: str, tmp_path: Path
+) -> None:
+    lease_ns = namespace  # a private Lease per test
+    with LocalMesh(config_dir=tmp_path, work_dir=tmp_path / "mesh") as mesh:
+        replicas = [
+            mesh.spawn(
+                f"controlplane-{i}",
+                [
+                    "-m",
+                    "lightmesh.cli",
+                    "controlplane",
+                    "--kubeconfig",
+                    str(kube.kubeconfig),
+                    "--port",
+                    str(free_port()),
+                    "--debug-port",
+                    str(free_port()),
+                    "--lease-namespace",
+                    lease_ns,
+                ],
+            )
+            for i in range(2)
+        ]
+
+        def leaders() -> list[int]:
+            return [i for i, r in enumerate(replicas) if r.alive() and _leads(r.log)]
+
+        first = wait_for(leaders, timeout=30, what="a leader")
+        assert len(first) == 1
+        holder = kube.kubectl_json("get", "lease", "lightmesh-controlplane", "-n", lease_ns)
+        assert holder["spec"]["holderIdentity"]
+        kube.kubectl("apply", "-f", "-", input=vs(namespace, ALL_V2))
+        wait_for(
+            lambda: accepted_condition(kube, namespace, status="True"), timeout=10, what="status"
+        )
+        follower = 1 - first[0]
+        assert not _leads(replicas[follower].log)
+
+        replicas[first[0]].stop(kill=True)
+        wait_for(lambda: _leads(replicas[follower].log), timeout=40, what="the follower to lead")
+        # The new leader writes status for changes made after the handover.
+        kube.kubectl("apply", "-f", "-", input=vs(namespace, BAD_WEIGHTS))
+        wait_for(
+            lambda: accepted_condition(kube, namespace, status="False"), timeout=10, what="status"
+        )
+
+
+def _leads(log: Path) -> bool:
+    events = [
+        json.loads(line).get("event")
+        for line in log.read_text().splitlines()
+        if line.startswith("{")
+    ]
+    leader_events = [e for e in events if e in ("leader", "follower")]
+    return bool(leader_events) and leader_events[-1] == "leader"
