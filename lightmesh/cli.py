@@ -68,6 +68,24 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(check=args.check, config_dir=Path(args.config_dir) if args.config_dir else None)
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    from controlplane.sources.files import FileSet, read_directory
+
+    files: dict[str, str] = {}
+    for name in args.files:
+        path = Path(name)
+        try:
+            files.update(read_directory(path) if path.is_dir() else {name: path.read_text()})
+        except OSError as error:
+            print(f"lightmesh analyze: {name}: {error.strerror}", file=sys.stderr)
+            return 2
+    resources, problems = FileSet().load(files)
+    for problem in problems:
+        print(f"Error: {problem}")
+    print(f"{len(resources)} resources accepted, {len(problems)} problems in {len(files)} files")
+    return 1 if problems else 0
+
+
 def fetch_json(url: str) -> Any:
     """GET a JSON document (raises OSError with a readable message when unreachable)."""
     import urllib.error  # here, not at the top: the sidecar process never needs it
@@ -150,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--check", action="store_true", help="run the scenario headless, exit 0/1")
     demo.add_argument("--config-dir", default="", help="resources to use (default: examples/demo)")
     demo.set_defaults(func=_demo)
+
+    an = sub.add_parser(
+        "analyze", help="validate resource files offline, as the control plane would"
+    )
+    an.add_argument("-f", "--files", nargs="+", required=True, help="YAML files or directories")
+    an.set_defaults(func=_analyze)
 
     ps = sub.add_parser("proxy-status", help="show which config each sidecar runs")
     ps.add_argument("--control-plane", default=DEFAULT_DEBUG, help="control plane debug URL")

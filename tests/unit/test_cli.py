@@ -1,6 +1,12 @@
-"""The proxy-status table."""
+"""The proxy-status table and `lightmesh analyze`."""
 
-from lightmesh.cli import format_proxy_status
+from pathlib import Path
+
+import pytest
+
+from lightmesh.cli import format_proxy_status, main
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "demo"
 
 
 def test_proxy_status_shows_each_state_and_the_nack_reason() -> None:
@@ -30,3 +36,22 @@ def test_proxy_status_shows_each_state_and_the_nack_reason() -> None:
         "(fedcba98)",
     ]
     assert lines[-1].strip() == "frontend-ab12.default ROUTES: bad regex"
+
+
+def test_analyze_reports_each_problem_and_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: lightmesh.io/v1alpha1\nkind: VirtualService\nmetadata: {name: x}\n"
+        "spec: {hosts: [a], http: [{route: [{destination: {host: a}, weight: 50},"
+        " {destination: {host: b}, weight: 20}]}]}\n"
+    )
+    assert main(["analyze", "-f", str(bad), str(EXAMPLES)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        out[0]
+        == f"Error: {bad}: VirtualService default/x: spec.http[0].route: weights sum to 70, must be 100"
+    )
+    assert out[-1] == "2 resources accepted, 1 problems in 3 files"
+    assert main(["analyze", "-f", str(EXAMPLES)]) == 0

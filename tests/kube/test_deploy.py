@@ -1,0 +1,45 @@
+"""deploy/ applies to a real API server and grants the control plane exactly what it needs."""
+
+import pytest
+
+from tests.support.kube import KubeCluster
+
+pytestmark = pytest.mark.kube
+
+SA = "system:serviceaccount:lightmesh-system:lightmesh-controlplane"
+
+
+@pytest.mark.parametrize(
+    ("args", "allowed"),
+    [
+        (("list", "services", "--all-namespaces"), True),
+        (("watch", "endpointslices.discovery.k8s.io", "--all-namespaces"), True),
+        (("list", "pods", "-n", "shop"), True),
+        (("watch", "virtualservices.lightmesh.io", "--all-namespaces"), True),
+        (("patch", "virtualservices.lightmesh.io", "--subresource=status", "-n", "shop"), True),
+        (("update", "leases.coordination.k8s.io", "-n", "lightmesh-system"), True),
+        (("create", "secrets", "-n", "lightmesh-system"), True),
+        (("get", "secrets", "-n", "default"), False),
+        (("create", "pods", "-n", "shop"), False),
+        (("update", "virtualservices.lightmesh.io", "-n", "shop"), False),
+        (("update", "leases.coordination.k8s.io", "-n", "default"), False),
+    ],
+)
+def test_rbac_is_least_privilege(
+    kube: KubeCluster, crds: None, deployed: None, args: tuple[str, ...], allowed: bool
+) -> None:
+    result = kube.kubectl("auth", "can-i", *args, f"--as={SA}", check=False)
+    assert result.stdout.strip() == ("yes" if allowed else "no"), result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def deployed(kube: KubeCluster, crds: None) -> None:
+    kube.kubectl("apply", "-f", "deploy/")
+
+
+def test_deployment_is_stored_with_two_replicas(kube: KubeCluster, deployed: None) -> None:
+    deployment = kube.kubectl_json(
+        "get", "deployment", "lightmesh-controlplane", "-n", "lightmesh-system"
+    )
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "lightmesh-controlplane"
