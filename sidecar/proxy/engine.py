@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import enum
 import logging
 import time
 import uuid
@@ -38,7 +39,6 @@ from sidecar.proxy.http1 import (
     Framing,
     Headers,
     ParseError,
-    RequestEvent,
     RequestStart,
     ResponseStart,
     encode_body,
@@ -215,8 +215,13 @@ class DownstreamFailed(Exception):
     """The client closed, reset or sent garbage while its request body was being read."""
 
 
-class HeadTimeout(Exception):
-    """A request head did not arrive completely within `EngineSettings.head_timeout`."""
+class Phase(enum.Enum):
+    """Where a downstream connection is, for the sweeper that enforces the downstream timeouts."""
+
+    IDLE = enum.auto()  # waiting for the first byte of a request (idle_timeout)
+    HEAD = enum.auto()  # a head has begun but is not complete (head_timeout)
+    BUSY = enum.auto()  # an exchange is in flight (its own timeouts apply)
+    EXPIRED = enum.auto()  # the sweeper closed it; whatever arrives now is ignored
 
 
 class RequestBody:
@@ -391,7 +396,8 @@ class _Client:
     writer: asyncio.StreamWriter
     peer: str
     task: asyncio.Task[None] | None = None
-    idle: bool = False  # waiting for the first byte of a request: safe to close when draining
+    phase: Phase = Phase.IDLE
+    since: float = 0.0  # clock reading when `phase` began
 
 
 class ProxyListener:
@@ -437,7 +443,7 @@ class ProxyListener:
         if self._server is not None:
             self._server.close()
         for client in list(self._clients):
-            if client.idle and client.task is not None:
+            if client.phase is Phase.IDLE and client.task is not None:
                 client.task.cancel()  # between requests: nothing is lost by closing now
         tasks = [c.task for c in self._clients if c.task is not None]
         if tasks:
@@ -456,10 +462,30 @@ class ProxyListener:
         await self._pool.close()
 
     async def _sweep_forever(self) -> None:
-        interval = max(self._settings.pool_idle_timeout / 4, 0.05)
+        # Timers per connection would cost more than the whole request on the hot path; a sweep
+        # enforces the downstream timeouts instead, late by at most one interval.
+        settings = self._settings
+        shortest = min(settings.pool_idle_timeout, settings.idle_timeout, settings.head_timeout)
+        interval = max(shortest / 8, 0.01)
         while True:
             await asyncio.sleep(interval)
             self._pool.sweep()
+            self._expire_clients()
+
+    def _expire_clients(self) -> None:
+        """Close connections idle too long; answer 408 to heads that take too long."""
+        now = self._clock()
+        settings = self._settings
+        for client in self._clients:
+            waited = now - client.since
+            if client.phase is Phase.IDLE and waited >= settings.idle_timeout:
+                client.phase = Phase.EXPIRED
+                client.writer.close()  # the connection task then reads EOF and ends
+            elif client.phase is Phase.HEAD and waited >= settings.head_timeout:
+                client.phase = Phase.EXPIRED
+                # Nothing else is being written: the previous response is complete.
+                self._refuse_now(client, 408, "request timeout", flags="DT")
+                client.writer.close()
 
     # --- downstream connection ---
 
@@ -476,6 +502,7 @@ class ProxyListener:
             ),
             writer=writer,
             peer=_peer_host(writer),
+            since=self._clock(),
         )
         client.task = asyncio.get_running_loop().create_task(
             self._serve(client), name=f"proxy-{self._name}-connection"
@@ -499,20 +526,26 @@ class ProxyListener:
             await close_writer(writer, abort=abort)
 
     async def _serve_requests(self, client: _Client) -> None:
+        requests = client.requests
+        clock = self._clock
         while not self._draining:
             try:
-                event = await self._next_request(client)
+                if not requests.ready:  # pipelined requests are parsed already
+                    client.phase, client.since = Phase.IDLE, clock()
+                    if not await requests.begin() or client.phase is Phase.EXPIRED:
+                        return
+                    client.phase, client.since = Phase.HEAD, clock()
+                event = await requests.next_event()
             except ParseError as exc:
                 text = "request header fields too large" if exc.status == 431 else "bad request"
-                await self._refuse(client, exc.status, text, flags="DPE")
+                self._refuse_now(client, exc.status, text, flags="DPE")
+                await client.writer.drain()
                 return
-            except HeadTimeout:
-                await self._refuse(client, 408, "request timeout", flags="DT")
-                return
-            if event is None:
+            if event is None or client.phase is Phase.EXPIRED:
                 return
             if not isinstance(event, RequestStart):
                 raise RuntimeError(f"request stream out of sync: {event!r}")
+            client.phase = Phase.BUSY
             self._active += 1
             try:
                 keep_alive = await self._exchange(client, event)
@@ -521,40 +554,13 @@ class ProxyListener:
             if not keep_alive:
                 return
 
-    async def _next_request(self, client: _Client) -> RequestEvent | None:
-        """The next request head; None if the client closed or stayed idle too long.
-
-        Raises ParseError, or HeadTimeout if a head began but did not complete in time.
-        """
-        requests = client.requests
-        if requests.ready:  # pipelined: already parsed, no timer needed
-            return await requests.next_event()
-        settings = self._settings
-        in_head = False
-        try:
-            async with asyncio.timeout(settings.idle_timeout) as deadline:
-                client.idle = True
-                try:
-                    if not await requests.begin():
-                        return None
-                finally:
-                    client.idle = False
-                in_head = True
-                deadline.reschedule(asyncio.get_running_loop().time() + settings.head_timeout)
-                return await requests.next_event()
-        except TimeoutError:
-            if in_head:
-                raise HeadTimeout from None
-            return None  # idle keep-alive connection: close it quietly
-
-    async def _refuse(self, client: _Client, status: int, text: str, *, flags: str) -> None:
-        """Answer a request the engine could not read, then close (the stream is unusable)."""
+    def _refuse_now(self, client: _Client, status: int, text: str, *, flags: str) -> None:
+        """Answer a request the engine could not read; the caller closes the connection."""
         started = self._clock()
         body = f"{text}\n".encode("ascii")
         client.writer.write(
             local_reply_head(status, body, flags=flags, keep_alive=False, http11=True) + body
         )
-        await client.writer.drain()
         self._record(None, None, Outcome(status, flags, len(body), False), started, 0)
 
     # --- one exchange ---

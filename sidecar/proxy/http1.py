@@ -167,6 +167,9 @@ def request_framing(headers: Headers) -> Framing:
     return Framing(BodyKind.LENGTH, length) if length else NO_BODY
 
 
+_FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
+
+
 def check_request_head(headers: Headers, *, http_version: str) -> None:
     """Refuse a head that a proxy and a server could frame differently (request smuggling).
 
@@ -188,6 +191,9 @@ def check_request_head(headers: Headers, *, http_version: str) -> None:
                 raise ParseError("invalid Content-Length")
         elif name == b"host":
             hosts += 1
+        elif b"_" in name and name.replace(b"_", b"-") in _FRAMING_FIELDS:
+            # CGI-style servers read Transfer_Encoding as Transfer-Encoding.
+            raise ParseError(f"ambiguous header name {name!r}")
     if hosts > 1:
         raise ParseError("more than one Host header")
     if lengths > 1:

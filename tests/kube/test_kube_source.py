@@ -255,3 +255,16 @@ def _leads(log: Path) -> bool:
     ]
     leader_events = [e for e in events if e in ("leader", "follower")]
     return bool(leader_events) and leader_events[-1] == "leader"
+
+
+def test_changes_made_after_an_api_server_restart_arrive(
+    kube: KubeCluster, namespace: str, shop: LocalMesh
+) -> None:
+    kube.kubectl("apply", "-f", "-", input=vs(namespace, ALL_V1))
+    routed_to(shop, "v1")
+    kube.restart_apiserver()  # every watch of the control plane breaks
+    kube.kubectl("apply", "-f", "-", input=vs(namespace, ALL_V2))
+    routed_to(shop, "v2", timeout=30)
+    kube.kubectl("delete", "endpointslice", "catalog-v2", "-n", namespace)
+    gone = f"502:no healthy upstream in outbound|v2|catalog.{namespace}.svc.cluster.local"
+    wait_for(lambda: versions(shop, 2) == Counter({gone: 2}), timeout=30, what="v2's endpoint gone")

@@ -421,6 +421,21 @@ class KubeCluster:
         cluster._etcd_url = etcd_url
         return cluster
 
+    def restart_apiserver(self) -> None:
+        """Stop kube-apiserver (breaking every watch) and start it again on the same port and etcd."""
+        apiserver = next(p for p in self._processes if p.name == "kube-apiserver")
+        apiserver.stop()
+        self._processes.remove(apiserver)
+        self._processes.append(
+            _spawn("kube-apiserver", self._apiserver_args, self.work_dir / "apiserver.log")
+        )
+        self._poll(
+            f"{self.server}/readyz",
+            time.monotonic() + READY_TIMEOUT,
+            context=self.ssl_context(),
+            processes=self._processes,
+        )
+
     def _wait_ready(self) -> None:
         deadline = self._began + READY_TIMEOUT
         self._poll(f"{self._etcd_url}/health", deadline, context=None, processes=self._processes)
