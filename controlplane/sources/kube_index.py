@@ -14,7 +14,7 @@ from typing import Any
 
 from controlplane.model import Resource, ResourceKey, Service, ServiceEndpoint, resolve_host
 from controlplane.schema import API_VERSION
-from controlplane.validate import Problem, parse_document
+from controlplane.validate import Parsed, Problem, parse_document
 
 ORIGIN = "kubernetes"
 
@@ -76,67 +76,70 @@ class KubeIndex:
         if kind in MESH_KINDS:
             self._good.pop(ResourceKey(kind, *_key(obj)), None)
 
+    def _parsed(self) -> list[tuple[str, ObjKey, Obj, Parsed]]:
+        """Every mesh object validated, in a stable order."""
+        return [
+            (
+                kind,
+                key,
+                obj,
+                parse_document({**obj, "apiVersion": KINDS[kind][0], "kind": kind}, origin=ORIGIN),
+            )
+            for kind in MESH_KINDS
+            for key, obj in sorted(self._objects[kind].items())
+        ]
+
     def resources(self) -> tuple[dict[ResourceKey, Resource], tuple[Problem, ...]]:
         """Accepted resources (last good version where the current one is invalid) and problems."""
         problems: list[Problem] = []
-        for kind in MESH_KINDS:
-            api_version = KINDS[kind][0]
-            for obj in self._objects[kind].values():
-                doc = {**obj, "apiVersion": api_version, "kind": kind}
-                parsed = parse_document(doc, origin=ORIGIN)
-                if parsed.key is None:
-                    problems += parsed.problems
-                elif parsed.resource is not None:
-                    self._good[parsed.key] = parsed.resource
-                else:
-                    problems += parsed.problems
-                    if parsed.key in self._good:
-                        problems.append(
-                            Problem(
-                                origin=ORIGIN,
-                                resource=str(parsed.key),
-                                path="",
-                                message="rejected; the last accepted version keeps serving",
-                            )
-                        )
+        for _, _, _, parsed in self._parsed():
+            problems += parsed.problems
+            if parsed.key is not None and parsed.resource is not None:
+                self._good[parsed.key] = parsed.resource
+            elif parsed.key in self._good:
+                problems.append(
+                    Problem(
+                        origin=ORIGIN,
+                        resource=str(parsed.key),
+                        path="",
+                        message="rejected; the last accepted version keeps serving",
+                    )
+                )
         return dict(self._good), tuple(problems)
 
     def status_updates(self) -> list[StatusUpdate]:
         """Mesh resources whose `Accepted` condition is missing or out of date."""
         updates = []
-        for kind in MESH_KINDS:
-            for (namespace, name), obj in sorted(self._objects[kind].items()):
-                doc = {**obj, "apiVersion": KINDS[kind][0], "kind": kind}
-                parsed = parse_document(doc, origin=ORIGIN)
-                accepted = parsed.resource is not None
-                message = (
-                    "accepted"
-                    if accepted
-                    else "; ".join(
-                        ": ".join(x for x in (p.path, p.message) if x) for p in parsed.problems
-                    )
+        for kind, (namespace, name), obj, parsed in self._parsed():
+            accepted = parsed.resource is not None
+            message = (
+                "accepted"
+                if accepted
+                else "; ".join(
+                    ": ".join(x for x in (p.path, p.message) if x) for p in parsed.problems
                 )
-                generation = int(obj.get("metadata", {}).get("generation") or 0)
-                status = obj.get("status") or {}
-                current: Mapping[str, Any] = next(
-                    (c for c in status.get("conditions") or [] if c.get("type") == "Accepted"), {}
+            )
+            generation = int(obj.get("metadata", {}).get("generation") or 0)
+            status = obj.get("status") or {}
+            current: Mapping[str, Any] = next(
+                (c for c in status.get("conditions") or [] if c.get("type") == "Accepted"), {}
+            )
+            if (
+                current.get("status") == ("True" if accepted else "False")
+                and current.get("message") == message
+                and status.get("observedGeneration") == generation
+            ):
+                continue
+            updates.append(
+                StatusUpdate(
+                    kind=kind,
+                    namespace=namespace,
+                    name=name,
+                    generation=generation,
+                    accepted=accepted,
+                    message=message,
                 )
-                if (
-                    current.get("status") == ("True" if accepted else "False")
-                    and current.get("message") == message
-                    and status.get("observedGeneration") == generation
-                ):
-                    continue
-                updates.append(
-                    StatusUpdate(
-                        kind=kind,
-                        namespace=namespace,
-                        name=name,
-                        generation=generation,
-                        accepted=accepted,
-                        message=message,
-                    )
-                )
+            )
         return updates
 
     def services(self) -> dict[str, Service]:
