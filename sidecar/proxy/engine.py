@@ -232,6 +232,7 @@ class RequestBody:
         self.complete = False  # END seen: the connection is positioned at the next request
         self.consumed = 0
         self.failed = False
+        self.failed_status = 400  # what to answer if it failed on bad bytes
         self.continue_sent = False  # we told a client sending Expect: 100-continue to go ahead
 
     async def next_chunk(self) -> bytes | None:
@@ -242,6 +243,8 @@ class RequestBody:
             event = await self._requests.next_event()
         except (ParseError, ConnectionError) as exc:
             self.failed = True
+            if isinstance(exc, ParseError):
+                self.failed_status = exc.status
             raise DownstreamFailed(str(exc)) from exc
         if isinstance(event, Data):
             self.consumed += len(event.data)
@@ -660,7 +663,13 @@ class ProxyListener:
             return await self._upstream_error(client, start, body, target, UpstreamTimeout())
         except UpstreamError as exc:
             if body.failed:
-                raise DownstreamFailed("client broke its request") from exc
+                # The body broke (bad chunk, too large, truncated) before any response: the
+                # upstream connection was reset, so it never saw a complete request. Refuse.
+                too_large = body.failed_status == 431
+                text = "request header fields too large" if too_large else "bad request"
+                refusal = LocalReply(status=body.failed_status, body=text, flags="DPE")
+                outcome = await self._reply(client, start, body, refusal)
+                return dataclasses.replace(outcome, cluster=target.cluster)
             return await self._upstream_error(client, start, body, target, exc)
         reusable = False
         try:

@@ -382,6 +382,9 @@ class RequestParser:
         self._parser = httptools.HttpRequestParser(self._collector)
         self._max_head_bytes = max_head_bytes
         self._head_bytes = 0
+        # Body-phase bytes that produced no body event: chunk extensions and trailer fields,
+        # which httptools buffers; bounded like a head.
+        self._silent_bytes = 0
         self.method = ""
         # Set once the input is broken. Events parsed before the error are still returned, so
         # pipelined requests ahead of the garbage are answered before the 400.
@@ -417,9 +420,17 @@ class RequestParser:
                         raise HeadTooLarge("request head too large")
                     piece, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
                     self._head_bytes += len(piece)
+                    rest = self._feed_parser(piece)
                 else:
                     piece, data = data, b""
-                rest = self._feed_parser(piece)
+                    seen = len(collector.events)
+                    rest = self._feed_parser(piece)
+                    if len(collector.events) > seen:
+                        self._silent_bytes = 0
+                    else:
+                        self._silent_bytes += len(piece)
+                        if self._silent_bytes > self._max_head_bytes:
+                            raise HeadTooLarge("chunk extensions or trailer section too large")
                 if rest is not None:
                     self._held = bytearray(rest + data)
                     break

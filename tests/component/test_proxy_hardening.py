@@ -56,6 +56,7 @@ class _Heads:
 
     def on_headers_complete(self) -> None:
         self._upstream.heads.append(self._fields)
+        self._upstream.head_seen.set()
         problem = ambiguity(self._fields)
         if problem:
             self._upstream.violations.append(problem)
@@ -89,6 +90,7 @@ class RecordingUpstream:
     heads: list[list[tuple[bytes, bytes]]] = field(default_factory=list)
     requests: int = 0
     violations: list[str] = field(default_factory=list)
+    head_seen: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -373,6 +375,38 @@ async def test_fuzzed_requests_never_crash_the_listener_or_forward_ambiguity(
     assert (reply.status, reply.body) == (200, b"ok")
     assert recorder.violations == []
     assert refused > 0 and recorder.requests > 0  # the fuzz reached both outcomes
+
+
+@pytest.mark.parametrize(
+    ("rest", "status"),
+    [
+        (b"zz\r\nabc\r\n0\r\n\r\n", 400),
+        # Unterminated, so the parser would have to keep buffering them.
+        (b"3;ext=" + b"e" * 2000, 431),
+        (b"0\r\nX-Trailer: " + b"t" * 2000, 431),
+    ],
+    ids=["bad-chunk-size", "huge-chunk-extension", "huge-trailer"],
+)
+async def test_body_fault_after_the_head_was_forwarded_resets_upstream_and_refuses(
+    rest: bytes, status: int, recorder: RecordingUpstream, make_proxy: StartProxy
+) -> None:
+    """Streaming forwards a head before its body is read: a later fault resets the upstream
+    connection (it never sees a complete request) and the client gets the refusal."""
+    listener = await make_proxy(recorder.port, max_head_bytes=1024)
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    try:
+        async with asyncio.timeout(DEADLINE):
+            writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+            await recorder.head_seen.wait()
+            writer.write(rest)
+            reply = await read_reply(reader)
+            assert await reader.read() == b""
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert (reply.status, reply.headers["connection"]) == (status, "close")
+    assert recorder.requests == 0
+    assert recorder.violations == []
 
 
 # --- limits and downstream timeouts ------------------------------------------------------------
