@@ -242,3 +242,32 @@ _BUILDERS: dict[str, Callable[[ResourceKey, dict[str, Any]], Resource]] = {
     "VirtualService": _virtual_service,
     "DestinationRule": _destination_rule,
 }
+
+
+def check_references(
+    resources: Mapping[ResourceKey, Resource], *, origin: Callable[[ResourceKey], str]
+) -> dict[ResourceKey, tuple[Problem, ...]]:
+    """Cross-resource checks, per referring resource: every subset a VirtualService routes to is
+    defined by the DestinationRule of that host (otherwise its traffic could only fail)."""
+    subsets: dict[str, set[str]] = {}
+    for resource in resources.values():
+        if isinstance(resource, DestinationRule):
+            subsets.setdefault(resource.host, set()).update(s.name for s in resource.subsets)
+    found: dict[ResourceKey, tuple[Problem, ...]] = {}
+    for key, resource in resources.items():
+        if not isinstance(resource, VirtualService):
+            continue
+        problems = tuple(
+            Problem(
+                origin=origin(key),
+                resource=str(key),
+                path=f"spec.http[{i}].route[{j}].destination.subset",
+                message=f"subset {dest.subset!r} of {dest.host} is not defined by a DestinationRule",
+            )
+            for i, route in enumerate(resource.http)
+            for j, dest in enumerate(route.destinations)
+            if dest.subset and dest.subset not in subsets.get(dest.host, set())
+        )
+        if problems:
+            found[key] = problems
+    return found

@@ -17,7 +17,7 @@ import yaml
 
 from controlplane.model import Resource, ResourceKey
 from controlplane.store import Store
-from controlplane.validate import Problem, parse_document
+from controlplane.validate import Problem, check_references, parse_document
 
 log = logging.getLogger("controlplane.sources.files")
 
@@ -81,8 +81,36 @@ class FileSet:
                             message="rejected; the last accepted version keeps serving",
                         )
                     )
+        problems += _reject_broken_references(accepted, self._good)
         self._good = accepted
         return {k: v[0] for k, v in accepted.items()}, tuple(problems)
+
+
+def _reject_broken_references(
+    accepted: dict[ResourceKey, tuple[Resource, str]],
+    good: Mapping[ResourceKey, tuple[Resource, str]],
+) -> list[Problem]:
+    """Drop (or roll back to their last good version) resources whose references do not resolve."""
+    resources = {k: v[0] for k, v in accepted.items()}
+    problems: list[Problem] = []
+    for key, found in check_references(resources, origin=lambda k: accepted[k][1]).items():
+        problems += found
+        previous = good.get(key)
+        if previous is not None and previous[0] == accepted[key][0]:
+            continue  # already serving; the problem is reported, nothing changes
+        if previous is not None:
+            accepted[key] = previous
+            problems.append(
+                Problem(
+                    origin=accepted[key][1],
+                    resource=str(key),
+                    path="",
+                    message="rejected; the last accepted version keeps serving",
+                )
+            )
+        else:
+            del accepted[key]
+    return problems
 
 
 def _one_line(error: Exception) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 from controlplane.model import Resource, ResourceKey, Service, ServiceEndpoint, resolve_host
 from controlplane.schema import API_VERSION
-from controlplane.validate import Parsed, Problem, parse_document
+from controlplane.validate import Parsed, Problem, check_references, parse_document
 
 ORIGIN = "kubernetes"
 
@@ -76,9 +76,13 @@ class KubeIndex:
         if kind in MESH_KINDS:
             self._good.pop(ResourceKey(kind, *_key(obj)), None)
 
-    def _parsed(self) -> list[tuple[str, ObjKey, Obj, Parsed]]:
-        """Every mesh object validated, in a stable order."""
-        return [
+    def _evaluate(self) -> list[tuple[str, ObjKey, Obj, Parsed]]:
+        """Every mesh object validated (schema, semantics, then references), in a stable order.
+
+        A resource whose references do not resolve comes back without a resource, like an
+        invalid one: it is reported and not served.
+        """
+        parsed = [
             (
                 kind,
                 key,
@@ -88,11 +92,19 @@ class KubeIndex:
             for kind in MESH_KINDS
             for key, obj in sorted(self._objects[kind].items())
         ]
+        candidates = {p.key: p.resource for *_, p in parsed if p.key and p.resource is not None}
+        broken = check_references(candidates, origin=lambda _: ORIGIN)
+        return [
+            (kind, key, obj, Parsed(key=p.key, resource=None, problems=broken[p.key]))
+            if p.key in broken
+            else (kind, key, obj, p)
+            for kind, key, obj, p in parsed
+        ]
 
     def resources(self) -> tuple[dict[ResourceKey, Resource], tuple[Problem, ...]]:
         """Accepted resources (last good version where the current one is invalid) and problems."""
         problems: list[Problem] = []
-        for _, _, _, parsed in self._parsed():
+        for _, _, _, parsed in self._evaluate():
             problems += parsed.problems
             if parsed.key is not None and parsed.resource is not None:
                 self._good[parsed.key] = parsed.resource
@@ -110,7 +122,7 @@ class KubeIndex:
     def status_updates(self) -> list[StatusUpdate]:
         """Mesh resources whose `Accepted` condition is missing or out of date."""
         updates = []
-        for kind, (namespace, name), obj, parsed in self._parsed():
+        for kind, (namespace, name), obj, parsed in self._evaluate():
             accepted = parsed.resource is not None
             message = (
                 "accepted"

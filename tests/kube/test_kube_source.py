@@ -176,6 +176,15 @@ def test_kubectl_apply_routes_traffic_and_invalid_changes_keep_the_last_good(
     table = kube.kubectl("get", "vs", "-n", namespace).stdout.split()
     assert table[:5] == ["NAME", "HOSTS", "ACCEPTED", "AGE", "catalog"] and "False" in table
 
+    # A route to a subset no DestinationRule defines: stored, Accepted=False, never pushed.
+    kube.kubectl("apply", "-f", "-", input=vs(namespace, ALL_V2.replace("v2", "v9")))
+    wait_for(
+        lambda: "subset 'v9'" in str(accepted_condition(kube, namespace, status="False")),
+        timeout=10,
+        what="Accepted=False naming the unknown subset",
+    )
+    assert versions(shop, 10) == Counter({"v1": 10})
+
     kube.kubectl("delete", "virtualservice", "catalog", "-n", namespace)
     wait_for(lambda: set(versions(shop, 8)) == {"v1", "v2"}, timeout=10, what="default route")
 

@@ -10,7 +10,7 @@ metadata: {name: catalog}
 spec:
   hosts: [catalog]
   http:
-    - route: [{destination: {host: catalog, subset: v1}}]
+    - route: [{destination: {host: catalog}}]
 """
 KEY = ResourceKey("VirtualService", "default", "catalog")
 
@@ -20,7 +20,9 @@ def test_invalid_edit_keeps_last_accepted_version() -> None:
     accepted, problems = files.load({"vs.yaml": GOOD})
     assert problems == () and KEY in accepted
     first = accepted[KEY]
-    accepted, problems = files.load({"vs.yaml": GOOD.replace("subset: v1", "subset: v1, x: 1")})
+    accepted, problems = files.load(
+        {"vs.yaml": GOOD.replace("{host: catalog}", "{host: catalog, x: 1}")}
+    )
     assert accepted[KEY] is first
     texts = [str(p) for p in problems]
     assert any("spec.http[0].route[0].destination.x: unknown field" in t for t in texts)
@@ -54,3 +56,29 @@ def test_duplicate_resource_in_two_files_first_wins() -> None:
     assert "b.yaml: VirtualService default/catalog: metadata.name: also defined in a.yaml" in str(
         problems[0]
     )
+
+
+RULE = """
+apiVersion: lightmesh.io/v1alpha1
+kind: DestinationRule
+metadata: {name: catalog}
+spec: {host: catalog, subsets: [{name: v1, labels: {version: v1}}]}
+"""
+
+
+def test_route_to_an_undefined_subset_is_rejected_and_the_last_good_serves() -> None:
+    files = FileSet()
+    to_v1 = GOOD.replace("{host: catalog}", "{host: catalog, subset: v1}")
+    accepted, problems = files.load({"vs.yaml": to_v1, "dr.yaml": RULE})
+    assert problems == ()
+    serving = accepted[KEY]
+    accepted, problems = files.load(
+        {"vs.yaml": to_v1.replace("subset: v1", "subset: v3"), "dr.yaml": RULE}
+    )
+    assert accepted[KEY] == serving
+    assert str(problems[0]) == (
+        "vs.yaml: VirtualService default/catalog: spec.http[0].route[0].destination.subset: "
+        "subset 'v3' of catalog.default.svc.cluster.local is not defined by a DestinationRule"
+    )
+    accepted, _ = FileSet().load({"vs.yaml": to_v1})  # new and broken: not accepted at all
+    assert KEY not in accepted

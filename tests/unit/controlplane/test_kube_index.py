@@ -26,8 +26,16 @@ def endpoint_slice(name: str, address: str, pod: str, *, ready: bool | None) -> 
     }  # fmt: skip
 
 
+RULE = {
+    "metadata": {"name": "catalog", "namespace": "shop"},
+    "spec": {"host": "catalog", "subsets": [{"name": "v1"}, {"name": "v2"}]},
+}
+RULE_KEY = ResourceKey("DestinationRule", "shop", "catalog")
+
+
 def test_invalid_update_keeps_last_good_and_delete_removes_it() -> None:
     index = KubeIndex()
+    index.replace("DestinationRule", [RULE])
     index.replace("VirtualService", [vs(60)])
     resources, problems = index.resources()
     key = ResourceKey("VirtualService", "shop", "catalog")
@@ -41,7 +49,7 @@ def test_invalid_update_keeps_last_good_and_delete_removes_it() -> None:
         "kubernetes: VirtualService shop/catalog: rejected; the last accepted version keeps serving",
     ]
     index.delete("VirtualService", vs(70))
-    assert index.resources() == ({}, ())
+    assert list(index.resources()[0]) == [RULE_KEY]
 
 
 def test_services_take_ready_endpoints_with_their_pod_labels() -> None:
@@ -62,7 +70,19 @@ def test_services_take_ready_endpoints_with_their_pod_labels() -> None:
 
 def test_relist_drops_resources_that_disappeared() -> None:
     index = KubeIndex()
+    index.replace("DestinationRule", [RULE])
     index.replace("VirtualService", [vs(60)])
     index.resources()
     index.replace("VirtualService", [])
-    assert index.resources() == ({}, ())
+    assert list(index.resources()[0]) == [RULE_KEY]
+
+
+def test_route_to_undefined_subset_is_not_accepted() -> None:
+    index = KubeIndex()
+    index.replace("VirtualService", [vs(60)])
+    resources, problems = index.resources()
+    assert resources == {}
+    assert "spec.http[0].route[0].destination.subset: subset 'v1'" in str(problems[0])
+    (update,) = index.status_updates()
+    assert not update.accepted
+    assert update.message.startswith("spec.http[0].route[0].destination.subset: subset 'v1' of")
