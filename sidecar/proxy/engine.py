@@ -14,6 +14,8 @@ import contextlib
 import dataclasses
 import enum
 import logging
+import os
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -61,6 +63,8 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 MAX_DRAIN_BYTES = 256 * 1024
 # How long a finished response waits for the request pump to flush its last bytes upstream.
 PUMP_FLUSH_TIMEOUT = 1.0
+
+_REQUEST_IDS = random.Random(os.urandom(16))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -312,7 +316,11 @@ def forwarded_head(start: RequestStart, *, peer: str) -> RequestHead:
     if not header_values(headers, b"x-forwarded-proto"):
         headers.append((b"x-forwarded-proto", b"http"))
     if not header_values(headers, b"x-request-id"):
-        headers.append((b"x-request-id", str(uuid.uuid4()).encode("ascii")))
+        # A version-4 UUID from a Mersenne Twister seeded by the OS: uuid4() costs a getrandom
+        # syscall per request (5% of the sidecar's CPU in the profile); request ids need
+        # uniqueness, not unpredictability.
+        request_id = uuid.UUID(int=_REQUEST_IDS.getrandbits(128), version=4)
+        headers.append((b"x-request-id", str(request_id).encode("ascii")))
     head.headers = headers
     return head
 
@@ -786,16 +794,26 @@ class ProxyListener:
             start.keep_alive and framing.kind is not BodyKind.UNTIL_CLOSE and not self._draining
         )
         headers = response_headers(head, framing, keep_alive=keep_alive, http11=http11)
-        client.writer.write(serialize_response_head(head.status, headers, reason=head.reason))
+        # What one upstream read produced goes out in one write (head, body and end together for
+        # a typical response): the profile showed write syscalls as the largest cost per request.
+        pending = [serialize_response_head(head.status, headers, reason=head.reason)]
         sent = 0
+        writer = client.writer
         try:
-            while not isinstance(event := await attempt.response.next_event(), EndOfMessage):
+            while True:
+                if pending and not attempt.response.ready:
+                    writer.write(b"".join(pending))
+                    pending.clear()
+                    await writer.drain()
+                event = await attempt.response.next_event()
+                if isinstance(event, EndOfMessage):
+                    break
                 if isinstance(event, Data):
                     sent += len(event.data)
-                    client.writer.write(encode_body(event.data, framing))
-                    await client.writer.drain()
-            client.writer.write(end_of_body(framing))
-            await client.writer.drain()
+                    pending.append(encode_body(event.data, framing))
+            pending.append(end_of_body(framing))
+            writer.write(b"".join(pending))
+            await writer.drain()
         except (PeerClosed, ParseError):
             # Too late for an error response: reset so the client sees the truncation.
             client.writer.transport.abort()

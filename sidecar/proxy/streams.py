@@ -95,6 +95,11 @@ class ResponseStream:
         self.parser = ResponseParser(method)
         self._events: deque[ResponseEvent] = deque()
 
+    @property
+    def ready(self) -> bool:
+        """Whether the next event is already parsed (no read needed)."""
+        return bool(self._events)
+
     async def next_event(self) -> ResponseEvent:
         """The next event. Raises PeerClosed, or ParseError on a protocol violation."""
         while not self._events:
