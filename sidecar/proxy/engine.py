@@ -65,6 +65,7 @@ MAX_DRAIN_BYTES = 256 * 1024
 PUMP_FLUSH_TIMEOUT = 1.0
 
 _REQUEST_IDS = random.Random(os.urandom(16))
+_NO_DEADLINE = contextlib.nullcontext()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -665,7 +666,9 @@ class ProxyListener:
             client.writer.write(CONTINUE)
             body.continue_sent = True
         try:
-            async with asyncio.timeout(target.timeout):
+            # asyncio.timeout(None) still costs a get_running_loop (a getpid syscall on 3.11).
+            deadline = _NO_DEADLINE if target.timeout is None else asyncio.timeout(target.timeout)
+            async with deadline:
                 attempt, response = await self._open(target, start, head, body)
         except TimeoutError:
             return await self._upstream_error(client, start, body, target, UpstreamTimeout())
