@@ -25,6 +25,7 @@ from aiohttp import web
 from sidecar.proxy.decision import Completed, Decision, Forward, LocalReply, RequestHead
 from sidecar.proxy.engine import ConnectionPool, ProxyListener, start_proxy
 from sidecar.proxy.local_server import LocalResponse, start_local_server
+from tests.support.servers import serving
 
 DEADLINE = 10.0  # bound on every wait in these tests; never reached when things work
 BIG = 20 * 1024 * 1024
@@ -128,15 +129,10 @@ def _echo_app(upstream: Upstream) -> web.Application:
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     state = Upstream(port=0)
-    runner = web.AppRunner(_echo_app(state), shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    assert runner.addresses
-    state.port = runner.addresses[0][1]
-    yield state
-    state.release.set()
-    await runner.cleanup()
+    async with serving(_echo_app(state)) as port:
+        state.port = port
+        yield state
+        state.release.set()
 
 
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from sidecar.proxy.decision import Completed, Decision, Forward, RequestHead
 from sidecar.proxy.engine import EngineSettings, ProxyListener, start_proxy
 from tests.component.smuggling_corpus import CORPUS, Case
+from tests.support.servers import serving
 
 DEADLINE = 10.0  # bound on every wait; never reached when things work
 
@@ -161,14 +162,10 @@ def _app(state: AppUpstream) -> web.Application:
 @pytest.fixture
 async def app_upstream() -> AsyncIterator[AppUpstream]:
     state = AppUpstream()
-    runner = web.AppRunner(_app(state), shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.port = runner.addresses[0][1]
-    yield state
-    state.release.set()
-    await runner.cleanup()
+    async with serving(_app(state)) as port:
+        state.port = port
+        yield state
+        state.release.set()
 
 
 # --- the proxy under test ----------------------------------------------------------------------

@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from lightmesh.demo.mesh import LocalMesh, Process, free_port, http_get, wait_for
+from tests.support.servers import serving
 
 pytestmark = pytest.mark.integration
 
@@ -92,14 +93,10 @@ def _app(state: App) -> web.Application:
 @pytest.fixture
 async def app() -> AsyncIterator[App]:
     state = App()
-    runner = web.AppRunner(_app(state), shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.port = runner.addresses[0][1]
-    yield state
-    state.release.set()
-    await runner.cleanup()
+    async with serving(_app(state)) as port:
+        state.port = port
+        yield state
+        state.release.set()
 
 
 # --- the mesh processes --------------------------------------------------------------------------
