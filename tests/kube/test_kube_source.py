@@ -40,6 +40,19 @@ BAD_WEIGHTS = """        - destination: {host: catalog, subset: v1}
           weight: 60"""
 
 
+def rule(namespace: str) -> str:
+    return f"""
+apiVersion: lightmesh.io/v1alpha1
+kind: DestinationRule
+metadata: {{name: catalog, namespace: {namespace}}}
+spec:
+  host: catalog
+  subsets:
+    - {{name: v1, labels: {{version: v1}}}}
+    - {{name: v2, labels: {{version: v2}}}}
+"""
+
+
 def pod_and_slice(namespace: str, version: str, address: str, port: int, *, ready: bool) -> str:
     return f"""
 apiVersion: v1
@@ -86,17 +99,7 @@ metadata: {{name: catalog, namespace: {namespace}}}
 spec:
   ports: [{{name: http, port: 80, targetPort: 8080}}]
 """
-        rule = f"""
-apiVersion: lightmesh.io/v1alpha1
-kind: DestinationRule
-metadata: {{name: catalog, namespace: {namespace}}}
-spec:
-  host: catalog
-  subsets:
-    - {{name: v1, labels: {{version: v1}}}}
-    - {{name: v2, labels: {{version: v2}}}}
-"""
-        docs = [service, rule] + [
+        docs = [service, rule(namespace)] + [
             pod_and_slice(namespace, v, address, ports[v], ready=True) for v in ("v1", "v2")
         ]
         kube.kubectl("apply", "-f", "-", input="\n---\n".join(docs))
@@ -240,7 +243,7 @@ def test_only_the_lease_holder_writes_status_and_leadership_moves_on(
         assert len(first) == 1
         holder = kube.kubectl_json("get", "lease", "lightmesh-controlplane", "-n", lease_ns)
         assert holder["spec"]["holderIdentity"]
-        kube.kubectl("apply", "-f", "-", input=vs(namespace, ALL_V2))
+        kube.kubectl("apply", "-f", "-", input=rule(namespace) + "\n---\n" + vs(namespace, ALL_V2))
         wait_for(
             lambda: accepted_condition(kube, namespace, status="True"), timeout=10, what="status"
         )
