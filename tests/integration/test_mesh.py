@@ -207,3 +207,51 @@ def test_control_plane_restart_fails_no_request_and_sidecars_catch_up(mesh: Loca
     metrics = http_get(f"{mesh.debug_url}/metrics").body.decode()
     assert 'lightmesh_controlplane_pushes_total{type="ROUTES"}' in metrics
     assert 'lightmesh_controlplane_pushes_total{type="CLUSTERS"}' not in metrics
+
+
+def test_config_changes_under_load_fail_no_request(mesh: LocalMesh) -> None:
+    """Routes and clusters are swapped repeatedly while requests flow; none may fail."""
+    start_shop(mesh)
+    vs_path = mesh.config_dir / VS_FILE
+    dr_path = mesh.config_dir / "catalog-destinationrule.yaml"
+    split, rule = vs_path.read_text(), dr_path.read_text()
+    failures: list[str] = []
+    sent = Counter[str]()
+    stop = threading.Event()
+
+    def traffic() -> None:
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline and sent["total"] < 20_000:
+            try:
+                reply = http_get(f"{mesh.workloads['frontend'].inbound}/", timeout=5)
+                sent["total"] += 1
+                if reply.status != 200:
+                    failures.append(f"{reply.status} {reply.body[:200]!r}")
+            except OSError as error:
+                failures.append(repr(error))
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    thread.start()
+    try:
+        for round_ in range(8):
+            # Alternate the routes and the load-balancing policy (new routes, new clusters).
+            write(vs_path, ALL_TO_V2 if round_ % 2 == 0 else split)
+            policy = "RANDOM" if round_ % 2 == 0 else "ROUND_ROBIN"
+            write(dr_path, rule.replace("simple: ROUND_ROBIN", f"simple: {policy}"))
+            before = sent["total"]
+            # all-to-v2 rounds: every request on v2; split rounds: v1 is back.
+            check = all if round_ % 2 == 0 else any
+            expected = "v2" if round_ % 2 == 0 else "v1"
+            wait_for(
+                lambda check=check, expected=expected: check(
+                    catalog_version(mesh) == expected for _ in range(10)
+                ),
+                timeout=10,
+                what=f"round {round_} applied",
+            )
+            wait_for(lambda before=before: sent["total"] >= before + 20, timeout=10, what="traffic")
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert failures == []
+    assert sent["total"] >= 160
