@@ -156,34 +156,57 @@ def test_config_the_sidecar_cannot_apply_is_nacked_and_old_config_serves(mesh: L
     assert versions["v1"] >= 12, versions
 
 
+class Traffic:
+    """Sequential GETs to a URL from a background thread (bounded in count and time), counting
+    every request that did not answer 200. A context manager: stops and joins on exit."""
+
+    def __init__(self, url: str, *, seconds: float = 90, limit: int = 20_000, pause: float = 0):
+        self.url = url
+        self.failures: list[str] = []
+        self.sent = 0
+        self._deadline = time.monotonic() + seconds
+        self._limit = limit
+        self._pause = pause
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Traffic":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while (
+            not self._stop.is_set()
+            and time.monotonic() < self._deadline
+            and self.sent < self._limit
+        ):
+            try:
+                reply = http_get(self.url, timeout=5)
+                self.sent += 1
+                if reply.status != 200:
+                    self.failures.append(f"{reply.status} {reply.body[:200]!r}")
+            except OSError as error:
+                self.failures.append(repr(error))
+            if self._pause:
+                self._stop.wait(self._pause)
+
+    def wait_for_more(self, count: int, *, what: str) -> None:
+        """Block until `count` more requests were sent."""
+        before = self.sent
+        wait_for(lambda: self.sent >= before + count, timeout=20, what=what)
+
+
 def test_control_plane_restart_fails_no_request_and_sidecars_catch_up(mesh: LocalMesh) -> None:
     start_shop(mesh)
-    failures: list[str] = []
-    sent = Counter[str]()
-    stop = threading.Event()
-
-    def traffic() -> None:
-        deadline = time.monotonic() + 90
-        while not stop.is_set() and time.monotonic() < deadline and sent["total"] < 20_000:
-            try:
-                reply = http_get(f"{mesh.workloads['frontend'].inbound}/", timeout=5)
-                sent["total"] += 1
-                if reply.status != 200:
-                    failures.append(f"{reply.status} {reply.body[:200]!r}")
-            except OSError as error:
-                failures.append(repr(error))
-            time.sleep(0.005)
-
-    thread = threading.Thread(target=traffic, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: sent["total"] >= 20, timeout=10, what="traffic to flow")
+    with Traffic(f"{mesh.workloads['frontend'].inbound}/", pause=0.005) as traffic:
+        traffic.wait_for_more(20, what="traffic to flow")
         assert mesh.control_plane is not None
         mesh.control_plane.stop(kill=True)
-        before = sent["total"]
-        wait_for(
-            lambda: sent["total"] >= before + 50, timeout=20, what="traffic without a control plane"
-        )
+        traffic.wait_for_more(50, what="traffic without a control plane")
         write(mesh.config_dir / VS_FILE, ALL_TO_V2)  # changed while the control plane is away
         mesh.start_control_plane()
         wait_for(
@@ -195,12 +218,8 @@ def test_control_plane_restart_fails_no_request_and_sidecars_catch_up(mesh: Loca
             timeout=30,
             what="the change made during the outage to arrive",
         )
-        before = sent["total"]
-        wait_for(lambda: sent["total"] >= before + 20, timeout=10, what="traffic after the restart")
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-    assert failures == []
+        traffic.wait_for_more(20, what="traffic after the restart")
+    assert traffic.failures == []
     sidecar_log = mesh.workloads["frontend"].sidecar.log.read_text()  # type: ignore[union-attr]
     assert '"event": "reconnect_wait"' in sidecar_log
     # Sidecars announced the versions they held: unchanged clusters were not sent again.
@@ -215,30 +234,12 @@ def test_config_changes_under_load_fail_no_request(mesh: LocalMesh) -> None:
     vs_path = mesh.config_dir / VS_FILE
     dr_path = mesh.config_dir / "catalog-destinationrule.yaml"
     split, rule = vs_path.read_text(), dr_path.read_text()
-    failures: list[str] = []
-    sent = Counter[str]()
-    stop = threading.Event()
-
-    def traffic() -> None:
-        deadline = time.monotonic() + 60
-        while not stop.is_set() and time.monotonic() < deadline and sent["total"] < 20_000:
-            try:
-                reply = http_get(f"{mesh.workloads['frontend'].inbound}/", timeout=5)
-                sent["total"] += 1
-                if reply.status != 200:
-                    failures.append(f"{reply.status} {reply.body[:200]!r}")
-            except OSError as error:
-                failures.append(repr(error))
-
-    thread = threading.Thread(target=traffic, daemon=True)
-    thread.start()
-    try:
+    with Traffic(f"{mesh.workloads['frontend'].inbound}/", seconds=60) as traffic:
         for round_ in range(8):
             # Alternate the routes and the load-balancing policy (new routes, new clusters).
             write(vs_path, ALL_TO_V2 if round_ % 2 == 0 else split)
             policy = "RANDOM" if round_ % 2 == 0 else "ROUND_ROBIN"
             write(dr_path, rule.replace("simple: ROUND_ROBIN", f"simple: {policy}"))
-            before = sent["total"]
             # all-to-v2 rounds: every request on v2; split rounds: v1 is back.
             check = all if round_ % 2 == 0 else any
             expected = "v2" if round_ % 2 == 0 else "v1"
@@ -249,9 +250,6 @@ def test_config_changes_under_load_fail_no_request(mesh: LocalMesh) -> None:
                 timeout=10,
                 what=f"round {round_} applied",
             )
-            wait_for(lambda before=before: sent["total"] >= before + 20, timeout=10, what="traffic")
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-    assert failures == []
-    assert sent["total"] >= 160
+            traffic.wait_for_more(20, what="traffic")
+    assert traffic.failures == []
+    assert traffic.sent >= 160
