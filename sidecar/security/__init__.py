@@ -1,0 +1,1 @@
+"""Inbound security decisions: authorization policies and peer-authentication modes."""
