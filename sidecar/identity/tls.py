@@ -1,0 +1,64 @@
+"""TLS contexts for mutual TLS between sidecars, built from the installed workload certificate.
+
+Workload certificates name a SPIFFE ID, not a DNS name, so hostname checking is off and the peer's
+identity is read from its verified certificate instead (`peer_identity`); the chain must still end
+at the trust bundle. A new pair of contexts is built on every rotation: connections opened later use
+the new certificate, connections already open keep theirs.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.identity.manager import Identity
+
+# ALPN protocol ids announced between sidecars: the inner protocol, marked as ours, so an inbound
+# listener knows a TLS connection is sidecar-to-sidecar and what it carries.
+ALPN_HTTP11 = "lightmesh-http/1.1"
+ALPN_TCP = "lightmesh-tcp"
+
+
+def _base(context: ssl.SSLContext, identity: Identity) -> ssl.SSLContext:
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(identity.cert_file, identity.key_file)
+    context.load_verify_locations(cafile=str(identity.bundle_file))
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.set_alpn_protocols([ALPN_HTTP11, ALPN_TCP])
+    return context
+
+
+def server_context(identity: Identity) -> ssl.SSLContext:
+    """For the inbound listener: requires and verifies a client certificate."""
+    return _base(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), identity)
+
+
+def client_context(identity: Identity) -> ssl.SSLContext:
+    """For upstream connections to other sidecars: presents ours, verifies theirs."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False  # SPIFFE IDs are not host names; see peer_identity
+    return _base(context, identity)
+
+
+def peer_identity(ssl_object: Any) -> str:
+    """The SPIFFE ID in the verified peer certificate's URI SAN, or "" if there is none."""
+    cert = ssl_object.getpeercert() if ssl_object is not None else None
+    for kind, value in (cert or {}).get("subjectAltName", ()):
+        if kind == "URI" and isinstance(value, str) and value.startswith("spiffe://"):
+            return value
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class TLSContexts:
+    """The contexts of one certificate generation."""
+
+    identity: Identity
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+
+    @classmethod
+    def build(cls, identity: Identity) -> TLSContexts:
+        """Both contexts for a freshly installed certificate."""
+        return cls(identity, server_context(identity), client_context(identity))
