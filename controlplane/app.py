@@ -56,6 +56,7 @@ class Settings:
     )
     in_cluster: bool = False
     lease_namespace: str = "default"  # where the status-writer Lease lives
+    watch_namespaces: tuple[str, ...] = ()  # empty: the whole cluster
     host: str = "127.0.0.1"
     port: int = 15010
     debug_port: int = 15014
@@ -172,7 +173,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     status: StatusWriter | None = None
     if api is not None:
         status = StatusWriter(api, lease_namespace=settings.lease_namespace)
-        kube = KubeSource(store, api, on_status=status.submit)
+        kube = KubeSource(store, api, on_status=status.submit, namespaces=settings.watch_namespaces)
     # Load every source before serving so the first sidecar gets the full config, not a partial one.
     if files is not None:
         await files.load()

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import base64
 import datetime
-import errno
 import ipaddress
 import itertools
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from controlplane.private_files import write_once
 
 Clock = Callable[[], datetime.datetime]
 
@@ -81,21 +81,9 @@ class FileCAStore:
         return _split_bundle(data, source=str(self.path))
 
     def create(self, material: CAMaterial) -> CAMaterial:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # O_EXCL makes two processes starting at once agree on one CA: the loser reads the
-            # winner's file.
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except OSError as exc:
-            if exc.errno != errno.EEXIST:
-                raise
-            stored = self.load()
-            if stored is None:
-                raise CAError(f"{self.path}: exists but holds no CA") from exc
-            return stored
-        with os.fdopen(fd, "wb") as out:
-            out.write(material.cert_pem + material.chain_pem + material.key_pem)
-        return material
+        data = material.cert_pem + material.chain_pem + material.key_pem
+        stored = write_once(self.path, data)
+        return material if stored == data else _split_bundle(stored, source=str(self.path))
 
 
 class SecretCAStore:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import grpc
 
 from controlplane.ca import DEFAULT_WORKLOAD_TTL, CAError, CertificateAuthority
+from controlplane.private_files import write_once
 from lightmesh.v1 import discovery_pb2 as pb
 from lightmesh.v1 import discovery_pb2_grpc
 
@@ -71,19 +72,7 @@ class BootstrapTokenAuthenticator:
 
 def load_or_create_token(path: Path) -> str:
     """The bootstrap token in `path` (0600), created on first use."""
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    try:
-        with path.open("x", encoding="ascii") as out:  # "x": a racing replica's token wins
-            path.chmod(0o600)
-            out.write(token + "\n")
-    except FileExistsError:
-        return path.read_text().strip()
-    return token
+    return write_once(path, secrets.token_urlsafe(32).encode() + b"\n").decode().strip()
 
 
 class TokenReviewAuthenticator:

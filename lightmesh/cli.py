@@ -34,6 +34,7 @@ def _controlplane(args: argparse.Namespace) -> int:
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
         in_cluster=args.in_cluster,
         lease_namespace=args.lease_namespace,
+        watch_namespaces=tuple(args.watch_namespace),
         host=args.host,
         port=args.port,
         debug_port=args.debug_port,
@@ -80,6 +81,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    if args.cluster:
+        return _analyze_cluster(args)
+    if not args.files:
+        print("lightmesh analyze: give -f FILES... or --cluster", file=sys.stderr)
+        return 2
     from controlplane.sources.files import FileSet, read_directory
 
     files: dict[str, str] = {}
@@ -94,6 +100,55 @@ def _analyze(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"Error: {problem}")
     print(f"{len(resources)} resources accepted, {len(problems)} problems in {len(files)} files")
+    return 1 if problems else 0
+
+
+def _analyze_cluster(args: argparse.Namespace) -> int:
+    """The same validation the control plane runs, over the mesh resources stored in a cluster."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    from controlplane.schema import GROUP, VERSION
+    from controlplane.sources.kube_index import MESH_KINDS, KubeIndex
+
+    try:
+        if args.kubeconfig or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            api = config.new_client_from_config(config_file=args.kubeconfig or None)  # type: ignore[no-untyped-call]
+        else:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+            api = client.ApiClient()
+    except Exception as error:  # the kubernetes client raises several unrelated types here
+        print(f"lightmesh analyze: cannot load kubeconfig: {error}", file=sys.stderr)
+        return 2
+    objects = client.CustomObjectsApi(api)
+    index = KubeIndex()
+    count = 0
+    for kind in MESH_KINDS:
+        plural = f"{kind.lower()}s"
+        found: Any
+        try:
+            if args.namespace:
+                found = objects.list_namespaced_custom_object(
+                    GROUP, VERSION, args.namespace, plural
+                )
+            else:
+                found = objects.list_cluster_custom_object(GROUP, VERSION, plural)
+        except ApiException as error:
+            print(
+                f"lightmesh analyze: listing {plural}: {error.status} {error.reason}",
+                file=sys.stderr,
+            )
+            return 2
+        items = found.get("items") or []
+        count += len(items)
+        index.replace(kind, items)
+    resources, problems = index.resources()
+    for problem in problems:
+        print(f"Error: {problem}")
+    where = f"namespace {args.namespace}" if args.namespace else "the cluster"
+    print(
+        f"{len(resources)} resources accepted, {len(problems)} problems in {count} resources in {where}"
+    )
     return 1 if problems else 0
 
 
@@ -164,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--kubeconfig", default="", help="watch this cluster's resources and services")
     cp.add_argument("--in-cluster", action="store_true", help="watch the cluster this pod runs in")
     cp.add_argument("--lease-namespace", default="default", help="namespace of the leader Lease")
+    cp.add_argument(
+        "--watch-namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable; default: the whole cluster)",
+    )
     cp.add_argument("--host", default="127.0.0.1")
     cp.add_argument("--port", type=int, default=15010, help="gRPC config stream port")
     cp.add_argument("--debug-port", type=int, default=15014, help="debug/metrics HTTP port")
@@ -204,7 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     an = sub.add_parser(
         "analyze", help="validate resource files offline, as the control plane would"
     )
-    an.add_argument("-f", "--files", nargs="+", required=True, help="YAML files or directories")
+    an.add_argument("-f", "--files", nargs="+", default=[], help="YAML files or directories")
+    an.add_argument(
+        "--cluster", action="store_true", help="analyze the resources stored in the cluster"
+    )
+    an.add_argument("--kubeconfig", default="", help="with --cluster (default: $KUBECONFIG)")
+    an.add_argument("-n", "--namespace", default="", help="with --cluster: only this namespace")
     an.set_defaults(func=_analyze)
 
     ps = sub.add_parser("proxy-status", help="show which config each sidecar runs")

@@ -18,7 +18,14 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from controlplane.sources.kube_index import KINDS, MESH_KINDS, KubeIndex, Obj, StatusUpdate
+from controlplane.sources.kube_index import (
+    KINDS,
+    MESH_KINDS,
+    KubeIndex,
+    Obj,
+    StatusUpdate,
+    collection_path,
+)
 from controlplane.store import Store
 
 log = logging.getLogger("controlplane.sources.kube")
@@ -35,27 +42,39 @@ class KubeSource:
     """Feeds the store from the Kubernetes API; `start()` spawns the watchers, `stop()` ends them."""
 
     def __init__(
-        self, store: Store, api_client: Any, *, on_status: Callable[[list[StatusUpdate]], None]
+        self,
+        store: Store,
+        api_client: Any,
+        *,
+        on_status: Callable[[list[StatusUpdate]], None],
+        namespaces: tuple[str, ...] = (),
     ) -> None:
         self._on_status = on_status
+        # Empty: watch cluster-wide. Otherwise one watch per kind and namespace, so a control
+        # plane can run with namespaced RBAC only.
+        self._scopes: tuple[str | None, ...] = namespaces or (None,)
         self._store = store
         self._api = api_client
         self._index = KubeIndex()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._synced: set[str] = set()
+        self._synced: set[tuple[str, str | None]] = set()
         self._all_synced = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        """Start one list/watch thread per kind."""
+        """Start one list/watch thread per kind (and namespace, when scoped)."""
         self._loop = asyncio.get_running_loop()
         for kind in KINDS:
-            thread = threading.Thread(
-                target=self._run, args=(kind,), name=f"watch-{kind}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+            for scope in self._scopes:
+                thread = threading.Thread(
+                    target=self._run,
+                    args=(kind, scope),
+                    name=f"watch-{kind}-{scope or 'all'}",
+                    daemon=True,
+                )
+                thread.start()
+                self._threads.append(thread)
 
     def refresh_status(self) -> None:
         """Offer every out-of-date status again (after this replica became leader)."""
@@ -77,16 +96,19 @@ class KubeSource:
 
     # --- worker threads ---
 
-    def _run(self, kind: str) -> None:
+    def _run(self, kind: str, scope: str | None) -> None:
         backoff = 0.2
         while not self._stop.is_set():
             try:
-                version = self._list(kind)
+                version = self._list(kind, scope)
                 backoff = 0.2
                 while not self._stop.is_set():
-                    version = self._watch(kind, version)
+                    version = self._watch(kind, scope, version)
             except _Gone:
-                log.info("watch expired, relisting", extra={"event": "relist", "kind": kind})
+                log.info(
+                    "watch expired, relisting",
+                    extra={"event": "relist", "kind": kind, "namespace": scope or ""},
+                )
             except Exception as error:
                 if self._stop.is_set():
                     return
@@ -98,9 +120,11 @@ class KubeSource:
                 self._stop.wait(backoff * random.uniform(0.5, 1.5))
                 backoff = min(backoff * 2, 5.0)
 
-    def _get(self, kind: str, query: list[tuple[str, str]], *, read_timeout: float) -> Any:
+    def _get(
+        self, kind: str, scope: str | None, query: list[tuple[str, str]], *, read_timeout: float
+    ) -> Any:
         """GET a collection (list or watch); returns the streaming urllib3 response."""
-        path = KINDS[kind][1]
+        path = collection_path(kind, scope)
         method, url, headers, _, _ = self._api.param_serialize(
             "GET",
             path,
@@ -120,24 +144,24 @@ class KubeSource:
             raise RuntimeError(f"GET {path}: HTTP {response.status}: {text}")
         return response
 
-    def _list(self, kind: str) -> str:
-        response = self._get(kind, [], read_timeout=60)
+    def _list(self, kind: str, scope: str | None) -> str:
+        response = self._get(kind, scope, [], read_timeout=60)
         try:
             body = json.loads(response.data)
         finally:
             response.release_conn()
-        self._deliver(partial(self._on_list, kind, body.get("items") or []))
+        self._deliver(partial(self._on_list, kind, scope, body.get("items") or []))
         version: str = body["metadata"]["resourceVersion"]
         return version
 
-    def _watch(self, kind: str, version: str) -> str:
+    def _watch(self, kind: str, scope: str | None, version: str) -> str:
         query = [
             ("watch", "true"),
             ("resourceVersion", version),
             ("allowWatchBookmarks", "true"),
             ("timeoutSeconds", str(WATCH_TIMEOUT)),
         ]
-        response = self._get(kind, query, read_timeout=WATCH_TIMEOUT + 30)
+        response = self._get(kind, scope, query, read_timeout=WATCH_TIMEOUT + 30)
         try:
             for line in _lines(response):
                 event = json.loads(line)
@@ -161,10 +185,10 @@ class KubeSource:
 
     # --- on the event loop ---
 
-    def _on_list(self, kind: str, items: list[Obj]) -> None:
-        self._index.replace(kind, items)
-        self._synced.add(kind)
-        if self._synced >= set(KINDS):
+    def _on_list(self, kind: str, scope: str | None, items: list[Obj]) -> None:
+        self._index.replace(kind, items, namespace=scope)
+        self._synced.add((kind, scope))
+        if len(self._synced) == len(KINDS) * len(self._scopes):
             self._all_synced.set()
         self._publish(kind)
 

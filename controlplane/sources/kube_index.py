@@ -28,6 +28,16 @@ KINDS: dict[str, tuple[str, str]] = {
 }
 MESH_KINDS = ("VirtualService", "DestinationRule")
 
+
+def collection_path(kind: str, namespace: str | None = None) -> str:
+    """API path of a kind's collection, cluster-wide or in one namespace."""
+    path = KINDS[kind][1]
+    if namespace is None:
+        return path
+    prefix, _, plural = path.rpartition("/")
+    return f"{prefix}/namespaces/{namespace}/{plural}"
+
+
 Obj = Mapping[str, Any]
 
 
@@ -58,9 +68,12 @@ class KubeIndex:
         self._objects: dict[str, dict[ObjKey, Obj]] = {kind: {} for kind in KINDS}
         self._good: dict[ResourceKey, Resource] = {}
 
-    def replace(self, kind: str, objects: Iterable[Obj]) -> None:
-        """Replace every object of `kind` (after a list or relist)."""
-        self._objects[kind] = {_key(o): o for o in objects}
+    def replace(self, kind: str, objects: Iterable[Obj], namespace: str | None = None) -> None:
+        """Replace every object of `kind` (after a list or relist), or only those of one
+        namespace when watching namespace by namespace."""
+        current = self._objects[kind]
+        kept = {k: o for k, o in current.items() if namespace is not None and k[0] != namespace}
+        self._objects[kind] = kept | {_key(o): o for o in objects}
         if kind in MESH_KINDS:
             present = {ResourceKey(kind, *k) for k in self._objects[kind]}
             for key in [k for k in self._good if k.kind == kind and k not in present]:

@@ -19,6 +19,7 @@ SA = "system:serviceaccount:lightmesh-system:lightmesh-controlplane"
         (("patch", "virtualservices.lightmesh.io", "--subresource=status", "-n", "shop"), True),
         (("update", "leases.coordination.k8s.io", "-n", "lightmesh-system"), True),
         (("create", "secrets", "-n", "lightmesh-system"), True),
+        (("create", "tokenreviews.authentication.k8s.io"), True),
         (("get", "secrets", "-n", "default"), False),
         (("create", "pods", "-n", "shop"), False),
         (("update", "virtualservices.lightmesh.io", "-n", "shop"), False),

@@ -130,7 +130,7 @@ def accepted_condition(kube: KubeCluster, namespace: str, *, status: str) -> dic
     return None
 
 
-def routed_to(mesh: LocalMesh, version: str, *, timeout: float = 10) -> float:
+def routed_to(mesh: LocalMesh, version: str, *, timeout: float = 30) -> float:
     """Seconds until every request lands on `version`."""
     started = time.monotonic()
     wait_for(lambda: versions(mesh) == Counter({version: 6}), timeout=timeout, interval=0.02,
@@ -142,12 +142,12 @@ def test_kubectl_apply_routes_traffic_and_invalid_changes_keep_the_last_good(
     kube: KubeCluster, namespace: str, shop: LocalMesh
 ) -> None:
     # No VirtualService yet: the service's ready endpoints share the traffic.
-    wait_for(lambda: set(versions(shop, 8)) == {"v1", "v2"}, timeout=10, what="both endpoints")
+    wait_for(lambda: set(versions(shop, 8)) == {"v1", "v2"}, timeout=30, what="both endpoints")
 
     kube.kubectl("apply", "-f", "-", input=vs(namespace, ALL_V2))
     wait_for(
         lambda: accepted_condition(kube, namespace, status="True"),
-        timeout=10,
+        timeout=30,
         what="Accepted=True written by the leader",
     )
     for version, routes in (("v2", ALL_V2), ("v1", ALL_V1)):
@@ -161,7 +161,7 @@ def test_kubectl_apply_routes_traffic_and_invalid_changes_keep_the_last_good(
     kube.kubectl("apply", "-f", "-", input=vs(namespace, BAD_WEIGHTS))
     problem = wait_for(
         lambda: next((p for p in shop.problems() if "weights sum to 120" in p["text"]), None),
-        timeout=10,
+        timeout=30,
         what="the weight problem to be reported",
     )
     assert problem["text"] == (
@@ -171,7 +171,7 @@ def test_kubectl_apply_routes_traffic_and_invalid_changes_keep_the_last_good(
     assert versions(shop, 10) == Counter({"v1": 10})
     condition = wait_for(
         lambda: accepted_condition(kube, namespace, status="False"),
-        timeout=10,
+        timeout=30,
         what="Accepted=False on the VirtualService",
     )
     assert condition["reason"] == "Invalid"
@@ -183,13 +183,13 @@ def test_kubectl_apply_routes_traffic_and_invalid_changes_keep_the_last_good(
     kube.kubectl("apply", "-f", "-", input=vs(namespace, ALL_V2.replace("v2", "v9")))
     wait_for(
         lambda: "subset 'v9'" in str(accepted_condition(kube, namespace, status="False")),
-        timeout=10,
+        timeout=30,
         what="Accepted=False naming the unknown subset",
     )
     assert versions(shop, 10) == Counter({"v1": 10})
 
     kube.kubectl("delete", "virtualservice", "catalog", "-n", namespace)
-    wait_for(lambda: set(versions(shop, 8)) == {"v1", "v2"}, timeout=10, what="default route")
+    wait_for(lambda: set(versions(shop, 8)) == {"v1", "v2"}, timeout=30, what="default route")
 
 
 def test_endpoint_slices_decide_where_traffic_goes(
@@ -197,7 +197,7 @@ def test_endpoint_slices_decide_where_traffic_goes(
 ) -> None:
     address: str = shop.shop_address  # type: ignore[attr-defined]
     ports: dict[str, int] = shop.shop_ports  # type: ignore[attr-defined]
-    wait_for(lambda: set(versions(shop, 8)) == {"v1", "v2"}, timeout=10, what="both endpoints")
+    wait_for(lambda: set(versions(shop, 8)) == {"v1", "v2"}, timeout=30, what="both endpoints")
     # v2 terminating (ready: false): it stops receiving new requests.
     kube.kubectl(
         "apply", "-f", "-", input=pod_and_slice(namespace, "v2", address, ports["v2"], ready=False)
@@ -206,7 +206,7 @@ def test_endpoint_slices_decide_where_traffic_goes(
     kube.kubectl(
         "apply", "-f", "-", input=pod_and_slice(namespace, "v2", address, ports["v2"], ready=True)
     )
-    wait_for(lambda: set(versions(shop, 8)) == {"v1", "v2"}, timeout=10, what="v2 back")
+    wait_for(lambda: set(versions(shop, 8)) == {"v1", "v2"}, timeout=30, what="v2 back")
     kube.kubectl("delete", "endpointslice", "catalog-v1", "-n", namespace)
     routed_to(shop, "v2")
 
@@ -245,7 +245,7 @@ def test_only_the_lease_holder_writes_status_and_leadership_moves_on(
         assert holder["spec"]["holderIdentity"]
         kube.kubectl("apply", "-f", "-", input=rule(namespace) + "\n---\n" + vs(namespace, ALL_V2))
         wait_for(
-            lambda: accepted_condition(kube, namespace, status="True"), timeout=10, what="status"
+            lambda: accepted_condition(kube, namespace, status="True"), timeout=30, what="status"
         )
         follower = 1 - first[0]
         assert not _leads(replicas[follower].log)
@@ -255,7 +255,7 @@ def test_only_the_lease_holder_writes_status_and_leadership_moves_on(
         # The new leader writes status for changes made after the handover.
         kube.kubectl("apply", "-f", "-", input=vs(namespace, BAD_WEIGHTS))
         wait_for(
-            lambda: accepted_condition(kube, namespace, status="False"), timeout=10, what="status"
+            lambda: accepted_condition(kube, namespace, status="False"), timeout=30, what="status"
         )
 
 
