@@ -207,6 +207,39 @@ def _proxy_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_certs(data: dict[str, Any]) -> str:
+    """`proxy-config certs`: the workload certificate of one sidecar, no private material."""
+    if not data.get("enabled"):
+        return "no workload certificate (the sidecar was started without --token-file)"
+    cert = data.get("certificate")
+    lines = []
+    if cert is None:
+        lines.append("certificate: none yet")
+    else:
+        lines += [
+            f"identity:   {cert['identity']}",
+            f"serial:     {cert['serial']}",
+            f"expires in: {cert['expires_in_seconds']:.0f}s",
+            *(f"trust root: sha256:{fp}" for fp in cert["trust_roots_sha256"]),
+        ]
+    lines.append(f"rotations:  {data['rotations']} (failed requests: {data['failed_requests']})")
+    return "\n".join(lines)
+
+
+def _proxy_config(args: argparse.Namespace) -> int:
+    path = {"certs": "/certs", "all": "/config_dump"}[args.section]
+    try:
+        data = fetch_json(f"{args.admin.rstrip('/')}{path}")
+    except OSError as error:
+        print(f"lightmesh proxy-config: {error}", file=sys.stderr)
+        return 1
+    if args.json or args.section == "all":
+        print(json.dumps(data, indent=2))
+    else:
+        print(format_certs(data))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from sidecar.settings import add_arguments as add_sidecar_arguments
@@ -277,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--control-plane", default=DEFAULT_DEBUG, help="control plane debug URL")
     ps.add_argument("--json", action="store_true")
     ps.set_defaults(func=_proxy_status)
+
+    pc = sub.add_parser("proxy-config", help="show one sidecar's certificates or whole config")
+    pc.add_argument("section", choices=["certs", "all"])
+    pc.add_argument("--admin", default="http://127.0.0.1:15000", help="the sidecar's admin URL")
+    pc.add_argument("--json", action="store_true")
+    pc.set_defaults(func=_proxy_config)
     return parser
 
 

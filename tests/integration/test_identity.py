@@ -7,6 +7,8 @@ import os
 import socket
 import ssl
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,15 @@ def test_sidecar_gets_a_spiffe_certificate_from_the_control_plane_ca(mesh: Local
     for name in ("cert.pem", "key.pem", "roots.pem"):
         assert stat.S_IMODE(os.stat(identity_dir / name).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(mesh.state_dir / "ca.pem").st_mode) == 0o600
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "lightmesh.cli", "proxy-config", "certs",
+         "--admin", mesh.workloads["catalog"].admin],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert "identity:   spiffe://cluster.local/ns/shop/sa/catalog-sa" in shown
+    assert f"serial:     {state['serial']}" in shown
+    assert "PRIVATE" not in shown
 
     # The certificate is usable for TLS exactly as the data plane will use it.
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
