@@ -17,7 +17,9 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
+from controlplane.ca import CertificateAuthority, FileCAStore
 from controlplane.debug import build_app
+from controlplane.injection.webhook import WebhookSettings, run_webhook
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.push import Pusher
 from controlplane.registry import LocalRegistry
@@ -52,6 +54,8 @@ class Settings:
     debounce: float = 0.1
     registry_grace: float = 15.0
     poll_interval: float = 0.1
+    webhook: WebhookSettings | None = None  # the sidecar injector; None: not served
+    ca_file: Path | None = None  # the mesh CA (created on first start); default: state_dir/ca.pem
 
 
 class _RegistryKeeper:
@@ -133,10 +137,12 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     )
     kube: KubeSource | None = None
     status: StatusWriter | None = None
+    api: object | None = None
     if settings.kubeconfig or settings.in_cluster:
         api = _kube_api_client(settings)
         status = StatusWriter(api, lease_namespace=settings.lease_namespace)
         kube = KubeSource(store, api, on_status=status.submit)
+    ca = _load_ca(settings) if settings.webhook is not None else None
     # Load every source before serving so the first sidecar gets the full config, not a partial one.
     if files is not None:
         await files.load()
@@ -151,6 +157,10 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         if kube is not None and status is not None:
             tasks.create_task(_refresh_status_on_leadership(kube, status, stop), name="status")
         tasks.create_task(keeper.expire_loop(stop), name="registry-expiry")
+        if settings.webhook is not None and ca is not None:
+            tasks.create_task(
+                run_webhook(settings.webhook, ca=ca, api=api, stop=stop), name="webhook"
+            )
         await server.start()
         await site.start()
         log.info(
@@ -184,6 +194,13 @@ async def _refresh_status_on_leadership(
         was_leading = status.leading
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=0.5)
+
+
+def _load_ca(settings: Settings) -> CertificateAuthority:
+    path = settings.ca_file or (settings.state_dir / "ca.pem" if settings.state_dir else None)
+    if path is None:
+        raise ValueError("the webhook needs the mesh CA: give --ca-file or --state-dir")
+    return CertificateAuthority.load_or_create(FileCAStore(path), trust_domain="cluster.local")
 
 
 def _kube_api_client(settings: Settings) -> object:
