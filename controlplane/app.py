@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import ipaddress
 import json
 import logging
 import os
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,14 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
-from controlplane.ca import CertificateAuthority, FileCAStore
+from controlplane.ca import CertificateAuthority, FileCAStore, SecretCAStore, new_root
+from controlplane.certs import (
+    Authenticator,
+    BootstrapTokenAuthenticator,
+    CertificateService,
+    TokenReviewAuthenticator,
+    load_or_create_token,
+)
 from controlplane.debug import build_app
 from controlplane.injection.webhook import WebhookSettings, run_webhook
 from controlplane.metrics import ControlPlaneMetrics
@@ -55,7 +65,17 @@ class Settings:
     registry_grace: float = 15.0
     poll_interval: float = 0.1
     webhook: WebhookSettings | None = None  # the sidecar injector; None: not served
-    ca_file: Path | None = None  # the mesh CA (created on first start); default: state_dir/ca.pem
+    trust_domain: str = "cluster.local"
+    # The CA's signing material: a PEM file of certificate (+ chain) + key. Local mode creates it
+    # (0600) at <state_dir>/ca.pem when absent; a user may point this at their own intermediate.
+    ca_file: Path | None = None
+    # Cluster mode: the Secret holding the CA (created by the first replica).
+    ca_secret_name: str = "lightmesh-ca"  # noqa: S105 (a Secret's name, not a password)
+    ca_namespace: str = ""  # default: lease_namespace
+    workload_cert_ttl: float = 24 * 3600.0
+    # Names the config-stream server certificate is issued for (besides `host`).
+    server_names: tuple[str, ...] = ("localhost",)
+    plaintext: bool = False  # serve the config stream without TLS (debugging only)
 
 
 class _RegistryKeeper:
@@ -109,7 +129,17 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     keeper = _RegistryKeeper(LocalRegistry(grace=settings.registry_grace), store, state_file)
     keeper.restore()
 
+    api = _kube_api_client(settings) if settings.kubeconfig or settings.in_cluster else None
+    ca, authenticator = _identity(settings, api)
     server = grpc.aio.server()
+    discovery_pb2_grpc.add_CertificateServiceServicer_to_server(
+        CertificateService(
+            ca,
+            authenticator,
+            default_ttl=datetime.timedelta(seconds=settings.workload_cert_ttl),
+        ),
+        server,
+    )
     discovery_pb2_grpc.add_ConfigDiscoveryServicer_to_server(
         ConfigDiscovery(
             pusher=pusher,
@@ -120,7 +150,12 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         ),
         server,
     )
-    bound = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    if _serves_tls(settings):
+        chain, key = ca.issue_server_certificate(*_server_names(settings))
+        bound = server.add_secure_port(address, grpc.ssl_server_credentials([(key, chain)]))
+    else:
+        bound = server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"cannot listen on {settings.host}:{settings.port}")
 
@@ -137,12 +172,9 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     )
     kube: KubeSource | None = None
     status: StatusWriter | None = None
-    api: object | None = None
-    if settings.kubeconfig or settings.in_cluster:
-        api = _kube_api_client(settings)
+    if api is not None:
         status = StatusWriter(api, lease_namespace=settings.lease_namespace)
         kube = KubeSource(store, api, on_status=status.submit)
-    ca = _load_ca(settings) if settings.webhook is not None else None
     # Load every source before serving so the first sidecar gets the full config, not a partial one.
     if files is not None:
         await files.load()
@@ -157,7 +189,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         if kube is not None and status is not None:
             tasks.create_task(_refresh_status_on_leadership(kube, status, stop), name="status")
         tasks.create_task(keeper.expire_loop(stop), name="registry-expiry")
-        if settings.webhook is not None and ca is not None:
+        if settings.webhook is not None:
             tasks.create_task(
                 run_webhook(settings.webhook, ca=ca, api=api, stop=stop), name="webhook"
             )
@@ -171,6 +203,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
                 "debug": f"http://{settings.host}:{settings.debug_port}",
                 "config_dir": str(settings.config_dir or ""),
                 "kubernetes": bool(kube),
+                "tls": _serves_tls(settings),
+                "trust_domain": settings.trust_domain,
             },
         )
         await stop.wait()
@@ -196,11 +230,67 @@ async def _refresh_status_on_leadership(
             await asyncio.wait_for(stop.wait(), timeout=0.5)
 
 
-def _load_ca(settings: Settings) -> CertificateAuthority:
-    path = settings.ca_file or (settings.state_dir / "ca.pem" if settings.state_dir else None)
-    if path is None:
-        raise ValueError("the webhook needs the mesh CA: give --ca-file or --state-dir")
-    return CertificateAuthority.load_or_create(FileCAStore(path), trust_domain="cluster.local")
+def _serves_tls(settings: Settings) -> bool:
+    # Without a persistent CA there is no trust bundle sidecars could have been given.
+    persistent = bool(settings.state_dir or settings.ca_file or settings.kubeconfig)
+    return not settings.plaintext and (persistent or settings.in_cluster)
+
+
+def _server_names(settings: Settings) -> tuple[list[str], list[str]]:
+    names = [n for n in settings.server_names if n]
+    addresses = []
+    try:
+        ipaddress.ip_address(settings.host)
+        addresses.append(settings.host)
+    except ValueError:
+        names.append(settings.host)
+    return names, addresses
+
+
+def _identity(settings: Settings, api: object | None) -> tuple[CertificateAuthority, Authenticator]:
+    """The CA (loaded or created once) and how certificate requests are authenticated."""
+    if settings.ca_file is not None:
+        store: FileCAStore | SecretCAStore | None = FileCAStore(settings.ca_file)
+    elif api is not None:
+        namespace = settings.ca_namespace or settings.lease_namespace
+        store = SecretCAStore(api, namespace=namespace, name=settings.ca_secret_name)
+    elif settings.state_dir is not None:
+        store = FileCAStore(settings.state_dir / "ca.pem")
+    else:
+        store = None
+    if store is not None:
+        ca = CertificateAuthority.load_or_create(store, trust_domain=settings.trust_domain)
+    else:
+        log.warning(
+            "no --state-dir: using a CA that lives only as long as this process",
+            extra={"event": "ephemeral_ca"},
+        )
+        ca = CertificateAuthority(
+            new_root(settings.trust_domain, now=datetime.datetime.now(datetime.UTC)),
+            trust_domain=settings.trust_domain,
+        )
+    authenticator: Authenticator
+    if api is not None:
+        authenticator = TokenReviewAuthenticator(api)
+    else:
+        token_dir = settings.state_dir or (settings.ca_file.parent if settings.ca_file else None)
+        # Without a place to share it, nobody could present the token: generate one nobody has.
+        token = (
+            load_or_create_token(token_dir / "bootstrap-token")
+            if token_dir is not None
+            else secrets.token_urlsafe(32)
+        )
+        authenticator = BootstrapTokenAuthenticator(token)
+    if settings.state_dir is not None:
+        # The trust bundle is public: sidecars started on this machine are pointed at it.
+        _write_atomic(settings.state_dir / "root.pem", ca.root_pem)
+    return ca, authenticator
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _kube_api_client(settings: Settings) -> object:

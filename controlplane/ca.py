@@ -11,6 +11,7 @@ whatever names a CSR asks for are ignored, only its public key is used.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import errno
 import ipaddress
@@ -19,7 +20,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -94,6 +95,68 @@ class FileCAStore:
             return stored
         with os.fdopen(fd, "wb") as out:
             out.write(material.cert_pem + material.chain_pem + material.key_pem)
+        return material
+
+
+class SecretCAStore:
+    """Signing material in a Kubernetes Secret (cluster mode), shared by every replica.
+
+    Creation relies on the API server: the first replica's create succeeds, the others get 409
+    Conflict and read the winner's Secret.
+    """
+
+    KEYS = ("ca.crt", "ca.key", "chain.crt")
+
+    def __init__(self, api_client: Any, *, namespace: str, name: str = "lightmesh-ca") -> None:
+        from kubernetes import client  # only cluster mode pays for the import
+
+        self._core = client.CoreV1Api(api_client)
+        self._client = client
+        self.namespace = namespace
+        self.name = name
+
+    def load(self) -> CAMaterial | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            secret = self._core.read_namespaced_secret(self.name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise CAError(f"Secret {self.namespace}/{self.name}: {exc.reason}") from exc
+        data = secret.data or {}
+        try:
+            cert, key = (base64.b64decode(data[k]) for k in self.KEYS[:2])
+        except KeyError as exc:
+            raise CAError(f"Secret {self.namespace}/{self.name}: missing key {exc}") from exc
+        chain = base64.b64decode(data.get("chain.crt", ""))
+        return CAMaterial(cert_pem=cert, key_pem=key, chain_pem=chain)
+
+    def create(self, material: CAMaterial) -> CAMaterial:
+        from kubernetes.client.exceptions import ApiException
+
+        values = (material.cert_pem, material.key_pem, material.chain_pem)
+        body = self._client.V1Secret(
+            metadata=self._client.V1ObjectMeta(
+                name=self.name, labels={"app.kubernetes.io/part-of": "lightmesh"}
+            ),
+            type="Opaque",
+            data={
+                k: base64.b64encode(v).decode("ascii")
+                for k, v in zip(self.KEYS, values, strict=True)
+            },
+        )
+        try:
+            self._core.create_namespaced_secret(self.namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise CAError(f"Secret {self.namespace}/{self.name}: {exc.reason}") from exc
+            stored = self.load()
+            if stored is None:
+                raise CAError(
+                    f"Secret {self.namespace}/{self.name}: vanished after a conflict"
+                ) from exc
+            return stored
         return material
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,13 @@ def _controlplane(args: argparse.Namespace) -> int:
         port=args.port,
         debug_port=args.debug_port,
         state_dir=Path(args.state_dir) if args.state_dir else None,
+        trust_domain=args.trust_domain,
         ca_file=Path(args.ca_file) if args.ca_file else None,
+        ca_secret_name=args.ca_secret,
+        ca_namespace=args.ca_namespace,
+        workload_cert_ttl=args.workload_cert_ttl,
+        server_names=("localhost", *args.server_name),
+        plaintext=args.plaintext,
         webhook=WebhookSettings(
             port=args.webhook_port,
             host=args.host,
@@ -50,11 +57,6 @@ def _controlplane(args: argparse.Namespace) -> int:
         if args.webhook_port
         else None,
     )
-    if settings.webhook is not None and not (settings.ca_file or settings.state_dir):
-        print(
-            "lightmesh controlplane: --webhook-port needs --ca-file or --state-dir", file=sys.stderr
-        )
-        return 2
     if settings.config_dir is not None and not settings.config_dir.is_dir():
         print(
             f"lightmesh controlplane: --config-dir {args.config_dir}: not a directory",
@@ -66,6 +68,9 @@ def _controlplane(args: argparse.Namespace) -> int:
 
 
 def _sidecar(args: argparse.Namespace) -> int:
+    # gRPC's fork handlers only matter to children that use gRPC; ours (key generation) do not,
+    # and with them on every spawn logs a warning. Must be set before grpc is imported.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     from sidecar.app import run
     from sidecar.settings import from_arguments
 
@@ -284,9 +289,29 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--host", default="127.0.0.1")
     cp.add_argument("--port", type=int, default=15010, help="gRPC config stream port")
     cp.add_argument("--debug-port", type=int, default=15014, help="debug/metrics HTTP port")
-    cp.add_argument("--state-dir", default="", help="persist the local registry here")
+    cp.add_argument(
+        "--state-dir",
+        default="",
+        help="keep the local registry, the CA (ca.pem, 0600), the bootstrap token and the trust "
+        "bundle (root.pem) here",
+    )
+    cp.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain")
+    cp.add_argument(
+        "--ca-file", default="", help="CA certificate (+chain) and key PEM to sign with (your own)"
+    )
+    cp.add_argument("--ca-secret", default="lightmesh-ca", help="cluster mode: the CA's Secret")
+    cp.add_argument("--ca-namespace", default="", help="namespace of that Secret (default: lease)")
+    cp.add_argument(
+        "--workload-cert-ttl", type=float, default=24 * 3600.0, help="seconds (default 24 h)"
+    )
+    cp.add_argument(
+        "--server-name",
+        action="append",
+        default=[],
+        help="DNS name sidecars use to reach the control plane (repeatable)",
+    )
+    cp.add_argument("--plaintext", action="store_true", help="serve the config stream without TLS")
     cp.add_argument("--log-level", default="info")
-    cp.add_argument("--ca-file", default="", help="the mesh CA (created if absent)")
     cp.add_argument(
         "--webhook-port", type=int, default=0, help="serve the sidecar injector here (0: off)"
     )

@@ -1,4 +1,5 @@
-"""Admin endpoints of the sidecar: /ready, /healthz, /metrics, /config_dump, POST /quitquitquit."""
+"""Admin endpoints of the sidecar: /ready, /healthz, /metrics, /config_dump, /certs,
+POST /quitquitquit."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from lightmesh.types import SHORT_NAMES
 from sidecar.config.apply import DataPlane
 from sidecar.config.client import ConfigClient
+from sidecar.identity.manager import CertificateManager
 from sidecar.proxy.decision import RequestHead
 from sidecar.proxy.local_server import LocalResponse
 
@@ -30,8 +32,10 @@ class Admin:
         dataplane: DataPlane,
         registry: CollectorRegistry,
         draining: Callable[[], bool],
+        certificates: CertificateManager | None = None,
         quit: Callable[[], None] | None = None,
     ) -> None:
+        self._certificates = certificates
         self._node = node
         self._client = client
         self._dataplane = dataplane
@@ -51,6 +55,10 @@ class Admin:
             return LocalResponse(
                 status=200, headers=[(b"content-type", CONTENT_TYPE_LATEST.encode())], body=body
             )
+        if path == "/certs":
+            return LocalResponse(
+                status=200, headers=_JSON, body=json.dumps(self.certs(), indent=2).encode()
+            )
         if path == "/quitquitquit":
             return self._quitquitquit(head)
         if path == "/config_dump":
@@ -60,7 +68,7 @@ class Admin:
         return LocalResponse(
             status=404,
             headers=_TEXT,
-            body=b"try /ready, /healthz, /metrics, /config_dump, POST /quitquitquit\n",
+            body=b"try /ready, /healthz, /metrics, /config_dump, /certs, POST /quitquitquit\n",
         )
 
     def _quitquitquit(self, head: RequestHead) -> LocalResponse:
@@ -88,6 +96,19 @@ class Admin:
             text = f"waiting for first config: {', '.join(missing)}\n"
             return LocalResponse(status=503, headers=_TEXT, body=text.encode())
         return LocalResponse(status=200, headers=_TEXT, body=b"ready\n")
+
+    def certs(self) -> dict[str, Any]:
+        """The workload certificate in use (no private material) and the rotation history."""
+        manager = self._certificates
+        if manager is None:
+            return {"enabled": False}
+        current = manager.current
+        return {
+            "enabled": True,
+            "certificate": current.describe() if current else None,
+            "rotations": manager.rotations,
+            "failed_requests": manager.failures,
+        }
 
     def config_dump(self) -> dict[str, Any]:
         """Applied config, versions and last rejection per type."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import tempfile
 import uuid
+from pathlib import Path
 
 from google.protobuf.json_format import MessageToDict
 from prometheus_client import CollectorRegistry
@@ -16,6 +18,7 @@ from lightmesh.v1 import discovery_pb2 as pb
 from sidecar.admin import Admin
 from sidecar.config.apply import DataPlane
 from sidecar.config.client import ConfigClient
+from sidecar.identity.manager import CertificateManager
 from sidecar.proxy.decision import Completed
 from sidecar.proxy.engine import start_proxy
 from sidecar.proxy.local_server import start_local_server
@@ -42,6 +45,25 @@ def build_node(settings: Settings, *, inbound_port: int) -> pb.Node:
                 service=service, address=settings.advertise or settings.bind, port=inbound_port
             )
     return node
+
+
+def _certificate_manager(settings: Settings, ca_bundle: Path | None) -> CertificateManager | None:
+    if not settings.token_file:
+        return None
+    directory = (
+        Path(settings.identity_dir)
+        if settings.identity_dir
+        else Path(tempfile.mkdtemp(prefix=f"lightmesh-{settings.workload}-"))
+    )
+    return CertificateManager(
+        target=settings.control_plane,
+        ca_bundle=ca_bundle,
+        token_file=Path(settings.token_file),
+        namespace=settings.namespace,
+        service_account=settings.service_account,
+        directory=directory,
+        validity_seconds=settings.cert_ttl,
+    )
 
 
 async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
@@ -86,7 +108,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             listener="inbound",
         )
     node = build_node(settings, inbound_port=inbound.port if inbound else 0)
-    client = ConfigClient(target=settings.control_plane, node=node, dataplane=dataplane)
+    ca_bundle = Path(settings.ca_bundle) if settings.ca_bundle else None
+    client = ConfigClient(
+        target=settings.control_plane, ca_bundle=ca_bundle, node=node, dataplane=dataplane
+    )
+    certificates = _certificate_manager(settings, ca_bundle)
     draining = False
     admin = Admin(
         node=MessageToDict(node),
@@ -94,6 +120,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         dataplane=dataplane,
         registry=registry,
         draining=lambda: draining,
+        certificates=certificates,
         quit=stop.set,  # POST /quitquitquit: drain and exit, as on SIGTERM
     )
     admin_server = await start_local_server(settings.bind, settings.admin_port, admin.handle)
@@ -111,6 +138,9 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         },
     )
     client_task = asyncio.create_task(client.run(stop), name="config-client")
+    certs_task = (
+        asyncio.create_task(certificates.run(stop), name="certificates") if certificates else None
+    )
     await stop.wait()
     draining = True
     log.info("draining", extra={"event": "draining", "timeout": settings.drain_timeout})
@@ -119,6 +149,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         *([inbound.close(settings.drain_timeout)] if inbound else []),
     )
     await client_task
+    if certs_task is not None:
+        await certs_task
     admin_server.close()
     await admin_server.wait_closed()
     log.info("stopped", extra={"event": "stopped"})

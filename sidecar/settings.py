@@ -27,6 +27,13 @@ class Settings:
     max_regex_length: int = 1024
     drain_timeout: float = 5.0
     log_level: str = "info"
+    # Trust bundle for the control plane's TLS (and the first trust roots); None: plaintext.
+    ca_bundle: str = ""
+    # Bearer token for certificate requests: the bootstrap token (local mode) or the projected
+    # ServiceAccount token (cluster mode). Empty: no workload certificate.
+    token_file: str = ""
+    cert_ttl: int = 0  # requested certificate lifetime, seconds; 0: the control plane's default
+    identity_dir: str = ""  # where key/cert files live (0700); default: a private temp dir
 
 
 def _env(name: str, default: str) -> str:
@@ -68,6 +75,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-regex-length", type=int, default=int(_env("MAX_REGEX_LENGTH", "1024")))
     add("--drain-timeout", type=float, default=float(_env("DRAIN_TIMEOUT", "5")))
     add("--log-level", default=_env("LOG_LEVEL", "info"))
+    add("--ca-bundle", default=_env("CA_BUNDLE", ""), help="PEM roots to verify the control plane")
+    add(
+        "--token-file",
+        default=_env("TOKEN_FILE", ""),
+        help="bearer token for certificate requests (bootstrap or projected SA token)",
+    )
+    add("--cert-ttl", type=int, default=int(_env("CERT_TTL", "0")), help="seconds")
+    add("--identity-dir", default=_env("IDENTITY_DIR", ""))
 
 
 def from_arguments(args: argparse.Namespace) -> Settings:
@@ -91,4 +106,8 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         max_regex_length=args.max_regex_length,
         drain_timeout=args.drain_timeout,
         log_level=args.log_level,
+        ca_bundle=args.ca_bundle,
+        token_file=args.token_file,
+        cert_ttl=args.cert_ttl,
+        identity_dir=args.identity_dir,
     )

@@ -165,6 +165,11 @@ class LocalMesh:
         self.stop_all()
 
     @property
+    def state_dir(self) -> Path:
+        """The control plane's state: registry, CA (0600), bootstrap token, trust bundle."""
+        return self.work_dir / "state"
+
+    @property
     def debug_url(self) -> str:
         """Base URL of the control plane's debug server."""
         return f"http://127.0.0.1:{self.cp_debug_port}"
@@ -196,7 +201,7 @@ class LocalMesh:
                 "--config-dir", str(self.config_dir),
                 "--port", str(self.cp_port),
                 "--debug-port", str(self.cp_debug_port),
-                "--state-dir", str(self.work_dir / "state"),
+                "--state-dir", str(self.state_dir),
                 *extra_args,
             ],
         )  # fmt: skip
@@ -207,6 +212,15 @@ class LocalMesh:
                 what="control plane /healthz",
             )
         return self.control_plane
+
+    def control_plane_args(self) -> list[str]:
+        """The sidecar flags that reach this mesh's control plane: its address, and the trust
+        bundle and bootstrap token it writes into its state directory before it serves."""
+        return [
+            "--control-plane", f"127.0.0.1:{self.cp_port}",
+            "--ca-bundle", str(self.state_dir / "root.pem"),
+            "--token-file", str(self.state_dir / "bootstrap-token"),
+        ]  # fmt: skip
 
     def start_workload(
         self,
@@ -241,7 +255,7 @@ class LocalMesh:
             f"{name}-sidecar",
             [
                 "-m", "lightmesh.cli", "sidecar",
-                "--control-plane", f"127.0.0.1:{self.cp_port}",
+                *self.control_plane_args(),
                 "--workload", name, "--service", service, "--namespace", namespace,
                 "--labels", f"app={service},version={version}",
                 "--app-port", str(workload.app_port),

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clightmesh/v1/discovery.proto\x12\x0clightmesh.v1\x1a\x19google/protobuf/any.proto\"\x82\x02\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08workload\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12.\n\x06labels\x18\x04 \x03(\x0b\x32\x1e.lightmesh.v1.Node.LabelsEntry\x12\x17\n\x0fservice_account\x18\x05 \x01(\t\x12\x17\n\x0fsidecar_version\x18\x06 \x01(\t\x12\x38\n\rregistrations\x18\x07 \x03(\x0b\x32!.lightmesh.v1.ServiceRegistration\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x13ServiceRegistration\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\",\n\x0b\x45rrorDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xa5\x01\n\x10\x44iscoveryRequest\x12 \n\x04node\x18\x01 \x01(\x0b\x32\x12.lightmesh.v1.Node\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12\x14\n\x0cversion_info\x18\x03 \x01(\t\x12\x16\n\x0eresponse_nonce\x18\x04 \x01(\t\x12/\n\x0c\x65rror_detail\x18\x05 \x01(\x0b\x32\x19.lightmesh.v1.ErrorDetail\"s\n\x11\x44iscoveryResponse\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x14\n\x0cversion_info\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\t\x12\'\n\tresources\x18\x04 \x03(\x0b\x32\x14.google.protobuf.Any2f\n\x0f\x43onfigDiscovery\x12S\n\x0cStreamConfig\x12\x1e.lightmesh.v1.DiscoveryRequest\x1a\x1f.lightmesh.v1.DiscoveryResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clightmesh/v1/discovery.proto\x12\x0clightmesh.v1\x1a\x19google/protobuf/any.proto\"\x82\x02\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08workload\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12.\n\x06labels\x18\x04 \x03(\x0b\x32\x1e.lightmesh.v1.Node.LabelsEntry\x12\x17\n\x0fservice_account\x18\x05 \x01(\t\x12\x17\n\x0fsidecar_version\x18\x06 \x01(\t\x12\x38\n\rregistrations\x18\x07 \x03(\x0b\x32!.lightmesh.v1.ServiceRegistration\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x13ServiceRegistration\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\",\n\x0b\x45rrorDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xa5\x01\n\x10\x44iscoveryRequest\x12 \n\x04node\x18\x01 \x01(\x0b\x32\x12.lightmesh.v1.Node\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12\x14\n\x0cversion_info\x18\x03 \x01(\t\x12\x16\n\x0eresponse_nonce\x18\x04 \x01(\t\x12/\n\x0c\x65rror_detail\x18\x05 \x01(\x0b\x32\x19.lightmesh.v1.ErrorDetail\"s\n\x11\x44iscoveryResponse\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x14\n\x0cversion_info\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\t\x12\'\n\tresources\x18\x04 \x03(\x0b\x32\x14.google.protobuf.Any\"k\n\x12\x43\x65rtificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\x12\x18\n\x10validity_seconds\x18\x02 \x01(\x03\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x17\n\x0fservice_account\x18\x04 \x01(\t\"\x82\x01\n\x13\x43\x65rtificateResponse\x12\x16\n\x0e\x63\x65rt_chain_pem\x18\x01 \x01(\t\x12\x18\n\x10trust_bundle_pem\x18\x02 \x01(\t\x12\x11\n\tspiffe_id\x18\x03 \x01(\t\x12\x0e\n\x06serial\x18\x04 \x01(\t\x12\x16\n\x0enot_after_unix\x18\x05 \x01(\x03\x32\x66\n\x0f\x43onfigDiscovery\x12S\n\x0cStreamConfig\x12\x1e.lightmesh.v1.DiscoveryRequest\x1a\x1f.lightmesh.v1.DiscoveryResponse(\x01\x30\x01\x32n\n\x12\x43\x65rtificateService\x12X\n\x11\x43reateCertificate\x12 .lightmesh.v1.CertificateRequest\x1a!.lightmesh.v1.CertificateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,6 +46,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DISCOVERYREQUEST']._serialized_end=617
   _globals['_DISCOVERYRESPONSE']._serialized_start=619
   _globals['_DISCOVERYRESPONSE']._serialized_end=734
-  _globals['_CONFIGDISCOVERY']._serialized_start=736
-  _globals['_CONFIGDISCOVERY']._serialized_end=838
+  _globals['_CERTIFICATEREQUEST']._serialized_start=736
+  _globals['_CERTIFICATEREQUEST']._serialized_end=843
+  _globals['_CERTIFICATERESPONSE']._serialized_start=846
+  _globals['_CERTIFICATERESPONSE']._serialized_end=976
+  _globals['_CONFIGDISCOVERY']._serialized_start=978
+  _globals['_CONFIGDISCOVERY']._serialized_end=1080
+  _globals['_CERTIFICATESERVICE']._serialized_start=1082
+  _globals['_CERTIFICATESERVICE']._serialized_end=1192
 # @@protoc_insertion_point(module_scope)

@@ -75,3 +75,29 @@ class DiscoveryResponse(_message.Message):
     nonce: str
     resources: _containers.RepeatedCompositeFieldContainer[_any_pb2.Any]
     def __init__(self, type_url: _Optional[str] = ..., version_info: _Optional[str] = ..., nonce: _Optional[str] = ..., resources: _Optional[_Iterable[_Union[_any_pb2.Any, _Mapping]]] = ...) -> None: ...
+
+class CertificateRequest(_message.Message):
+    __slots__ = ("csr_pem", "validity_seconds", "namespace", "service_account")
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    VALIDITY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    csr_pem: str
+    validity_seconds: int
+    namespace: str
+    service_account: str
+    def __init__(self, csr_pem: _Optional[str] = ..., validity_seconds: _Optional[int] = ..., namespace: _Optional[str] = ..., service_account: _Optional[str] = ...) -> None: ...
+
+class CertificateResponse(_message.Message):
+    __slots__ = ("cert_chain_pem", "trust_bundle_pem", "spiffe_id", "serial", "not_after_unix")
+    CERT_CHAIN_PEM_FIELD_NUMBER: _ClassVar[int]
+    TRUST_BUNDLE_PEM_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_UNIX_FIELD_NUMBER: _ClassVar[int]
+    cert_chain_pem: str
+    trust_bundle_pem: str
+    spiffe_id: str
+    serial: str
+    not_after_unix: int
+    def __init__(self, cert_chain_pem: _Optional[str] = ..., trust_bundle_pem: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., serial: _Optional[str] = ..., not_after_unix: _Optional[int] = ...) -> None: ...

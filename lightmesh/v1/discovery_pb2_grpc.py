@@ -95,3 +95,75 @@ class ConfigDiscovery:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class CertificateServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateCertificate = channel.unary_unary(
+                '/lightmesh.v1.CertificateService/CreateCertificate',
+                request_serializer=lightmesh_dot_v1_dot_discovery__pb2.CertificateRequest.SerializeToString,
+                response_deserializer=lightmesh_dot_v1_dot_discovery__pb2.CertificateResponse.FromString,
+                _registered_method=True)
+
+
+class CertificateServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def CreateCertificate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CertificateServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCertificate,
+                    request_deserializer=lightmesh_dot_v1_dot_discovery__pb2.CertificateRequest.FromString,
+                    response_serializer=lightmesh_dot_v1_dot_discovery__pb2.CertificateResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'lightmesh.v1.CertificateService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('lightmesh.v1.CertificateService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class CertificateService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def CreateCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lightmesh.v1.CertificateService/CreateCertificate',
+            lightmesh_dot_v1_dot_discovery__pb2.CertificateRequest.SerializeToString,
+            lightmesh_dot_v1_dot_discovery__pb2.CertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

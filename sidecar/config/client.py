@@ -12,12 +12,14 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 
 from lightmesh.types import SHORT_NAMES
 from lightmesh.v1 import discovery_pb2 as pb
 from sidecar.config.apply import DataPlane
+from sidecar.config.channel import open_channel
 from sidecar.config.protocol import ClientProtocol
 from sidecar.errors import ConfigError
 
@@ -53,12 +55,14 @@ class ConfigClient:
         self,
         *,
         target: str,
+        ca_bundle: Path | None = None,
         node: pb.Node,
         dataplane: DataPlane,
         on_applied: Callable[[], None] = lambda: None,
         rng: random.Random | None = None,
     ) -> None:
         self._target = target
+        self._ca_bundle = ca_bundle
         self._node = node
         self._dataplane = dataplane
         self._on_applied = on_applied
@@ -92,7 +96,7 @@ class ConfigClient:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
     async def _stream(self, stop: asyncio.Event) -> None:
-        async with grpc.aio.insecure_channel(self._target) as channel:
+        async with open_channel(self._target, self._ca_bundle) as channel:
             call = channel.stream_stream(
                 METHOD,
                 request_serializer=pb.DiscoveryRequest.SerializeToString,

@@ -134,7 +134,7 @@ def start_sidecar(mesh: LocalMesh, name: str, *, app_port: int = 0, service: str
     inbound, outbound, admin = free_port(), free_port(), free_port()
     args = [
         "-m", "lightmesh.cli", "sidecar",
-        "--control-plane", f"127.0.0.1:{mesh.cp_port}",
+        *mesh.control_plane_args(),
         "--workload", name,
         "--app-port", str(app_port),
         "--inbound-port", str(inbound),

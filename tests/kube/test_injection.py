@@ -83,7 +83,6 @@ def injector(
             mesh.start_control_plane(
                 extra_args=(
                     "--kubeconfig", str(kube.kubeconfig),
-                    "--ca-file", str(work / "ca.pem"),
                     "--webhook-port", str(port),
                     "--webhook-ip", "127.0.0.1",
                     "--webhook-configuration", CONFIGURATION,

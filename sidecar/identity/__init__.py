@@ -1,0 +1,1 @@
+"""Workload identity: key generation, certificate requests, rotation, TLS contexts."""
