@@ -112,9 +112,11 @@ def _injection_config(args: argparse.Namespace) -> Any:
     from controlplane.injection.template import InjectionConfig
 
     defaults = InjectionConfig()
+    trust_root = Path(args.ca_bundle).read_text() if getattr(args, "ca_bundle", "") else ""
     return InjectionConfig(
         image=args.proxy_image or defaults.image,
         control_plane=args.proxy_control_plane or defaults.control_plane,
+        trust_root=trust_root,
     )
 
 
@@ -124,7 +126,11 @@ def _inject(args: argparse.Namespace) -> int:
     from controlplane.injection.template import InjectionError
     from controlplane.injection.workloads import inject_document
 
-    config = _injection_config(args)
+    try:
+        config = _injection_config(args)
+    except OSError as error:
+        print(f"lightmesh inject: --ca-bundle {args.ca_bundle}: {error.strerror}", file=sys.stderr)
+        return 2
     out: list[Any] = []
     for name in args.filename:
         try:
@@ -347,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-f", "--filename", action="append", required=True, help="YAML file, or - for stdin"
     )
     inj.add_argument("-v", "--verbose", action="store_true", help="say what happened per document")
+    inj.add_argument(
+        "--ca-bundle",
+        default="",
+        help="mesh root PEM to embed (default: the webhook fills it in when the pod is created)",
+    )
     _add_injection_arguments(inj)
     inj.set_defaults(func=_inject)
 

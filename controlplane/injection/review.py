@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from controlplane.injection.patch import diff
-from controlplane.injection.template import InjectionConfig, InjectionError, decide, inject
+from controlplane.injection.template import (
+    InjectionConfig,
+    InjectionError,
+    decide,
+    inject,
+    trust_root_update,
+)
 
 API_VERSION = "admission.k8s.io/v1"
 
@@ -72,6 +78,10 @@ def review(body: bytes, *, namespace_enabled: bool, config: InjectionConfig) -> 
     decision = decide(pod, namespace_enabled=namespace_enabled)
     extra = {"warnings": list(decision.warnings)} if decision.warnings else {}
     if not decision.inject:
+        updated = trust_root_update(pod, config)
+        if updated is not None:
+            answer = _patched(uid, pod, updated, extra)
+            return Outcome(answer, f"trust root filled: {decision.reason}", namespace, name)
         answer = _response(uid, allowed=True, **extra)
         return Outcome(answer, f"skipped: {decision.reason}", namespace, name)
     try:
@@ -80,12 +90,19 @@ def review(body: bytes, *, namespace_enabled: bool, config: InjectionConfig) -> 
         return Outcome(
             deny(uid, f"lightmesh injector: {error}"), f"denied: {error}", namespace, name
         )
-    patch = json.dumps(diff(pod, injected), separators=(",", ":")).encode()
-    answer = _response(
+    answer = _patched(uid, pod, injected, extra)
+    return Outcome(answer, f"injected: {decision.reason}", namespace, name)
+
+
+def _patched(
+    uid: str, pod: dict[str, Any], result: dict[str, Any], extra: dict[str, Any]
+) -> dict[str, Any]:
+    """Allowed, with the JSONPatch that turns `pod` into `result`."""
+    patch = json.dumps(diff(pod, result), separators=(",", ":")).encode()
+    return _response(
         uid,
         allowed=True,
         patchType="JSONPatch",
         patch=base64.b64encode(patch).decode("ascii"),
         **extra,
     )
-    return Outcome(answer, f"injected: {decision.reason}", namespace, name)

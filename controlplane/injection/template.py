@@ -34,6 +34,9 @@ STATUS_ANNOTATION = "lightmesh.io/status"  # set to "injected" on injected pods
 EXCLUDE_INBOUND_PORTS = "lightmesh.io/exclude-inbound-ports"
 EXCLUDE_OUTBOUND_PORTS = "lightmesh.io/exclude-outbound-ports"
 EXCLUDE_OUTBOUND_CIDRS = "lightmesh.io/exclude-outbound-cidrs"
+# The mesh's root certificate (PEM), which the proxy reads through a downward-API volume to
+# verify the control plane. The webhook (which holds the CA) writes it at pod creation.
+ROOT_ANNOTATION = "lightmesh.io/ca-root"
 
 PROXY_CONTAINER = "lightmesh-proxy"
 INIT_CONTAINER = "lightmesh-init"
@@ -41,6 +44,10 @@ INIT_CONTAINER = "lightmesh-init"
 TOKEN_VOLUME = "lightmesh-token"  # noqa: S105
 TOKEN_DIR = "/var/run/secrets/lightmesh/tokens"  # noqa: S105
 TOKEN_AUDIENCE = "lightmesh"  # noqa: S105
+ROOT_VOLUME = "lightmesh-ca"
+ROOT_DIR = "/var/run/secrets/lightmesh/ca"
+IDENTITY_VOLUME = "lightmesh-identity"  # the proxy's key and certificate, in memory only
+IDENTITY_DIR = "/var/run/lightmesh/identity"
 
 
 class InjectionError(ValueError):
@@ -62,6 +69,8 @@ class InjectionConfig:
     ready_timeout: int = 120
     drain_timeout: float = 5.0
     token_expiration_seconds: int = 3600
+    # PEM root(s) written into the pod's ROOT_ANNOTATION; "" leaves that to the webhook.
+    trust_root: str = ""
     resources: dict[str, Any] = field(
         default_factory=lambda: {
             "requests": {"cpu": "50m", "memory": "48Mi"},
@@ -134,6 +143,8 @@ def inject(pod: dict[str, Any], config: InjectionConfig) -> dict[str, Any]:
         new_annotations["prometheus.io/scrape"] = "true"
         new_annotations["prometheus.io/port"] = str(config.admin_port)
         new_annotations["prometheus.io/path"] = "/metrics"
+    if config.trust_root:
+        new_annotations[ROOT_ANNOTATION] = config.trust_root
     # `kubectl logs/exec` keep meaning the app, not the proxy that is now first.
     new_annotations.setdefault("kubectl.kubernetes.io/default-container", app_containers[0]["name"])
     metadata["annotations"] = new_annotations
@@ -143,7 +154,7 @@ def inject(pod: dict[str, Any], config: InjectionConfig) -> dict[str, Any]:
         _init_container(config, excluded),
     ]
     spec["containers"] = [_proxy_container(pod, config), *app_containers]
-    spec["volumes"] = [*(spec.get("volumes") or []), _token_volume(config)]
+    spec["volumes"] = [*(spec.get("volumes") or []), *_volumes(config)]
     # A projected token needs a named ServiceAccount. The API server's ServiceAccount admission
     # usually names "default" before webhooks run; a manifest (`lightmesh inject`) or a cluster
     # without that plugin may not, so name it here the same way.
@@ -156,6 +167,22 @@ class _Exclusions:
     inbound_ports: tuple[int, ...]
     outbound_ports: tuple[int, ...]
     outbound_cidrs: tuple[str, ...]
+
+
+def trust_root_update(pod: dict[str, Any], config: InjectionConfig) -> dict[str, Any] | None:
+    """An injected pod with the current trust root, or None when there is nothing to update.
+
+    Pods injected offline (`lightmesh inject` without --ca-bundle) reach the API server without
+    the root; the webhook fills it in when such a pod is created.
+    """
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    if annotations.get(STATUS_ANNOTATION) != "injected" or not config.trust_root:
+        return None
+    if annotations.get(ROOT_ANNOTATION) == config.trust_root:
+        return None
+    pod = copy.deepcopy(pod)
+    pod["metadata"]["annotations"] = {**annotations, ROOT_ANNOTATION: config.trust_root}
+    return pod
 
 
 def _exclusions(annotations: dict[str, Any], config: InjectionConfig) -> _Exclusions:
@@ -225,6 +252,8 @@ def _proxy_container(pod: dict[str, Any], config: InjectionConfig) -> dict[str, 
             {"name": "LIGHTMESH_ADMIN_PORT", "value": str(admin)},
             {"name": "LIGHTMESH_DRAIN_TIMEOUT", "value": str(config.drain_timeout)},
             {"name": "LIGHTMESH_TOKEN_FILE", "value": f"{TOKEN_DIR}/{TOKEN_VOLUME}"},
+            {"name": "LIGHTMESH_CA_BUNDLE", "value": f"{ROOT_DIR}/root.pem"},
+            {"name": "LIGHTMESH_IDENTITY_DIR", "value": IDENTITY_DIR},
         ],
         "ports": [{"name": "lm-admin", "containerPort": admin, "protocol": "TCP"}],
         "readinessProbe": {
@@ -253,7 +282,11 @@ def _proxy_container(pod: dict[str, Any], config: InjectionConfig) -> dict[str, 
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}],
+        "volumeMounts": [
+            {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True},
+            {"name": ROOT_VOLUME, "mountPath": ROOT_DIR, "readOnly": True},
+            {"name": IDENTITY_VOLUME, "mountPath": IDENTITY_DIR},
+        ],
     }  # fmt: skip
 
 
@@ -288,10 +321,10 @@ def _init_container(config: InjectionConfig, excluded: _Exclusions) -> dict[str,
     }
 
 
-def _token_volume(config: InjectionConfig) -> dict[str, Any]:
-    """A ServiceAccount token for our audience only: the proxy proves its identity with it when
-    asking the control plane for certificates, and it is useless against the API server."""
-    return {
+def _volumes(config: InjectionConfig) -> list[dict[str, Any]]:
+    token = {
+        # A ServiceAccount token for our audience only: the proxy proves its identity with it
+        # when asking for certificates, and it is useless against the API server.
         "name": TOKEN_VOLUME,
         "projected": {
             "sources": [
@@ -305,3 +338,16 @@ def _token_volume(config: InjectionConfig) -> dict[str, Any]:
             ]
         },
     }
+    root = {
+        "name": ROOT_VOLUME,
+        "downwardAPI": {
+            "items": [
+                {
+                    "path": "root.pem",
+                    "fieldRef": {"fieldPath": f"metadata.annotations['{ROOT_ANNOTATION}']"},
+                }
+            ]
+        },
+    }
+    identity = {"name": IDENTITY_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
+    return [token, root, identity]

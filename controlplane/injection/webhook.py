@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import logging
 import os
 import ssl
@@ -198,8 +199,10 @@ async def run_webhook(
     cert_pem, key_pem = ca.issue_server_certificate(
         list(settings.dns_names), list(settings.ip_addresses)
     )
+    # Injected proxies verify the control plane against this root (see ROOT_ANNOTATION).
+    injection = dataclasses.replace(settings.injection, trust_root=ca.root_pem.decode("ascii"))
     runner, port = await start_webhook(
-        settings.injection,
+        injection,
         host=settings.host,
         port=settings.port,
         context=server_ssl_context(cert_pem, key_pem),

@@ -134,6 +134,9 @@ def test_pod_in_labelled_namespace_is_stored_with_the_sidecar(
     annotations = stored["metadata"]["annotations"]
     assert annotations["lightmesh.io/status"] == "injected"
     assert annotations["prometheus.io/port"] == "15000"
+    # The root the proxy verifies the control plane with: the one the API server trusts us by.
+    root = annotations["lightmesh.io/ca-root"].encode()
+    assert root == base64.b64decode(ca_bundles(kube)[0])
 
 
 def test_opt_out_pod_in_labelled_namespace_is_untouched(

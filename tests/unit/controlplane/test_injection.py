@@ -2,6 +2,7 @@
 
 import base64
 import copy
+import dataclasses
 import json
 from typing import Any
 
@@ -11,6 +12,7 @@ from controlplane.ca import CertificateAuthority, new_root
 from controlplane.injection.patch import diff
 from controlplane.injection.review import review
 from controlplane.injection.template import (
+    ROOT_ANNOTATION,
     InjectionConfig,
     InjectionError,
     decide,
@@ -140,6 +142,27 @@ def test_apps_own_scrape_annotations_are_kept() -> None:
     assert fresh["kubectl.kubernetes.io/default-container"] == "app"
 
 
+def test_proxy_reads_the_trust_root_from_an_annotation_through_the_downward_api() -> None:
+    rooted = InjectionConfig(trust_root="-----BEGIN CERTIFICATE-----\nMII\n")
+    injected = inject(pod(), rooted)
+    assert injected["metadata"]["annotations"][ROOT_ANNOTATION] == rooted.trust_root
+    volume = next(v for v in injected["spec"]["volumes"] if v["name"] == "lightmesh-ca")
+    assert volume["downwardAPI"]["items"] == [
+        {
+            "path": "root.pem",
+            "fieldRef": {"fieldPath": f"metadata.annotations['{ROOT_ANNOTATION}']"},
+        }
+    ]
+    proxy = injected["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in proxy["env"]}
+    assert env["LIGHTMESH_CA_BUNDLE"] == "/var/run/secrets/lightmesh/ca/root.pem"
+    mounts = {m["name"]: m["mountPath"] for m in proxy["volumeMounts"]}
+    assert mounts["lightmesh-ca"] == "/var/run/secrets/lightmesh/ca"
+    # The key lives in memory, writable although the root filesystem is read-only.
+    assert mounts["lightmesh-identity"] == env["LIGHTMESH_IDENTITY_DIR"]
+    assert ROOT_ANNOTATION not in inject(pod(), CONFIG)["metadata"]["annotations"]
+
+
 # --- the admission review ---------------------------------------------------------------------
 
 
@@ -190,6 +213,19 @@ def test_review_answers_with_a_patch_that_produces_the_template_output() -> None
     operations = json.loads(base64.b64decode(response["patch"]))
     assert apply_patch(pod(), operations) == inject(pod(), CONFIG)
     assert (outcome.namespace, outcome.pod) == ("shop", "catalog-1")
+
+
+def test_review_fills_the_trust_root_of_a_pod_injected_offline_and_nothing_else() -> None:
+    rooted = dataclasses.replace(CONFIG, trust_root="ROOT")
+    offline = inject(pod(), CONFIG)
+    outcome = review(admission(offline), namespace_enabled=True, config=rooted)
+    operations = json.loads(base64.b64decode(outcome.answer["response"]["patch"]))
+    assert [op["path"] for op in operations] == ["/metadata/annotations"]
+    assert apply_patch(offline, operations) == inject(pod(), rooted)
+    assert outcome.note == "trust root filled: already injected"
+    # Injected by the webhook itself: nothing left to do.
+    again = review(admission(inject(pod(), rooted)), namespace_enabled=True, config=rooted)
+    assert again.answer["response"] == {"uid": "u-1", "allowed": True}
 
 
 def test_review_of_a_pod_left_alone_has_no_patch() -> None:
