@@ -229,3 +229,18 @@ def test_webhook_certificate_is_trusted_through_the_filled_ca_bundle(
     no_uid = post(json.dumps(review).encode())["response"]
     assert no_uid["allowed"] is False
     assert "request.uid is missing" in no_uid["status"]["message"]
+
+
+def test_shop_example_and_its_injected_form_are_accepted_by_the_api_server(
+    kube: KubeCluster, injector: int
+) -> None:
+    """The README's walk-through: the shop manifest applies, its routing too, and the pod
+    templates `lightmesh inject` writes pass the API server's validation."""
+    kube.kubectl("apply", "-f", "examples/kubernetes/shop.yaml")
+    kube.kubectl("apply", "-n", "shop", "-f", "examples/demo/")
+    injected = subprocess.run(
+        [sys.executable, "-m", "lightmesh.cli", "inject", "-f", "examples/kubernetes/shop.yaml"],
+        capture_output=True, text=True, timeout=60, check=True, cwd=REPO,
+    ).stdout  # fmt: skip
+    result = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=injected)
+    assert "deployment.apps/catalog-v2 configured (server dry run)" in result.stdout, result.stdout
