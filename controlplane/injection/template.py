@@ -38,6 +38,8 @@ EXCLUDE_OUTBOUND_CIDRS = "lightmesh.io/exclude-outbound-cidrs"
 # verify the control plane. The webhook (which holds the CA) writes it at pod creation.
 ROOT_ANNOTATION = "lightmesh.io/ca-root"
 
+DNS_PORT = 53
+
 PROXY_CONTAINER = "lightmesh-proxy"
 INIT_CONTAINER = "lightmesh-init"
 # A projected ServiceAccount token (names, not secrets).
@@ -202,8 +204,11 @@ def _exclusions(annotations: dict[str, Any], config: InjectionConfig) -> _Exclus
     except ValueError as error:
         raise InjectionError(str(error)) from None
     # The admin port is always reached directly: probes and Prometheus must not need the proxy.
+    # DNS over TCP (port 53, used for large answers) is not HTTP: it always bypasses the proxy.
     return _Exclusions(
-        (config.admin_port, *(p for p in inbound if p != config.admin_port)), outbound, cidrs
+        (config.admin_port, *(p for p in inbound if p != config.admin_port)),
+        (DNS_PORT, *(p for p in outbound if p != DNS_PORT)),
+        cidrs,
     )
 
 
@@ -297,9 +302,8 @@ def _init_container(config: InjectionConfig, excluded: _Exclusions) -> dict[str,
         "--outbound-port", str(config.outbound_port),
         "--proxy-uid", str(config.proxy_uid),
         "--exclude-inbound-ports", ",".join(map(str, excluded.inbound_ports)),
+        "--exclude-outbound-ports", ",".join(map(str, excluded.outbound_ports)),
     ]  # fmt: skip
-    if excluded.outbound_ports:
-        args += ["--exclude-outbound-ports", ",".join(map(str, excluded.outbound_ports))]
     if excluded.outbound_cidrs:
         args += ["--exclude-outbound-cidrs", ",".join(excluded.outbound_cidrs)]
     return {

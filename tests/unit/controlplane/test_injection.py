@@ -121,7 +121,7 @@ def test_exclusion_annotations_reach_the_init_step() -> None:
     init = inject(pod(annotations), CONFIG)["spec"]["initContainers"][-1]
     args = init["args"]
     assert args[args.index("--exclude-inbound-ports") + 1] == "15000,9090"
-    assert args[args.index("--exclude-outbound-ports") + 1] == "5432,443"
+    assert args[args.index("--exclude-outbound-ports") + 1] == "53,5432,443"
     assert args[args.index("--exclude-outbound-cidrs") + 1] == "169.254.169.254/32"
     assert init["securityContext"]["capabilities"]["add"] == ["NET_ADMIN", "NET_RAW"]
 
