@@ -139,6 +139,44 @@ def test_pod_in_labelled_namespace_is_stored_with_the_sidecar(
     assert root == base64.b64decode(ca_bundles(kube)[0])
 
 
+def test_pods_created_from_a_deployment_template_are_injected(
+    kube: KubeCluster, injector: int, namespace: str
+) -> None:
+    """No controller manager runs here, so the test creates the Deployment's pod the way its
+    ReplicaSet controller would: from the stored template, with a generated name."""
+    label_for_injection(kube, namespace)
+    template = pod("unused", namespace)
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "catalog", "namespace": namespace},
+        "spec": {
+            "selector": {"matchLabels": template["metadata"]["labels"]},
+            "template": {
+                "metadata": {"labels": template["metadata"]["labels"]},
+                "spec": template["spec"],
+            },
+        },
+    }
+    kube.kubectl("apply", "-f", "-", input=json.dumps(deployment))
+    stored = kube.kubectl_json("get", "deployment", "catalog", "-n", namespace)["spec"]["template"]
+    # kubectl apply stored the template untouched: only pods are injected.
+    assert names(stored["spec"]["containers"]) == ["app"]
+    replica = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {**stored["metadata"], "generateName": "catalog-", "namespace": namespace},
+        "spec": stored["spec"],
+    }
+    created = kube.kubectl_json("create", "-f", "-", input=json.dumps(replica))
+    assert created["metadata"]["name"].startswith("catalog-")
+    assert names(created["spec"]["containers"]) == ["lightmesh-proxy", "app"]
+    workload = next(
+        e for e in created["spec"]["containers"][0]["env"] if e["name"] == "LIGHTMESH_WORKLOAD"
+    )
+    assert workload["value"] == "catalog"
+
+
 def test_opt_out_pod_in_labelled_namespace_is_untouched(
     kube: KubeCluster, injector: int, namespace: str
 ) -> None:
