@@ -75,6 +75,24 @@ def review(body: bytes, *, namespace_enabled: bool, config: InjectionConfig) -> 
     if not isinstance(metadata, dict):
         metadata = {}
     name = str(metadata.get("name") or metadata.get("generateName") or "")
+    try:
+        return _admit(uid, pod, name, namespace, namespace_enabled=namespace_enabled, config=config)
+    except (AttributeError, TypeError, KeyError, ValueError) as error:
+        # The API server decodes pods before admission, so only a hand-made review gets here
+        # (e.g. annotations that are a list): say so rather than fail the request.
+        message = f"lightmesh injector: request.object is not a valid pod ({error!r})"
+        return Outcome(deny(uid, message), "malformed", namespace, name)
+
+
+def _admit(
+    uid: str,
+    pod: dict[str, Any],
+    name: str,
+    namespace: str,
+    *,
+    namespace_enabled: bool,
+    config: InjectionConfig,
+) -> Outcome:
     decision = decide(pod, namespace_enabled=namespace_enabled)
     extra = {"warnings": list(decision.warnings)} if decision.warnings else {}
     if not decision.inject:

@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controlplane.ca import CertificateAuthority, new_root
 from controlplane.injection.patch import diff
@@ -245,6 +247,8 @@ def test_review_of_a_pod_left_alone_has_no_patch() -> None:
         (admission("a string"), "request.object is not a pod"),
         (admission(pod({"lightmesh.io/exclude-inbound-ports": "-1"})), "exclude-inbound-ports"),
         (admission({"metadata": {}, "spec": {"containers": []}}), "spec.containers"),
+        (admission({"metadata": {"annotations": ["x"]}, "spec": {}}), "not a valid pod"),
+        (admission({"metadata": {}, "spec": {"containers": [{"ports": "80"}]}}), "not a valid pod"),
     ],
 )
 def test_malformed_reviews_are_denied_with_the_reason(body: bytes, message: str) -> None:
@@ -358,3 +362,27 @@ def test_ca_bundle_gets_our_root_once_and_keeps_a_few_others() -> None:
     merged = base64.b64decode(merged_bundle(crowded, ours))
     assert merged == ours + b"".join(others[:MAX_OTHER_ROOTS])
     assert base64.b64decode(merged_bundle("!!not base64!!", ours)) == ours
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                ["metadata", "spec", "annotations", "containers", "name", "ports", "x"]
+            ),
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(obj=_json, enabled=st.booleans())
+def test_any_pod_shaped_garbage_gets_an_answer_never_an_exception(obj: Any, enabled: bool) -> None:
+    answer = review(admission(obj), namespace_enabled=enabled, config=CONFIG).answer
+    assert answer["response"]["uid"] == "u-1"
+    assert isinstance(answer["response"]["allowed"], bool)
