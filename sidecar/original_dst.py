@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from typing import Protocol
 
 # From <linux/netfilter_ipv4.h> and <linux/netfilter_ipv6/ip6_tables.h>; not exported by `socket`.
 SO_ORIGINAL_DST = 80
@@ -16,10 +17,23 @@ _SOCKADDR_IN_SIZE = 16
 _SOCKADDR_IN6_SIZE = 28
 
 
-def original_destination(sock: socket.socket) -> tuple[str, int] | None:
+class Socket(Protocol):
+    """What is needed of the socket: a `socket.socket`, or what an asyncio transport's
+    `get_extra_info("socket")` returns (asyncio's TransportSocket, uvloop's PseudoSocket)."""
+
+    @property
+    def family(self) -> int: ...
+
+    def getsockname(self) -> tuple[str, int] | tuple[str, int, int, int]: ...
+
+    def getsockopt(self, level: int, option: int, buflen: int, /) -> bytes: ...
+
+
+def original_destination(sock: Socket) -> tuple[str, int] | None:
     """(address, port) the peer connected to, or None when the connection was not redirected.
 
     None also when the kernel has no NAT record (no conntrack, not Linux) or the socket is closed.
+    Call it once per accepted connection, e.g. with `writer.get_extra_info("socket")`.
     """
     try:
         local = sock.getsockname()

@@ -140,6 +140,22 @@ local = socket.create_connection(("127.0.0.1", 15101), timeout=5)
 direct, _ = server.accept()
 print(original_destination(redirected))
 print(original_destination(direct))
+server.close()
+
+# What the proxy listener holds: the socket of an accepted asyncio stream, on both loops.
+import asyncio, uvloop
+async def accepted() -> None:
+    got = asyncio.get_running_loop().create_future()
+    def on_connect(reader, writer) -> None:
+        got.set_result(original_destination(writer.get_extra_info("socket")))
+        writer.close()
+    listener = await asyncio.start_server(on_connect, "0.0.0.0", 15101)
+    _, writer = await asyncio.open_connection("{b.address}", 4321)
+    print(await asyncio.wait_for(got, 5))
+    writer.close()
+    listener.close()
+asyncio.run(accepted())
+uvloop.run(accepted())
 """
     rule = ["-p", "tcp", "--dport", "4321", "-j", "REDIRECT", "--to-ports", "15101"]
     # After the sidecar-UID and loopback exclusions, like the catch-all redirect it stands for.
@@ -149,7 +165,8 @@ print(original_destination(direct))
     finally:
         a.run("iptables", "-t", "nat", "-D", "LIGHTMESH_OUTBOUND", *rule)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [f"('{b.address}', 4321)", "None"]
+    dialled = f"('{b.address}', 4321)"
+    assert result.stdout.splitlines() == [dialled, "None", dialled, dialled]
 
 
 def test_cleanup_removes_the_rules_and_install_is_repeatable(pods: NetnsPair) -> None:
