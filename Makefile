@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit component integration kube k8s-bins proto crds check-demo clean bench bench-quick bench-tools
+.PHONY: demo test lint typecheck unit component integration kube k8s-bins netns netns-tools proto crds check-demo clean bench bench-quick bench-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +44,14 @@ k8s-bins:
 kube: $(STAMP) k8s-bins
 	$(BIN)/pytest -q tests/kube
 
-test: lint typecheck $(STAMP) k8s-bins
+# iptables (and iproute2) from Debian for the interception tests in network namespaces.
+netns-tools:
+	scripts/install-netns-tools.sh
+
+netns: $(STAMP) netns-tools
+	$(BIN)/pytest -q tests/netns
+
+test: lint typecheck $(STAMP) k8s-bins netns-tools
 	$(BIN)/pytest -q tests
 
 bench-tools: $(STAMP)

@@ -29,6 +29,7 @@ from controlplane.certs import (
     load_or_create_token,
 )
 from controlplane.debug import build_app
+from controlplane.injection.webhook import WebhookSettings, run_webhook
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.push import Pusher
 from controlplane.registry import LocalRegistry
@@ -64,6 +65,7 @@ class Settings:
     debounce: float = 0.1
     registry_grace: float = 15.0
     poll_interval: float = 0.1
+    webhook: WebhookSettings | None = None  # the sidecar injector; None: not served
     trust_domain: str = "cluster.local"
     # The CA's signing material: a PEM file of certificate (+ chain) + key. Local mode creates it
     # (0600) at <state_dir>/ca.pem when absent; a user may point this at their own intermediate.
@@ -188,6 +190,10 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         if kube is not None and status is not None:
             tasks.create_task(_refresh_status_on_leadership(kube, status, stop), name="status")
         tasks.create_task(keeper.expire_loop(stop), name="registry-expiry")
+        if settings.webhook is not None:
+            tasks.create_task(
+                run_webhook(settings.webhook, ca=ca, api=api, stop=stop), name="webhook"
+            )
         await server.start()
         await site.start()
         log.info(

@@ -119,6 +119,9 @@ class Service:
     name: str
     namespace: str
     endpoints: tuple[ServiceEndpoint, ...] = ()
+    # Virtual IPs the service is dialled at (Kubernetes ClusterIPs): an intercepted connection
+    # to one of them routes to this service even when its Host header names no service.
+    addresses: tuple[str, ...] = ()
 
     @property
     def fqdn(self) -> str:

@@ -109,10 +109,16 @@ def _domains(host: str, namespace: str) -> list[str]:
 def _route_configuration(world: World, node: NodeInfo) -> pb.RouteConfiguration:
     by_host = _first_by_host((host, vs) for vs in world.virtual_services for host in vs.hosts)
     hosts = sorted(set(world.services) | set(by_host))
-    return pb.RouteConfiguration(
+    config = pb.RouteConfiguration(
         name="outbound",
         virtual_hosts=[_virtual_host(host, by_host.get(host), node) for host in hosts],
     )
+    for vhost in config.virtual_hosts:
+        # A service's virtual IPs are domains too: the sidecar looks up the address an
+        # intercepted connection was dialled at (SO_ORIGINAL_DST) when the Host is not enough.
+        service = world.services.get(vhost.name)
+        vhost.domains.extend(service.addresses if service else ())
+    return config
 
 
 def _virtual_host(host: str, vs: VirtualService | None, node: NodeInfo) -> pb.VirtualHost:

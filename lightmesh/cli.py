@@ -21,6 +21,7 @@ DEFAULT_DEBUG = "http://127.0.0.1:15014"
 
 def _controlplane(args: argparse.Namespace) -> int:
     from controlplane.app import Settings, run
+    from controlplane.injection.webhook import WebhookSettings
 
     setup_logging("controlplane", level=args.log_level)
     if not args.config_dir and not args.kubeconfig and not args.in_cluster:
@@ -46,6 +47,16 @@ def _controlplane(args: argparse.Namespace) -> int:
         workload_cert_ttl=args.workload_cert_ttl,
         server_names=("localhost", *args.server_name),
         plaintext=args.plaintext,
+        webhook=WebhookSettings(
+            port=args.webhook_port,
+            host=args.host,
+            dns_names=tuple(args.webhook_dns_name or WebhookSettings().dns_names),
+            ip_addresses=tuple(args.webhook_ip),
+            configuration=args.webhook_configuration,
+            injection=_injection_config(args),
+        )
+        if args.webhook_port
+        else None,
     )
     if settings.config_dir is not None and not settings.config_dir.is_dir():
         print(
@@ -150,6 +161,123 @@ def _analyze_cluster(args: argparse.Namespace) -> int:
         f"{len(resources)} resources accepted, {len(problems)} problems in {count} resources in {where}"
     )
     return 1 if problems else 0
+
+
+def _injection_config(args: argparse.Namespace) -> Any:
+    from controlplane.injection.template import InjectionConfig
+
+    defaults = InjectionConfig()
+    trust_root = Path(args.ca_bundle).read_text() if getattr(args, "ca_bundle", "") else ""
+    return InjectionConfig(
+        image=args.proxy_image or defaults.image,
+        control_plane=args.proxy_control_plane or defaults.control_plane,
+        trust_root=trust_root,
+    )
+
+
+def _inject(args: argparse.Namespace) -> int:
+    import yaml
+
+    from controlplane.injection.template import InjectionError
+    from controlplane.injection.workloads import inject_document
+
+    try:
+        config = _injection_config(args)
+    except OSError as error:
+        print(f"lightmesh inject: --ca-bundle {args.ca_bundle}: {error.strerror}", file=sys.stderr)
+        return 2
+    out: list[Any] = []
+    for name in args.filename:
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text()
+            documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        except OSError as error:
+            print(f"lightmesh inject: {name}: {error.strerror}", file=sys.stderr)
+            return 2
+        except yaml.YAMLError as error:
+            print(f"lightmesh inject: {name}: not YAML: {error}", file=sys.stderr)
+            return 2
+        for index, document in enumerate(documents, 1):
+            where = f"{'stdin' if name == '-' else name}: document {index}"
+            try:
+                injected, note = inject_document(document, config, where=where)
+            except InjectionError as error:
+                print(f"lightmesh inject: {error}", file=sys.stderr)
+                return 2
+            if args.verbose:
+                print(note, file=sys.stderr)
+            out.append(injected)
+    sys.stdout.write(yaml.safe_dump_all(out, sort_keys=False))
+    return 0
+
+
+def _intercept(args: argparse.Namespace) -> int:
+    from lightmesh.intercept.iptables import InterceptError, run_plan
+    from lightmesh.intercept.rules import (
+        InterceptSpec,
+        cleanup_plan,
+        install_plan,
+        parse_cidrs,
+        parse_ports,
+    )
+
+    try:
+        if args.action == "cleanup":
+            plan = cleanup_plan()
+        else:
+            plan = install_plan(
+                InterceptSpec(
+                    inbound_port=args.inbound_port,
+                    outbound_port=args.outbound_port,
+                    proxy_uid=args.proxy_uid,
+                    exclude_inbound_ports=parse_ports(
+                        args.exclude_inbound_ports, field="--exclude-inbound-ports"
+                    ),
+                    exclude_outbound_ports=parse_ports(
+                        args.exclude_outbound_ports, field="--exclude-outbound-ports"
+                    ),
+                    exclude_outbound_cidrs=parse_cidrs(
+                        args.exclude_outbound_cidrs, field="--exclude-outbound-cidrs"
+                    ),
+                )
+            )
+    except ValueError as error:
+        print(f"lightmesh intercept: {error}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print("\n".join(" ".join(["iptables", *c.args]) for c in plan))
+        return 0
+    try:
+        for line in run_plan(plan):
+            print(line)
+    except InterceptError as error:
+        print(f"lightmesh intercept {args.action}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _wait_ready(args: argparse.Namespace) -> int:
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + args.timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(args.url, timeout=2) as response:  # noqa: S310 - our URL
+                if response.status == 200:
+                    return 0
+        except urllib.error.HTTPError as error:
+            last = f"HTTP {error.code}: {error.read(200).decode(errors='replace').strip()}"
+            error.close()
+        except OSError as error:
+            last = str(error)
+        time.sleep(0.2)  # bounded by the deadline above
+    print(
+        f"lightmesh wait-ready: {args.url} not ready in {args.timeout:g}s ({last})", file=sys.stderr
+    )
+    return 1
 
 
 def fetch_json(url: str) -> Any:
@@ -284,6 +412,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cp.add_argument("--plaintext", action="store_true", help="serve the config stream without TLS")
     cp.add_argument("--log-level", default="info")
+    cp.add_argument(
+        "--webhook-port", type=int, default=0, help="serve the sidecar injector here (0: off)"
+    )
+    cp.add_argument(
+        "--webhook-configuration",
+        default="",
+        help="MutatingWebhookConfiguration to fill the caBundle of",
+    )
+    cp.add_argument("--webhook-dns-name", action="append", help="injector certificate DNS name")
+    cp.add_argument("--webhook-ip", action="append", default=[], help="injector certificate IP")
+    _add_injection_arguments(cp)
     cp.set_defaults(func=_controlplane)
 
     sc = sub.add_parser("sidecar", help="run a sidecar proxy")
@@ -306,6 +445,39 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("-n", "--namespace", default="", help="with --cluster: only this namespace")
     an.set_defaults(func=_analyze)
 
+    inj = sub.add_parser(
+        "inject", help="add the sidecar to workload manifests (as the webhook does), to stdout"
+    )
+    inj.add_argument(
+        "-f", "--filename", action="append", required=True, help="YAML file, or - for stdin"
+    )
+    inj.add_argument("-v", "--verbose", action="store_true", help="say what happened per document")
+    inj.add_argument(
+        "--ca-bundle",
+        default="",
+        help="mesh root PEM to embed (default: the webhook fills it in when the pod is created)",
+    )
+    _add_injection_arguments(inj)
+    inj.set_defaults(func=_inject)
+
+    ic = sub.add_parser("intercept", help="install or remove the pod's redirect rules (init step)")
+    ic.add_argument("action", choices=["install", "cleanup"])
+    ic.add_argument("--inbound-port", type=int, default=15006)
+    ic.add_argument("--outbound-port", type=int, default=15001)
+    ic.add_argument(
+        "--proxy-uid", type=int, default=1337, help="the sidecar's UID (not redirected)"
+    )
+    ic.add_argument("--exclude-inbound-ports", default="15000", help="e.g. 15000,9090")
+    ic.add_argument("--exclude-outbound-ports", default="", help="e.g. 5432,443")
+    ic.add_argument("--exclude-outbound-cidrs", default="", help="e.g. 169.254.169.254/32")
+    ic.add_argument("--dry-run", action="store_true", help="print the iptables commands only")
+    ic.set_defaults(func=_intercept)
+
+    wr = sub.add_parser("wait-ready", help="wait until the sidecar is ready (postStart hook)")
+    wr.add_argument("--url", default="http://127.0.0.1:15000/ready")
+    wr.add_argument("--timeout", type=float, default=120.0)
+    wr.set_defaults(func=_wait_ready)
+
     ps = sub.add_parser("proxy-status", help="show which config each sidecar runs")
     ps.add_argument("--control-plane", default=DEFAULT_DEBUG, help="control plane debug URL")
     ps.add_argument("--json", action="store_true")
@@ -317,6 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--json", action="store_true")
     pc.set_defaults(func=_proxy_config)
     return parser
+
+
+def _add_injection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--proxy-image", default="", help="sidecar image to inject")
+    parser.add_argument(
+        "--proxy-control-plane", default="", help="control plane address injected sidecars use"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,9 @@
-"""Admin endpoints of the sidecar: /ready, /healthz, /metrics, /config_dump, /certs."""
+"""Admin endpoints of the sidecar: /ready, /healthz, /metrics, /config_dump, /certs,
+POST /quitquitquit."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +33,7 @@ class Admin:
         registry: CollectorRegistry,
         draining: Callable[[], bool],
         certificates: CertificateManager | None = None,
+        quit: Callable[[], None] | None = None,
     ) -> None:
         self._certificates = certificates
         self._node = node
@@ -38,6 +41,7 @@ class Admin:
         self._dataplane = dataplane
         self._registry = registry
         self._draining = draining
+        self._quit = quit
 
     async def handle(self, head: RequestHead) -> LocalResponse:
         """Dispatch one admin request."""
@@ -55,6 +59,8 @@ class Admin:
             return LocalResponse(
                 status=200, headers=_JSON, body=json.dumps(self.certs(), indent=2).encode()
             )
+        if path == "/quitquitquit":
+            return self._quitquitquit(head)
         if path == "/config_dump":
             return LocalResponse(
                 status=200, headers=_JSON, body=json.dumps(self.config_dump(), indent=2).encode()
@@ -62,8 +68,23 @@ class Admin:
         return LocalResponse(
             status=404,
             headers=_TEXT,
-            body=b"try /ready, /healthz, /metrics, /config_dump, /certs\n",
+            body=b"try /ready, /healthz, /metrics, /config_dump, /certs, POST /quitquitquit\n",
         )
+
+    def _quitquitquit(self, head: RequestHead) -> LocalResponse:
+        """Drain and exit: how a Job's app (or a preStop hook) lets its pod finish.
+
+        Only from inside the pod: the admin port is reachable from the network (probes,
+        Prometheus), and nobody else may stop a workload's proxy.
+        """
+        if head.method != "POST":
+            return LocalResponse(status=405, headers=[*_TEXT, (b"allow", b"POST")], body=b"POST\n")
+        if not _is_loopback(head.peer):
+            return LocalResponse(status=403, headers=_TEXT, body=b"only from inside the pod\n")
+        if self._quit is None:
+            return LocalResponse(status=501, headers=_TEXT, body=b"quit is not wired\n")
+        self._quit()
+        return LocalResponse(status=200, headers=_TEXT, body=b"draining, then exiting\n")
 
     def _ready(self) -> LocalResponse:
         if self._draining():
@@ -107,3 +128,10 @@ class Admin:
             "versions": versions,
             "config": self._dataplane.dump(),
         }
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.removeprefix("::ffff:")).is_loopback
+    except ValueError:
+        return False

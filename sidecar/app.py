@@ -121,6 +121,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         registry=registry,
         draining=lambda: draining,
         certificates=certificates,
+        quit=stop.set,  # POST /quitquitquit: drain and exit, as on SIGTERM
     )
     admin_server = await start_local_server(settings.bind, settings.admin_port, admin.handle)
     admin_port = admin_server.sockets[0].getsockname()[1]

@@ -5,6 +5,9 @@ from __future__ import annotations
 from sidecar.config.apply import DataPlane
 from sidecar.proxy.decision import Completed, Decision, Forward, LocalReply, RequestHead
 
+# Envoy's name for the cluster of intercepted traffic to destinations outside the mesh.
+PASSTHROUGH = "PassthroughCluster"
+
 
 class OutboundRouter:
     """Resolves the app's outbound requests against the data plane's current config."""
@@ -16,6 +19,14 @@ class OutboundRouter:
         """Pick the destination of one request, or say why there is none."""
         dataplane = self._dataplane
         host, route = dataplane.routes.route(head)
+        if host is None and head.original_dst is not None:
+            # An intercepted connection whose Host names no service (the app called an IP, or
+            # sent a Host we do not know): the address it dialled may be a service's.
+            address, port = head.original_dst
+            host, route = dataplane.routes.route(head, domain=address)
+            if host is None:
+                # Not a mesh destination: let it through to where the app was going.
+                return Forward(address=address, port=port, cluster=PASSTHROUGH)
         if host is None:
             return LocalReply(status=404, body=f"no route to host {head.host!r}", flags="NR")
         if route is None:

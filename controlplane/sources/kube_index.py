@@ -198,9 +198,15 @@ class KubeIndex:
                     )
                 )
         services = {}
-        for namespace, name in sorted(self._objects["Service"]):
+        for (namespace, name), obj in sorted(self._objects["Service"].items()):
             found = sorted(endpoints.get((namespace, name), []), key=lambda e: (e.address, e.port))
+            spec = obj.get("spec") or {}
+            ips = spec.get("clusterIPs") or [spec.get("clusterIP")]
             services[resolve_host(name, namespace)] = Service(
-                name=name, namespace=namespace, endpoints=tuple(found)
+                name=name,
+                namespace=namespace,
+                endpoints=tuple(found),
+                # A headless service ("None") has no virtual IP: its pods are dialled directly.
+                addresses=tuple(ip for ip in ips if ip and ip != "None"),
             )
         return services

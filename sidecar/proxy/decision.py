@@ -24,6 +24,10 @@ class RequestHead:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     # Address of the downstream peer, for x-forwarded-for.
     peer: str = ""
+    # Where the app addressed the connection before iptables redirected it to this listener
+    # (SO_ORIGINAL_DST, see sidecar/original_dst.py); None when it was not intercepted. The
+    # listener reads it once per connection and copies it into every request head.
+    original_dst: tuple[str, int] | None = None
 
     def header(self, name: bytes) -> bytes | None:
         """Return the first value of a header (name given in lower case), or None."""

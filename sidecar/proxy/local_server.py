@@ -80,8 +80,10 @@ async def _serve_one(
 ) -> bool:
     """Answer one request; returns whether the connection stays open."""
     keep_alive = start.keep_alive and await _skip_body(requests, start.framing)
+    # The peer's address, so handlers can keep some endpoints (/quitquitquit) to the pod itself.
+    peer = writer.get_extra_info("peername")
     try:
-        head = request_head(start, peer="")
+        head = request_head(start, peer=str(peer[0]) if isinstance(peer, tuple) and peer else "")
     except ParseError:
         response = LocalResponse(status=400, body=b"bad request target\n")
         keep_alive = False

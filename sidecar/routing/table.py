@@ -128,9 +128,12 @@ class RouteTable:
     def __init__(self, hosts: dict[str, CompiledHost]) -> None:
         self._by_domain = hosts
 
-    def route(self, head: RequestHead) -> tuple[CompiledHost | None, CompiledRoute | None]:
-        """The virtual host for the request's host, and its first matching route."""
-        host = self._by_domain.get(head.host)
+    def route(
+        self, head: RequestHead, *, domain: str | None = None
+    ) -> tuple[CompiledHost | None, CompiledRoute | None]:
+        """The virtual host for `domain` (default: the request's host), and its first matching
+        route."""
+        host = self._by_domain.get(head.host if domain is None else domain)
         if host is None:
             return None, None
         path, _, raw_query = head.path.partition("?")

@@ -24,6 +24,9 @@ SA = "system:serviceaccount:lightmesh-system:lightmesh-controlplane"
         (("create", "pods", "-n", "shop"), False),
         (("update", "virtualservices.lightmesh.io", "-n", "shop"), False),
         (("update", "leases.coordination.k8s.io", "-n", "default"), False),
+        (("patch", "mutatingwebhookconfigurations/lightmesh-sidecar-injector"), True),
+        (("patch", "mutatingwebhookconfigurations/someone-elses"), False),
+        (("delete", "mutatingwebhookconfigurations/lightmesh-sidecar-injector"), False),
     ],
 )
 def test_rbac_is_least_privilege(
@@ -36,6 +39,27 @@ def test_rbac_is_least_privilege(
 @pytest.fixture(scope="module")
 def deployed(kube: KubeCluster, crds: None) -> None:
     kube.kubectl("apply", "-f", "deploy/")
+
+
+def test_injector_is_registered_for_pods_outside_the_system_namespaces(
+    kube: KubeCluster, deployed: None
+) -> None:
+    registration = kube.kubectl_json(
+        "get", "mutatingwebhookconfiguration", "lightmesh-sidecar-injector"
+    )
+    policies = {w["name"]: w["failurePolicy"] for w in registration["webhooks"]}
+    assert policies == {"namespace.lightmesh.io": "Fail", "object.lightmesh.io": "Ignore"}
+    for webhook in registration["webhooks"]:
+        assert webhook["clientConfig"]["service"]["name"] == "lightmesh-controlplane"
+        excluded = next(
+            e for e in webhook["namespaceSelector"]["matchExpressions"]
+            if e["key"] == "kubernetes.io/metadata.name"
+        )  # fmt: skip
+        assert excluded == {
+            "key": "kubernetes.io/metadata.name",
+            "operator": "NotIn",
+            "values": ["kube-system", "lightmesh-system"],
+        }
 
 
 def test_deployment_is_stored_with_two_replicas(kube: KubeCluster, deployed: None) -> None:

@@ -86,3 +86,17 @@ def test_route_to_undefined_subset_is_not_accepted() -> None:
     (update,) = index.status_updates()
     assert not update.accepted
     assert update.message.startswith("spec.http[0].route[0].destination.subset: subset 'v1' of")
+
+
+def test_services_carry_their_cluster_ips_except_headless() -> None:
+    index = KubeIndex()
+    index.replace("Service", [
+        {"metadata": {"name": "catalog", "namespace": "shop"},
+         "spec": {"clusterIP": "10.0.0.12", "clusterIPs": ["10.0.0.12", "fd00::12"]}},
+        {"metadata": {"name": "db", "namespace": "shop"}, "spec": {"clusterIP": "None"}},
+        {"metadata": {"name": "old", "namespace": "shop"}, "spec": {"clusterIP": "10.0.0.9"}},
+    ])  # fmt: skip
+    services = index.services()
+    assert services["catalog.shop.svc.cluster.local"].addresses == ("10.0.0.12", "fd00::12")
+    assert services["db.shop.svc.cluster.local"].addresses == ()
+    assert services["old.shop.svc.cluster.local"].addresses == ("10.0.0.9",)

@@ -145,3 +145,24 @@ def test_snapshot_cache_reports_only_changed_types() -> None:
     assert set(cache.set(NODE.id, translate(world(RULE), NODE))) == set(types.PUSH_ORDER)
     assert cache.set(NODE.id, translate(world(RULE), NODE)) == []
     assert cache.set(NODE.id, translate(world(RULE, SPLIT), NODE)) == [types.ROUTES]
+
+
+def test_service_virtual_ips_are_domains_of_its_virtual_host() -> None:
+    base = world()
+    service = base.services[CATALOG]
+    with_ips = World(
+        revision=1,
+        virtual_services=(),
+        destination_rules=(),
+        services={
+            CATALOG: Service(
+                name=service.name,
+                namespace=service.namespace,
+                endpoints=service.endpoints,
+                addresses=("10.0.0.12", "fd00::12"),
+            )
+        },
+    )
+    (routes,) = translate(with_ips, NODE)[types.ROUTES]
+    assert isinstance(routes, pb.RouteConfiguration)
+    assert list(routes.virtual_hosts[0].domains)[-2:] == ["10.0.0.12", "fd00::12"]

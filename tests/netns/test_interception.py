@@ -1,0 +1,186 @@
+"""Transparent interception for real: iptables rules in a network namespace, a real sidecar.
+
+Two namespaces joined by a veth pair stand for two pods. Pod A (10.77.0.1) has the init step's
+rules (`lightmesh intercept install`) and its sidecar running as UID 1337, as the injected
+container does; pod B (10.77.0.2) runs the control plane, the `catalog` app and catalog's sidecar.
+The apps know nothing of the mesh: they connect() to plain addresses.
+"""
+
+import sys
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from lightmesh.demo.mesh import wait_for
+from tests.support.netns import REPO, Namespace, NetnsPair
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
+
+PROXY_UID = 1337
+APP_PORT = 8080  # both apps
+LIGHTMESH = [sys.executable, "-m", "lightmesh.cli"]
+ECHO = [sys.executable, str(REPO / "tests" / "netns" / "echo.py"), str(APP_PORT)]
+
+
+def sidecar(ns: Namespace, *, service: str, control_plane: str) -> list[str]:
+    return [
+        *LIGHTMESH, "sidecar",
+        "--workload", service, "--service", service, "--labels", f"app={service}",
+        "--control-plane", control_plane,
+        "--bind", "0.0.0.0", "--advertise", ns.address,
+        "--app-port", str(APP_PORT),
+    ]  # fmt: skip
+
+
+def install(ns: Namespace) -> None:
+    result = ns.run(*LIGHTMESH, "intercept", "install", "--proxy-uid", str(PROXY_UID))
+    assert result.returncode == 0, result.stderr
+
+
+def nat_rules(ns: Namespace) -> list[str]:
+    dump = ns.run("iptables-save", "-t", "nat").stdout
+    return [line for line in dump.splitlines() if line.startswith("-A")]
+
+
+def requests_total(ns: Namespace, reporter: str) -> float:
+    text = ns.http("http://127.0.0.1:15000/metrics").body
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "lightmesh_requests_total" and sample.labels["reporter"] == reporter
+    )
+
+
+@pytest.fixture(scope="module")
+def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsPair]:
+    """Pod A intercepted and meshed, pod B serving catalog, everything ready."""
+    with NetnsPair(tmp_path_factory.mktemp("netns")) as pair:
+        a, b = pair.a, pair.b
+        try:
+            config_dir = pair.work_dir / "config"
+            config_dir.mkdir()
+            pair.spawn(b, "controlplane", [*LIGHTMESH, "controlplane", "--config-dir", str(config_dir), "--host", "0.0.0.0"])  # fmt: skip
+            pair.spawn(b, "catalog-app", ECHO)
+            pair.spawn(b, "catalog-sidecar", sidecar(b, service="catalog", control_plane="127.0.0.1:15010"))  # fmt: skip
+            install(a)
+            pair.spawn(a, "frontend-app", ECHO)
+            pair.spawn(
+                a,
+                "frontend-sidecar",
+                sidecar(a, service="frontend", control_plane=f"{b.address}:15010"),
+                uid=PROXY_UID,
+            )
+            for ns in (a, b):
+                wait_for(
+                    lambda ns=ns: ns.http("http://127.0.0.1:15000/ready").status == 200,
+                    timeout=60,
+                    interval=0.3,
+                    what=f"the sidecar in {ns.name} /ready",
+                )
+            wait_for(
+                lambda: a.http(f"http://{b.address}:{APP_PORT}/", host="catalog").status == 200,
+                timeout=30,
+                interval=0.3,
+                what="catalog reachable from pod A through its sidecar",
+            )
+        except BaseException:
+            print(pair.logs())
+            raise
+        yield pair
+
+
+def test_apps_plain_connect_goes_through_the_sidecar(pods: NetnsPair) -> None:
+    a, b = pods.a, pods.b
+    before = requests_total(a, "source")
+    reply = a.http(f"http://{b.address}:{APP_PORT}/items", host="catalog")
+    assert reply.status == 200, reply.body
+    echo = reply.json()
+    # Catalog saw its own sidecar's connection (from 127.0.0.1), not pod A's: the request went
+    # pod A's outbound listener → catalog's inbound listener → app.
+    assert echo["peer"] == "127.0.0.1", echo
+    assert echo["path"] == "/items"
+    assert requests_total(a, "source") == before + 1
+
+
+def test_inbound_reaches_the_app_only_through_the_inbound_listener(pods: NetnsPair) -> None:
+    a, b = pods.a, pods.b
+    before = requests_total(a, "destination")
+    echo = b.http(f"http://{a.address}:{APP_PORT}/hello").json()
+    assert echo["peer"] == "127.0.0.1", echo  # delivered by the sidecar
+    assert echo["x-forwarded-for"] == b.address  # who really called
+    assert requests_total(a, "destination") == before + 1
+
+
+def test_admin_port_is_reached_directly_and_quit_is_refused_from_outside(pods: NetnsPair) -> None:
+    a, b = pods.a, pods.b
+    assert b.http(f"http://{a.address}:15000/ready").status == 200
+    assert b.http(f"http://{a.address}:15000/quitquitquit", method="POST").status == 403
+
+
+def test_the_sidecar_itself_is_not_redirected(pods: NetnsPair) -> None:
+    """The sidecar's UID is excluded: its upstream calls reach the network, no loop."""
+    a, b = pods.a, pods.b
+    echo = a.http(f"http://{b.address}:{APP_PORT}/", uid=PROXY_UID).json()
+    assert echo["peer"] == a.address  # straight to catalog's app
+
+
+def test_original_destination_is_recovered_from_a_redirected_connection(pods: NetnsPair) -> None:
+    """SO_ORIGINAL_DST on a connection the OUTPUT rules redirected, with a listener on a spare
+    port (the sidecar holds 15001) and the redirect port set to it."""
+    a, b = pods.a, pods.b
+    script = f"""
+import socket
+from sidecar.original_dst import original_destination
+server = socket.create_server(("0.0.0.0", 15101))
+client = socket.create_connection(("{b.address}", 4321), timeout=5)
+redirected, _ = server.accept()
+local = socket.create_connection(("127.0.0.1", 15101), timeout=5)
+direct, _ = server.accept()
+print(original_destination(redirected))
+print(original_destination(direct))
+server.close()
+
+# What the proxy listener holds: the socket of an accepted asyncio stream, on both loops.
+import asyncio, uvloop
+async def accepted() -> None:
+    got = asyncio.get_running_loop().create_future()
+    def on_connect(reader, writer) -> None:
+        got.set_result(original_destination(writer.get_extra_info("socket")))
+        writer.close()
+    listener = await asyncio.start_server(on_connect, "0.0.0.0", 15101)
+    _, writer = await asyncio.open_connection("{b.address}", 4321)
+    print(await asyncio.wait_for(got, 5))
+    writer.close()
+    listener.close()
+asyncio.run(accepted())
+uvloop.run(accepted())
+"""
+    rule = ["-p", "tcp", "--dport", "4321", "-j", "REDIRECT", "--to-ports", "15101"]
+    # After the sidecar-UID and loopback exclusions, like the catch-all redirect it stands for.
+    assert a.run("iptables", "-t", "nat", "-I", "LIGHTMESH_OUTBOUND", "3", *rule).returncode == 0
+    try:
+        result = a.run(sys.executable, "-c", script)
+    finally:
+        a.run("iptables", "-t", "nat", "-D", "LIGHTMESH_OUTBOUND", *rule)
+    assert result.returncode == 0, result.stderr
+    dialled = f"('{b.address}', 4321)"
+    assert result.stdout.splitlines() == [dialled, "None", dialled, dialled]
+
+
+def test_cleanup_removes_the_rules_and_install_is_repeatable(pods: NetnsPair) -> None:
+    a, b = pods.a, pods.b
+    installed = nat_rules(a)
+    assert sum("LIGHTMESH" in rule for rule in installed) == 9
+    result = a.run(*LIGHTMESH, "intercept", "cleanup")
+    assert result.returncode == 0, result.stderr
+    assert not any("LIGHTMESH" in rule for rule in nat_rules(a))
+    # Without rules, both directions bypass the sidecar.
+    assert a.http(f"http://{b.address}:{APP_PORT}/", host="catalog").json()["peer"] == a.address
+    assert b.http(f"http://{a.address}:{APP_PORT}/").json()["peer"] == b.address
+    # Installing twice leaves exactly one set of rules, and traffic is captured again.
+    install(a)
+    install(a)
+    assert nat_rules(a) == installed
+    assert a.http(f"http://{b.address}:{APP_PORT}/", host="catalog").json()["peer"] == "127.0.0.1"
