@@ -21,7 +21,12 @@ from sidecar.proxy.engine import start_proxy
 from sidecar.proxy.local_server import start_local_server
 from sidecar.router import InboundRouter, OutboundRouter
 from sidecar.settings import Settings
-from sidecar.telemetry.metrics import RequestMetrics
+from sidecar.telemetry.accesslog import AccessLog
+from sidecar.telemetry.hooks import Telemetry, wrap_recorder, wrap_resolver
+from sidecar.telemetry.metrics import RequestMetrics, peer_value
+from sidecar.telemetry.state import SidecarState
+from sidecar.telemetry.tracing import Tracer
+from sidecar.telemetry.zipkin import LocalEndpoint, ZipkinExporter
 
 log = logging.getLogger("sidecar")
 
@@ -52,27 +57,57 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     dataplane = DataPlane(max_regex_length=settings.max_regex_length)
     outbound_router = OutboundRouter(dataplane)
     registry = CollectorRegistry()
-    outbound_metrics = RequestMetrics(
-        reporter="source", workload=settings.workload, namespace=settings.namespace
-    )
-    inbound_metrics = RequestMetrics(
-        reporter="destination",
-        workload=settings.workload,
-        namespace=settings.namespace,
-        local_service=settings.services[0] if settings.services else settings.workload,
-    )
-    registry.register(outbound_metrics)
-    registry.register(inbound_metrics)
+    labels = dict(settings.labels)
+    app_name = labels.get("app", settings.services[0] if settings.services else settings.workload)
+    version = labels.get("version", "")
+    local_service = settings.services[0] if settings.services else settings.workload
 
-    def record_outbound(done: Completed) -> None:
-        outbound_router.finished(done)
-        outbound_metrics.record(done)
+    def request_metrics(reporter: str) -> RequestMetrics | None:
+        if not settings.metrics:
+            return None
+        metrics = RequestMetrics(
+            reporter=reporter,
+            workload=settings.workload,
+            namespace=settings.namespace,
+            app=app_name,
+            version=version,
+            local_service=local_service,
+            istio=settings.istio_metrics,
+        )
+        registry.register(metrics)
+        return metrics
+
+    tracer = exporter = None
+    if settings.zipkin_url:
+        tracer = Tracer(sample_percent=settings.trace_sampling)
+        exporter = ZipkinExporter(
+            settings.zipkin_url,
+            LocalEndpoint(
+                service=f"{local_service}.{settings.namespace}",
+                address=settings.advertise or settings.bind,
+            ),
+        )
+    access_log = AccessLog(settings.access_log) if settings.access_log else None
+    outbound_telemetry = Telemetry(
+        metrics=request_metrics("source"),
+        tracer=tracer,
+        exporter=exporter,
+        access_log=access_log.writer("outbound") if access_log else None,
+        peer=peer_value(settings.workload, settings.namespace, app_name, version or "unknown"),
+    )
+    inbound_telemetry = Telemetry(
+        metrics=request_metrics("destination"),
+        tracer=tracer,
+        exporter=exporter,
+        access_log=access_log.writer("inbound") if access_log else None,
+    )
 
     outbound = await start_proxy(
         settings.bind,
         settings.outbound_port,
-        resolver=outbound_router.resolve,
-        recorder=record_outbound,
+        resolver=wrap_resolver(outbound_router.resolve, outbound_telemetry),
+        recorder=wrap_recorder(outbound_telemetry, outbound=True, then=outbound_router.finished)
+        or _ignore,
         listener="outbound",
     )
     inbound = None
@@ -81,12 +116,23 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         inbound = await start_proxy(
             settings.bind,
             settings.inbound_port,
-            resolver=inbound_router.resolve,
-            recorder=inbound_metrics.record,
+            resolver=wrap_resolver(inbound_router.resolve, inbound_telemetry),
+            recorder=wrap_recorder(inbound_telemetry, outbound=False) or _ignore,
             listener="inbound",
         )
     node = build_node(settings, inbound_port=inbound.port if inbound else 0)
     client = ConfigClient(target=settings.control_plane, node=node, dataplane=dataplane)
+    active = {"outbound": lambda: outbound.active}
+    if inbound is not None:
+        active["inbound"] = lambda: inbound.active
+    registry.register(
+        SidecarState(
+            protocol=client.protocol,
+            connected=lambda: client.connected,
+            active=active,
+            exporter=exporter,
+        )
+    )
     draining = False
     admin = Admin(
         node=MessageToDict(node),
@@ -110,6 +156,9 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         },
     )
     client_task = asyncio.create_task(client.run(stop), name="config-client")
+    exporter_task = (
+        asyncio.create_task(exporter.run(stop), name="span-export") if exporter else None
+    )
     await stop.wait()
     draining = True
     log.info("draining", extra={"event": "draining", "timeout": settings.drain_timeout})
@@ -118,6 +167,15 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         *([inbound.close(settings.drain_timeout)] if inbound else []),
     )
     await client_task
+    if exporter is not None and exporter_task is not None:
+        await exporter_task
+        await exporter.flush()  # the spans of requests that finished while draining
+    if access_log is not None:
+        access_log.close()
     admin_server.close()
     await admin_server.wait_closed()
     log.info("stopped", extra={"event": "stopped"})
+
+
+def _ignore(_: Completed) -> None:
+    """The recorder of a listener with nothing to report to."""

@@ -27,6 +27,11 @@ class Settings:
     max_regex_length: int = 1024
     drain_timeout: float = 5.0
     log_level: str = "info"
+    metrics: bool = True  # request metrics (off only to measure their cost)
+    istio_metrics: bool = False  # also expose Istio's standard metric names and labels
+    zipkin_url: str = ""  # Zipkin v2 endpoint (http://host:port/api/v2/spans); "": no tracing
+    trace_sampling: float = 1.0  # percent of new traces sampled (an incoming decision wins)
+    access_log: str = ""  # "-": stdout, a path: that file, "": off
 
 
 def _env(name: str, default: str) -> str:
@@ -68,6 +73,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-regex-length", type=int, default=int(_env("MAX_REGEX_LENGTH", "1024")))
     add("--drain-timeout", type=float, default=float(_env("DRAIN_TIMEOUT", "5")))
     add("--log-level", default=_env("LOG_LEVEL", "info"))
+    add(
+        "--metrics",
+        action=argparse.BooleanOptionalAction,
+        default=_env("METRICS", "true") == "true",
+        help="record request metrics (default on)",
+    )
+    add(
+        "--istio-metrics",
+        action=argparse.BooleanOptionalAction,
+        default=_env("ISTIO_METRICS", "false") == "true",
+        help="also expose istio_* metrics with Istio's labels (for Istio dashboards and Kiali)",
+    )
+    add("--zipkin-url", default=_env("ZIPKIN_URL", ""), help="Zipkin v2 span endpoint URL")
+    add(
+        "--trace-sampling",
+        type=float,
+        default=float(_env("TRACE_SAMPLING", "1")),
+        help="percent of new traces to sample, 0-100 (default 1)",
+    )
+    add("--access-log", default=_env("ACCESS_LOG", ""), help="JSON access log: '-' or a path")
 
 
 def from_arguments(args: argparse.Namespace) -> Settings:
@@ -91,4 +116,15 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         max_regex_length=args.max_regex_length,
         drain_timeout=args.drain_timeout,
         log_level=args.log_level,
+        metrics=args.metrics,
+        istio_metrics=args.istio_metrics,
+        zipkin_url=args.zipkin_url,
+        trace_sampling=_sampling(args.trace_sampling),
+        access_log=args.access_log,
     )
+
+
+def _sampling(percent: float) -> float:
+    if not 0.0 <= percent <= 100.0:
+        raise ValueError(f"--trace-sampling: {percent} is not a percentage within 0..100")
+    return percent
