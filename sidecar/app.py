@@ -23,7 +23,7 @@ from sidecar.router import InboundRouter, OutboundRouter
 from sidecar.settings import Settings
 from sidecar.telemetry.accesslog import AccessLog
 from sidecar.telemetry.hooks import Telemetry, wrap_recorder, wrap_resolver
-from sidecar.telemetry.metrics import RequestMetrics, peer_value
+from sidecar.telemetry.metrics import RequestCollector, RequestMetrics, peer_value
 from sidecar.telemetry.state import SidecarState
 from sidecar.telemetry.tracing import Tracer
 from sidecar.telemetry.zipkin import LocalEndpoint, ZipkinExporter
@@ -65,17 +65,14 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     def request_metrics(reporter: str) -> RequestMetrics | None:
         if not settings.metrics:
             return None
-        metrics = RequestMetrics(
+        return RequestMetrics(
             reporter=reporter,
             workload=settings.workload,
             namespace=settings.namespace,
             app=app_name,
             version=version,
             local_service=local_service,
-            istio=settings.istio_metrics,
         )
-        registry.register(metrics)
-        return metrics
 
     tracer = exporter = None
     if settings.zipkin_url:
@@ -100,6 +97,12 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         tracer=tracer,
         exporter=exporter,
         access_log=access_log.writer("inbound") if access_log else None,
+    )
+    registry.register(
+        RequestCollector(
+            *(t.metrics for t in (outbound_telemetry, inbound_telemetry) if t.metrics),
+            istio=settings.istio_metrics,
+        )
     )
 
     outbound = await start_proxy(

@@ -142,7 +142,7 @@ def _cumulative(
     return out
 
 
-class RequestMetrics(Collector):
+class RequestMetrics:
     """Aggregates of completed requests of one listener direction (reporter source|destination)."""
 
     def __init__(
@@ -154,7 +154,6 @@ class RequestMetrics(Collector):
         app: str = "",
         version: str = "",
         local_service: str = "",
-        istio: bool = False,
         max_series: int = 1000,
     ) -> None:
         if reporter not in ("source", "destination"):
@@ -165,7 +164,6 @@ class RequestMetrics(Collector):
         self._app = app or UNKNOWN
         self._version = version or UNKNOWN
         self._local_service = local_service
-        self._istio = istio
         self._max_series = max_series
         self._series: dict[tuple[str, int, str], _Series] = {}
 
@@ -243,6 +241,23 @@ class RequestMetrics(Collector):
             "false",
         )
 
+    def samples(self) -> Iterator[tuple[list[str], _Series]]:
+        """(label values in LABELS order, aggregate) of every series so far."""
+        for key, series in list(self._series.items()):
+            yield list(self.labels(key)), series
+
+
+class RequestCollector(Collector):
+    """Renders the aggregates of both directions as one set of metric families at scrape time.
+
+    One collector for all directions: two collectors yielding the same family names would expose
+    each family twice, which Prometheus' OpenMetrics parser rejects.
+    """
+
+    def __init__(self, *metrics: RequestMetrics, istio: bool = False) -> None:
+        self._metrics = metrics
+        self._istio = istio
+
     def collect(self) -> Iterator[Metric]:
         """Metric families for the Prometheus registry."""
         requests = CounterMetricFamily(
@@ -277,32 +292,32 @@ class RequestMetrics(Collector):
             "Response sizes (Istio standard metric).",
             labels=ISTIO_LABELS,
         )
-        for key, series in list(self._series.items()):
-            values = list(self.labels(key))
-            requests.add_metric(values, series.count)
-            duration.add_metric(
-                values, _cumulative(DURATION_BUCKETS, series.durations), series.duration_sum
-            )
-            req_bytes.add_metric(
-                values, _cumulative(SIZE_BUCKETS, series.req_sizes), series.req_sum
-            )
-            resp_bytes.add_metric(
-                values, _cumulative(SIZE_BUCKETS, series.resp_sizes), series.resp_sum
-            )
-            if istio:
-                ivalues = istio_labels(values)
-                i_requests.add_metric(ivalues, series.count)
-                i_duration.add_metric(
-                    ivalues,
-                    _cumulative(DURATION_BUCKETS, series.durations, 1000.0),
-                    series.duration_sum * 1000.0,
+        for metrics in self._metrics:
+            for values, series in metrics.samples():
+                requests.add_metric(values, series.count)
+                duration.add_metric(
+                    values, _cumulative(DURATION_BUCKETS, series.durations), series.duration_sum
                 )
-                i_req.add_metric(
-                    ivalues, _cumulative(SIZE_BUCKETS, series.req_sizes), series.req_sum
+                req_bytes.add_metric(
+                    values, _cumulative(SIZE_BUCKETS, series.req_sizes), series.req_sum
                 )
-                i_resp.add_metric(
-                    ivalues, _cumulative(SIZE_BUCKETS, series.resp_sizes), series.resp_sum
+                resp_bytes.add_metric(
+                    values, _cumulative(SIZE_BUCKETS, series.resp_sizes), series.resp_sum
                 )
+                if istio:
+                    ivalues = istio_labels(values)
+                    i_requests.add_metric(ivalues, series.count)
+                    i_duration.add_metric(
+                        ivalues,
+                        _cumulative(DURATION_BUCKETS, series.durations, 1000.0),
+                        series.duration_sum * 1000.0,
+                    )
+                    i_req.add_metric(
+                        ivalues, _cumulative(SIZE_BUCKETS, series.req_sizes), series.req_sum
+                    )
+                    i_resp.add_metric(
+                        ivalues, _cumulative(SIZE_BUCKETS, series.resp_sizes), series.resp_sum
+                    )
         yield from (requests, duration, req_bytes, resp_bytes)
         if istio:
             yield from (i_requests, i_duration, i_req, i_resp)
