@@ -3,8 +3,10 @@
 The request path only appends (Completed, kind) to a bounded deque — when full the span is dropped
 and counted, never waited for. A background task turns queued exchanges into Zipkin v2 JSON (accepted
 by Zipkin, Jaeger and the OpenTelemetry collector) and POSTs batches with a small HTTP/1.1 client
-(no aiohttp in the sidecar process); a dead or slow collector costs a failed-export counter and one
-bounded wait in that task.
+(no aiohttp in the sidecar process). Spans are built in small slices with a yield to the loop
+between them, so an export never stalls traffic for more than a fraction of a millisecond. After a
+failed export (collector down, slow or refusing) the exporter backs off, 1 s doubling to 30 s, and
+until then counts queued spans as failed without building them: a dead collector costs a counter.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +27,7 @@ from sidecar.telemetry.tracing import injected
 log = logging.getLogger("sidecar.tracing")
 
 CLIENT = "CLIENT"
+_SLICE = 32  # spans built between two yields to the event loop
 SERVER = "SERVER"
 
 
@@ -123,6 +127,8 @@ class ZipkinExporter:
         self._interval = interval
         self._timeout = timeout
         self._wake = asyncio.Event()
+        self._retry_at = 0.0  # monotonic time before which exports are not attempted
+        self._backoff = 0.0
         self.exported = 0  # spans the collector accepted
         self.dropped = 0  # spans not queued: queue full
         self.failed = 0  # spans lost to a failed export (collector down, slow or refusing)
@@ -143,22 +149,34 @@ class ZipkinExporter:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Export batches every `interval` (or when a batch fills) until `stop`, then flush once."""
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
-            self._wake.clear()
-            await self.flush()
+        # `stop` wakes the loop too, so shutdown does not wait out an interval.
+        waiter = asyncio.create_task(stop.wait())
+        waiter.add_done_callback(lambda _: self._wake.set())
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+                self._wake.clear()
+                await self.flush()
+        finally:
+            waiter.cancel()
         await self.flush()
 
     async def flush(self) -> None:
-        """Export everything queued now, in batches."""
+        """Export everything queued now, in batches (or count it failed while backing off)."""
         while self._queue:
+            if time.monotonic() < self._retry_at:
+                self.failed += len(self._queue)
+                self._queue.clear()
+                return
             batch: list[dict[str, Any]] = []
             while self._queue and len(batch) < self._batch_size:
-                done, kind, peer = self._queue.popleft()
-                span = build_span(done, kind, self._local, peer_service=peer)
-                if span is not None:
-                    batch.append(span)
+                for _ in range(min(_SLICE, len(self._queue), self._batch_size - len(batch))):
+                    done, kind, peer = self._queue.popleft()
+                    span = build_span(done, kind, self._local, peer_service=peer)
+                    if span is not None:
+                        batch.append(span)
+                await asyncio.sleep(0)  # let requests run between slices
             if batch:
                 await self._export(batch)
 
@@ -172,6 +190,7 @@ class ZipkinExporter:
             return
         if 200 <= status < 300:
             self.exported += len(spans)
+            self._backoff = 0.0
         else:
             self._failed(len(spans), f"HTTP {status}")
 
@@ -179,6 +198,8 @@ class ZipkinExporter:
         if not self.failed:  # say it once; the counter tells the rest
             log.warning("span export failed: %s", why, extra={"event": "span_export_failed"})
         self.failed += count
+        self._backoff = min(max(self._backoff * 2, 1.0), 30.0)
+        self._retry_at = time.monotonic() + self._backoff
 
     async def _post(self, body: bytes) -> int:
         reader, writer = await asyncio.open_connection(self._host, self._port)
