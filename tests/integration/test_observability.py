@@ -1,11 +1,13 @@
 """Observability end to end: a real Prometheus scraping the shop under traffic, promtool on every
 /metrics output, and one trace across frontend → catalog → customer at a Zipkin v2 collector."""
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,6 +20,48 @@ from tests.support.zipkin import zipkin_collector
 pytestmark = pytest.mark.integration
 
 SERVICES = ("frontend", "catalog", "customer")
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "lightmesh-mesh.json"
+
+
+def pod(name: str, address: str, annotations: dict[str, str], **labels: str) -> dict[str, Any]:
+    """A file_sd target group carrying the __meta_kubernetes_* labels kubernetes_sd gives a pod."""
+    meta = {
+        "__meta_kubernetes_namespace": "default",
+        "__meta_kubernetes_pod_name": name,
+        "__meta_kubernetes_pod_phase": labels.pop("phase", "Running"),
+    }
+    for key, value in annotations.items():
+        meta[f"__meta_kubernetes_pod_annotation_prometheus_io_{key}"] = value
+    for key, value in labels.items():
+        meta[f"__meta_kubernetes_pod_label_{key}"] = value
+    return {"targets": [address], "labels": meta}
+
+
+def deploy_job(tmp: Path, pods: list[dict[str, Any]]) -> dict[str, Any]:
+    """deploy/'s scrape job with its relabel rules as shipped. Debian's Prometheus is built without
+    kubernetes_sd, so file_sd stands in for it, with the same __meta_kubernetes_* labels."""
+    config = yaml.safe_load(DEPLOY_CONFIG.read_text())
+    (job,) = config["scrape_configs"]
+    assert job["kubernetes_sd_configs"] == [{"role": "pod"}]
+    del job["kubernetes_sd_configs"]
+    targets = tmp / "pods.json"
+    targets.parent.mkdir(parents=True, exist_ok=True)
+    targets.write_text(json.dumps(pods))
+    job["file_sd_configs"] = [{"files": [str(targets)], "refresh_interval": "1s"}]
+    job["scrape_interval"] = job["scrape_timeout"] = "1s"
+    return dict(job)
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every target of the Grafana dashboard, variables filled in."""
+    model = json.loads(DASHBOARD.read_text())
+    return [
+        (panel["title"], target["expr"].replace("$__rate_interval", "1m").replace("$service", ".*"))
+        for panel in model["panels"]
+        for target in panel.get("targets", [])
+    ]
 
 
 def fqdn(service: str) -> str:
@@ -46,19 +90,21 @@ def until_equal(read: Callable[[], object], expected: object, *, what: str) -> N
         raise AssertionError(f"{error}: last {seen}, expected {expected}") from None
 
 
-def sidecar_totals(mesh: LocalMesh) -> dict[tuple[str, str], float]:
-    """Destination-reported requests by (service, code), read from every sidecar's /metrics."""
-    totals: dict[tuple[str, str], float] = {}
+def sidecar_totals(
+    mesh: LocalMesh, keys: tuple[str, ...], **match: str
+) -> dict[tuple[str, ...], float]:
+    """lightmesh_requests_total summed by `keys` over the series matching `match`, read from
+    every sidecar's own /metrics (what Prometheus must end up with)."""
+    totals: dict[tuple[str, ...], float] = {}
     for workload in mesh.workloads.values():
         text = http_get(f"{workload.admin}/metrics").body.decode()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 labels = sample.labels
-                if (
-                    sample.name == "lightmesh_requests_total"
-                    and labels["reporter"] == "destination"
+                if sample.name == "lightmesh_requests_total" and all(
+                    labels[k] == v for k, v in match.items()
                 ):
-                    key = (labels["destination_service"], labels["response_code"])
+                    key = tuple(labels[k] for k in keys)
                     totals[key] = totals.get(key, 0) + sample.value
     return totals
 
@@ -73,17 +119,38 @@ def test_prometheus_scrapes_the_mesh_and_a_dead_collector_costs_nothing(
             "--istio-metrics", "--zipkin-url", dead_collector, "--trace-sampling", "100",
         ),
     )  # fmt: skip
-    targets = {
-        "controlplane": [f"127.0.0.1:{mesh.cp_debug_port}"],
-        "sidecars": [f"127.0.0.1:{w.admin_port}" for w in mesh.workloads.values()],
-    }
-    with prometheus(tmp_path / "prometheus", targets) as prom:
+    # Pods as kubernetes_sd would list them: discovered on their app's port, annotated with the
+    # sidecar admin port; one pod that did not opt in and one that completed are left out.
+    pods = [
+        pod(f"{name}-7d9f", f"127.0.0.1:{w.app_port}",
+            {"scrape": "true", "port": str(w.admin_port), "path": "/metrics"},
+            app=w.service, version=w.version)
+        for name, w in mesh.workloads.items()
+    ]  # fmt: skip
+    pods += [
+        pod("lightmesh-controlplane-1", f"127.0.0.1:{mesh.cp_port}",
+            {"scrape": "true", "port": str(mesh.cp_debug_port)}, app="lightmesh-controlplane"),
+        pod("no-opt-in", f"127.0.0.1:{free_port()}", {}),
+        pod("finished-job", f"127.0.0.1:{free_port()}", {"scrape": "true"}, phase="Succeeded"),
+    ]  # fmt: skip
+    jobs = [deploy_job(tmp_path / "sd", pods)]
+    with prometheus(tmp_path / "prometheus", jobs) as prom:
         wait_for(
             lambda: len(prom.targets()) == 5 and all(t["health"] == "up" for t in prom.targets()),
             timeout=30,
-            what="Prometheus to scrape all 5 targets successfully",
+            what="Prometheus to scrape all 5 annotated pods successfully",
         )
-        before = sidecar_totals(mesh)
+        scraped = {t["labels"]["pod"]: t for t in prom.targets()}
+        frontend = scraped["frontend-7d9f"]
+        assert frontend["scrapeUrl"] == f"{mesh.workloads['frontend'].admin}/metrics"
+        assert (frontend["labels"]["namespace"], frontend["labels"]["app"]) == (
+            "default",
+            "frontend",
+        )
+        by_service = ("destination_service", "response_code")
+        before = sidecar_totals(mesh, by_service, reporter="destination")
+        nr_keys = ("destination_service", "response_code", "reporter")
+        nr_before = sidecar_totals(mesh, nr_keys, response_flags="NR")  # start-up races
         sent = 60
         with Traffic(f"{mesh.workloads['frontend'].inbound}/items?id=7", limit=sent) as traffic:
             wait_for(lambda: traffic.sent >= sent, timeout=60, what=f"{sent} requests sent")
@@ -94,17 +161,24 @@ def test_prometheus_scrapes_the_mesh_and_a_dead_collector_costs_nothing(
         for _ in range(no_route):
             assert http_get("http://nowhere.example/", proxy=front.outbound).status == 404
 
-        expected = {(fqdn(s), "200"): before.get((fqdn(s), "200"), 0) + sent for s in SERVICES}
+        # What the sidecars counted before (start-up requests included), plus what was sent.
+        expected = dict(before)
+        for service in SERVICES:
+            expected[(fqdn(service), "200")] = expected.get((fqdn(service), "200"), 0) + sent
         query = 'sum(lightmesh_requests_total{reporter="destination"}) by (destination_service, response_code)'
         until_equal(
-            lambda: by(prom, query, "destination_service", "response_code"),
+            lambda: by(prom, query, *by_service),
             expected,
             what="Prometheus totals to count the requests sent",
         )
         nr_query = 'sum(lightmesh_requests_total{response_flags="NR"}) by (destination_service, response_code, reporter)'
+        nr_expected = dict(nr_before)
+        nr_expected[("unknown", "404", "source")] = (
+            nr_expected.get(("unknown", "404", "source"), 0) + no_route
+        )
         until_equal(
-            lambda: by(prom, nr_query, "destination_service", "response_code", "reporter"),
-            {("unknown", "404", "source"): no_route},
+            lambda: by(prom, nr_query, *nr_keys),
+            nr_expected,
             what="the no-route requests in Prometheus",
         )
         rates = by(
@@ -155,6 +229,12 @@ def test_prometheus_scrapes_the_mesh_and_a_dead_collector_costs_nothing(
             timeout=30,
             what="failed span exports to be counted",
         )
+
+        # Every query of the Grafana dashboard runs; the traffic panels have data.
+        for title, promql in dashboard_queries():
+            result = prom.query(promql)
+            if not title.startswith(("Proxy-made", "NACKs", "Sidecars:")):
+                assert result, f"dashboard panel {title!r}: no data for {promql}"
 
         # promtool on every /metrics output, and OpenMetrics when asked for it.
         for url in [mesh.debug_url, *(w.admin for w in mesh.workloads.values())]:

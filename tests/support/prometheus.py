@@ -61,21 +61,22 @@ class Prometheus:
         return targets
 
 
+def static_job(name: str, hosts: list[str], *, interval: str = "1s") -> dict[str, Any]:
+    """A scrape job for fixed host:port targets (path /metrics)."""
+    return {
+        "job_name": name,
+        "scrape_interval": interval,
+        "scrape_timeout": interval,
+        "static_configs": [{"targets": hosts}],
+    }
+
+
 @contextmanager
 def prometheus(
-    tmp: Path, targets: dict[str, list[str]], *, interval: str = "1s"
+    tmp: Path, jobs: list[dict[str, Any]], *, interval: str = "1s"
 ) -> Iterator[Prometheus]:
-    """Prometheus scraping `targets` (job -> ["host:port"], path /metrics) every `interval`."""
+    """Prometheus running `jobs` (scrape_configs entries), data in `tmp`."""
     tmp.mkdir(parents=True, exist_ok=True)
-    jobs = [
-        {
-            "job_name": job,
-            "scrape_interval": interval,
-            "scrape_timeout": interval,
-            "static_configs": [{"targets": hosts}],
-        }
-        for job, hosts in targets.items()
-    ]
     config = tmp / "prometheus.yml"
     # JSON is YAML: no YAML writer needed.
     config.write_text(
