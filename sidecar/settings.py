@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,10 +119,20 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         log_level=args.log_level,
         metrics=args.metrics,
         istio_metrics=args.istio_metrics,
-        zipkin_url=args.zipkin_url,
+        zipkin_url=_zipkin_url(args.zipkin_url),
         trace_sampling=_sampling(args.trace_sampling),
         access_log=args.access_log,
     )
+
+
+def _zipkin_url(url: str) -> str:
+    parts = urlsplit(url)
+    if url and (parts.scheme != "http" or not parts.hostname):
+        raise ValueError(
+            f"--zipkin-url: {url!r} is not an http://host[:port]/path URL "
+            "(e.g. http://zipkin.istio-system:9411/api/v2/spans)"
+        )
+    return url
 
 
 def _sampling(percent: float) -> float:

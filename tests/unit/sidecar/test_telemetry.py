@@ -1,14 +1,17 @@
 """Request metrics (labels, buckets, cardinality bound, Istio names), access-log records and the
 resolver/recorder wrappers, on hand-built exchanges."""
 
+import argparse
 import json
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.proxy.decision import Completed, Forward, RequestHead
+from sidecar.settings import add_arguments, from_arguments
 from sidecar.telemetry.accesslog import entry
 from sidecar.telemetry.hooks import Telemetry, wrap_recorder, wrap_resolver
 from sidecar.telemetry.metrics import (
@@ -233,3 +236,19 @@ def test_recorder_wrapper_fans_out_in_order() -> None:
     recorder(done())
     assert calls == ["router", "log"] and metrics.total() == 1
     assert wrap_recorder(Telemetry(), outbound=False) is None
+
+
+def test_telemetry_flags_are_validated_naming_the_flag() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    ok = from_arguments(
+        parser.parse_args(["--workload", "w", "--zipkin-url", "http://z:9411/api/v2/spans",
+                           "--trace-sampling", "5", "--istio-metrics", "--no-metrics"])
+    )  # fmt: skip
+    assert (ok.zipkin_url, ok.trace_sampling, ok.istio_metrics, ok.metrics) == (
+        "http://z:9411/api/v2/spans", 5.0, True, False,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="--zipkin-url"):
+        from_arguments(parser.parse_args(["--workload", "w", "--zipkin-url", "zipkin:9411"]))
+    with pytest.raises(ValueError, match="--trace-sampling"):
+        from_arguments(parser.parse_args(["--workload", "w", "--trace-sampling", "101"]))
