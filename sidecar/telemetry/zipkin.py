@@ -109,7 +109,7 @@ class ZipkinExporter:
         url: str,
         local: LocalEndpoint,
         *,
-        max_queue: int = 4096,
+        max_queue: int = 2048,
         batch_size: int = 256,
         interval: float = 1.0,
         timeout: float = 2.0,
