@@ -274,6 +274,12 @@ def markdown(result: dict[str, Any], *, command: str) -> str:
         )
     lines += [
         "",
+        "On this shared 2-core machine the p99 of one setup varies several-fold between runs "
+        "(a re-run of metrics-off vs metrics-on alone gave 9.2 and 7.5 ms): other work preempts "
+        "the pinned core. The stable figures are p50, CPU per request and the per-step cost below. "
+        "The dead and slow collectors cost no errors and no p50; the slow one fills the queue "
+        "during each bounded export wait, so spans are dropped and counted.",
+        "",
         "In-process cost per call (`timeit`, best of 5 rounds; the request itself costs about "
         f"{1e6 / max(off, 1):.0f} µs of sidecar time at saturation here):",
         "",
