@@ -28,14 +28,18 @@ def free_port() -> int:
     Ports the kernel hands out for port 0 come from the ephemeral range, which every outgoing
     connection on the machine also draws from: between this call and the child's bind, a client
     socket could take it (seen under parallel load). Ports below 32768 are never picked for those.
+    A port is handed out once per process: the callers bind them later, all at once.
     """
     for _ in range(200):
         port = _PORTS.randrange(20000, 32768)
+        if port in _GIVEN:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _GIVEN.add(port)
             return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -44,6 +48,7 @@ def free_port() -> int:
 
 
 _PORTS = random.Random()
+_GIVEN: set[int] = set()
 
 
 @dataclass(frozen=True, slots=True)
