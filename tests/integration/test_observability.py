@@ -259,9 +259,16 @@ def test_prometheus_scrapes_the_mesh_and_a_dead_collector_costs_nothing(
             assert {"lightmesh_requests", "lightmesh_request_duration_seconds"} <= names
 
 
-def test_one_trace_across_frontend_catalog_customer(mesh: LocalMesh) -> None:
+def test_one_trace_across_frontend_catalog_customer(mesh: LocalMesh, tmp_path: Path) -> None:
+    access_log = tmp_path / "access.log"  # all sidecars append whole lines to one file
     with zipkin_collector() as collector:
-        start_shop(mesh, sidecar_args=("--zipkin-url", collector.url, "--trace-sampling", "100"))
+        start_shop(
+            mesh,
+            sidecar_args=(
+                "--zipkin-url", collector.url, "--trace-sampling", "100",
+                "--access-log", str(access_log),
+            ),
+        )  # fmt: skip
         url = f"{mesh.workloads['frontend'].inbound}/items/1"
 
         # The caller decided not to sample: honoured at every hop.
@@ -281,6 +288,18 @@ def test_one_trace_across_frontend_catalog_customer(mesh: LocalMesh) -> None:
             what="5 spans of the W3C trace",
         )
         assert_shop_chain(spans, root_parent=caller)
+        # The access logs of the five hops carry the trace id and one request id.
+        lines = [json.loads(line) for line in access_log.read_text().splitlines()]
+        hops = [line for line in lines if line["trace_id"] == w3c]
+        assert sorted(h["direction"] for h in hops) == ["inbound"] * 3 + ["outbound"] * 2, hops
+        assert len({h["request_id"] for h in hops}) == 1
+        assert all(
+            (h["method"], h["path"], h["response_code"], h["response_flags"])
+            == ("GET", "/items/1", 200, "-")
+            for h in hops
+        ), hops
+        callers = sorted(h["peer_identity"].split(";")[0] for h in hops if h["peer_identity"])
+        assert len(callers) == 2 and callers[0].startswith("catalog-v") and callers[1] == "frontend"
 
         # B3 single header with a 64-bit trace id (padded to 128 bits, as Zipkin does).
         b3_trace = "80f198ee56343ba8"
