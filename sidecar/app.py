@@ -16,17 +16,13 @@ from lightmesh.v1 import discovery_pb2 as pb
 from sidecar.admin import Admin
 from sidecar.config.apply import DataPlane
 from sidecar.config.client import ConfigClient
-from sidecar.proxy.decision import Completed
 from sidecar.proxy.engine import start_proxy
 from sidecar.proxy.local_server import start_local_server
 from sidecar.router import InboundRouter, OutboundRouter
 from sidecar.settings import Settings
-from sidecar.telemetry.accesslog import AccessLog
-from sidecar.telemetry.hooks import Telemetry, wrap_recorder, wrap_resolver
-from sidecar.telemetry.metrics import RequestCollector, RequestMetrics, peer_value
+from sidecar.telemetry import wiring
+from sidecar.telemetry.hooks import wrap_recorder, wrap_resolver
 from sidecar.telemetry.state import SidecarState
-from sidecar.telemetry.tracing import Tracer
-from sidecar.telemetry.zipkin import LocalEndpoint, ZipkinExporter
 
 log = logging.getLogger("sidecar")
 
@@ -57,60 +53,13 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     dataplane = DataPlane(max_regex_length=settings.max_regex_length)
     outbound_router = OutboundRouter(dataplane)
     registry = CollectorRegistry()
-    labels = dict(settings.labels)
-    app_name = labels.get("app", settings.services[0] if settings.services else settings.workload)
-    version = labels.get("version", "")
-    local_service = settings.services[0] if settings.services else settings.workload
-
-    def request_metrics(reporter: str) -> RequestMetrics | None:
-        if not settings.metrics:
-            return None
-        return RequestMetrics(
-            reporter=reporter,
-            workload=settings.workload,
-            namespace=settings.namespace,
-            app=app_name,
-            version=version,
-            local_service=local_service,
-        )
-
-    tracer = exporter = None
-    if settings.zipkin_url:
-        tracer = Tracer(sample_percent=settings.trace_sampling)
-        exporter = ZipkinExporter(
-            settings.zipkin_url,
-            LocalEndpoint(
-                service=f"{local_service}.{settings.namespace}",
-                address=settings.advertise or settings.bind,
-            ),
-        )
-    access_log = AccessLog(settings.access_log) if settings.access_log else None
-    outbound_telemetry = Telemetry(
-        metrics=request_metrics("source"),
-        tracer=tracer,
-        exporter=exporter,
-        access_log=access_log.writer("outbound") if access_log else None,
-        peer=peer_value(settings.workload, settings.namespace, app_name, version or "unknown"),
-    )
-    inbound_telemetry = Telemetry(
-        metrics=request_metrics("destination"),
-        tracer=tracer,
-        exporter=exporter,
-        access_log=access_log.writer("inbound") if access_log else None,
-    )
-    registry.register(
-        RequestCollector(
-            *(t.metrics for t in (outbound_telemetry, inbound_telemetry) if t.metrics),
-            istio=settings.istio_metrics,
-        )
-    )
+    telemetry = wiring.build(settings, registry)
 
     outbound = await start_proxy(
         settings.bind,
         settings.outbound_port,
-        resolver=wrap_resolver(outbound_router.resolve, outbound_telemetry),
-        recorder=wrap_recorder(outbound_telemetry, outbound=True, then=outbound_router.finished)
-        or _ignore,
+        resolver=wrap_resolver(outbound_router.resolve, telemetry.outbound),
+        recorder=wrap_recorder(telemetry.outbound, outbound=True, then=outbound_router.finished),
         listener="outbound",
     )
     inbound = None
@@ -119,8 +68,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         inbound = await start_proxy(
             settings.bind,
             settings.inbound_port,
-            resolver=wrap_resolver(inbound_router.resolve, inbound_telemetry),
-            recorder=wrap_recorder(inbound_telemetry, outbound=False) or _ignore,
+            resolver=wrap_resolver(inbound_router.resolve, telemetry.inbound),
+            recorder=wrap_recorder(telemetry.inbound, outbound=False),
             listener="inbound",
         )
     node = build_node(settings, inbound_port=inbound.port if inbound else 0)
@@ -133,7 +82,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             protocol=client.protocol,
             connected=lambda: client.connected,
             active=active,
-            exporter=exporter,
+            exporter=telemetry.exporter,
         )
     )
     draining = False
@@ -159,9 +108,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         },
     )
     client_task = asyncio.create_task(client.run(stop), name="config-client")
-    exporter_task = (
-        asyncio.create_task(exporter.run(stop), name="span-export") if exporter else None
-    )
+    telemetry_task = asyncio.create_task(telemetry.run(stop), name="telemetry")
     await stop.wait()
     draining = True
     log.info("draining", extra={"event": "draining", "timeout": settings.drain_timeout})
@@ -170,15 +117,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         *([inbound.close(settings.drain_timeout)] if inbound else []),
     )
     await client_task
-    if exporter is not None and exporter_task is not None:
-        await exporter_task
-        await exporter.flush()  # the spans of requests that finished while draining
-    if access_log is not None:
-        access_log.close()
+    await telemetry_task
+    await telemetry.close()  # the spans of requests that finished while draining
     admin_server.close()
     await admin_server.wait_closed()
     log.info("stopped", extra={"event": "stopped"})
-
-
-def _ignore(_: Completed) -> None:
-    """The recorder of a listener with nothing to report to."""

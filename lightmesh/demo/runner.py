@@ -91,6 +91,10 @@ def _catalog_versions(mesh: LocalMesh, n: int, **kw: dict[str, str]) -> Counter[
         catalog = body.get("upstream")
         if not isinstance(catalog, dict) or not isinstance(catalog.get("upstream"), dict):
             return None
+        # The whole chain answered: a catalog whose sidecar does not know customer yet still
+        # answers 200, with the sidecar's 404 (no route) as its upstream error.
+        if catalog["upstream"].get("workload") != "customer":
+            return None
         seen[str(catalog.get("version"))] += 1
     return seen
 

@@ -53,8 +53,8 @@ def wrap_resolver(resolve: Resolver, telemetry: Telemetry) -> Resolver:
 
 def wrap_recorder(
     telemetry: Telemetry, *, outbound: bool, then: Recorder | None = None
-) -> Recorder | None:
-    """One recorder feeding `then`, metrics, spans and the access log; None if there is nothing."""
+) -> Recorder:
+    """One recorder feeding `then`, metrics, spans and the access log (a no-op if nothing)."""
     parts: list[Recorder] = [r for r in (then,) if r is not None]
     if telemetry.metrics is not None:
         parts.append(telemetry.metrics.record)
@@ -72,7 +72,7 @@ def wrap_recorder(
     if telemetry.access_log is not None:
         parts.append(telemetry.access_log)
     if not parts:
-        return None
+        return _ignore
     if len(parts) == 1:
         return parts[0]
     if len(parts) == 2:
@@ -89,3 +89,7 @@ def wrap_recorder(
             part(done)
 
     return record_all
+
+
+def _ignore(_: Completed) -> None:
+    """The recorder of a listener with nothing to report to."""
