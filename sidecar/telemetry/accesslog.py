@@ -19,9 +19,11 @@ from sidecar.telemetry.tracing import B3_TRACE
 def entry(done: Completed, *, direction: str) -> dict[str, Any]:
     """The access-log record of one exchange."""
     head = done.head
+    # Requests refused before parsing completed carry no start time: derive it from now.
+    started = done.start_time or time.time() - done.duration
     record: dict[str, Any] = {
-        "start_time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(done.start_time))
-        + f".{int(done.start_time * 1000) % 1000:03d}Z",
+        "start_time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started))
+        + f".{int(started * 1000) % 1000:03d}Z",
         "direction": direction,
         "method": done.method,
         "path": head.path if head else "",
