@@ -12,7 +12,6 @@ from prometheus_client.registry import Collector
 
 from controlplane.store import Store
 
-
 # What the sidecar injector puts on every pod it injects, so the Prometheus config in
 # deploy/prometheus/ scrapes the sidecar's admin port with zero setup.
 SIDECAR_SCRAPE_ANNOTATIONS = {
@@ -124,8 +123,8 @@ class _StoreCollector(Collector):
         invalid: Tally[str] = Tally()
         for name in {p.resource for p in self._store.problems()}:
             invalid[name.partition(" ")[0] or "unknown"] += 1
-        for kind in ("VirtualService", "DestinationRule", *sorted(invalid)):
-            resources.add_metric([kind, "false"], invalid.pop(kind, 0))
+        for kind in sorted({"VirtualService", "DestinationRule", *invalid}):
+            resources.add_metric([kind, "false"], invalid[kind])
         services = GaugeMetricFamily(
             "lightmesh_controlplane_services", "Services known (with their endpoints)."
         )
