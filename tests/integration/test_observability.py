@@ -248,15 +248,20 @@ def test_prometheus_scrapes_the_mesh_and_a_dead_collector_costs_nothing(
             ]
             assert problems == [], f"{url}/metrics: {output}"
             assert code == 0 or "istio_request_duration_milliseconds" in output, output
-        for workload in mesh.workloads.values():
+        for url in [mesh.debug_url, *(w.admin for w in mesh.workloads.values())]:
             reply = http_get(
-                f"{workload.admin}/metrics",
+                f"{url}/metrics",
                 headers={"Accept": "application/openmetrics-text; version=1.0.0"},
             )
             content_type = {k.lower(): v for k, v in reply.headers.items()}["content-type"]
             assert content_type.startswith("application/openmetrics-text"), content_type
             names = {f.name for f in openmetrics(reply.body.decode())}
-            assert {"lightmesh_requests", "lightmesh_request_duration_seconds"} <= names
+            expected = (
+                {"lightmesh_controlplane_connected_proxies"}
+                if url == mesh.debug_url
+                else {"lightmesh_requests", "lightmesh_request_duration_seconds"}
+            )
+            assert expected <= names, (url, names)
 
 
 def test_one_trace_across_frontend_catalog_customer(mesh: LocalMesh, tmp_path: Path) -> None:
