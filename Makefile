@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit component integration kube k8s-bins netns netns-tools proto crds check-demo clean bench bench-quick bench-tools
+.PHONY: demo test lint typecheck unit component integration kube k8s-bins netns netns-tools prometheus-bin proto crds check-demo clean bench bench-quick bench-tools bench-telemetry
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,13 +33,18 @@ unit: $(STAMP)
 component: $(STAMP)
 	$(BIN)/pytest -q tests/component
 
-integration: $(STAMP)
+integration: $(STAMP) prometheus-bin
 	$(BIN)/pytest -q tests/integration
 
 # A real kube-apiserver + etcd + kubectl, built from Go modules into ~/.cache/lightmesh/k8s/ (about
 # 7 minutes cold on 2 cores, skipped when present).
 k8s-bins:
 	scripts/k8s/build.sh
+
+# The real Prometheus server and promtool the observability tests scrape with (Debian package
+# `prometheus`; skipped when both are on PATH).
+prometheus-bin:
+	scripts/install-prometheus.sh
 
 kube: $(STAMP) k8s-bins
 	$(BIN)/pytest -q tests/kube
@@ -51,7 +56,7 @@ netns-tools:
 netns: $(STAMP) netns-tools
 	$(BIN)/pytest -q tests/netns
 
-test: lint typecheck $(STAMP) k8s-bins netns-tools
+test: lint typecheck $(STAMP) k8s-bins netns-tools prometheus-bin
 	$(BIN)/pytest -q tests
 
 bench-tools: $(STAMP)
@@ -59,6 +64,10 @@ bench-tools: $(STAMP)
 
 bench: bench-tools
 	$(BIN)/python -m bench dataplane --profile --json docs/dataplane.json --markdown docs/benchmarks.md --chart docs/dataplane.png
+
+# Telemetry cost: metrics on vs off, p99 with a dead or slow span collector.
+bench-telemetry: bench-tools
+	$(BIN)/python -m bench telemetry --json docs/telemetry.json --markdown docs/benchmarks.md
 
 bench-quick: bench-tools
 	$(BIN)/python -m bench dataplane --quick --json /tmp/lightmesh-dataplane.json

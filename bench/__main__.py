@@ -2,6 +2,7 @@
 
 python -m bench dataplane [--quick] [--json FILE] [--markdown FILE] [--chart FILE] [--profile]
 python -m bench startup [--runs N]
+python -m bench telemetry [--quick] [--json FILE] [--markdown FILE]
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 
 def main(argv: list[str]) -> int:
     """Dispatch to a benchmark's own `main`."""
-    usage = "usage: python -m bench {dataplane,startup} [options]   (-h after one for its options)"
+    usage = "usage: python -m bench {dataplane,startup,telemetry} [options]   (-h after one for its options)"
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return 0 if argv else 2
@@ -20,6 +21,10 @@ def main(argv: list[str]) -> int:
         from bench import dataplane
 
         return dataplane.main(rest)
+    if command == "telemetry":
+        from bench import telemetry
+
+        return telemetry.main(rest)
     if command == "startup":
         from bench import startup
 

@@ -176,6 +176,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     if api is not None:
         status = StatusWriter(api, lease_namespace=settings.lease_namespace)
         kube = KubeSource(store, api, on_status=status.submit, namespaces=settings.watch_namespaces)
+    metrics.observe_store(store, watch_restarts=(lambda: kube.watch_restarts) if kube else None)
     # Load every source before serving so the first sidecar gets the full config, not a partial one.
     if files is not None:
         await files.load()

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 from google.protobuf.json_format import MessageToDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.push import Pusher
@@ -87,8 +88,14 @@ def build_app(
         }
         return web.json_response(body, dumps=_dumps)
 
-    async def prometheus(_: web.Request) -> web.Response:
+    async def prometheus(request: web.Request) -> web.Response:
         metrics.problems.set(len(store.problems()))
+        # OpenMetrics when the scraper asks for it (Prometheus does), text format otherwise.
+        if "application/openmetrics-text" in request.headers.get("Accept", ""):
+            body = openmetrics.generate_latest(metrics.registry)  # type: ignore[no-untyped-call]
+            return web.Response(
+                body=body, headers={"Content-Type": openmetrics.CONTENT_TYPE_LATEST}
+            )
         return web.Response(
             body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )

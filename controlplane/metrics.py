@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from controlplane.store import Store
+
+# What the sidecar injector puts on every pod it injects, so the Prometheus config in
+# deploy/prometheus/ scrapes the sidecar's admin port with zero setup.
+SIDECAR_SCRAPE_ANNOTATIONS = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": "15000",
+    "prometheus.io/path": "/metrics",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +32,8 @@ class ControlPlaneMetrics:
     nacks: Counter
     convergence: Histogram
     problems: Gauge
+    certificates: Counter
+    injections: Counter
 
     @classmethod
     def create(cls) -> ControlPlaneMetrics:
@@ -60,4 +76,66 @@ class ControlPlaneMetrics:
                 "Current validation problems of resources.",
                 registry=registry,
             ),
+            certificates=Counter(
+                "lightmesh_controlplane_certificates_signed",
+                "Workload certificates signed by the CA.",
+                registry=registry,
+            ),
+            injections=Counter(
+                "lightmesh_controlplane_injections",
+                "Pods the admission webhook injected a sidecar into, by outcome.",
+                ["outcome"],
+                registry=registry,
+            ),
         )
+
+    def observe_store(
+        self,
+        store: Store,
+        *,
+        watch_restarts: Callable[[], Mapping[tuple[str, str], int]] | None = None,
+    ) -> None:
+        """Also expose, read at scrape time, resources by kind and validity and watch restarts."""
+        self.registry.register(_StoreCollector(store, watch_restarts))
+
+
+class _StoreCollector(Collector):
+    """Resources by kind and validity, and Kubernetes watch restarts, read when scraped."""
+
+    def __init__(
+        self,
+        store: Store,
+        watch_restarts: Callable[[], Mapping[tuple[str, str], int]] | None,
+    ) -> None:
+        self._store = store
+        self._watch_restarts = watch_restarts
+
+    def collect(self) -> Iterator[Metric]:
+        """Metric families for the Prometheus registry."""
+        world = self._store.world()
+        resources = GaugeMetricFamily(
+            "lightmesh_controlplane_resources",
+            "Routing resources known, by kind and validity (invalid ones are not served).",
+            labels=["kind", "valid"],
+        )
+        resources.add_metric(["VirtualService", "true"], len(world.virtual_services))
+        resources.add_metric(["DestinationRule", "true"], len(world.destination_rules))
+        invalid: Tally[str] = Tally()
+        for name in {p.resource for p in self._store.problems()}:
+            invalid[name.partition(" ")[0] or "unknown"] += 1
+        for kind in sorted({"VirtualService", "DestinationRule", *invalid}):
+            resources.add_metric([kind, "false"], invalid[kind])
+        services = GaugeMetricFamily(
+            "lightmesh_controlplane_services", "Services known (with their endpoints)."
+        )
+        services.add_metric([], len(world.services))
+        yield from (resources, services)
+        if self._watch_restarts is not None:
+            restarts = CounterMetricFamily(
+                "lightmesh_controlplane_watch_restarts",
+                "Kubernetes list/watch restarts, by kind and reason (expired: 410 Gone; error).",
+                labels=["kind", "reason"],
+            )
+            for (kind, reason), count in sorted(self._watch_restarts().items()):
+                restarts.add_metric([kind, reason], count)
+            yield restarts

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 
 from lightmesh.types import SHORT_NAMES
 from sidecar.config.apply import DataPlane
@@ -51,10 +52,7 @@ class Admin:
         if path == "/healthz":
             return LocalResponse(status=200, headers=_TEXT, body=b"ok\n")
         if path == "/metrics":
-            body = generate_latest(self._registry)
-            return LocalResponse(
-                status=200, headers=[(b"content-type", CONTENT_TYPE_LATEST.encode())], body=body
-            )
+            return self._metrics(head)
         if path == "/certs":
             return LocalResponse(
                 status=200, headers=_JSON, body=json.dumps(self.certs(), indent=2).encode()
@@ -85,6 +83,19 @@ class Admin:
             return LocalResponse(status=501, headers=_TEXT, body=b"quit is not wired\n")
         self._quit()
         return LocalResponse(status=200, headers=_TEXT, body=b"draining, then exiting\n")
+
+    def _metrics(self, head: RequestHead) -> LocalResponse:
+        # OpenMetrics only when the scraper asks for it (Prometheus does), text format otherwise.
+        accept = head.header(b"accept") or b""
+        if b"application/openmetrics-text" in accept:
+            body = openmetrics.generate_latest(self._registry)  # type: ignore[no-untyped-call]
+            content_type = openmetrics.CONTENT_TYPE_LATEST
+        else:
+            body = generate_latest(self._registry)
+            content_type = CONTENT_TYPE_LATEST
+        return LocalResponse(
+            status=200, headers=[(b"content-type", content_type.encode())], body=body
+        )
 
     def _ready(self) -> LocalResponse:
         if self._draining():

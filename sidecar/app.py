@@ -19,12 +19,13 @@ from sidecar.admin import Admin
 from sidecar.config.apply import DataPlane
 from sidecar.config.client import ConfigClient
 from sidecar.identity.manager import CertificateManager
-from sidecar.proxy.decision import Completed
 from sidecar.proxy.engine import start_proxy
 from sidecar.proxy.local_server import start_local_server
 from sidecar.router import InboundRouter, OutboundRouter
 from sidecar.settings import Settings
-from sidecar.telemetry.metrics import RequestMetrics
+from sidecar.telemetry import wiring
+from sidecar.telemetry.hooks import wrap_recorder, wrap_resolver
+from sidecar.telemetry.state import SidecarState
 
 log = logging.getLogger("sidecar")
 
@@ -74,27 +75,13 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     dataplane = DataPlane(max_regex_length=settings.max_regex_length)
     outbound_router = OutboundRouter(dataplane)
     registry = CollectorRegistry()
-    outbound_metrics = RequestMetrics(
-        reporter="source", workload=settings.workload, namespace=settings.namespace
-    )
-    inbound_metrics = RequestMetrics(
-        reporter="destination",
-        workload=settings.workload,
-        namespace=settings.namespace,
-        local_service=settings.services[0] if settings.services else settings.workload,
-    )
-    registry.register(outbound_metrics)
-    registry.register(inbound_metrics)
-
-    def record_outbound(done: Completed) -> None:
-        outbound_router.finished(done)
-        outbound_metrics.record(done)
+    telemetry = wiring.build(settings, registry)
 
     outbound = await start_proxy(
         settings.bind,
         settings.outbound_port,
-        resolver=outbound_router.resolve,
-        recorder=record_outbound,
+        resolver=wrap_resolver(outbound_router.resolve, telemetry.outbound),
+        recorder=wrap_recorder(telemetry.outbound, outbound=True, then=outbound_router.finished),
         listener="outbound",
     )
     inbound = None
@@ -103,8 +90,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         inbound = await start_proxy(
             settings.bind,
             settings.inbound_port,
-            resolver=inbound_router.resolve,
-            recorder=inbound_metrics.record,
+            resolver=wrap_resolver(inbound_router.resolve, telemetry.inbound),
+            recorder=wrap_recorder(telemetry.inbound, outbound=False),
             listener="inbound",
         )
     node = build_node(settings, inbound_port=inbound.port if inbound else 0)
@@ -113,6 +100,17 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         target=settings.control_plane, ca_bundle=ca_bundle, node=node, dataplane=dataplane
     )
     certificates = _certificate_manager(settings, ca_bundle)
+    active = {"outbound": lambda: outbound.active}
+    if inbound is not None:
+        active["inbound"] = lambda: inbound.active
+    registry.register(
+        SidecarState(
+            protocol=client.protocol,
+            connected=lambda: client.connected,
+            active=active,
+            exporter=telemetry.exporter,
+        )
+    )
     draining = False
     admin = Admin(
         node=MessageToDict(node),
@@ -141,6 +139,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     certs_task = (
         asyncio.create_task(certificates.run(stop), name="certificates") if certificates else None
     )
+    telemetry_task = asyncio.create_task(telemetry.run(stop), name="telemetry")
     await stop.wait()
     draining = True
     log.info("draining", extra={"event": "draining", "timeout": settings.drain_timeout})
@@ -151,6 +150,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     await client_task
     if certs_task is not None:
         await certs_task
+    await telemetry_task
+    await telemetry.close()  # the spans of requests that finished while draining
     admin_server.close()
     await admin_server.wait_closed()
     log.info("stopped", extra={"event": "stopped"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,6 +35,11 @@ class Settings:
     token_file: str = ""
     cert_ttl: int = 0  # requested certificate lifetime, seconds; 0: the control plane's default
     identity_dir: str = ""  # where key/cert files live (0700); default: a private temp dir
+    metrics: bool = True  # request metrics (off only to measure their cost)
+    istio_metrics: bool = False  # also expose Istio's standard metric names and labels
+    zipkin_url: str = ""  # Zipkin v2 endpoint (http://host:port/api/v2/spans); "": no tracing
+    trace_sampling: float = 1.0  # percent of new traces sampled (an incoming decision wins)
+    access_log: str = ""  # "-": stdout, a path: that file, "": off
 
 
 def _env(name: str, default: str) -> str:
@@ -83,6 +89,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--cert-ttl", type=int, default=int(_env("CERT_TTL", "0")), help="seconds")
     add("--identity-dir", default=_env("IDENTITY_DIR", ""))
+    add(
+        "--metrics",
+        action=argparse.BooleanOptionalAction,
+        default=_env("METRICS", "true") == "true",
+        help="record request metrics (default on)",
+    )
+    add(
+        "--istio-metrics",
+        action=argparse.BooleanOptionalAction,
+        default=_env("ISTIO_METRICS", "false") == "true",
+        help="also expose istio_* metrics with Istio's labels (for Istio dashboards and Kiali)",
+    )
+    add("--zipkin-url", default=_env("ZIPKIN_URL", ""), help="Zipkin v2 span endpoint URL")
+    add(
+        "--trace-sampling",
+        type=float,
+        default=float(_env("TRACE_SAMPLING", "1")),
+        help="percent of new traces to sample, 0-100 (default 1)",
+    )
+    add("--access-log", default=_env("ACCESS_LOG", ""), help="JSON access log: '-' or a path")
 
 
 def from_arguments(args: argparse.Namespace) -> Settings:
@@ -110,4 +136,25 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         token_file=args.token_file,
         cert_ttl=args.cert_ttl,
         identity_dir=args.identity_dir,
+        metrics=args.metrics,
+        istio_metrics=args.istio_metrics,
+        zipkin_url=_zipkin_url(args.zipkin_url),
+        trace_sampling=_sampling(args.trace_sampling),
+        access_log=args.access_log,
     )
+
+
+def _zipkin_url(url: str) -> str:
+    parts = urlsplit(url)
+    if url and (parts.scheme != "http" or not parts.hostname):
+        raise ValueError(
+            f"--zipkin-url: {url!r} is not an http://host[:port]/path URL "
+            "(e.g. http://zipkin.istio-system:9411/api/v2/spans)"
+        )
+    return url
+
+
+def _sampling(percent: float) -> float:
+    if not 0.0 <= percent <= 100.0:
+        raise ValueError(f"--trace-sampling: {percent} is not a percentage within 0..100")
+    return percent

@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import threading
+from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -61,6 +62,8 @@ class KubeSource:
         self._synced: set[tuple[str, str | None]] = set()
         self._all_synced = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # (kind, "expired" | "error") -> list/watch restarts, read by the metrics at scrape time
+        self.watch_restarts: Counter[tuple[str, str]] = Counter()
 
     def start(self) -> None:
         """Start one list/watch thread per kind (and namespace, when scoped)."""
@@ -105,6 +108,7 @@ class KubeSource:
                 while not self._stop.is_set():
                     version = self._watch(kind, scope, version)
             except _Gone:
+                self.watch_restarts[(kind, "expired")] += 1
                 log.info(
                     "watch expired, relisting",
                     extra={"event": "relist", "kind": kind, "namespace": scope or ""},
@@ -112,6 +116,7 @@ class KubeSource:
             except Exception as error:
                 if self._stop.is_set():
                     return
+                self.watch_restarts[(kind, "error")] += 1
                 log.warning(
                     "list/watch failed: %s",
                     error,

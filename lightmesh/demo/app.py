@@ -13,7 +13,21 @@ from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
-PROPAGATED = ("end-user", "x-request-id", "traceparent", "tracestate")
+# What an instrumented app forwards from the request it serves to the calls it makes, so the
+# sidecars can join the hops into one trace: the request id, W3C trace context and B3 (multi- and
+# single-header), plus the header the demo routes on.
+PROPAGATED = (
+    "end-user",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+)
 
 
 def build_app(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,11 +23,32 @@ from typing import Any, Self
 
 
 def free_port() -> int:
-    """An unused TCP port on 127.0.0.1 (the kernel's choice)."""
+    """An unused TCP port on 127.0.0.1, below the kernel's ephemeral range.
+
+    Ports the kernel hands out for port 0 come from the ephemeral range, which every outgoing
+    connection on the machine also draws from: between this call and the child's bind, a client
+    socket could take it (seen under parallel load). Ports below 32768 are never picked for those.
+    A port is handed out once per process: the callers bind them later, all at once.
+    """
+    for _ in range(200):
+        port = _PORTS.randrange(20000, 32768)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            _GIVEN.add(port)
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
+
+
+_PORTS = random.Random()
+_GIVEN: set[int] = set()
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,13 +52,18 @@ BROKEN = {
 }  # fmt: skip
 
 
-def start_shop(mesh: LocalMesh) -> None:
+def start_shop(mesh: LocalMesh, *, sidecar_args: tuple[str, ...] = ()) -> None:
     """Start the control plane and the four workloads of the shop, and wait until all are ready."""
     mesh.start_control_plane()
-    mesh.start_workload("frontend", service="frontend", call="catalog")
-    mesh.start_workload("catalog-v1", service="catalog", version="v1", call="customer")
-    mesh.start_workload("catalog-v2", service="catalog", version="v2", call="customer")
-    mesh.start_workload("customer", service="customer")
+    args = sidecar_args
+    mesh.start_workload("frontend", service="frontend", call="catalog", sidecar_args=args)
+    mesh.start_workload(
+        "catalog-v1", service="catalog", version="v1", call="customer", sidecar_args=args
+    )
+    mesh.start_workload(
+        "catalog-v2", service="catalog", version="v2", call="customer", sidecar_args=args
+    )
+    mesh.start_workload("customer", service="customer", sidecar_args=args)
     mesh.wait_ready(timeout=30)
     # Every sidecar must also know every endpoint before the demo is usable: the first sidecars
     # connect before the others have registered. Ten requests of the 80/20 split reach both.
@@ -85,6 +90,10 @@ def _catalog_versions(mesh: LocalMesh, n: int, **kw: dict[str, str]) -> Counter[
             return None
         catalog = body.get("upstream")
         if not isinstance(catalog, dict) or not isinstance(catalog.get("upstream"), dict):
+            return None
+        # The whole chain answered: a catalog whose sidecar does not know customer yet still
+        # answers 200, with the sidecar's 404 (no route) as its upstream error.
+        if catalog["upstream"].get("workload") != "customer":
             return None
         seen[str(catalog.get("version"))] += 1
     return seen

@@ -21,6 +21,7 @@ class Held:
     nacked_version: str = ""
     nack_message: str = ""
     nacked_at: float = 0.0
+    nacks: int = 0  # versions of this type rejected so far (for metrics)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,6 +57,7 @@ class ClientProtocol:
         held.nacked_version = version
         held.nack_message = error
         held.nacked_at = now
+        held.nacks += 1
         return Reply(type_url=type_url, version=held.version, nonce=nonce, error=error)
 
     @property

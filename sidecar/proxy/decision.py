@@ -77,6 +77,9 @@ class Completed:
     response_bytes: int
     # "address:port" of the endpoint of a Forward decision, "" for local replies.
     upstream: str = ""
+    # The forwarded head after the resolver ran (trace headers included); None if unparseable.
+    head: RequestHead | None = None
+    start_time: float = 0.0  # time.time() when the request started, for spans and access logs
 
 
 Recorder = Callable[[Completed], None]

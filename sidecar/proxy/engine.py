@@ -579,13 +579,14 @@ class ProxyListener:
 
     async def _exchange(self, client: _Client, start: RequestStart) -> bool:
         started = self._clock()
+        wall = time.time()
         body = RequestBody(client.requests)
         try:
             head = forwarded_head(start, peer=client.peer)
         except ParseError:
             bad_target = LocalReply(status=400, body="bad request target", flags="DPE")
             outcome = await self._reply(client, start, body, bad_target)
-            self._record(start, None, outcome, started, body.consumed)
+            self._record(start, None, outcome, started, body.consumed, start_time=wall)
             return False
         decision = self._resolve(head)
         upstream = ""
@@ -594,7 +595,9 @@ class ProxyListener:
         else:
             upstream = f"{decision.address}:{decision.port}"
             outcome = await self._forward(client, start, head, body, decision)
-        self._record(start, head, outcome, started, body.consumed, upstream=upstream)
+        self._record(
+            start, head, outcome, started, body.consumed, upstream=upstream, start_time=wall
+        )
         return outcome.keep_alive and body.complete and not self._draining
 
     def _resolve(self, head: RequestHead) -> Decision:
@@ -614,6 +617,7 @@ class ProxyListener:
         request_bytes: int,
         *,
         upstream: str = "",
+        start_time: float = 0.0,
     ) -> None:
         completed = Completed(
             method=start.method if start else "",
@@ -625,6 +629,8 @@ class ProxyListener:
             request_bytes=request_bytes,
             response_bytes=outcome.response_bytes,
             upstream=upstream,
+            head=head,
+            start_time=start_time,
         )
         try:
             self._recorder(completed)

@@ -76,7 +76,8 @@ def test_requests_cross_two_sidecars_and_are_counted(mesh: LocalMesh) -> None:
     ), outbound
     inbound = samples(f"{mesh.workloads['customer'].admin}/metrics", "lightmesh_requests_total")
     assert any(
-        labels["reporter"] == "destination" and labels["destination_service"] == "customer"
+        labels["reporter"] == "destination"
+        and labels["destination_service"] == "customer.default.svc.cluster.local"
         for labels, _ in inbound
     ), inbound
 
