@@ -134,7 +134,6 @@ class ConsistentHash:
     header: str = ""
     cookie: str = ""
     source_ip: bool = False
-    ring_size: int = 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -163,7 +163,6 @@ _TRAFFIC_POLICY = _obj(
                         "httpHeaderName": _str(),
                         "httpCookie": _obj({"name": _str(), "ttl": _DURATION}, required=["name"]),
                         "useSourceIp": {"type": "boolean"},
-                        "minimumRingSize": _int(minimum=1, maximum=1 << 20),
                     },
                     desc="Exactly one of httpHeaderName, httpCookie, useSourceIp.",
                 ),

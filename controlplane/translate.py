@@ -120,9 +120,7 @@ def _cluster(host: str, subset: str, policy: TrafficPolicy) -> pb.Cluster:
         ch = policy.consistent_hash
         cluster.lb_policy = pb.RING_HASH
         cluster.hash.CopyFrom(
-            pb.ConsistentHash(
-                header=ch.header, cookie=ch.cookie, source_ip=ch.source_ip, ring_size=ch.ring_size
-            )
+            pb.ConsistentHash(header=ch.header, cookie=ch.cookie, source_ip=ch.source_ip)
         )
     if policy.outlier is not None:
         od = policy.outlier

@@ -386,7 +386,6 @@ def _traffic_policy(raw: Mapping[str, Any] | None, path: str) -> TrafficPolicy:
             header=ch.get("httpHeaderName", "").lower(),
             cookie=ch.get("httpCookie", {}).get("name", ""),
             source_ip=bool(ch.get("useSourceIp")),
-            ring_size=ch.get("minimumRingSize", 1024),
         )
     tcp = raw.get("connectionPool", {}).get("tcp", {})
     http = raw.get("connectionPool", {}).get("http", {})

@@ -6,8 +6,8 @@
 - PEAK_EWMA: power of two choices on peak-EWMA latency x (in flight + 1), as Linkerd and Finagle do:
   a latency spike counts at once, recovery is smoothed, and an idle endpoint's estimate decays so it
   is tried again. The default, because it steers around slow and overloaded endpoints.
-- RING_HASH: consistent hashing on a ring of virtual nodes; adding or removing one of N endpoints
-  moves only about 1/N of the keys. Requests without a hash key fall back to a random pick.
+- RING_HASH: consistent hashing on a ring of virtual nodes (a fixed number per unit of weight);
+  adding or removing one of N endpoints moves only the keys it gains or owned, about 1/N. Requests without a hash key fall back to a random pick.
 
 The caller passes the endpoints currently available (outlier detection removes ejected ones); the
 ring is built over every endpoint and walks past unavailable ones, so an ejection moves only the
@@ -204,30 +204,37 @@ def hash64(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
+VNODES = 128  # ring points per unit of endpoint weight
+
+
 class RingHash:
-    """Consistent hashing over a ring of `ring_size` virtual nodes, shared out by weight."""
+    """Consistent hashing over a ring with `vnodes` points per unit of endpoint weight.
+
+    An endpoint's points depend only on its own key and weight, never on the other endpoints, so
+    adding or removing one endpoint moves exactly the keys it gains or owned: about 1/N.
+    """
 
     policy: int = pb.RING_HASH
 
-    def __init__(self, *, ring_size: int, rng: random.Random) -> None:
-        self._ring_size = max(ring_size, 1)
+    def __init__(self, *, vnodes: int = VNODES, rng: random.Random) -> None:
+        self._vnodes = max(vnodes, 1)
         self._rng = rng
         self._hashes: list[int] = []
         self._owners: list[Endpoint] = []
+        self._members: frozenset[Endpoint] = frozenset()
 
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
-        """Rebuild the ring; each endpoint's points depend only on its own key, so the others stay."""
-        total = sum(e.weight for e in endpoints) or 1
+        """Rebuild the ring."""
         points: list[tuple[int, str, Endpoint]] = []
         for endpoint in endpoints:
-            count = max(1, round(self._ring_size * endpoint.weight / total))
             points += [
                 (hash64(f"{endpoint.key}_{i}".encode()), endpoint.key, endpoint)
-                for i in range(count)
+                for i in range(self._vnodes * endpoint.weight)
             ]
         points.sort(key=lambda p: (p[0], p[1]))
         self._hashes = [p[0] for p in points]
         self._owners = [p[2] for p in points]
+        self._members = frozenset(endpoints)
 
     def pick(
         self, available: Sequence[Endpoint], *, hash_key: bytes | None, now: float
@@ -241,7 +248,8 @@ class RingHash:
         """The owner of `point`, skipping endpoints not in `available`."""
         if not available:
             return None
-        allowed = None if len(available) == len(set(self._owners)) else set(available)
+        everyone = len(available) == len(self._members)
+        allowed = None if everyone else set(available)
         start = bisect.bisect_left(self._hashes, point)
         size = len(self._hashes)
         for step in range(size):
@@ -252,7 +260,7 @@ class RingHash:
 
 
 def make_balancer(
-    policy: int, *, stats: LoadStats, rng: random.Random, ring_size: int = 1024
+    policy: int, *, stats: LoadStats, rng: random.Random, vnodes: int = VNODES
 ) -> Balancer:
     """The balancer for a pb.LbPolicy value (the caller has checked it is known)."""
     if policy == pb.ROUND_ROBIN:
@@ -260,5 +268,5 @@ def make_balancer(
     if policy == pb.RANDOM:
         return RandomPick(rng)
     if policy == pb.RING_HASH:
-        return RingHash(ring_size=ring_size, rng=rng)
+        return RingHash(vnodes=vnodes, rng=rng)
     return PowerOfTwo(policy=policy, stats=stats, rng=rng)

@@ -11,7 +11,7 @@ import random
 from collections.abc import Sequence
 
 from lightmesh.v1 import config_pb2 as pb
-from sidecar.cluster.balancers import Balancer, Endpoint, LoadStats, make_balancer
+from sidecar.cluster.balancers import VNODES, Balancer, Endpoint, LoadStats, make_balancer
 from sidecar.cluster.outlier import OutlierConfig, OutlierDetector, filter_available
 
 
@@ -60,7 +60,7 @@ class Cluster:
 
     def _new_balancer(self) -> Balancer:
         return make_balancer(
-            self.policy, stats=self.stats, rng=self._rng, ring_size=self.hash.ring_size or 1024
+            self.policy, stats=self.stats, rng=self._rng, vnodes=self.hash.ring_size or VNODES
         )
 
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:

@@ -149,7 +149,7 @@ def backoff(attempt: int, rng: random.Random) -> float:
 class RetryBudget:
     """Retries allowed as a share of requests (Linkerd/Finagle style), with a floor per second.
 
-    Each request deposits `ratio` tokens; each retry withdraws one. Deposits older than `window`
+    Each request deposits `ratio` tokens; each retry withdraws one. Counts older than `window`
     seconds expire, and `min_per_second` x `window` tokens are always available, so a quiet
     service can still retry. With ratio 0.2, retries add at most 20% load in a failing period.
     """
@@ -160,33 +160,34 @@ class RetryBudget:
         self.ratio = ratio
         self.min_per_second = min_per_second
         self.window = window
-        self._buckets: dict[int, tuple[float, float]] = {}  # second -> (deposits, withdrawals)
+        self._buckets: dict[int, tuple[int, int]] = {}  # second -> (requests, retries)
 
     def _expire(self, now: float) -> None:
         oldest = int(now - self.window)
         for second in [s for s in self._buckets if s <= oldest]:
             del self._buckets[second]
 
-    def _add(self, now: float, *, deposit: float = 0.0, withdraw: float = 0.0) -> None:
+    def _add(self, now: float, *, requests: int = 0, retries: int = 0) -> None:
         second = int(now)
-        d, w = self._buckets.get(second, (0.0, 0.0))
-        self._buckets[second] = (d + deposit, w + withdraw)
+        r, t = self._buckets.get(second, (0, 0))
+        self._buckets[second] = (r + requests, t + retries)
 
     def request(self, now: float) -> None:
         """A request (first try) started."""
         self._expire(now)
-        self._add(now, deposit=self.ratio)
+        self._add(now, requests=1)
 
     def available(self, now: float) -> float:
         """Retries that may start now."""
         self._expire(now)
-        deposits = sum(d for d, _ in self._buckets.values())
-        withdrawals = sum(w for _, w in self._buckets.values())
-        return deposits + self.min_per_second * self.window - withdrawals
+        requests = sum(r for r, _ in self._buckets.values())
+        retries = sum(t for _, t in self._buckets.values())
+        # Rounded so that 100 requests x 0.2 allow exactly 20 retries despite binary floats.
+        return round(requests * self.ratio + self.min_per_second * self.window - retries, 9)
 
     def try_retry(self, now: float) -> bool:
         """Take a token for one retry; False when the budget is spent (do not retry)."""
         if self.available(now) < 1.0:
             return False
-        self._add(now, withdraw=1.0)
+        self._add(now, retries=1)
         return True
