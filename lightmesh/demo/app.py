@@ -41,7 +41,8 @@ def build_app(
             "version": version,
             "workload": workload,
             "path": request.path_qs,
-            "headers": {k.lower(): v for k, v in request.headers.items()},
+            # Repeated headers joined with ", " so tests can see every value.
+            "headers": {k.lower(): ", ".join(request.headers.getall(k)) for k in request.headers},
         }
         served[0] += 1
         if delay:
