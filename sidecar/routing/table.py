@@ -63,6 +63,8 @@ class CompiledMatch:
     query: tuple[tuple[str, Matcher], ...]
     # The uri prefix matched, for rewrite.uri (None: the whole path is replaced).
     uri_prefix: str | None = None
+    # Every path this entry accepts starts with this ("" when unknown): a cheap pre-filter.
+    literal: str = ""
 
     def matches(self, head: RequestHead, path: str, query: dict[str, str] | None) -> bool:
         """Whether the request satisfies this entry."""
@@ -195,8 +197,12 @@ class RouteTable:
         path, _, raw_query = head.path.partition("?")
         query = dict(parse_qsl(raw_query, keep_blank_values=True)) if host.needs_query else None
         for route in host.routes:
-            if route.accepts(head, path, query):
+            if not route.matches:
                 return host, route
+            for match in route.matches:
+                # The literal start of the uri pattern rules most routes out before any regex runs.
+                if path.startswith(match.literal) and match.matches(head, path, query):
+                    return host, route
         return host, None
 
     @property
@@ -222,6 +228,45 @@ def compile_routes(config: pb.RouteConfiguration, *, max_regex: int) -> RouteTab
     return RouteTable(by_domain)
 
 
+_META = frozenset(".^$*+?{}[]\\|()")
+
+
+def literal_prefix(match: pb.StringMatch) -> str:
+    """A string every value accepted by `match` starts with (conservative: "" when unsure)."""
+    kind = match.WhichOneof("kind")
+    if kind == "exact":
+        return match.exact
+    if kind == "prefix":
+        return match.prefix
+    if kind != "regex":
+        return ""
+    pattern = match.regex
+    if _has_top_level_alternation(pattern):
+        return ""
+    end = 0
+    while end < len(pattern) and pattern[end] not in _META:
+        end += 1
+    if end < len(pattern) and pattern[end] in "*?{":
+        end -= 1  # the last literal character is optional or repeated
+    return pattern[: max(end, 0)]
+
+
+def _has_top_level_alternation(pattern: str) -> bool:
+    depth, escaped = 0, False
+    for char in pattern:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+        elif char == "|" and depth <= 0:
+            return True  # also when a class like [|] confused the count: "unsure" is safe
+    return False
+
+
 def _compile_route(route: pb.Route, where: str, *, max_regex: int) -> CompiledRoute:
     matches = []
     for index, match in enumerate(route.matches):
@@ -243,6 +288,7 @@ def _compile_route(route: pb.Route, where: str, *, max_regex: int) -> CompiledRo
                     (q.name, string(q.value, f"queryParams.{q.name}")) for q in match.query_params
                 ),
                 uri_prefix=match.uri.prefix if has_uri and match.uri.HasField("prefix") else None,
+                literal=literal_prefix(match.uri) if has_uri else "",
             )
         )
     redirect = None
