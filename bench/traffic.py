@@ -4,8 +4,8 @@
    regex and header matches (the request matching the last route: the worst case), measured on
    the real DataPlane/OutboundRouter in this process.
 2. Load balancers: a discrete-event simulation (simulated time, seeded rng, no sockets) of one
-   sidecar sending Poisson traffic to 5 endpoints of 4 worker slots each, one of them 10x slower,
-   using the real balancer classes. Reports mean / p99 latency per policy. This is the measurement
+   sidecar sending Poisson traffic to 5 endpoints of 4 worker slots each (all equal, then one of
+   them 10x slower), using the real balancer classes. Reports mean / p99 latency per policy. This is the measurement
    behind PEAK_EWMA as the default.
 """
 
@@ -111,10 +111,12 @@ class _Server:
     queue: deque[tuple[float, int]] = field(default_factory=deque)
 
 
-def simulate(policy: int, *, requests: int, load: float, seed: int) -> dict[str, float]:
-    """Latencies (ms) of `requests` through one balancer; endpoint 0 is 10x slower."""
+def simulate(
+    policy: int, *, requests: int, load: float, seed: int, slow: bool = True
+) -> dict[str, float]:
+    """Latencies (ms) of `requests` through one balancer; endpoint 0 is 10x slower if `slow`."""
     rng = random.Random(seed)
-    means = [0.100, 0.010, 0.010, 0.010, 0.010]
+    means = [0.100 if slow else 0.010, 0.010, 0.010, 0.010, 0.010]
     servers = [_Server(mean=m, slots=4) for m in means]
     endpoints = tuple(Endpoint("10.0.0.1", 8000 + i) for i in range(len(servers)))
     index = {e.key: i for i, e in enumerate(endpoints)}
@@ -188,16 +190,19 @@ def main(argv: list[str]) -> int:
         "PEAK_EWMA": pb.PEAK_EWMA,
     }
     balancing: dict[str, dict[str, dict[str, float]]] = {}
-    print("load balancers, 5 endpoints (one 10x slower), simulated:")
-    for load in (0.5, 0.8):
-        balancing[str(load)] = {}
-        for name, policy in names.items():
-            found = simulate(policy, requests=args.requests, load=load, seed=7)
-            balancing[str(load)][name] = found
-            print(
-                f"  load {load:.0%} {name:<14} mean {found['mean_ms']:7.1f} ms"
-                f"   p99 {found['p99_ms']:7.1f} ms"
-            )
+    for slow in (False, True):
+        what = "one 10x slower" if slow else "all equal"
+        print(f"load balancers, 5 endpoints x 4 slots ({what}), simulated:")
+        for load in (0.5, 0.8):
+            scenario = f"{'slow' if slow else 'equal'}@{load}"
+            balancing[scenario] = {}
+            for name, policy in names.items():
+                found = simulate(policy, requests=args.requests, load=load, seed=7, slow=slow)
+                balancing[scenario][name] = found
+                print(
+                    f"  load {load:.0%} {name:<14} mean {found['mean_ms']:9.1f} ms"
+                    f"   p99 {found['p99_ms']:9.1f} ms"
+                )
     result["balancers"] = balancing
     if args.json:
         with open(args.json, "w") as out:
