@@ -78,6 +78,7 @@ class OutboundRouter:
             timeout=route.timeout,
             connect_timeout=cluster.connect_timeout,
             retry=route.retry,
+            retry_budget=cluster.retry_budget,
             delay=delay,
             response_headers=route.response_headers,
             mirror=self._mirror(route, now),

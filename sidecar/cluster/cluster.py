@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.cluster.balancers import VNODES, Balancer, Endpoint, LoadStats, make_balancer
 from sidecar.cluster.outlier import OutlierConfig, OutlierDetector, filter_available
+from sidecar.routing.retry import RetryBudget
 
 
 class Cluster:
@@ -42,10 +43,12 @@ class Cluster:
         self.endpoints: tuple[Endpoint, ...] = ()
         self.available: tuple[Endpoint, ...] = ()
         self.overflows = 0
+        self.retry_budget = RetryBudget()
 
     def carry_over(self, old: Cluster) -> None:
         """Keep `old`'s live state where this config allows it."""
         self.stats = old.stats
+        self.retry_budget = old.retry_budget
         if old.policy == self.policy and old.hash == self.hash:
             self.balancer = old.balancer
         else:
@@ -98,6 +101,7 @@ class Cluster:
         endpoint = self.balancer.pick(self.available, hash_key=hash_key, now=now)
         if endpoint is not None:
             self.stats.started(endpoint.key)
+            self.retry_budget.request(now)
         return endpoint
 
     def finished(self, upstream: str, *, status: int, duration: float, now: float) -> None:

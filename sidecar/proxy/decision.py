@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the engine only passes these through (and will apply them later)
     from sidecar.routing.headers import HeaderEdits
-    from sidecar.routing.retry import RetryPolicy
+    from sidecar.routing.retry import RetryBudget, RetryPolicy
 
 
 @dataclass(slots=True, kw_only=True)
@@ -52,6 +52,9 @@ class Forward:
     # Retry policy of the route (always set by the outbound router: the default retries only
     # what never reached the upstream). Ask `retry.should_retry(...)`; `routing.retry.backoff` for the wait.
     retry: RetryPolicy | None = None
+    # The cluster's retry budget (this request already deposited): `try_retry(now)` before each
+    # retry; False means do not retry (retries are capped at 20% of requests + 10/s).
+    retry_budget: RetryBudget | None = None
     # Fault injection: wait this long (seconds) before forwarding.
     delay: float = 0.0
     # Edits of the upstream response's headers before it is relayed: `response_headers.apply(list)`.

@@ -161,6 +161,7 @@ class RetryBudget:
         self.min_per_second = min_per_second
         self.window = window
         self._buckets: dict[int, tuple[int, int]] = {}  # second -> (requests, retries)
+        self._second = -1  # the second of the last request; expiry runs once per second
 
     def _expire(self, now: float) -> None:
         oldest = int(now - self.window)
@@ -173,9 +174,13 @@ class RetryBudget:
         self._buckets[second] = (r + requests, t + retries)
 
     def request(self, now: float) -> None:
-        """A request (first try) started."""
-        self._expire(now)
-        self._add(now, requests=1)
+        """A request (first try) started (on the hot path: one dict update)."""
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._expire(now)
+        requests, retries = self._buckets.get(second, (0, 0))
+        self._buckets[second] = (requests + 1, retries)
 
     def available(self, now: float) -> float:
         """Retries that may start now."""

@@ -191,3 +191,12 @@ def test_live_state_survives_a_cluster_push() -> None:
     assert plane.clusters[CLUSTER].stats.total_in_flight == 1
     router.finished(done(first))  # type: ignore[arg-type]
     assert plane.clusters[CLUSTER].stats.total_in_flight == 0
+
+
+def test_each_forward_deposits_into_its_clusters_retry_budget() -> None:
+    router, plane, clock = setup(route())
+    budget = plane.clusters[CLUSTER].retry_budget
+    floor = budget.available(clock.now)
+    decisions = [router.resolve(head()) for _ in range(10)]
+    assert all(isinstance(d, Forward) and d.retry_budget is budget for d in decisions)
+    assert budget.available(clock.now) == floor + 10 * budget.ratio
