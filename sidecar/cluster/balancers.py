@@ -5,7 +5,9 @@
 - LEAST_REQUEST: power of two choices on requests in flight (divided by weight).
 - PEAK_EWMA: power of two choices on peak-EWMA latency x (in flight + 1), as Linkerd and Finagle do:
   a latency spike counts at once, recovery is smoothed, and an idle endpoint's estimate decays so it
-  is tried again. The default, because it steers around slow and overloaded endpoints.
+  is tried again. The default, because it steers around slow and overloaded endpoints. Unlike
+  Linkerd's: new endpoints are probed at once, the decay is 2 s, and costs within 25% are a tie, so
+  low, sequential traffic still spreads (docs/traffic.md has the measurements).
 - RING_HASH: consistent hashing on a ring of virtual nodes (a fixed number per unit of weight);
   adding or removing one of N endpoints moves only the keys it gains or owned, about 1/N. Requests without a hash key fall back to a random pick.
 
@@ -27,7 +29,7 @@ from typing import Protocol
 from lightmesh.v1 import config_pb2 as pb
 
 DEFAULT_RTT = 0.030  # seconds assumed for an endpoint never measured (Linkerd's default)
-EWMA_DECAY = 10.0  # seconds: time constant of the peak-EWMA estimate
+EWMA_DECAY = 2.0  # seconds: time constant of the peak-EWMA estimate (see docs/traffic.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,13 @@ class LoadStats:
             estimate = estimate * weight + rtt * (1.0 - weight)
         self._ewma[key] = (estimate, now)
         return estimate
+
+    def cost(self, key: str, pending: int, now: float) -> float:
+        """Peak-EWMA cost: latency x (in flight + 1). An endpoint never measured costs nothing
+        when idle (so it is probed at once) and `default_rtt` per request in flight otherwise."""
+        if key not in self._ewma:
+            return self.default_rtt * pending
+        return self.latency(key, now) * (pending + 1)
 
     def latency(self, key: str, now: float) -> float:
         """The current estimate, decayed toward zero over idle time (so idle endpoints get probed)."""
@@ -174,10 +183,13 @@ def _random(rng: random.Random, available: Sequence[Endpoint]) -> Endpoint | Non
 class PowerOfTwo:
     """Power of two choices: sample two endpoints, keep the cheaper (LEAST_REQUEST, PEAK_EWMA)."""
 
-    def __init__(self, *, policy: int, stats: LoadStats, rng: random.Random) -> None:
+    def __init__(
+        self, *, policy: int, stats: LoadStats, rng: random.Random, tolerance: float = 1.25
+    ) -> None:
         self.policy = policy
         self._stats = stats
         self._rng = rng
+        self.tolerance = tolerance if policy == pb.PEAK_EWMA else 1.0
 
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         """Stateless apart from the shared stats."""
@@ -187,12 +199,12 @@ class PowerOfTwo:
         pending = self._stats.in_flight.get(endpoint.key, 0)
         if self.policy == pb.LEAST_REQUEST:
             return pending / endpoint.weight
-        return self._stats.latency(endpoint.key, now) * (pending + 1) / endpoint.weight
+        return self._stats.cost(endpoint.key, pending, now) / endpoint.weight
 
     def pick(
         self, available: Sequence[Endpoint], *, hash_key: bytes | None, now: float
     ) -> Endpoint | None:
-        """The cheaper of two distinct random endpoints."""
+        """The cheaper of two distinct random endpoints; a coin decides near-ties."""
         count = len(available)
         if count <= 1:
             return available[0] if available else None
@@ -200,7 +212,12 @@ class PowerOfTwo:
         i = self._rng.randrange(count)
         j = self._rng.randrange(count - 1)
         first, second = available[i], available[j + 1 if j >= i else j]
-        return first if self.cost(first, now) <= self.cost(second, now) else second
+        a, b = self.cost(first, now), self.cost(second, now)
+        # Costs within `tolerance` (25%) are noise for one sidecar's samples: spread instead of
+        # chasing it (otherwise, at low load, the endpoint that happened to be faster takes all).
+        if a <= b * self.tolerance and b <= a * self.tolerance:
+            return first  # i was drawn at random: this is the coin
+        return first if a < b else second
 
 
 def hash64(data: bytes) -> int:

@@ -63,6 +63,25 @@ def test_peak_ewma_avoids_a_slow_endpoint_and_probes_it_again_after_idling() -> 
     assert stats.latency(A.key, 3600.0) < stats.latency(B.key, 0.0)
 
 
+def test_peak_ewma_probes_a_new_endpoint_at_once() -> None:
+    stats = LoadStats()
+    p2c = PowerOfTwo(policy=pb.PEAK_EWMA, stats=stats, rng=random.Random(4))
+    stats.finished(A.key, rtt=0.001, now=0.0)  # A is fast, B never measured
+    assert p2c.pick((A, B), hash_key=None, now=0.0) == B
+    stats.started(B.key)  # ...but not flooded while its first answer is outstanding
+    assert p2c.pick((A, B), hash_key=None, now=0.0) == A
+
+
+def test_peak_ewma_spreads_over_endpoints_of_similar_latency() -> None:
+    """At low load, a 10% latency difference is noise: both endpoints get traffic."""
+    stats = LoadStats()
+    p2c = PowerOfTwo(policy=pb.PEAK_EWMA, stats=stats, rng=random.Random(5))
+    stats.finished(A.key, rtt=0.010, now=0.0)
+    stats.finished(B.key, rtt=0.011, now=0.0)
+    picks = Counter(p2c.pick((A, B), hash_key=None, now=0.0) for _ in range(400))
+    assert 150 <= picks[A] <= 250, picks  # Binomial(400, 0.5): ± 5 sd
+
+
 def test_peak_ewma_smooths_recovery() -> None:
     stats = LoadStats(decay=10.0)
     stats.finished(A.key, rtt=1.0, now=0.0)
