@@ -139,3 +139,21 @@ def test_without_headers_match_when_absent_or_different() -> None:
     assert picked(routes, head()) == "no-debug"
     assert picked(routes, head(x_debug="0")) == "no-debug"
     assert picked(routes, head(x_debug="1")) == "rest"
+
+
+@given(st.lists(st.integers(min_value=0, max_value=100), min_size=1, max_size=6))
+def test_weighted_clusters_give_exact_shares_every_cycle(weights: list[int]) -> None:
+    chooser = WeightedClusters([(f"c{i}", w) for i, w in enumerate(weights)])
+    total = sum(weights)
+    picks = Counter(chooser.pick() for _ in range(total * 2))
+    assert picks == Counter({f"c{i}": 2 * w for i, w in enumerate(weights) if w})
+
+
+def test_unknown_retry_condition_from_a_newer_control_plane_is_nacked() -> None:
+    route = pb.Route(
+        name="r",
+        clusters=[pb.WeightedCluster(cluster="c", weight=100)],
+        retries=pb.RetryPolicy(attempts=2, retry_on=["5xx", "cosmic-rays"]),
+    )
+    with pytest.raises(ConfigError, match="retries: unknown retryOn condition 'cosmic-rays'"):
+        table(route)
