@@ -3,6 +3,7 @@
 python -m bench dataplane [--quick] [--json FILE] [--markdown FILE] [--chart FILE] [--profile]
 python -m bench startup [--runs N]
 python -m bench telemetry [--quick] [--json FILE] [--markdown FILE]
+python -m bench traffic [--iterations N] [--requests N] [--json FILE]
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import sys
 
 def main(argv: list[str]) -> int:
     """Dispatch to a benchmark's own `main`."""
-    usage = "usage: python -m bench {dataplane,startup,telemetry} [options]   (-h after one for its options)"
+    usage = (
+        "usage: python -m bench {dataplane,startup,telemetry,traffic} [options]"
+        "   (-h after one for its options)"
+    )
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return 0 if argv else 2
@@ -30,6 +34,10 @@ def main(argv: list[str]) -> int:
 
         sys.argv = ["python -m bench startup", *rest]  # startup.main() reads sys.argv
         return startup.main()
+    if command == "traffic":
+        from bench import traffic
+
+        return traffic.main(rest)
     print(f"unknown benchmark {command!r}\n{usage}", file=sys.stderr)
     return 2
 

@@ -10,8 +10,8 @@ from typing import Literal, NamedTuple
 
 CLUSTER_DOMAIN = "cluster.local"
 
-MatchKind = Literal["exact", "prefix", "regex"]
-LbPolicyName = Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"]
+MatchKind = Literal["exact", "prefix", "regex", "present"]
+LbPolicyName = Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "PEAK_EWMA"]
 
 
 class ResourceKey(NamedTuple):
@@ -27,10 +27,10 @@ class ResourceKey(NamedTuple):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StringMatch:
-    """One of exact / prefix / regex (full match)."""
+    """One of exact / prefix / regex (full match), or `present` (headers and query params: `{}`)."""
 
     kind: MatchKind
-    value: str
+    value: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +40,8 @@ class HTTPMatch:
     uri: StringMatch | None = None
     method: StringMatch | None = None
     headers: tuple[tuple[str, StringMatch], ...] = ()
+    # Istio's `withoutHeaders`: each must NOT match; `present` there means "header is absent".
+    without_headers: tuple[tuple[str, StringMatch], ...] = ()
     query_params: tuple[tuple[str, StringMatch], ...] = ()
 
 
@@ -54,13 +56,66 @@ class RouteDestination:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HeaderOps:
+    """Header edits, applied in the order remove, set, add (names lower case)."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Redirect:
+    """Answer with a redirect: replace the path and/or authority of the request's URL."""
+
+    uri: str = ""
+    authority: str = ""
+    code: int = 301
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rewrite:
+    """Rewrite before forwarding: the matched uri prefix (or whole path) and/or the authority."""
+
+    uri: str | None = None
+    authority: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retries:
+    """Retry policy of a route (carried to the sidecar; the engine applies it)."""
+
+    attempts: int
+    per_try_timeout: float | None = None  # seconds
+    retry_on: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fault:
+    """Fault injection: a delay and/or an abort, each on a percentage of requests."""
+
+    delay: float | None = None  # seconds
+    delay_percent: float = 100.0
+    abort_status: int | None = None
+    abort_percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HTTPRoute:
     """One entry of a VirtualService's ordered `http` list."""
 
     name: str = ""
     matches: tuple[HTTPMatch, ...] = ()
     destinations: tuple[RouteDestination, ...] = ()
+    redirect: Redirect | None = None
+    rewrite: Rewrite | None = None
     timeout: float | None = None  # seconds
+    retries: Retries | None = None
+    fault: Fault | None = None
+    request_headers: HeaderOps = field(default_factory=HeaderOps)
+    response_headers: HeaderOps = field(default_factory=HeaderOps)
+    mirror: RouteDestination | None = None
+    mirror_percent: float = 100.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,11 +128,38 @@ class VirtualService:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ConsistentHash:
+    """Hash key of a consistent-hash load balancer: one of header, cookie, source IP."""
+
+    header: str = ""
+    cookie: str = ""
+    source_ip: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutlierDetection:
+    """Passive health checking (Istio/Envoy semantics and defaults)."""
+
+    consecutive_5xx: int = 5
+    consecutive_gateway: int = 0  # 0: disabled
+    interval: float = 10.0
+    base_ejection: float = 30.0
+    max_ejection_percent: int = 10
+    min_health_percent: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TrafficPolicy:
     """Per-destination policy; unset fields inherit (subset → host → defaults)."""
 
     lb_policy: LbPolicyName | None = None
+    consistent_hash: ConsistentHash | None = None
     connect_timeout: float | None = None  # seconds
+    max_connections: int | None = None
+    max_pending_requests: int | None = None
+    max_requests_per_connection: int | None = None
+    idle_timeout: float | None = None  # seconds
+    outlier: OutlierDetection | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

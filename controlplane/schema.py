@@ -65,12 +65,21 @@ _STRING_MATCH = _obj(
     desc="Exactly one of exact, prefix or regex.",
 )
 
+_PERCENT: Schema = {"type": "number", "minimum": 0, "maximum": 100}
+_PERCENTAGE = _obj({"value": _PERCENT}, desc="Share of requests, 0-100 (fractions allowed).")
+_HEADER_NAMES = _arr(_str())
+
 _HTTP_MATCH = _obj(
     {
         "name": _str(),
         "uri": _STRING_MATCH,
         "method": _STRING_MATCH,
         "headers": {"type": "object", "additionalProperties": _STRING_MATCH},
+        "withoutHeaders": {
+            "type": "object",
+            "additionalProperties": _STRING_MATCH,
+            "description": "Headers that must NOT match (an empty match {} means: absent).",
+        },
         "queryParams": {"type": "object", "additionalProperties": _STRING_MATCH},
     }
 )
@@ -84,6 +93,9 @@ _DESTINATION = _obj(
     required=["host"],
 )
 
+_HEADER_OPS = _obj({"set": _STRING_MAP, "add": _STRING_MAP, "remove": _HEADER_NAMES})
+_HEADERS = _obj({"request": _HEADER_OPS, "response": _HEADER_OPS})
+
 _HTTP_ROUTE = _obj(
     {
         "name": _str(),
@@ -91,9 +103,43 @@ _HTTP_ROUTE = _obj(
         "route": _arr(
             _obj({"destination": _DESTINATION, "weight": _int(minimum=0, maximum=100)}),
         ),
+        "redirect": _obj(
+            {
+                "uri": _str(),
+                "authority": _str(),
+                "redirectCode": _int(minimum=300, maximum=399),
+            },
+            desc="Answer with a redirect instead of routing (excludes route).",
+        ),
+        "rewrite": _obj(
+            {
+                "uri": _str(desc="Replaces the matched uri prefix (or the whole path)."),
+                "authority": _str(),
+            }
+        ),
         "timeout": _DURATION,
+        "retries": _obj(
+            {
+                "attempts": _int(minimum=0, maximum=10),
+                "perTryTimeout": _DURATION,
+                "retryOn": _str(desc="Comma-separated: 5xx, gateway-error, connect-failure, ..."),
+            }
+        ),
+        "fault": _obj(
+            {
+                "delay": _obj(
+                    {"fixedDelay": _DURATION, "percentage": _PERCENTAGE}, required=["fixedDelay"]
+                ),
+                "abort": _obj(
+                    {"httpStatus": _int(minimum=200, maximum=599), "percentage": _PERCENTAGE},
+                    required=["httpStatus"],
+                ),
+            }
+        ),
+        "headers": _HEADERS,
+        "mirror": _DESTINATION,
+        "mirrorPercentage": _PERCENTAGE,
     },
-    required=["route"],
 )
 
 VIRTUAL_SERVICE_SPEC = _obj(
@@ -107,9 +153,49 @@ VIRTUAL_SERVICE_SPEC = _obj(
 _TRAFFIC_POLICY = _obj(
     {
         "loadBalancer": _obj(
-            {"simple": _str(enum=["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"])},
+            {
+                "simple": _str(
+                    enum=["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "PEAK_EWMA"],
+                    desc="PEAK_EWMA (latency-aware P2C) when neither simple nor consistentHash is set.",
+                ),
+                "consistentHash": _obj(
+                    {
+                        "httpHeaderName": _str(),
+                        "httpCookie": _obj({"name": _str(), "ttl": _DURATION}, required=["name"]),
+                        "useSourceIp": {"type": "boolean"},
+                    },
+                    desc="Exactly one of httpHeaderName, httpCookie, useSourceIp.",
+                ),
+            },
         ),
-        "connectionPool": _obj({"tcp": _obj({"connectTimeout": _DURATION})}),
+        "connectionPool": _obj(
+            {
+                "tcp": _obj(
+                    {
+                        "maxConnections": _int(minimum=1),
+                        "connectTimeout": _DURATION,
+                        "idleTimeout": _DURATION,
+                    }
+                ),
+                "http": _obj(
+                    {
+                        "http1MaxPendingRequests": _int(minimum=0),
+                        "maxRequestsPerConnection": _int(minimum=0),
+                        "idleTimeout": _DURATION,
+                    }
+                ),
+            }
+        ),
+        "outlierDetection": _obj(
+            {
+                "consecutive5xxErrors": _int(minimum=0),
+                "consecutiveGatewayErrors": _int(minimum=0),
+                "interval": _DURATION,
+                "baseEjectionTime": _DURATION,
+                "maxEjectionPercent": _int(minimum=0, maximum=100),
+                "minHealthPercent": _int(minimum=0, maximum=100),
+            }
+        ),
     }
 )
 

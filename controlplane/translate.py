@@ -12,6 +12,7 @@ from typing import TypeVar
 from google.protobuf.message import Message
 
 from controlplane.model import (
+    HeaderOps,
     HTTPMatch,
     HTTPRoute,
     Service,
@@ -25,7 +26,16 @@ from lightmesh.v1 import config_pb2 as pb
 
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds, as Istio's default
 
-_LB = {"ROUND_ROBIN": pb.ROUND_ROBIN, "LEAST_REQUEST": pb.LEAST_REQUEST, "RANDOM": pb.RANDOM}
+# Latency-aware P2C is the default, as in Linkerd: it steers away from slow or overloaded
+# endpoints, which round robin and random cannot see.
+DEFAULT_LB = "PEAK_EWMA"
+
+_LB = {
+    "ROUND_ROBIN": pb.ROUND_ROBIN,
+    "LEAST_REQUEST": pb.LEAST_REQUEST,
+    "RANDOM": pb.RANDOM,
+    "PEAK_EWMA": pb.PEAK_EWMA,
+}
 
 ProxyConfig = dict[str, list[Message]]
 _T = TypeVar("_T")
@@ -66,20 +76,65 @@ def _first_by_host(pairs: Iterable[tuple[str, _T]]) -> dict[str, _T]:
 
 
 def _merge(narrow: TrafficPolicy, wide: TrafficPolicy) -> TrafficPolicy:
+    """Subset policy over host policy, field by field (unset fields inherit)."""
+    hashing = narrow.consistent_hash
+    lb_policy = narrow.lb_policy
+    if lb_policy is None and hashing is None:
+        # The subset says nothing about load balancing: the host's choice applies whole.
+        lb_policy, hashing = wide.lb_policy, wide.consistent_hash
+
+    def pick(a: _T | None, b: _T | None) -> _T | None:
+        return a if a is not None else b
+
     return TrafficPolicy(
-        lb_policy=narrow.lb_policy or wide.lb_policy,
-        connect_timeout=narrow.connect_timeout or wide.connect_timeout,
+        lb_policy=lb_policy,
+        consistent_hash=hashing,
+        connect_timeout=pick(narrow.connect_timeout, wide.connect_timeout),
+        max_connections=pick(narrow.max_connections, wide.max_connections),
+        max_pending_requests=pick(narrow.max_pending_requests, wide.max_pending_requests),
+        max_requests_per_connection=pick(
+            narrow.max_requests_per_connection, wide.max_requests_per_connection
+        ),
+        idle_timeout=pick(narrow.idle_timeout, wide.idle_timeout),
+        outlier=pick(narrow.outlier, wide.outlier),
     )
+
+
+def _ms(seconds: float | None) -> int:
+    return round(seconds * 1000) if seconds else 0
 
 
 def _cluster(host: str, subset: str, policy: TrafficPolicy) -> pb.Cluster:
-    return pb.Cluster(
+    cluster = pb.Cluster(
         name=cluster_name(host, subset),
         service=host,
         subset=subset,
-        lb_policy=_LB[policy.lb_policy or "ROUND_ROBIN"],
-        connect_timeout_ms=round((policy.connect_timeout or DEFAULT_CONNECT_TIMEOUT) * 1000),
+        lb_policy=_LB[policy.lb_policy or DEFAULT_LB],
+        connect_timeout_ms=_ms(policy.connect_timeout or DEFAULT_CONNECT_TIMEOUT),
+        max_connections=policy.max_connections or 0,
+        max_pending_requests=policy.max_pending_requests or 0,
+        max_requests_per_connection=policy.max_requests_per_connection or 0,
+        idle_timeout_ms=_ms(policy.idle_timeout),
     )
+    if policy.consistent_hash is not None:
+        ch = policy.consistent_hash
+        cluster.lb_policy = pb.RING_HASH
+        cluster.hash.CopyFrom(
+            pb.ConsistentHash(header=ch.header, cookie=ch.cookie, source_ip=ch.source_ip)
+        )
+    if policy.outlier is not None:
+        od = policy.outlier
+        cluster.outlier.CopyFrom(
+            pb.OutlierDetection(
+                consecutive_5xx=od.consecutive_5xx,
+                consecutive_gateway=od.consecutive_gateway,
+                interval_ms=_ms(od.interval),
+                base_ejection_ms=_ms(od.base_ejection),
+                max_ejection_percent=od.max_ejection_percent,
+                min_health_percent=od.min_health_percent,
+            )
+        )
+    return cluster
 
 
 def _assignment(
@@ -136,28 +191,80 @@ def _virtual_host(host: str, vs: VirtualService | None, node: NodeInfo) -> pb.Vi
 
 
 def _route(route: HTTPRoute, index: int) -> pb.Route:
-    return pb.Route(
+    out = pb.Route(
         name=route.name or f"http[{index}]",
         matches=[_match(m) for m in route.matches],
         clusters=[
             pb.WeightedCluster(cluster=cluster_name(d.host, d.subset), weight=d.weight)
             for d in route.destinations
         ],
-        timeout_ms=round(route.timeout * 1000) if route.timeout else 0,
+        timeout_ms=_ms(route.timeout),
+        request_headers=_header_ops(route.request_headers),
+        response_headers=_header_ops(route.response_headers),
+    )
+    if route.redirect is not None:
+        r = route.redirect
+        out.redirect.CopyFrom(pb.Redirect(uri=r.uri, authority=r.authority, code=r.code))
+    if route.rewrite is not None:
+        out.rewrite.CopyFrom(pb.Rewrite(uri=route.rewrite.uri, authority=route.rewrite.authority))
+    if route.retries is not None:
+        t = route.retries
+        out.retries.CopyFrom(
+            pb.RetryPolicy(
+                attempts=t.attempts,
+                per_try_timeout_ms=_ms(t.per_try_timeout),
+                retry_on=list(t.retry_on),
+            )
+        )
+    if route.fault is not None:
+        f = route.fault
+        out.fault.CopyFrom(
+            pb.Fault(
+                delay_ms=_ms(f.delay),
+                delay_percent=f.delay_percent,
+                abort_status=f.abort_status or 0,
+                abort_percent=f.abort_percent,
+            )
+        )
+    if route.mirror is not None:
+        out.mirror.CopyFrom(
+            pb.Mirror(
+                cluster=cluster_name(route.mirror.host, route.mirror.subset),
+                percent=route.mirror_percent,
+            )
+        )
+    return out
+
+
+def _header_ops(ops: HeaderOps) -> pb.HeaderOps:
+    return pb.HeaderOps(
+        set=[pb.HeaderValue(name=n, value=v) for n, v in ops.set],
+        add=[pb.HeaderValue(name=n, value=v) for n, v in ops.add],
+        remove=list(ops.remove),
     )
 
 
 def _string_match(match: StringMatch | None) -> pb.StringMatch | None:
     if match is None:
         return None
-    return pb.StringMatch(**{match.kind: match.value})
+    if match.kind == "present":
+        return pb.StringMatch(present=True)
+    if match.kind == "exact":
+        return pb.StringMatch(exact=match.value)
+    if match.kind == "prefix":
+        return pb.StringMatch(prefix=match.value)
+    return pb.StringMatch(regex=match.value)
 
 
 def _match(match: HTTPMatch) -> pb.RouteMatch:
     return pb.RouteMatch(
         uri=_string_match(match.uri),
         method=_string_match(match.method),
-        headers=[pb.HeaderMatch(name=n, value=_string_match(v)) for n, v in match.headers],
+        headers=[pb.HeaderMatch(name=n, value=_string_match(v)) for n, v in match.headers]
+        + [
+            pb.HeaderMatch(name=n, value=_string_match(v), invert=True)
+            for n, v in match.without_headers
+        ],
         query_params=[
             pb.QueryParamMatch(name=n, value=_string_match(v)) for n, v in match.query_params
         ],

@@ -10,16 +10,23 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from controlplane.model import (
+    ConsistentHash,
     DestinationRule,
+    Fault,
+    HeaderOps,
     HTTPMatch,
     HTTPRoute,
     LbPolicyName,
     MatchKind,
+    OutlierDetection,
+    Redirect,
     Resource,
     ResourceKey,
+    Retries,
+    Rewrite,
     RouteDestination,
     StringMatch,
     Subset,
@@ -43,10 +50,13 @@ class Problem:
     resource: str  # "VirtualService default/catalog", or "" when the document has no identity
     path: str  # field path such as "spec.http[0].route"; "" for document-level problems
     message: str
+    # A warning does not reject the resource (e.g. perTryTimeout larger than timeout).
+    severity: Literal["error", "warning"] = "error"
 
     def __str__(self) -> str:
         parts = [p for p in (self.origin, self.resource, self.path) if p]
-        return ": ".join([*parts, self.message])
+        prefix = "warning: " if self.severity == "warning" else ""
+        return ": ".join([*parts, prefix + self.message])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,10 +107,26 @@ def parse_document(doc: Any, *, origin: str, default_namespace: str = "default")
     messages = [f"{field}: unknown field" for field in sorted(set(doc) - _TOP_LEVEL)]
     messages += validate_schema(doc.get("spec"), KINDS[kind][2], "spec")
     if not messages:
+        warnings: list[str] = []
         try:
-            return Parsed(key=key, resource=_BUILDERS[kind](key, doc["spec"]))
+            resource = _BUILDERS[kind](key, doc["spec"], warnings)
         except _Invalid as invalid:
             messages.append(str(invalid))
+        else:
+            return Parsed(
+                key=key,
+                resource=resource,
+                problems=tuple(
+                    Problem(
+                        origin=origin,
+                        resource=str(key),
+                        path=path,
+                        message=message,
+                        severity="warning",
+                    )
+                    for path, _, message in (w.partition(": ") for w in warnings)
+                ),
+            )
     problems = tuple(
         Problem(origin=origin, resource=str(key), path=path, message=message)
         for path, _, message in (m.partition(": ") for m in messages)
@@ -115,9 +141,30 @@ class _Invalid(Exception):
     """A semantic problem found while building; message is "path: text"."""
 
 
-def _string_match(raw: Mapping[str, str], path: str) -> StringMatch:
+_HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+_REDIRECT_CODES = (301, 302, 303, 307, 308)
+# retryOn conditions (Envoy's names, as Istio passes them through); numbers are status codes.
+RETRY_ON = frozenset(
+    {
+        "5xx",
+        "gateway-error",
+        "connect-failure",
+        "reset",
+        "refused-stream",
+        "retriable-4xx",
+        "retriable-status-codes",
+    }
+)
+
+
+def _string_match(raw: Mapping[str, str], path: str, *, presence: bool = False) -> StringMatch:
+    if not raw and presence:
+        return StringMatch(kind="present")
     if len(raw) != 1:
-        raise _Invalid(f"{path}: exactly one of exact, prefix, regex must be set")
+        allowed = "exactly one of exact, prefix, regex" + (
+            " (or {} for presence)" if presence else ""
+        )
+        raise _Invalid(f"{path}: {allowed} must be set")
     ((kind, value),) = raw.items()
     if kind == "regex":
         try:
@@ -127,21 +174,37 @@ def _string_match(raw: Mapping[str, str], path: str) -> StringMatch:
     return StringMatch(kind=cast(MatchKind, kind), value=value)
 
 
-def _http_match(raw: Mapping[str, Any], path: str) -> HTTPMatch:
-    headers = []
-    for name, value in sorted(raw.get("headers", {}).items()):
+def _header_matches(
+    raw: Mapping[str, Mapping[str, str]], path: str
+) -> tuple[tuple[str, StringMatch], ...]:
+    out = []
+    for name, value in sorted(raw.items()):
         if name != name.lower():
-            raise _Invalid(f"{path}.headers.{name}: header names must be lower case")
-        headers.append((name, _string_match(value, f"{path}.headers.{name}")))
+            raise _Invalid(f"{path}.{name}: header names must be lower case")
+        out.append((name, _string_match(value, f"{path}.{name}", presence=True)))
+    return tuple(out)
+
+
+def _http_match(raw: Mapping[str, Any], path: str) -> HTTPMatch:
     params = tuple(
-        (name, _string_match(value, f"{path}.queryParams.{name}"))
+        (name, _string_match(value, f"{path}.queryParams.{name}", presence=True))
         for name, value in sorted(raw.get("queryParams", {}).items())
     )
     return HTTPMatch(
         uri=_string_match(raw["uri"], f"{path}.uri") if "uri" in raw else None,
         method=_string_match(raw["method"], f"{path}.method") if "method" in raw else None,
-        headers=tuple(headers),
+        headers=_header_matches(raw.get("headers", {}), f"{path}.headers"),
+        without_headers=_header_matches(raw.get("withoutHeaders", {}), f"{path}.withoutHeaders"),
         query_params=params,
+    )
+
+
+def _destination(raw: Mapping[str, Any], namespace: str, *, weight: int = 100) -> RouteDestination:
+    return RouteDestination(
+        host=resolve_host(raw["host"], namespace),
+        subset=raw.get("subset", ""),
+        port=raw.get("port", {}).get("number"),
+        weight=weight,
     )
 
 
@@ -170,53 +233,191 @@ def _destinations(
         dest = entry.get("destination")
         if dest is None:
             raise _Invalid(f"{path}[{index}].destination: required field is missing")
-        out.append(
-            RouteDestination(
-                host=resolve_host(dest["host"], namespace),
-                subset=dest.get("subset", ""),
-                port=dest.get("port", {}).get("number"),
-                weight=weight,
-            )
-        )
+        out.append(_destination(dest, namespace, weight=weight))
     return tuple(out)
 
 
-def _virtual_service(key: ResourceKey, spec: dict[str, Any]) -> VirtualService:
+def _header_ops(raw: Mapping[str, Any] | None, path: str) -> HeaderOps:
+    if raw is None:
+        return HeaderOps()
+    for op in ("set", "add"):
+        for name, value in raw.get(op, {}).items():
+            _check_header_name(name, f"{path}.{op}.{name}")
+            if "\r" in value or "\n" in value:
+                raise _Invalid(f"{path}.{op}.{name}: header values cannot contain line breaks")
+    for index, name in enumerate(raw.get("remove", [])):
+        _check_header_name(name, f"{path}.remove[{index}]")
+    return HeaderOps(
+        set=tuple((k.lower(), v) for k, v in sorted(raw.get("set", {}).items())),
+        add=tuple((k.lower(), v) for k, v in sorted(raw.get("add", {}).items())),
+        remove=tuple(name.lower() for name in raw.get("remove", [])),
+    )
+
+
+def _check_header_name(name: str, path: str) -> None:
+    if not _HEADER_NAME.match(name.lower()):
+        raise _Invalid(f"{path}: {name!r} is not a valid header name")
+    if name.lower() in ("host", ":authority", "content-length", "transfer-encoding", "connection"):
+        raise _Invalid(
+            f"{path}: {name!r} cannot be edited here (use rewrite.authority for the host)"
+        )
+
+
+def _retries(raw: Mapping[str, Any], path: str) -> Retries:
+    conditions = tuple(c.strip() for c in raw.get("retryOn", "").split(",") if c.strip())
+    for condition in conditions:
+        if condition not in RETRY_ON and not (condition.isdigit() and 100 <= int(condition) < 600):
+            known = ", ".join(sorted(RETRY_ON))
+            raise _Invalid(
+                f"{path}.retryOn: unknown condition {condition!r} (known: {known}, or a status code)"
+            )
+    per_try = raw.get("perTryTimeout")
+    return Retries(
+        attempts=raw.get("attempts", 0),
+        per_try_timeout=parse_duration(per_try) if per_try is not None else None,
+        retry_on=conditions,
+    )
+
+
+def _fault(raw: Mapping[str, Any]) -> Fault:
+    delay = raw.get("delay")
+    abort = raw.get("abort")
+    return Fault(
+        delay=parse_duration(delay["fixedDelay"]) if delay else None,
+        delay_percent=float(delay.get("percentage", {}).get("value", 100)) if delay else 100.0,
+        abort_status=abort["httpStatus"] if abort else None,
+        abort_percent=float(abort.get("percentage", {}).get("value", 100)) if abort else 100.0,
+    )
+
+
+def _http_route(
+    raw: Mapping[str, Any], path: str, namespace: str, warnings: list[str]
+) -> HTTPRoute:
+    has_route, redirect_raw = "route" in raw, raw.get("redirect")
+    if has_route == (redirect_raw is not None):
+        raise _Invalid(f"{path}: exactly one of route or redirect must be set")
+    redirect = None
+    if redirect_raw is not None:
+        for other in ("rewrite", "retries", "mirror", "timeout"):
+            if other in raw:
+                raise _Invalid(f"{path}.{other}: not allowed with redirect (nothing is forwarded)")
+        code = redirect_raw.get("redirectCode", 301)
+        if code not in _REDIRECT_CODES:
+            raise _Invalid(
+                f"{path}.redirect.redirectCode: {code} is not one of "
+                + ", ".join(map(str, _REDIRECT_CODES))
+            )
+        if not redirect_raw.get("uri") and not redirect_raw.get("authority"):
+            raise _Invalid(f"{path}.redirect: set uri, authority or both")
+        redirect = Redirect(
+            uri=redirect_raw.get("uri", ""), authority=redirect_raw.get("authority", ""), code=code
+        )
+    rewrite = None
+    if "rewrite" in raw:
+        rewrite = Rewrite(
+            uri=raw["rewrite"].get("uri"), authority=raw["rewrite"].get("authority", "")
+        )
+        if rewrite.uri is None and not rewrite.authority:
+            raise _Invalid(f"{path}.rewrite: set uri, authority or both")
+    timeout = parse_duration(raw["timeout"]) if "timeout" in raw else None
+    retries = _retries(raw["retries"], f"{path}.retries") if "retries" in raw else None
+    if (
+        retries is not None
+        and retries.per_try_timeout is not None
+        and timeout is not None
+        and retries.per_try_timeout > timeout
+    ):
+        warnings.append(
+            f"{path}.retries.perTryTimeout: {raw['retries']['perTryTimeout']} is longer than the "
+            f"route timeout {raw['timeout']}, which bounds all attempts; only one try can finish"
+        )
+    headers = raw.get("headers", {})
+    return HTTPRoute(
+        name=raw.get("name", ""),
+        matches=tuple(
+            _http_match(m, f"{path}.match[{i}]") for i, m in enumerate(raw.get("match", []))
+        ),
+        destinations=_destinations(raw["route"], f"{path}.route", namespace) if has_route else (),
+        redirect=redirect,
+        rewrite=rewrite,
+        timeout=timeout,
+        retries=retries,
+        fault=_fault(raw["fault"]) if "fault" in raw else None,
+        request_headers=_header_ops(headers.get("request"), f"{path}.headers.request"),
+        response_headers=_header_ops(headers.get("response"), f"{path}.headers.response"),
+        mirror=_destination(raw["mirror"], namespace) if "mirror" in raw else None,
+        mirror_percent=float(raw.get("mirrorPercentage", {}).get("value", 100)),
+    )
+
+
+def _virtual_service(key: ResourceKey, spec: dict[str, Any], warnings: list[str]) -> VirtualService:
     if not spec["hosts"]:
         raise _Invalid("spec.hosts: at least one host is required")
-    routes = []
-    for index, raw in enumerate(spec.get("http", [])):
-        path = f"spec.http[{index}]"
-        timeout = raw.get("timeout")
-        routes.append(
-            HTTPRoute(
-                name=raw.get("name", ""),
-                matches=tuple(
-                    _http_match(m, f"{path}.match[{i}]") for i, m in enumerate(raw.get("match", []))
-                ),
-                destinations=_destinations(raw["route"], f"{path}.route", key.namespace),
-                timeout=parse_duration(timeout) if timeout is not None else None,
-            )
-        )
     return VirtualService(
         key=key,
         hosts=tuple(resolve_host(h, key.namespace) for h in spec["hosts"]),
-        http=tuple(routes),
+        http=tuple(
+            _http_route(raw, f"spec.http[{index}]", key.namespace, warnings)
+            for index, raw in enumerate(spec.get("http", []))
+        ),
     )
 
 
-def _traffic_policy(raw: Mapping[str, Any] | None) -> TrafficPolicy:
+def _optional_duration(raw: Mapping[str, Any], name: str) -> float | None:
+    return parse_duration(raw[name]) if name in raw else None
+
+
+def _traffic_policy(raw: Mapping[str, Any] | None, path: str) -> TrafficPolicy:
     if raw is None:
         return TrafficPolicy()
-    lb = raw.get("loadBalancer", {}).get("simple")
-    timeout = raw.get("connectionPool", {}).get("tcp", {}).get("connectTimeout")
+    lb = raw.get("loadBalancer", {})
+    hashing = None
+    if "consistentHash" in lb:
+        if "simple" in lb:
+            raise _Invalid(f"{path}.loadBalancer: set simple or consistentHash, not both")
+        ch = lb["consistentHash"]
+        keys = [k for k in ("httpHeaderName", "httpCookie", "useSourceIp") if ch.get(k)]
+        if len(keys) != 1:
+            raise _Invalid(
+                f"{path}.loadBalancer.consistentHash: exactly one of httpHeaderName, httpCookie, "
+                "useSourceIp must be set"
+            )
+        hashing = ConsistentHash(
+            header=ch.get("httpHeaderName", "").lower(),
+            cookie=ch.get("httpCookie", {}).get("name", ""),
+            source_ip=bool(ch.get("useSourceIp")),
+        )
+    tcp = raw.get("connectionPool", {}).get("tcp", {})
+    http = raw.get("connectionPool", {}).get("http", {})
+    outlier = None
+    if "outlierDetection" in raw:
+        od = raw["outlierDetection"]
+        defaults = OutlierDetection()
+        outlier = OutlierDetection(
+            consecutive_5xx=od.get("consecutive5xxErrors", defaults.consecutive_5xx),
+            consecutive_gateway=od.get("consecutiveGatewayErrors", defaults.consecutive_gateway),
+            interval=_optional_duration(od, "interval") or defaults.interval,
+            base_ejection=_optional_duration(od, "baseEjectionTime") or defaults.base_ejection,
+            max_ejection_percent=od.get("maxEjectionPercent", defaults.max_ejection_percent),
+            min_health_percent=od.get("minHealthPercent", defaults.min_health_percent),
+        )
+    idle = _optional_duration(http, "idleTimeout")
     return TrafficPolicy(
-        lb_policy=cast(LbPolicyName | None, lb),
-        connect_timeout=parse_duration(timeout) if timeout is not None else None,
+        lb_policy=cast(LbPolicyName | None, lb.get("simple")),
+        consistent_hash=hashing,
+        connect_timeout=_optional_duration(tcp, "connectTimeout"),
+        max_connections=tcp.get("maxConnections"),
+        max_pending_requests=http.get("http1MaxPendingRequests"),
+        max_requests_per_connection=http.get("maxRequestsPerConnection"),
+        idle_timeout=idle if idle is not None else _optional_duration(tcp, "idleTimeout"),
+        outlier=outlier,
     )
 
 
-def _destination_rule(key: ResourceKey, spec: dict[str, Any]) -> DestinationRule:
+def _destination_rule(
+    key: ResourceKey, spec: dict[str, Any], warnings: list[str]
+) -> DestinationRule:
+    del warnings  # no warnings for DestinationRules yet
     subsets = []
     seen: set[str] = set()
     for index, raw in enumerate(spec.get("subsets", [])):
@@ -227,18 +428,20 @@ def _destination_rule(key: ResourceKey, spec: dict[str, Any]) -> DestinationRule
             Subset(
                 name=raw["name"],
                 labels=tuple(sorted(raw.get("labels", {}).items())),
-                policy=_traffic_policy(raw.get("trafficPolicy")),
+                policy=_traffic_policy(
+                    raw.get("trafficPolicy"), f"spec.subsets[{index}].trafficPolicy"
+                ),
             )
         )
     return DestinationRule(
         key=key,
         host=resolve_host(spec["host"], key.namespace),
-        policy=_traffic_policy(spec.get("trafficPolicy")),
+        policy=_traffic_policy(spec.get("trafficPolicy"), "spec.trafficPolicy"),
         subsets=tuple(subsets),
     )
 
 
-_BUILDERS: dict[str, Callable[[ResourceKey, dict[str, Any]], Resource]] = {
+_BUILDERS: dict[str, Callable[[ResourceKey, dict[str, Any], list[str]], Resource]] = {
     "VirtualService": _virtual_service,
     "DestinationRule": _destination_rule,
 }
@@ -257,15 +460,23 @@ def check_references(
     for key, resource in resources.items():
         if not isinstance(resource, VirtualService):
             continue
+        used = [
+            (f"spec.http[{i}].route[{j}].destination.subset", dest)
+            for i, route in enumerate(resource.http)
+            for j, dest in enumerate(route.destinations)
+        ] + [
+            (f"spec.http[{i}].mirror.subset", route.mirror)
+            for i, route in enumerate(resource.http)
+            if route.mirror is not None
+        ]
         problems = tuple(
             Problem(
                 origin=origin(key),
                 resource=str(key),
-                path=f"spec.http[{i}].route[{j}].destination.subset",
+                path=path,
                 message=f"subset {dest.subset!r} of {dest.host} is not defined by a DestinationRule",
             )
-            for i, route in enumerate(resource.http)
-            for j, dest in enumerate(route.destinations)
+            for path, dest in used
             if dest.subset and dest.subset not in subsets.get(dest.host, set())
         )
         if problems:

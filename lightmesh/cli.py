@@ -108,10 +108,12 @@ def _analyze(args: argparse.Namespace) -> int:
             print(f"lightmesh analyze: {name}: {error.strerror}", file=sys.stderr)
             return 2
     resources, problems = FileSet().load(files)
+    errors = [p for p in problems if p.severity == "error"]
     for problem in problems:
-        print(f"Error: {problem}")
-    print(f"{len(resources)} resources accepted, {len(problems)} problems in {len(files)} files")
-    return 1 if problems else 0
+        # A warning's own text starts with "warning:"; it does not fail the analysis.
+        print(str(problem) if problem.severity == "warning" else f"Error: {problem}")
+    print(f"{len(resources)} resources accepted, {len(errors)} problems in {len(files)} files")
+    return 1 if errors else 0
 
 
 def _analyze_cluster(args: argparse.Namespace) -> int:

@@ -1,9 +1,24 @@
-"""The resolvers the listeners use: outbound (route → cluster → endpoint) and inbound (the app)."""
+"""The resolvers the listeners use: outbound (route → cluster → endpoint) and inbound (the app).
+
+The outbound router applies a route's action in this order: redirect (answer at once), fault
+abort (answer at once, flag FI), weighted cluster choice, circuit breaking (503, flag UO),
+endpoint choice (load balancer over endpoints not ejected by outlier detection), then the edits of
+the request the engine forwards: uri and authority rewrite, request header edits. It is fed back
+every finished exchange (`finished`) for in-flight accounting, latency and outlier detection.
+"""
 
 from __future__ import annotations
 
+import random
+import time
+from collections.abc import Callable
+from http.cookies import CookieError, SimpleCookie
+
+from lightmesh.v1 import config_pb2 as pb
+from sidecar.cluster.cluster import Cluster
 from sidecar.config.apply import DataPlane
 from sidecar.proxy.decision import Completed, Decision, Forward, LocalReply, RequestHead
+from sidecar.routing.table import CompiledRoute, Redirect
 
 # Envoy's name for the cluster of intercepted traffic to destinations outside the mesh.
 PASSTHROUGH = "PassthroughCluster"
@@ -12,8 +27,16 @@ PASSTHROUGH = "PassthroughCluster"
 class OutboundRouter:
     """Resolves the app's outbound requests against the data plane's current config."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
         self._dataplane = dataplane
+        self._clock = clock
+        self._rng = rng or random.Random()
 
     def resolve(self, head: RequestHead) -> Decision:
         """Pick the destination of one request, or say why there is none."""
@@ -33,14 +56,60 @@ class OutboundRouter:
             return LocalReply(
                 status=404, body=f"no route of {host.name} matches {head.path!r}", flags="NR"
             )
+        if route.redirect is not None:
+            return _redirect(head, route.redirect)
+        delay = 0.0
+        fault = route.fault
+        if fault is not None:
+            if fault.abort_status and self._chance(fault.abort_percent):
+                return LocalReply(status=fault.abort_status, body="fault filter abort", flags="FI")
+            if fault.delay and self._chance(fault.delay_percent):
+                delay = fault.delay
         name = route.clusters.pick()
         cluster = dataplane.clusters.get(name) if name else None
         if cluster is None:
             return LocalReply(status=503, body=f"cluster {name!r} not found", flags="NC")
-        endpoint = cluster.balancer.pick()
+        if cluster.overloaded():
+            return LocalReply(
+                status=503,
+                body=f"upstream overflow: {cluster.max_in_flight} requests in flight to "
+                f"{cluster.name} (connectionPool limits)",
+                flags="UO",
+            )
+        now = self._clock()
+        hash_key = _hash_key(cluster.hash, head) if cluster.policy == pb.RING_HASH else None
+        endpoint = cluster.pick(hash_key=hash_key, now=now)
         if endpoint is None:
             return LocalReply(status=503, body=f"no healthy upstream in {cluster.name}", flags="UH")
-        cluster.balancer.started(endpoint)
+        _edit_request(route, head)
+        return Forward(
+            address=endpoint.address,
+            port=endpoint.port,
+            cluster=cluster.name,
+            timeout=route.timeout,
+            connect_timeout=cluster.connect_timeout,
+            retry=route.retry,
+            retry_budget=cluster.retry_budget,
+            delay=delay,
+            response_headers=route.response_headers,
+            mirror=self._mirror(route, now),
+            max_requests_per_connection=cluster.max_requests_per_connection,
+            idle_timeout=cluster.idle_timeout,
+        )
+
+    def _chance(self, percent: float) -> bool:
+        return percent >= 100.0 or self._rng.random() * 100.0 < percent
+
+    def _mirror(self, route: CompiledRoute, now: float) -> Forward | None:
+        if not route.mirror_cluster or not self._chance(route.mirror_percent):
+            return None
+        cluster = self._dataplane.clusters.get(route.mirror_cluster)
+        if cluster is None:
+            return None
+        # Not counted in flight: a mirror must never take capacity from real traffic.
+        endpoint = cluster.balancer.pick(cluster.available, hash_key=None, now=now)
+        if endpoint is None:
+            return None
         return Forward(
             address=endpoint.address,
             port=endpoint.port,
@@ -50,11 +119,63 @@ class OutboundRouter:
         )
 
     def finished(self, completed: Completed) -> None:
-        """Release the in-flight slot taken by `resolve`."""
+        """Release the in-flight slot taken by `resolve`; feed latency and outlier detection."""
         if completed.upstream:
-            cluster = self._dataplane.clusters.get(completed.cluster)
+            cluster: Cluster | None = self._dataplane.clusters.get(completed.cluster)
             if cluster is not None:
-                cluster.balancer.finished(completed.upstream)
+                cluster.finished(
+                    completed.upstream,
+                    status=completed.status,
+                    duration=completed.duration,
+                    now=self._clock(),
+                )
+
+
+def _redirect(head: RequestHead, redirect: Redirect) -> LocalReply:
+    authority = redirect.authority or _host_header(head)
+    path = head.path
+    if redirect.uri:
+        _, sep, query = head.path.partition("?")
+        path = redirect.uri if "?" in redirect.uri else redirect.uri + sep + query
+    location = f"http://{authority}{path}"
+    return LocalReply(
+        status=redirect.code,
+        body=f"redirecting to {location}",
+        headers=((b"location", location.encode("latin-1")),),
+    )
+
+
+def _host_header(head: RequestHead) -> str:
+    value = head.header(b"host")
+    return value.decode("latin-1") if value else head.host
+
+
+def _edit_request(route: CompiledRoute, head: RequestHead) -> None:
+    if route.rewrite_uri is not None:
+        head.path = route.rewritten_path(head)
+    if route.rewrite_authority:
+        authority = route.rewrite_authority.encode("latin-1")
+        head.headers = [(k, v) for k, v in head.headers if k != b"host"]
+        head.headers.insert(0, (b"host", authority))
+    if route.request_headers is not None:
+        route.request_headers.apply(head.headers)
+
+
+def _hash_key(hashing: pb.ConsistentHash, head: RequestHead) -> bytes | None:
+    if hashing.header:
+        return head.header(hashing.header.encode())
+    if hashing.cookie:
+        raw = head.header(b"cookie")
+        if raw is None:
+            return None
+        try:
+            morsel = SimpleCookie(raw.decode("latin-1")).get(hashing.cookie)
+        except CookieError:
+            return None
+        return morsel.value.encode("latin-1") if morsel is not None else None
+    if hashing.source_ip:
+        return head.peer.encode() if head.peer else None
+    return None
 
 
 class InboundRouter:

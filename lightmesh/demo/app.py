@@ -8,6 +8,7 @@ will make transparent in cluster mode.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from typing import Any
 
@@ -31,10 +32,22 @@ PROPAGATED = (
 
 
 def build_app(
-    *, name: str, version: str, workload: str, call: str, outbound: str
+    *,
+    name: str,
+    version: str,
+    workload: str,
+    call: str,
+    outbound: str,
+    fail_first: int = 0,
+    delay: float = 0.0,
 ) -> web.Application:
-    """The demo service's web application."""
+    """The demo service's web application.
+
+    `fail_first`: answer 503 to the first N requests (a flaky instance, for outlier detection);
+    `delay`: wait this many seconds before answering (a slow instance, for circuit breaking).
+    """
     session: dict[str, ClientSession] = {}
+    served = [0]
 
     async def handle(request: web.Request) -> web.Response:
         body: dict[str, Any] = {
@@ -42,7 +55,14 @@ def build_app(
             "version": version,
             "workload": workload,
             "path": request.path_qs,
+            # Repeated headers joined with ", " so tests can see every value.
+            "headers": {k.lower(): ", ".join(request.headers.getall(k)) for k in request.headers},
         }
+        served[0] += 1
+        if delay:
+            await asyncio.sleep(delay)
+        if served[0] <= fail_first:
+            return web.json_response({**body, "failed": served[0]}, status=503)
         if call:
             headers = {h: request.headers[h] for h in PROPAGATED if h in request.headers}
             try:
@@ -85,6 +105,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--call", default="", help="service to call for every request")
     parser.add_argument("--outbound", default="", help="host:port of this app's sidecar outbound")
+    parser.add_argument("--fail-first", type=int, default=0, help="answer 503 to the first N")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     args = parser.parse_args()
     app = build_app(
         name=args.name,
@@ -92,6 +114,8 @@ def main() -> None:
         workload=args.workload or f"{args.name}-{args.version}",
         call=args.call,
         outbound=args.outbound,
+        fail_first=args.fail_first,
+        delay=args.delay,
     )
     web.run_app(
         app,

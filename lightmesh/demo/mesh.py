@@ -253,8 +253,12 @@ class LocalMesh:
         call: str = "",
         namespace: str = "default",
         sidecar_args: tuple[str, ...] = (),
+        app_args: tuple[str, ...] = (),
     ) -> Workload:
-        """Start a demo app and its sidecar (not waiting for readiness)."""
+        """Start a demo app and its sidecar (not waiting for readiness).
+
+        `app_args` go to the demo app (e.g. `--fail-first 5`, `--delay 1`).
+        """
         workload = Workload(
             name=name,
             service=service,
@@ -271,6 +275,7 @@ class LocalMesh:
                 "--name", service, "--version", version, "--workload", name,
                 "--port", str(workload.app_port),
                 "--call", call, "--outbound", workload.outbound,
+                *app_args,
             ],
         )  # fmt: skip
         workload.sidecar = self.spawn(

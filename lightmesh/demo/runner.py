@@ -89,7 +89,9 @@ def _catalog_versions(mesh: LocalMesh, n: int, **kw: dict[str, str]) -> Counter[
         if body is None:
             return None
         catalog = body.get("upstream")
-        if not isinstance(catalog, dict) or not isinstance(catalog.get("upstream"), dict):
+        # catalog's own call failing still yields an "upstream" object ({"error": ...}): require
+        # that customer answered, or the check races the push of customer's endpoints.
+        if not isinstance(catalog, dict) or "workload" not in (catalog.get("upstream") or {}):
             return None
         # The whole chain answered: a catalog whose sidecar does not know customer yet still
         # answers 200, with the sidecar's 404 (no route) as its upstream error.

@@ -12,9 +12,13 @@ class LbPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROUND_ROBIN: _ClassVar[LbPolicy]
     LEAST_REQUEST: _ClassVar[LbPolicy]
     RANDOM: _ClassVar[LbPolicy]
+    PEAK_EWMA: _ClassVar[LbPolicy]
+    RING_HASH: _ClassVar[LbPolicy]
 ROUND_ROBIN: LbPolicy
 LEAST_REQUEST: LbPolicy
 RANDOM: LbPolicy
+PEAK_EWMA: LbPolicy
+RING_HASH: LbPolicy
 
 class RouteConfiguration(_message.Message):
     __slots__ = ("name", "virtual_hosts")
@@ -37,34 +41,118 @@ class VirtualHost(_message.Message):
     def __init__(self, name: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., origin: _Optional[str] = ...) -> None: ...
 
 class Route(_message.Message):
-    __slots__ = ("name", "matches", "clusters", "timeout_ms")
+    __slots__ = ("name", "matches", "clusters", "timeout_ms", "redirect", "rewrite", "request_headers", "response_headers", "retries", "fault", "mirror")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MATCHES_FIELD_NUMBER: _ClassVar[int]
     CLUSTERS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    REDIRECT_FIELD_NUMBER: _ClassVar[int]
+    REWRITE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    FAULT_FIELD_NUMBER: _ClassVar[int]
+    MIRROR_FIELD_NUMBER: _ClassVar[int]
     name: str
     matches: _containers.RepeatedCompositeFieldContainer[RouteMatch]
     clusters: _containers.RepeatedCompositeFieldContainer[WeightedCluster]
     timeout_ms: int
-    def __init__(self, name: _Optional[str] = ..., matches: _Optional[_Iterable[_Union[RouteMatch, _Mapping]]] = ..., clusters: _Optional[_Iterable[_Union[WeightedCluster, _Mapping]]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    redirect: Redirect
+    rewrite: Rewrite
+    request_headers: HeaderOps
+    response_headers: HeaderOps
+    retries: RetryPolicy
+    fault: Fault
+    mirror: Mirror
+    def __init__(self, name: _Optional[str] = ..., matches: _Optional[_Iterable[_Union[RouteMatch, _Mapping]]] = ..., clusters: _Optional[_Iterable[_Union[WeightedCluster, _Mapping]]] = ..., timeout_ms: _Optional[int] = ..., redirect: _Optional[_Union[Redirect, _Mapping]] = ..., rewrite: _Optional[_Union[Rewrite, _Mapping]] = ..., request_headers: _Optional[_Union[HeaderOps, _Mapping]] = ..., response_headers: _Optional[_Union[HeaderOps, _Mapping]] = ..., retries: _Optional[_Union[RetryPolicy, _Mapping]] = ..., fault: _Optional[_Union[Fault, _Mapping]] = ..., mirror: _Optional[_Union[Mirror, _Mapping]] = ...) -> None: ...
 
-class StringMatch(_message.Message):
-    __slots__ = ("exact", "prefix", "regex")
-    EXACT_FIELD_NUMBER: _ClassVar[int]
-    PREFIX_FIELD_NUMBER: _ClassVar[int]
-    REGEX_FIELD_NUMBER: _ClassVar[int]
-    exact: str
-    prefix: str
-    regex: str
-    def __init__(self, exact: _Optional[str] = ..., prefix: _Optional[str] = ..., regex: _Optional[str] = ...) -> None: ...
+class Redirect(_message.Message):
+    __slots__ = ("uri", "authority", "code")
+    URI_FIELD_NUMBER: _ClassVar[int]
+    AUTHORITY_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    uri: str
+    authority: str
+    code: int
+    def __init__(self, uri: _Optional[str] = ..., authority: _Optional[str] = ..., code: _Optional[int] = ...) -> None: ...
 
-class HeaderMatch(_message.Message):
+class Rewrite(_message.Message):
+    __slots__ = ("uri", "authority")
+    URI_FIELD_NUMBER: _ClassVar[int]
+    AUTHORITY_FIELD_NUMBER: _ClassVar[int]
+    uri: str
+    authority: str
+    def __init__(self, uri: _Optional[str] = ..., authority: _Optional[str] = ...) -> None: ...
+
+class HeaderValue(_message.Message):
     __slots__ = ("name", "value")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     name: str
+    value: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class HeaderOps(_message.Message):
+    __slots__ = ("set", "add", "remove")
+    SET_FIELD_NUMBER: _ClassVar[int]
+    ADD_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    set: _containers.RepeatedCompositeFieldContainer[HeaderValue]
+    add: _containers.RepeatedCompositeFieldContainer[HeaderValue]
+    remove: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, set: _Optional[_Iterable[_Union[HeaderValue, _Mapping]]] = ..., add: _Optional[_Iterable[_Union[HeaderValue, _Mapping]]] = ..., remove: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RetryPolicy(_message.Message):
+    __slots__ = ("attempts", "per_try_timeout_ms", "retry_on")
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    PER_TRY_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    RETRY_ON_FIELD_NUMBER: _ClassVar[int]
+    attempts: int
+    per_try_timeout_ms: int
+    retry_on: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, attempts: _Optional[int] = ..., per_try_timeout_ms: _Optional[int] = ..., retry_on: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Fault(_message.Message):
+    __slots__ = ("delay_ms", "delay_percent", "abort_status", "abort_percent")
+    DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    DELAY_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    ABORT_STATUS_FIELD_NUMBER: _ClassVar[int]
+    ABORT_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    delay_ms: int
+    delay_percent: float
+    abort_status: int
+    abort_percent: float
+    def __init__(self, delay_ms: _Optional[int] = ..., delay_percent: _Optional[float] = ..., abort_status: _Optional[int] = ..., abort_percent: _Optional[float] = ...) -> None: ...
+
+class Mirror(_message.Message):
+    __slots__ = ("cluster", "percent")
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    cluster: str
+    percent: float
+    def __init__(self, cluster: _Optional[str] = ..., percent: _Optional[float] = ...) -> None: ...
+
+class StringMatch(_message.Message):
+    __slots__ = ("exact", "prefix", "regex", "present")
+    EXACT_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    REGEX_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    exact: str
+    prefix: str
+    regex: str
+    present: bool
+    def __init__(self, exact: _Optional[str] = ..., prefix: _Optional[str] = ..., regex: _Optional[str] = ..., present: _Optional[bool] = ...) -> None: ...
+
+class HeaderMatch(_message.Message):
+    __slots__ = ("name", "value", "invert")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    INVERT_FIELD_NUMBER: _ClassVar[int]
+    name: str
     value: StringMatch
-    def __init__(self, name: _Optional[str] = ..., value: _Optional[_Union[StringMatch, _Mapping]] = ...) -> None: ...
+    invert: bool
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[_Union[StringMatch, _Mapping]] = ..., invert: _Optional[bool] = ...) -> None: ...
 
 class QueryParamMatch(_message.Message):
     __slots__ = ("name", "value")
@@ -94,19 +182,59 @@ class WeightedCluster(_message.Message):
     weight: int
     def __init__(self, cluster: _Optional[str] = ..., weight: _Optional[int] = ...) -> None: ...
 
+class ConsistentHash(_message.Message):
+    __slots__ = ("header", "cookie", "source_ip", "ring_size")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    COOKIE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_IP_FIELD_NUMBER: _ClassVar[int]
+    RING_SIZE_FIELD_NUMBER: _ClassVar[int]
+    header: str
+    cookie: str
+    source_ip: bool
+    ring_size: int
+    def __init__(self, header: _Optional[str] = ..., cookie: _Optional[str] = ..., source_ip: _Optional[bool] = ..., ring_size: _Optional[int] = ...) -> None: ...
+
+class OutlierDetection(_message.Message):
+    __slots__ = ("consecutive_5xx", "consecutive_gateway", "interval_ms", "base_ejection_ms", "max_ejection_percent", "min_health_percent")
+    CONSECUTIVE_5XX_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    BASE_EJECTION_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_EJECTION_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MIN_HEALTH_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    consecutive_5xx: int
+    consecutive_gateway: int
+    interval_ms: int
+    base_ejection_ms: int
+    max_ejection_percent: int
+    min_health_percent: int
+    def __init__(self, consecutive_5xx: _Optional[int] = ..., consecutive_gateway: _Optional[int] = ..., interval_ms: _Optional[int] = ..., base_ejection_ms: _Optional[int] = ..., max_ejection_percent: _Optional[int] = ..., min_health_percent: _Optional[int] = ...) -> None: ...
+
 class Cluster(_message.Message):
-    __slots__ = ("name", "service", "subset", "lb_policy", "connect_timeout_ms")
+    __slots__ = ("name", "service", "subset", "lb_policy", "connect_timeout_ms", "hash", "max_connections", "max_pending_requests", "max_requests_per_connection", "idle_timeout_ms", "outlier")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     SUBSET_FIELD_NUMBER: _ClassVar[int]
     LB_POLICY_FIELD_NUMBER: _ClassVar[int]
     CONNECT_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PENDING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUESTS_PER_CONNECTION_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    OUTLIER_FIELD_NUMBER: _ClassVar[int]
     name: str
     service: str
     subset: str
     lb_policy: LbPolicy
     connect_timeout_ms: int
-    def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., subset: _Optional[str] = ..., lb_policy: _Optional[_Union[LbPolicy, str]] = ..., connect_timeout_ms: _Optional[int] = ...) -> None: ...
+    hash: ConsistentHash
+    max_connections: int
+    max_pending_requests: int
+    max_requests_per_connection: int
+    idle_timeout_ms: int
+    outlier: OutlierDetection
+    def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., subset: _Optional[str] = ..., lb_policy: _Optional[_Union[LbPolicy, str]] = ..., connect_timeout_ms: _Optional[int] = ..., hash: _Optional[_Union[ConsistentHash, _Mapping]] = ..., max_connections: _Optional[int] = ..., max_pending_requests: _Optional[int] = ..., max_requests_per_connection: _Optional[int] = ..., idle_timeout_ms: _Optional[int] = ..., outlier: _Optional[_Union[OutlierDetection, _Mapping]] = ...) -> None: ...
 
 class ClusterLoadAssignment(_message.Message):
     __slots__ = ("cluster_name", "endpoints")
@@ -117,7 +245,7 @@ class ClusterLoadAssignment(_message.Message):
     def __init__(self, cluster_name: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("address", "port", "workload", "labels")
+    __slots__ = ("address", "port", "workload", "labels", "weight")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -129,8 +257,10 @@ class Endpoint(_message.Message):
     PORT_FIELD_NUMBER: _ClassVar[int]
     WORKLOAD_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
     address: str
     port: int
     workload: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ..., workload: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    weight: int
+    def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ..., workload: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., weight: _Optional[int] = ...) -> None: ...

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from google.protobuf.any_pb2 import Any as AnyPb
@@ -18,7 +17,8 @@ from google.protobuf.message import Message
 
 from lightmesh import types
 from lightmesh.v1 import config_pb2 as pb
-from sidecar.cluster.balancers import Balancer, Endpoint
+from sidecar.cluster.balancers import Endpoint
+from sidecar.cluster.cluster import Cluster
 from sidecar.errors import ConfigError
 from sidecar.routing.table import RouteTable, compile_routes
 
@@ -26,23 +26,12 @@ _KNOWN_LB = set(pb.LbPolicy.values())
 _M = TypeVar("_M", bound=Message)
 
 
-@dataclass(slots=True)
-class ClusterState:
-    """A cluster as the router uses it."""
-
-    name: str
-    service: str
-    subset: str
-    connect_timeout: float
-    balancer: Balancer
-
-
 class DataPlane:
     """The config currently serving: route table and clusters (with endpoints)."""
 
     def __init__(self, *, max_regex_length: int = 1024, rng: random.Random | None = None) -> None:
         self.routes = RouteTable({})
-        self.clusters: dict[str, ClusterState] = {}
+        self.clusters: dict[str, Cluster] = {}
         self._endpoints: dict[str, tuple[Endpoint, ...]] = {}
         self._max_regex = max_regex_length
         self._rng = rng or random.Random()
@@ -75,35 +64,28 @@ class DataPlane:
                     f"cluster {cluster.name}: load balancer policy {cluster.lb_policy} is not "
                     "supported by this sidecar version"
                 )
-        new: dict[str, ClusterState] = {}
-        for cluster in clusters:
-            old = self.clusters.get(cluster.name)
-            if old is not None and old.balancer.policy == cluster.lb_policy:
-                balancer = old.balancer  # keeps round-robin position and in-flight counts
+        new: dict[str, Cluster] = {}
+        for config in clusters:
+            state = Cluster(config, rng=self._rng)
+            old = self.clusters.get(config.name)
+            if old is not None:
+                # Keeps in-flight counts, latency estimates, ejections, round-robin position.
+                state.carry_over(old)
             else:
-                balancer = Balancer(
-                    policy=cluster.lb_policy,
-                    endpoints=self._endpoints.get(cluster.name, ()),
-                    rng=self._rng,
-                )
-            new[cluster.name] = ClusterState(
-                name=cluster.name,
-                service=cluster.service,
-                subset=cluster.subset,
-                connect_timeout=(cluster.connect_timeout_ms or 10_000) / 1000,
-                balancer=balancer,
-            )
+                state.set_endpoints(self._endpoints.get(config.name, ()))
+            new[config.name] = state
         self.clusters = new
 
     def _apply_endpoints(self, assignments: list[pb.ClusterLoadAssignment]) -> None:
         endpoints = {
             a.cluster_name: tuple(
-                Endpoint(address=e.address, port=e.port, workload=e.workload) for e in a.endpoints
+                Endpoint(address=e.address, port=e.port, workload=e.workload, weight=e.weight or 1)
+                for e in a.endpoints
             )
             for a in assignments
         }
-        for name, state in self.clusters.items():
-            state.balancer.endpoints = endpoints.get(name, ())
+        for name, cluster in self.clusters.items():
+            cluster.set_endpoints(endpoints.get(name, ()))
         self._endpoints = endpoints
 
     def dump(self) -> dict[str, list[dict[str, Any]]]:

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the engine only passes these through (and will apply them later)
+    from sidecar.routing.headers import HeaderEdits
+    from sidecar.routing.retry import RetryBudget, RetryPolicy
 
 
 @dataclass(slots=True, kw_only=True)
@@ -47,6 +52,22 @@ class Forward:
     # Overall deadline for the upstream exchange (connect + response head), seconds; None: no limit.
     timeout: float | None = None
     connect_timeout: float = 5.0
+    # --- Optional, decided by the router for the engine to apply (ignored until it does) ---
+    # Retry policy of the route (always set by the outbound router: the default retries only
+    # what never reached the upstream). Ask `retry.should_retry(...)`; `routing.retry.backoff` for the wait.
+    retry: RetryPolicy | None = None
+    # The cluster's retry budget (this request already deposited): `try_retry(now)` before each
+    # retry; False means do not retry (retries are capped at 20% of requests + 10/s).
+    retry_budget: RetryBudget | None = None
+    # Fault injection: wait this long (seconds) before forwarding.
+    delay: float = 0.0
+    # Edits of the upstream response's headers before it is relayed: `response_headers.apply(list)`.
+    response_headers: HeaderEdits | None = None
+    # Send a copy here too (fire-and-forget, response discarded, never delays the original).
+    mirror: Forward | None = None
+    # Upstream connection pool limits of the cluster; 0 / None: unlimited.
+    max_requests_per_connection: int = 0
+    idle_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,6 +78,8 @@ class LocalReply:
     body: str
     # Envoy-style response flags, e.g. "NR" (no route), "UH" (no healthy upstream).
     flags: str = ""
+    # Extra response headers (lower-case names), e.g. Location of a redirect.
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 Decision = Forward | LocalReply

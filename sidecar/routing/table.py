@@ -1,5 +1,8 @@
 """Route table compiled from a `RouteConfiguration`: regexes compiled once, lookups by domain.
 
+Each route carries its compiled action: where to send (weighted clusters) or a redirect, and the
+edits (rewrite, header edits, fault, retry policy, mirror) the router applies to a matching request.
+
 `compile_routes` raises `ConfigError` for anything this sidecar cannot apply, which the config
 client turns into a NACK. Pure: no I/O.
 """
@@ -14,6 +17,8 @@ from urllib.parse import parse_qsl
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.errors import ConfigError
 from sidecar.proxy.decision import RequestHead
+from sidecar.routing.headers import HeaderEdits
+from sidecar.routing.retry import DEFAULT_RETRY, RetryPolicy
 
 Matcher = Callable[[str], bool]
 
@@ -38,7 +43,13 @@ def _string_matcher(match: pb.StringMatch, where: str, *, max_regex: int) -> Mat
         except re.error as error:
             raise ConfigError(f"{where}.regex: {pattern!r} does not compile: {error}") from None
         return lambda value: compiled.fullmatch(value) is not None
+    if kind == "present":
+        return _any
     raise ConfigError(f"{where}: empty string match (a newer control plane?)")
+
+
+def _any(_: str) -> bool:
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +58,13 @@ class CompiledMatch:
 
     uri: Matcher | None
     method: Matcher | None
-    headers: tuple[tuple[bytes, Matcher], ...]
+    # (name, matcher, invert): invert is Istio's withoutHeaders (absent or not matching).
+    headers: tuple[tuple[bytes, Matcher, bool], ...]
     query: tuple[tuple[str, Matcher], ...]
+    # The uri prefix matched, for rewrite.uri (None: the whole path is replaced).
+    uri_prefix: str | None = None
+    # Every path this entry accepts starts with this ("" when unknown): a cheap pre-filter.
+    literal: str = ""
 
     def matches(self, head: RequestHead, path: str, query: dict[str, str] | None) -> bool:
         """Whether the request satisfies this entry."""
@@ -56,9 +72,10 @@ class CompiledMatch:
             return False
         if self.method is not None and not self.method(head.method):
             return False
-        for name, matcher in self.headers:
+        for name, matcher, invert in self.headers:
             value = head.header(name)
-            if value is None or not matcher(value.decode("latin-1")):
+            found = value is not None and matcher(value.decode("latin-1"))
+            if found == invert:
                 return False
         if self.query:
             params = query if query is not None else {}
@@ -99,18 +116,62 @@ class WeightedClusters:
 
 
 @dataclass(frozen=True, slots=True)
+class Redirect:
+    """Answer with a redirect: new path (with query) and/or authority, and the status code."""
+
+    uri: str
+    authority: str
+    code: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """Fault injection of a route: percentages 0-100."""
+
+    delay: float
+    delay_percent: float
+    abort_status: int
+    abort_percent: float
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledRoute:
-    """A route: its match alternatives and where matching requests go."""
+    """A route: its match alternatives and what to do with matching requests."""
 
     name: str
     matches: tuple[CompiledMatch, ...]
     clusters: WeightedClusters
     timeout: float | None
     needs_query: bool
+    redirect: Redirect | None = None
+    rewrite_uri: str | None = None
+    rewrite_authority: str = ""
+    request_headers: HeaderEdits | None = None
+    response_headers: HeaderEdits | None = None
+    fault: Fault | None = None
+    retry: RetryPolicy = DEFAULT_RETRY
+    mirror_cluster: str = ""
+    mirror_percent: float = 0.0
 
     def accepts(self, head: RequestHead, path: str, query: dict[str, str] | None) -> bool:
         """Whether the request matches (a route without match entries matches everything)."""
         return not self.matches or any(m.matches(head, path, query) for m in self.matches)
+
+    def rewritten_path(self, head: RequestHead) -> str:
+        """The request's path with rewrite.uri applied (query kept), as Envoy's prefix_rewrite.
+
+        The prefix of the match entry that matched is replaced; for other matches the whole path.
+        """
+        if self.rewrite_uri is None:
+            return head.path
+        path, sep, raw_query = head.path.partition("?")
+        query = dict(parse_qsl(raw_query, keep_blank_values=True)) if self.needs_query else None
+        entry = next((m for m in self.matches if m.matches(head, path, query)), None)
+        prefix = entry.uri_prefix if entry is not None else None
+        new = self.rewrite_uri + path[len(prefix) :] if prefix is not None else self.rewrite_uri
+        if not new.startswith("/"):
+            new = "/" + new
+        return new + sep + raw_query
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +200,12 @@ class RouteTable:
         path, _, raw_query = head.path.partition("?")
         query = dict(parse_qsl(raw_query, keep_blank_values=True)) if host.needs_query else None
         for route in host.routes:
-            if route.accepts(head, path, query):
+            if not route.matches:
                 return host, route
+            for match in route.matches:
+                # The literal start of the uri pattern rules most routes out before any regex runs.
+                if path.startswith(match.literal) and match.matches(head, path, query):
+                    return host, route
         return host, None
 
     @property
@@ -166,6 +231,45 @@ def compile_routes(config: pb.RouteConfiguration, *, max_regex: int) -> RouteTab
     return RouteTable(by_domain)
 
 
+_META = frozenset(".^$*+?{}[]\\|()")
+
+
+def literal_prefix(match: pb.StringMatch) -> str:
+    """A string every value accepted by `match` starts with (conservative: "" when unsure)."""
+    kind = match.WhichOneof("kind")
+    if kind == "exact":
+        return match.exact
+    if kind == "prefix":
+        return match.prefix
+    if kind != "regex":
+        return ""
+    pattern = match.regex
+    if _has_top_level_alternation(pattern):
+        return ""
+    end = 0
+    while end < len(pattern) and pattern[end] not in _META:
+        end += 1
+    if end < len(pattern) and pattern[end] in "*?{":
+        end -= 1  # the last literal character is optional or repeated
+    return pattern[: max(end, 0)]
+
+
+def _has_top_level_alternation(pattern: str) -> bool:
+    depth, escaped = 0, False
+    for char in pattern:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+        elif char == "|" and depth <= 0:
+            return True  # also when a class like [|] confused the count: "unsure" is safe
+    return False
+
+
 def _compile_route(route: pb.Route, where: str, *, max_regex: int) -> CompiledRoute:
     matches = []
     for index, match in enumerate(route.matches):
@@ -174,25 +278,59 @@ def _compile_route(route: pb.Route, where: str, *, max_regex: int) -> CompiledRo
         def string(m: pb.StringMatch, field: str, at: str = at) -> Matcher:
             return _string_matcher(m, f"{at}.{field}", max_regex=max_regex)
 
+        has_uri = match.HasField("uri")
         matches.append(
             CompiledMatch(
-                uri=string(match.uri, "uri") if match.HasField("uri") else None,
+                uri=string(match.uri, "uri") if has_uri else None,
                 method=string(match.method, "method") if match.HasField("method") else None,
                 headers=tuple(
-                    (h.name.lower().encode(), string(h.value, f"headers.{h.name}"))
+                    (h.name.lower().encode(), string(h.value, f"headers.{h.name}"), h.invert)
                     for h in match.headers
                 ),
                 query=tuple(
                     (q.name, string(q.value, f"queryParams.{q.name}")) for q in match.query_params
                 ),
+                uri_prefix=match.uri.prefix if has_uri and match.uri.HasField("prefix") else None,
+                literal=literal_prefix(match.uri) if has_uri else "",
             )
         )
-    if not route.clusters:
+    redirect = None
+    if route.HasField("redirect"):
+        r = route.redirect
+        if r.code not in (301, 302, 303, 307, 308):
+            raise ConfigError(f"{where}: redirect code {r.code} is not supported")
+        redirect = Redirect(uri=r.uri, authority=r.authority, code=r.code)
+    elif not route.clusters:
         raise ConfigError(f"{where}: route has no destination")
+    retry = DEFAULT_RETRY
+    if route.HasField("retries"):
+        try:
+            retry = RetryPolicy.from_proto(route.retries)
+        except ValueError as error:
+            raise ConfigError(f"{where}: retries: {error}") from None
+    fault = None
+    if route.HasField("fault"):
+        f = route.fault
+        fault = Fault(
+            delay=f.delay_ms / 1000,
+            delay_percent=f.delay_percent,
+            abort_status=f.abort_status,
+            abort_percent=f.abort_percent,
+        )
+    rewrite = route.rewrite if route.HasField("rewrite") else None
     return CompiledRoute(
         name=route.name,
         matches=tuple(matches),
         clusters=WeightedClusters([(c.cluster, c.weight) for c in route.clusters]),
         timeout=route.timeout_ms / 1000 if route.timeout_ms else None,
         needs_query=any(m.query for m in matches),
+        redirect=redirect,
+        rewrite_uri=rewrite.uri if rewrite is not None and rewrite.HasField("uri") else None,
+        rewrite_authority=rewrite.authority if rewrite is not None else "",
+        request_headers=HeaderEdits.from_proto(route.request_headers),
+        response_headers=HeaderEdits.from_proto(route.response_headers),
+        fault=fault,
+        retry=retry,
+        mirror_cluster=route.mirror.cluster,
+        mirror_percent=route.mirror.percent if route.mirror.cluster else 0.0,
     )

@@ -55,3 +55,21 @@ def test_analyze_reports_each_problem_and_fails(
     )
     assert out[-1] == "2 resources accepted, 1 problems in 3 files"
     assert main(["analyze", "-f", str(EXAMPLES)]) == 0
+
+
+def test_analyze_prints_warnings_without_failing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = tmp_path / "retries.yaml"
+    doc.write_text(
+        "apiVersion: lightmesh.io/v1alpha1\nkind: VirtualService\nmetadata: {name: x}\n"
+        "spec: {hosts: [a], http: [{route: [{destination: {host: a}}], timeout: 1s,"
+        " retries: {attempts: 2, perTryTimeout: 2s}}]}\n"
+    )
+    assert main(["analyze", "-f", str(doc)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(
+        f"{doc}: VirtualService default/x: spec.http[0].retries.perTryTimeout:"
+    )
+    assert "warning: 2s is longer than the route timeout 1s" in out[0]
+    assert out[-1] == "1 resources accepted, 0 problems in 1 files"

@@ -79,7 +79,7 @@ def test_service_without_rules_gets_one_cluster_and_a_default_route() -> None:
     assert isinstance(cluster, pb.Cluster)
     assert (cluster.name, cluster.lb_policy, cluster.connect_timeout_ms) == (
         f"outbound||{CATALOG}",
-        pb.ROUND_ROBIN,
+        pb.PEAK_EWMA,
         10_000,
     )
     (routes,) = config[types.ROUTES]

@@ -52,7 +52,8 @@ def test_unknown_field_is_named_with_its_path() -> None:
     spec = {**SPLIT, "http": [{**SPLIT["http"][0], "retriez": 3}]}  # type: ignore[dict-item]
     assert problems(vs(spec)) == [
         "f.yaml: VirtualService shop/catalog: spec.http[0].retriez: unknown field "
-        "(known fields: match, name, route, timeout)"
+        "(known fields: fault, headers, match, mirror, mirrorPercentage, name, redirect, retries, "
+        "rewrite, route, timeout)"
     ]
 
 

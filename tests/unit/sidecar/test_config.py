@@ -5,7 +5,7 @@ from google.protobuf.any_pb2 import Any as AnyPb
 
 from lightmesh import types
 from lightmesh.v1 import config_pb2 as pb
-from sidecar.cluster.balancers import Balancer, Endpoint
+from sidecar.cluster.balancers import Endpoint
 from sidecar.config.apply import DataPlane
 from sidecar.config.client import Backoff
 from sidecar.config.protocol import ClientProtocol
@@ -66,20 +66,7 @@ def test_endpoints_follow_clusters_in_either_order() -> None:
     )
     dataplane.apply(types.ENDPOINTS, packed(assignment))
     dataplane.apply(types.CLUSTER, packed(pb.Cluster(name="c")))
-    assert dataplane.clusters["c"].balancer.endpoints == (Endpoint("127.0.0.1", 9, ""),)
-
-
-def test_round_robin_cycles_and_least_request_prefers_idle() -> None:
-    a, b = Endpoint("h", 1), Endpoint("h", 2)
-    rr = Balancer(policy=pb.ROUND_ROBIN, endpoints=(a, b))
-    assert [rr.pick() for _ in range(4)] == [b, a, b, a]
-    lr = Balancer(policy=pb.LEAST_REQUEST, endpoints=(a, b))
-    for _ in range(3):
-        lr.started(a)
-    assert {lr.pick() for _ in range(20)} == {b}
-    for _ in range(3):
-        lr.finished(a.key)
-    assert lr.in_flight == {}
+    assert dataplane.clusters["c"].endpoints == (Endpoint("127.0.0.1", 9, ""),)
 
 
 def test_backoff_grows_to_its_cap_and_resets() -> None:

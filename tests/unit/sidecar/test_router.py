@@ -8,6 +8,7 @@ from lightmesh.v1 import config_pb2 as pb
 from sidecar.config.apply import DataPlane
 from sidecar.proxy.decision import Completed, Forward, LocalReply, RequestHead
 from sidecar.router import OutboundRouter
+from sidecar.routing.retry import DEFAULT_RETRY
 
 CLUSTER = "outbound||catalog.default.svc.cluster.local"
 
@@ -45,22 +46,24 @@ def done(decision: Forward) -> Completed:
 
 
 def test_forward_carries_route_timeout_and_cluster_connect_timeout() -> None:
-    decision = OutboundRouter(dataplane(1)).resolve(head())
+    plane = dataplane(1)
+    decision = OutboundRouter(plane).resolve(head())
     assert decision == Forward(
-        address="127.0.0.1", port=1, cluster=CLUSTER, timeout=1.5, connect_timeout=0.25
-    )
+        address="127.0.0.1", port=1, cluster=CLUSTER, timeout=1.5, connect_timeout=0.25,
+        retry=DEFAULT_RETRY, retry_budget=plane.clusters[CLUSTER].retry_budget,
+    )  # fmt: skip
 
 
 def test_in_flight_slots_are_released_when_requests_complete() -> None:
     plane = dataplane(1, 2)
     router = OutboundRouter(plane)
     decisions = [router.resolve(head()) for _ in range(4)]
-    balancer = plane.clusters[CLUSTER].balancer
-    assert sum(balancer.in_flight.values()) == 4
+    stats = plane.clusters[CLUSTER].stats
+    assert sum(stats.in_flight.values()) == stats.total_in_flight == 4
     for decision in decisions:
         assert isinstance(decision, Forward)
         router.finished(done(decision))
-    assert balancer.in_flight == {}
+    assert stats.in_flight == {} and stats.total_in_flight == 0
 
 
 def test_local_replies_say_why() -> None:

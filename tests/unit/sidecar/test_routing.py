@@ -3,11 +3,13 @@
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.errors import ConfigError
 from sidecar.proxy.decision import RequestHead
-from sidecar.routing.table import WeightedClusters, compile_routes
+from sidecar.routing.table import WeightedClusters, compile_routes, literal_prefix
 
 
 def head(
@@ -100,3 +102,58 @@ def test_regex_over_the_sidecar_limit_is_rejected_naming_the_route() -> None:
 def test_route_without_destination_is_rejected() -> None:
     with pytest.raises(ConfigError, match="route has no destination"):
         table(pb.Route(name="empty"))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "literal"),
+    [
+        ("/api/v1/items/[0-9]+", "/api/v1/items/"),
+        ("/items/x?", "/items/"),
+        ("/a|/b", ""),
+        ("(?i)/items", ""),
+        (r"/a\.b", "/a"),
+        ("/a(b|c)", "/a"),
+        ("/ab{2}", "/a"),
+    ],
+)
+def test_literal_prefix_of_regex_is_conservative(pattern: str, literal: str) -> None:
+    assert literal_prefix(pb.StringMatch(regex=pattern)) == literal
+
+
+@given(st.data())
+@settings(max_examples=60)
+def test_every_value_a_regex_accepts_starts_with_its_literal_prefix(data: st.DataObject) -> None:
+    pattern = data.draw(
+        st.sampled_from(["/api/v[0-9]/items/[0-9]+", "/x/y*z", "/a(b|c)+d", r"/q\?r", "/m[|]n"])
+    )
+    value = data.draw(st.from_regex(pattern, fullmatch=True))
+    assert value.startswith(literal_prefix(pb.StringMatch(regex=pattern)))
+
+
+def test_without_headers_match_when_absent_or_different() -> None:
+    routes = table(
+        to("no-debug", headers=[pb.HeaderMatch(name="x-debug", value=pb.StringMatch(exact="1"),
+                                               invert=True)]),
+        to("rest"),
+    )  # fmt: skip
+    assert picked(routes, head()) == "no-debug"
+    assert picked(routes, head(x_debug="0")) == "no-debug"
+    assert picked(routes, head(x_debug="1")) == "rest"
+
+
+@given(st.lists(st.integers(min_value=0, max_value=100), min_size=1, max_size=6))
+def test_weighted_clusters_give_exact_shares_every_cycle(weights: list[int]) -> None:
+    chooser = WeightedClusters([(f"c{i}", w) for i, w in enumerate(weights)])
+    total = sum(weights)
+    picks = Counter(chooser.pick() for _ in range(total * 2))
+    assert picks == Counter({f"c{i}": 2 * w for i, w in enumerate(weights) if w})
+
+
+def test_unknown_retry_condition_from_a_newer_control_plane_is_nacked() -> None:
+    route = pb.Route(
+        name="r",
+        clusters=[pb.WeightedCluster(cluster="c", weight=100)],
+        retries=pb.RetryPolicy(attempts=2, retry_on=["5xx", "cosmic-rays"]),
+    )
+    with pytest.raises(ConfigError, match="retries: unknown retryOn condition 'cosmic-rays'"):
+        table(route)

@@ -1,0 +1,112 @@
+"""One upstream cluster as the router uses it: endpoints, balancer, outlier detection, limits.
+
+Built from a `pb.Cluster`; `carry_over` keeps the live state (requests in flight, latency
+estimates, ejections, round-robin position) when a config update leaves the cluster's policy as it
+was, so a push does not reset what the sidecar has learnt. Pure apart from the injected rng.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from lightmesh.v1 import config_pb2 as pb
+from sidecar.cluster.balancers import VNODES, Balancer, Endpoint, LoadStats, make_balancer
+from sidecar.cluster.outlier import OutlierConfig, OutlierDetector, filter_available
+from sidecar.routing.retry import RetryBudget
+
+
+class Cluster:
+    """A cluster's config plus its live state."""
+
+    def __init__(self, config: pb.Cluster, *, rng: random.Random) -> None:
+        self.name = config.name
+        self.service = config.service
+        self.subset = config.subset
+        self.policy = config.lb_policy
+        self.connect_timeout = (config.connect_timeout_ms or 10_000) / 1000
+        # Circuit breaking: both limits set → at most their sum in flight (active + pending).
+        both = config.max_connections and config.max_pending_requests
+        self.max_in_flight = config.max_connections + config.max_pending_requests if both else 0
+        self.max_requests_per_connection = config.max_requests_per_connection
+        self.idle_timeout = config.idle_timeout_ms / 1000 if config.idle_timeout_ms else None
+        self.hash = pb.ConsistentHash()
+        self.hash.CopyFrom(config.hash)
+        self._rng = rng
+        self.stats = LoadStats()
+        self.balancer: Balancer = self._new_balancer()
+        self.outlier = (
+            OutlierDetector(OutlierConfig.from_proto(config.outlier))
+            if config.HasField("outlier")
+            else None
+        )
+        self.endpoints: tuple[Endpoint, ...] = ()
+        self.available: tuple[Endpoint, ...] = ()
+        self.overflows = 0
+        self.retry_budget = RetryBudget()
+
+    def carry_over(self, old: Cluster) -> None:
+        """Keep `old`'s live state where this config allows it."""
+        self.stats = old.stats
+        self.retry_budget = old.retry_budget
+        if old.policy == self.policy and old.hash == self.hash:
+            self.balancer = old.balancer
+        else:
+            self.balancer = self._new_balancer()
+        if (
+            self.outlier is not None
+            and old.outlier is not None
+            and self.outlier.config == old.outlier.config
+        ):
+            self.outlier = old.outlier
+        self.set_endpoints(old.endpoints)
+
+    def _new_balancer(self) -> Balancer:
+        return make_balancer(
+            self.policy, stats=self.stats, rng=self._rng, vnodes=self.hash.ring_size or VNODES
+        )
+
+    def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+        """The cluster's endpoints changed."""
+        self.endpoints = tuple(endpoints)
+        self.balancer.set_endpoints(self.endpoints)
+        self.stats.forget({e.key for e in self.endpoints})
+        if self.outlier is not None:
+            self.outlier.set_endpoints(e.key for e in self.endpoints)
+        self._update_available()
+
+    def _update_available(self) -> None:
+        if self.outlier is None:
+            self.available = self.endpoints
+            return
+        self.available = filter_available(
+            self.endpoints,
+            [e.key for e in self.endpoints],
+            self.outlier.ejected,
+            min_health_percent=self.outlier.config.min_health_percent,
+        )
+
+    def overloaded(self) -> bool:
+        """Whether one more request would exceed the circuit-breaking limit."""
+        if self.max_in_flight and self.stats.total_in_flight >= self.max_in_flight:
+            self.overflows += 1
+            return True
+        return False
+
+    def pick(self, *, hash_key: bytes | None, now: float) -> Endpoint | None:
+        """An endpoint for the next request (counted as in flight), or None when there is none."""
+        outlier = self.outlier
+        if outlier is not None and now >= outlier.next_check and outlier.refresh(now):
+            self._update_available()
+        endpoint = self.balancer.pick(self.available, hash_key=hash_key, now=now)
+        if endpoint is not None:
+            self.stats.started(endpoint.key)
+            self.retry_budget.request(now)
+        return endpoint
+
+    def finished(self, upstream: str, *, status: int, duration: float, now: float) -> None:
+        """An exchange picked by `pick` ended (`upstream` is its endpoint's key)."""
+        # Proxy-made failures (status 0: the client went away) carry no latency information.
+        self.stats.finished(upstream, rtt=duration if status else None, now=now)
+        if self.outlier is not None and status and self.outlier.record(upstream, status, now):
+            self._update_available()
