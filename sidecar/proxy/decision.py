@@ -73,6 +73,11 @@ class Completed:
     response_bytes: int
     # "address:port" of the endpoint of a Forward decision, "" for local replies.
     upstream: str = ""
+    # The forwarded head after the resolver ran (path, x-request-id, trace headers for telemetry);
+    # None when no head was parsed (a refused or timed-out request).
+    head: RequestHead | None = None
+    # time.time() when the request began (its head was parsed), for spans and access logs.
+    start_time: float = 0.0
 
 
 Recorder = Callable[[Completed], None]
