@@ -496,7 +496,7 @@ class Attempt:
         self.retry = retry  # a second try: always on a fresh connection, replaying the request
         self.conn: UpstreamConnection | None = None
         self.connecting: asyncio.Task[None] | None = None
-        self.parser = ResponseParser(exchange.start.method)
+        self.parser: ResponseParser | None = None  # set by bind
         self.received = 0
         self.done = False
 
@@ -539,6 +539,11 @@ class Attempt:
         self.conn = conn
         conn.owner = self
         exchange = self.exchange
+        method = exchange.start.method
+        parser = conn.parser
+        if parser is None or not parser.reset(method):
+            parser = conn.parser = ResponseParser(method)
+        self.parser = parser
         conn.write(exchange.request_so_far(retry=self.retry))
         if exchange.down.write_paused:
             conn.pause_reading()
@@ -555,11 +560,11 @@ class Attempt:
 
     def trailing_data(self) -> bool:
         """Whether the upstream sent bytes beyond the response (never reuse it then)."""
-        return self.parser.trailing_data
+        return self.parser is not None and self.parser.trailing_data
 
     def upgrade_tail(self) -> bytes:
         """The bytes after a 101 head, already in the new protocol."""
-        return self.parser.upgrade_tail
+        return self.parser.upgrade_tail if self.parser is not None else b""
 
     # --- UpstreamOwner ---
 
@@ -568,8 +573,11 @@ class Attempt:
         if self.done:
             return
         self.received += len(data)
+        parser = self.parser
+        if parser is None:
+            return
         try:
-            events = self.parser.feed(data)
+            events = parser.feed(data)
         except ParseError as exc:
             self.exchange.upstream_broke(self, UpstreamProtocolError(str(exc)))
             return
@@ -578,7 +586,7 @@ class Attempt:
 
     def upstream_eof(self) -> bool:
         """The upstream closed its half: ends a close-delimited body, else the exchange broke."""
-        if not self.done:
+        if not self.done and self.parser is not None:
             try:
                 events = self.parser.feed_eof()
             except ParseError as exc:

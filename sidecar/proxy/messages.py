@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import uuid
 
 from sidecar.proxy.decision import RequestHead
 from sidecar.proxy.http1 import (
@@ -35,9 +34,28 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # A version-4 UUID from a Mersenne Twister seeded by the OS: uuid4() costs a getrandom syscall per
 # request (5% of the sidecar's CPU in the profile); request ids need uniqueness, not secrecy.
 _REQUEST_IDS = random.Random(os.urandom(16))
+# Version (4) and variant (RFC 4122) bits of a random UUID.
+_UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID_V4 = (0x4000 << 64) | (0x8000 << 48)
 
 # Request headers the engine itself re-creates or must not forward (besides hop-by-hop ones).
 _DROPPED_REQUEST = HOP_BY_HOP | {b"expect", b"x-forwarded-for"}
+
+
+def _named_fields(connection: list[bytes]) -> set[bytes]:
+    """Fields named by Connection header values, beyond the always hop-by-hop ones."""
+    if not connection:
+        return set()
+    named = {t.strip().lower() for value in connection for t in value.split(b",")}
+    named.discard(b"")
+    return named - HOP_BY_HOP
+
+
+def new_request_id() -> bytes:
+    """A random version-4 UUID in its text form (what uuid4() gives, without its syscall)."""
+    bits = _REQUEST_IDS.getrandbits(128) & _UUID_CLEAR | _UUID_V4
+    text = b"%032x" % bits
+    return b"%s-%s-%s-%s-%s" % (text[:8], text[8:12], text[12:16], text[16:20], text[20:])
 
 
 def forwarded_head(start: RequestStart, *, peer: str) -> RequestHead:
@@ -46,17 +64,18 @@ def forwarded_head(start: RequestStart, *, peer: str) -> RequestHead:
     Raises ParseError for a target that is neither origin- nor absolute-form.
     """
     path, authority = split_target(start.target)
-    source = start.headers
-    named = connection_tokens(source) if any(k == b"connection" for k, _ in source) else ()
     headers: Headers = []
     forwarded_for: list[bytes] = []
+    connection: list[bytes] = []
     host = b""
     has_proto = has_id = False
-    for item in source:
+    for item in start.headers:
         name = item[0]
-        if name in _DROPPED_REQUEST or name in named:
-            if name == b"x-forwarded-for" and name not in named:
+        if name in _DROPPED_REQUEST:
+            if name == b"x-forwarded-for":
                 forwarded_for.append(item[1])
+            elif name == b"connection":
+                connection.append(item[1])
             continue
         if name == b"host":
             if authority is not None:
@@ -67,6 +86,16 @@ def forwarded_head(start: RequestStart, *, peer: str) -> RequestHead:
         elif name == b"x-request-id":
             has_id = True
         headers.append(item)
+    named = _named_fields(connection)
+    if named:
+        # Rare: Connection names end-to-end-looking fields; they are hop-by-hop too.
+        headers = [item for item in headers if item[0] not in named]
+        if b"x-forwarded-for" in named:
+            forwarded_for = []
+        has_proto = has_proto and b"x-forwarded-proto" not in named
+        has_id = has_id and b"x-request-id" not in named
+        if b"host" in named and authority is None:
+            host = b""
     if authority is not None:
         host_value = authority.rpartition("@")[2]
         headers.insert(0, (b"host", host_value.encode("latin-1")))
@@ -82,8 +111,7 @@ def forwarded_head(start: RequestStart, *, peer: str) -> RequestHead:
     if not has_proto:
         headers.append((b"x-forwarded-proto", b"http"))
     if not has_id:
-        request_id = uuid.UUID(int=_REQUEST_IDS.getrandbits(128), version=4)
-        headers.append((b"x-request-id", str(request_id).encode("ascii")))
+        headers.append((b"x-request-id", new_request_id()))
     return RequestHead(
         method=start.method,
         path=path,
@@ -131,16 +159,19 @@ def relayed_response_head(
     head: ResponseStart, framing: Framing, *, keep_alive: bool, http11: bool
 ) -> bytes:
     """The upstream's response head as sent to the client, framed by `framing`."""
-    source = head.headers
-    named = connection_tokens(source) if any(k == b"connection" for k, _ in source) else ()
     keep_length = framing.kind is BodyKind.NONE or framing.kind is BodyKind.LENGTH
-    headers = [
-        item
-        for item in source
-        if item[0] not in HOP_BY_HOP
-        and item[0] not in named
-        and (keep_length or item[0] != b"content-length")
-    ]
+    headers: Headers = []
+    connection: list[bytes] = []
+    for item in head.headers:
+        name = item[0]
+        if name in HOP_BY_HOP:
+            if name == b"connection":
+                connection.append(item[1])
+        elif keep_length or name != b"content-length":
+            headers.append(item)
+    named = _named_fields(connection)
+    if named:
+        headers = [item for item in headers if item[0] not in named]
     if framing.kind is BodyKind.CHUNKED:
         headers += framing_headers(framing)
     if not keep_alive:

@@ -12,6 +12,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol, cast
 
+from sidecar.proxy.http1 import ResponseParser
+
 
 class UpstreamError(Exception):
     """The proxy could not get a response head; carries what to answer instead."""
@@ -71,6 +73,7 @@ class UpstreamConnection(asyncio.Protocol):
         "idle_since",
         "key",
         "owner",
+        "parser",
         "reading_paused",
         "reused",
         "transport",
@@ -81,6 +84,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.key = key
         self.transport: asyncio.Transport | None = None
         self.owner: UpstreamOwner | None = None
+        self.parser: ResponseParser | None = None  # kept between responses (see reset)
         self.reused = False
         self.idle_since = 0.0
         self.closed = False  # EOF, reset or close seen: never reuse
