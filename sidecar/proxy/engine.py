@@ -17,7 +17,7 @@ from sidecar.proxy.decision import Recorder, Resolver
 from sidecar.proxy.downstream import DownstreamConnection, Phase
 from sidecar.proxy.listener_state import EngineSettings, ListenerState
 from sidecar.proxy.pool import ConnectionPool
-from sidecar.proxy.splice import Splice
+from sidecar.proxy.splice import expire_splices
 
 __all__ = ["ConnectionPool", "EngineSettings", "ProxyListener", "start_proxy"]
 
@@ -121,17 +121,7 @@ class ProxyListener:
         now = state.clock()
         for client in list(state.clients):
             client.expire(now)
-        expire_tunnels(state.tunnels, now=now, idle_timeout=state.settings.tunnel_idle_timeout)
-
-
-def expire_tunnels(tunnels: set[Splice], *, now: float, idle_timeout: float) -> None:
-    """Close tunnels that moved no byte for `idle_timeout` (traffic sets `active`)."""
-    for splice in list(tunnels):
-        if splice.active:
-            splice.active = False
-            splice.idle_since = now
-        elif now - splice.idle_since >= idle_timeout:
-            splice.close()
+        expire_splices(state.tunnels, now=now, idle_timeout=state.settings.tunnel_idle_timeout)
 
 
 async def start_proxy(

@@ -108,3 +108,13 @@ class Splice:
     def upstream_resumed(self) -> None:
         """The upstream's write buffer drained."""
         self.throttle(UP, paused=False)
+
+
+def expire_splices(splices: set[Splice], *, now: float, idle_timeout: float) -> None:
+    """Close splices that moved no byte for `idle_timeout` (run periodically by a sweeper)."""
+    for splice in list(splices):
+        if splice.active:
+            splice.active = False
+            splice.idle_since = now
+        elif now - splice.idle_since >= idle_timeout:
+            splice.close()

@@ -779,3 +779,62 @@ async def test_resolver_failure_is_500_and_logged(
     assert [r.name for r in caplog.records] == ["sidecar.proxy", "sidecar.proxy"]
     assert "routing bug" in caplog.records[0].getMessage()
     assert all("\n" not in r.getMessage() for r in caplog.records)
+
+
+async def test_resolver_edits_of_path_and_headers_are_forwarded(
+    proxy: Proxy, upstream: Upstream, raw: Any
+) -> None:
+    """The resolver may rewrite the head (a later change uses this for rewrites and header
+    edits): the engine serialises the upstream request after the resolver ran."""
+
+    def rewrite(head: RequestHead) -> Decision:
+        head.path = "/echo?rewritten=1"
+        head.headers = [(k, v) for k, v in head.headers if k != b"x-drop"]
+        head.headers.append((b"x-added", b"yes"))
+        return Forward(address="127.0.0.1", port=upstream.port, cluster="echo")
+
+    listener = await start_proxy(
+        "127.0.0.1", 0, resolver=rewrite, recorder=proxy.records, listener="rewrite"
+    )
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(b"GET /original HTTP/1.1\r\nHost: echo\r\nX-Drop: 1\r\n\r\n")
+        echo = echoed((await RawClient(reader, writer).read()).body)
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await listener.close(drain_timeout=1.0)
+    assert echo["path"] == "/echo?rewritten=1"
+    assert header(echo, "x-added") == ["yes"]
+    assert header(echo, "x-drop") == []
+    (record,) = await proxy.records.wait_for(1)
+    assert record.head is not None
+    assert record.head.path == "/echo?rewritten=1"
+    assert record.start_time > 0
+
+
+async def test_stale_pooled_connection_retry_replays_the_request_body(
+    proxy: Proxy, session: aiohttp.ClientSession
+) -> None:
+    """The body sent on the dead connection is kept (up to 64 KiB) and sent again in full."""
+    bodies: list[bytes] = []
+
+    async def flaky(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if index == 0 and bodies:
+                return  # the pooled connection dies under the second request
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            bodies.append(await reader.readexactly(length))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n" + str(index).encode())
+            await writer.drain()
+
+    async with RawUpstream(flaky) as up:
+        proxy.routes["raw"] = Forward(address="127.0.0.1", port=up.port, cluster="raw")
+        answers = []
+        for payload in (b"first", b"y" * 40_000):
+            async with session.post(f"{proxy.url}/", data=payload, headers={"Host": "raw"}) as resp:
+                answers.append((resp.status, await resp.read()))
+        assert answers == [(200, b"0"), (200, b"1")]
+        assert bodies == [b"first", b"y" * 40_000]
+        assert up.connections == 2
