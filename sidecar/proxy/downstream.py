@@ -208,6 +208,8 @@ class DownstreamConnection(asyncio.Protocol):
                         continue
                 if events or parser.paused:
                     self.pause(PAUSE_BACKLOG)  # bounded: one read's worth waits
+                else:
+                    self.resume(PAUSE_BACKLOG)  # e.g. the rest of this request's body
                 return
             # No exchange in flight, nothing parsed.
             if parser.paused:  # an Upgrade request was answered without switching protocols

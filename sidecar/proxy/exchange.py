@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Protocol
 
 from sidecar.proxy.decision import Completed, Forward, LocalReply, RequestHead
 from sidecar.proxy.http1 import (
+    HOP_BY_HOP,
     BodyKind,
     Data,
+    EndOfMessage,
     Framing,
     ParseError,
     RequestStart,
@@ -351,8 +353,16 @@ class Exchange:
 
     # --- the response side (called by the attempt) ---
 
-    def relay(self, attempt: Attempt, events: list[ResponseEvent]) -> None:
-        """Response events of one upstream read, sent downstream in one write."""
+    def relay(self, attempt: Attempt, events: list[ResponseEvent], data: bytes = b"") -> None:
+        """Response events of one upstream read (`data`), sent downstream in one write."""
+        if (
+            self.framing is None
+            and len(data) == attempt.received
+            and type(events[-1]) is EndOfMessage
+            and type(events[0]) is ResponseStart
+            and self.relay_verbatim(attempt, events[0], data)
+        ):
+            return
         out: list[bytes] = []
         framing = self.framing
         for event in events:
@@ -378,6 +388,49 @@ class Exchange:
                 return
         if out:
             self.down.transport.write(b"".join(out))
+
+    def relay_verbatim(self, attempt: Attempt, head: ResponseStart, data: bytes) -> bool:
+        """Relay a whole response that came in one read as the upstream's own bytes, when they
+        are exactly what the client must get; False (nothing done) otherwise.
+
+        That is: HTTP/1.1, Content-Length framing, both sides kept alive, no hop-by-hop field
+        but Connection: keep-alive (which an HTTP/1.0 client needs and a 1.1 client ignores),
+        and nothing before the final head (no 1xx) or after the body.
+        """
+        framing = head.framing
+        start = self.start
+        if (
+            framing.kind is not BodyKind.LENGTH
+            or head.http_version != "1.1"
+            or not head.keep_alive
+            or not start.keep_alive
+            or self.state.draining
+            or attempt.trailing_data()
+        ):
+            return False
+        keep_alive_named = False
+        for name, value in head.headers:
+            if name in HOP_BY_HOP:
+                if name != b"connection" or value.strip().lower() != b"keep-alive":
+                    return False
+                keep_alive_named = True
+        if start.http_version != "1.1" and not keep_alive_named:
+            return False
+        head_end = len(data) - framing.length
+        if head_end < 4 or data.find(b"\r\n\r\n") != head_end - 4:
+            return False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.responding = True
+        self.status = head.status
+        self.keep_alive = True
+        self.upstream_keep_alive = True
+        self.framing = framing
+        self.response_bytes = framing.length
+        self.down.transport.write(data)
+        self.response_complete(attempt)
+        return True
 
     def response_head(self, head: ResponseStart, out: list[bytes]) -> Framing:
         """Start relaying a final response; returns the downstream framing of its body."""
@@ -582,7 +635,7 @@ class Attempt:
             self.exchange.upstream_broke(self, UpstreamProtocolError(str(exc)))
             return
         if events:
-            self.exchange.relay(self, events)
+            self.exchange.relay(self, events, data)
 
     def upstream_eof(self) -> bool:
         """The upstream closed its half: ends a close-delimited body, else the exchange broke."""

@@ -838,3 +838,19 @@ async def test_stale_pooled_connection_retry_replays_the_request_body(
         assert answers == [(200, b"0"), (200, b"1")]
         assert bodies == [b"first", b"y" * 40_000]
         assert up.connections == 2
+
+
+async def test_pipelined_request_body_split_across_reads_is_read_to_its_end(
+    proxy: Proxy, raw: Any
+) -> None:
+    """A body that begins behind an earlier request and ends in a later read: the connection,
+    paused while the first request was in flight, is read again for the rest."""
+    client = await raw()
+    client.writer.write(
+        b"GET /echo?n=1 HTTP/1.1\r\nHost: echo\r\n\r\n"
+        b"POST /echo HTTP/1.1\r\nHost: echo\r\nContent-Length: 10\r\n\r\nhello"
+    )
+    first = echoed((await client.read()).body)
+    client.writer.write(b"world")
+    second = echoed((await client.read()).body)
+    assert (first["path"], second["method"], second["body"]) == ("/echo?n=1", "POST", "helloworld")
