@@ -1,7 +1,7 @@
 """HTTP/1.1 message parsing and framing shared by the proxy engine and the admin server.
 
 Sans-IO: parsers take bytes and return events, serializers return bytes. Nothing here touches a
-socket, so the same code serves the stream-based engine today and a Protocol-based one later.
+socket: the Protocol-based engine feeds it from data_received, the admin server from a stream.
 Parsing is done by httptools (llhttp); this module adapts its callbacks into an event list.
 """
 
