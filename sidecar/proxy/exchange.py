@@ -315,6 +315,11 @@ class Exchange:
         if attempt is not None:
             attempt.cancel()
         self.down.resume(PAUSE_UPSTREAM_FULL)
+        if self.unsent:
+            # Held for a connection that will not come; a retry re-sends from `replay`.
+            self.unsent.clear()
+            self.unsent_bytes = 0
+            self.down.resume(PAUSE_UNSENT)
 
     def upstream_failed(self, error: UpstreamError) -> None:
         """No response head will come: answer with the error's status and flags."""

@@ -854,3 +854,19 @@ async def test_pipelined_request_body_split_across_reads_is_read_to_its_end(
     client.writer.write(b"world")
     second = echoed((await client.read()).body)
     assert (first["path"], second["method"], second["body"]) == ("/echo?n=1", "POST", "helloworld")
+
+
+async def test_connect_failure_with_a_large_body_still_answers_503(
+    proxy: Proxy, raw: Any
+) -> None:
+    """Body bytes held while connecting (reading paused past 64 KiB) are dropped on failure and
+    the rest of the body is read and discarded before the 503, keeping the connection."""
+    client = await raw()
+    body = b"b" * 200_000
+    client.writer.write(
+        b"POST /x HTTP/1.1\r\nHost: refused\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+    response = await client.read()
+    assert (response.status, response.headers["x-lightmesh-response-flags"]) == (503, "UF")
+    client.writer.write(b"GET /x HTTP/1.1\r\nHost: nowhere\r\n\r\n")
+    assert (await client.read()).status == 404  # still usable
