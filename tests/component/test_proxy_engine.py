@@ -856,9 +856,7 @@ async def test_pipelined_request_body_split_across_reads_is_read_to_its_end(
     assert (first["path"], second["method"], second["body"]) == ("/echo?n=1", "POST", "helloworld")
 
 
-async def test_connect_failure_with_a_large_body_still_answers_503(
-    proxy: Proxy, raw: Any
-) -> None:
+async def test_connect_failure_with_a_large_body_still_answers_503(proxy: Proxy, raw: Any) -> None:
     """Body bytes held while connecting (reading paused past 64 KiB) are dropped on failure and
     the rest of the body is read and discarded before the 503, keeping the connection."""
     client = await raw()
