@@ -12,6 +12,7 @@ import hashlib
 import http.client
 import json
 import logging
+import random
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -868,3 +869,37 @@ async def test_connect_failure_with_a_large_body_still_answers_503(proxy: Proxy,
     assert (response.status, response.headers["x-lightmesh-response-flags"]) == (503, "UF")
     client.writer.write(b"GET /x HTTP/1.1\r\nHost: nowhere\r\n\r\n")
     assert (await client.read()).status == 404  # still usable
+
+
+async def test_pipelined_mixed_requests_split_at_random_points_are_all_answered(
+    proxy: Proxy, raw: Any
+) -> None:
+    """Bounded (30 rounds, seeded): GET, Content-Length and chunked POSTs, local replies and an
+    upstream error, pipelined and cut into random pieces; every request is answered, in order."""
+    rng = random.Random(1234)
+    requests = [
+        (b"GET /echo?n=0 HTTP/1.1\r\nHost: echo\r\n\r\n", 200),
+        (b"POST /echo HTTP/1.1\r\nHost: echo\r\nContent-Length: 6000\r\n\r\n" + b"p" * 6000, 200),
+        (b"POST /x HTTP/1.1\r\nHost: nowhere\r\nContent-Length: 3000\r\n\r\n" + b"q" * 3000, 404),
+        (
+            b"POST /echo HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n1000\r\n" + b"c" * 4096 + b"\r\n0\r\n\r\n",
+            200,
+        ),
+        (b"POST /x HTTP/1.1\r\nHost: refused\r\nContent-Length: 2000\r\n\r\n" + b"r" * 2000, 503),
+        (b"HEAD /echo HTTP/1.1\r\nHost: echo\r\n\r\n", 200),
+    ]
+    for _ in range(30):
+        chosen = [rng.choice(requests) for _ in range(rng.randint(1, 5))]
+        stream = b"".join(r for r, _ in chosen)
+        client = await raw()
+        cuts = sorted(rng.sample(range(1, len(stream)), k=min(4, len(stream) - 1)))
+        for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+            client.writer.write(stream[start:end])
+            await client.writer.drain()
+            await asyncio.sleep(0)
+        statuses = []
+        for raw_request, _ in chosen:
+            response = await client.read(head_only=raw_request.startswith(b"HEAD"))
+            statuses.append(response.status)
+        assert statuses == [status for _, status in chosen]
