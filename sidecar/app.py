@@ -141,8 +141,18 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     )
     telemetry_task = asyncio.create_task(telemetry.run(stop), name="telemetry")
     await stop.wait()
-    draining = True
-    log.info("draining", extra={"event": "draining", "timeout": settings.drain_timeout})
+    draining = True  # /ready answers 503 from now on
+    log.info(
+        "draining",
+        extra={
+            "event": "draining",
+            "delay": settings.drain_delay,
+            "timeout": settings.drain_timeout,
+        },
+    )
+    if settings.drain_delay > 0:
+        # Keep serving while the endpoint is being taken out of rotation.
+        await asyncio.sleep(settings.drain_delay)
     await asyncio.gather(
         outbound.close(settings.drain_timeout),
         *([inbound.close(settings.drain_timeout)] if inbound else []),

@@ -27,6 +27,9 @@ class Settings:
     admin_port: int = 15000
     max_regex_length: int = 1024
     drain_timeout: float = 5.0
+    # On SIGTERM /ready turns 503 at once, listeners keep serving this long (so load balancers
+    # and endpoint lists stop sending new work), then stop accepting and drain.
+    drain_delay: float = 0.0
     log_level: str = "info"
     # Trust bundle for the control plane's TLS (and the first trust roots); None: plaintext.
     ca_bundle: str = ""
@@ -80,6 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--admin-port", type=int, default=int(_env("ADMIN_PORT", "15000")))
     add("--max-regex-length", type=int, default=int(_env("MAX_REGEX_LENGTH", "1024")))
     add("--drain-timeout", type=float, default=float(_env("DRAIN_TIMEOUT", "5")))
+    add(
+        "--drain-delay",
+        type=float,
+        default=float(_env("DRAIN_DELAY", "0")),
+        help="seconds to keep serving after SIGTERM (with /ready 503) before draining",
+    )
     add("--log-level", default=_env("LOG_LEVEL", "info"))
     add("--ca-bundle", default=_env("CA_BUNDLE", ""), help="PEM roots to verify the control plane")
     add(
@@ -131,6 +140,7 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         admin_port=args.admin_port,
         max_regex_length=args.max_regex_length,
         drain_timeout=args.drain_timeout,
+        drain_delay=args.drain_delay,
         log_level=args.log_level,
         ca_bundle=args.ca_bundle,
         token_file=args.token_file,

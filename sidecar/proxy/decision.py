@@ -100,9 +100,11 @@ class Completed:
     response_bytes: int
     # "address:port" of the endpoint of a Forward decision, "" for local replies.
     upstream: str = ""
-    # The forwarded head after the resolver ran (trace headers included); None if unparseable.
+    # The forwarded head after the resolver ran (path, x-request-id, trace headers for telemetry);
+    # None when no head was parsed (a refused or timed-out request).
     head: RequestHead | None = None
-    start_time: float = 0.0  # time.time() when the request started, for spans and access logs
+    # time.time() when the request began (its head was parsed), for spans and access logs.
+    start_time: float = 0.0
 
 
 Recorder = Callable[[Completed], None]

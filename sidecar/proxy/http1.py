@@ -1,7 +1,7 @@
 """HTTP/1.1 message parsing and framing shared by the proxy engine and the admin server.
 
 Sans-IO: parsers take bytes and return events, serializers return bytes. Nothing here touches a
-socket, so the same code serves the stream-based engine today and a Protocol-based one later.
+socket: the Protocol-based engine feeds it from data_received, the admin server from a stream.
 Parsing is done by httptools (llhttp); this module adapts its callbacks into an event list.
 """
 
@@ -83,7 +83,9 @@ CHUNKED = Framing(BodyKind.CHUNKED)
 UNTIL_CLOSE = Framing(BodyKind.UNTIL_CLOSE)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# Events are not frozen: a frozen dataclass's __init__ costs ~2x (object.__setattr__ per field)
+# and one of each is made per request on the hot path; nothing mutates them.
+@dataclass(slots=True, kw_only=True)
 class RequestStart:
     """A request head, as received (header names lower-cased)."""
 
@@ -98,7 +100,7 @@ class RequestStart:
     upgrade: bytes = b""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)  # not frozen, like RequestStart
 class ResponseStart:
     """A final (non-1xx) response head, as received (header names lower-cased)."""
 
@@ -110,7 +112,7 @@ class ResponseStart:
     framing: Framing
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, like RequestStart
 class Data:
     """A piece of message body, already de-chunked."""
 
@@ -154,15 +156,17 @@ def content_length(headers: Headers) -> int | None:
     return int(values[0]) if values else None
 
 
-def _chunked(headers: Headers) -> Framing:
-    codings = b", ".join(v.strip() for v in header_values(headers, b"transfer-encoding"))
-    return CHUNKED if codings.lower() == b"chunked" else Framing(BodyKind.CHUNKED, codings=codings)
+def _chunked(codings: list[bytes]) -> Framing:
+    """Framing of a chunked body whose Transfer-Encoding header values are `codings`."""
+    joined = b", ".join(v.strip() for v in codings)
+    return CHUNKED if joined.lower() == b"chunked" else Framing(BodyKind.CHUNKED, codings=joined)
 
 
 def request_framing(headers: Headers) -> Framing:
     """Body framing of a request (RFC 9112 6.3: no length and not chunked means no body)."""
-    if header_values(headers, b"transfer-encoding"):
-        return _chunked(headers)  # llhttp refused requests whose last coding is not chunked
+    codings = header_values(headers, b"transfer-encoding")
+    if codings:
+        return _chunked(codings)  # llhttp refused requests whose last coding is not chunked
     length = content_length(headers)
     return Framing(BodyKind.LENGTH, length) if length else NO_BODY
 
@@ -170,27 +174,31 @@ def request_framing(headers: Headers) -> Framing:
 _FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
 
 
-def check_request_head(headers: Headers, *, http_version: str) -> None:
-    """Refuse a head that a proxy and a server could frame differently (request smuggling).
+def check_request_head(headers: Headers, *, http_version: str) -> Framing:
+    """Refuse a head that a proxy and a server could frame differently (request smuggling);
+    return the request's body framing.
 
     llhttp already refuses Content-Length with Transfer-Encoding, duplicate or malformed
     Content-Length, a final coding other than chunked, obs-fold, whitespace before the colon,
     bare CR or LF and control characters. This closes the gaps it leaves: Transfer-Encoding in
     HTTP/1.0, empty, unknown or repeated codings, repeated Host, and versions other than 1.x.
+    One pass over the fields: this runs for every request.
     """
-    if http_version not in ("1.1", "1.0"):
+    if http_version != "1.1" and http_version != "1.0":
         raise ParseError(f"unsupported HTTP version {http_version}")
     codings: list[bytes] = []
+    length = b""
     lengths = hosts = 0
     for name, value in headers:
-        if name == b"transfer-encoding":
-            codings += value.split(b",")
+        if name == b"host":
+            hosts += 1
         elif name == b"content-length":
             lengths += 1
-            if not value.strip(b" \t").isdigit():
+            length = value.strip(b" \t")
+            if not length.isdigit():
                 raise ParseError("invalid Content-Length")
-        elif name == b"host":
-            hosts += 1
+        elif name == b"transfer-encoding":
+            codings.append(value)
         elif b"_" in name and name.replace(b"_", b"-") in _FRAMING_FIELDS:
             # CGI-style servers read Transfer_Encoding as Transfer-Encoding.
             raise ParseError(f"ambiguous header name {name!r}")
@@ -201,29 +209,42 @@ def check_request_head(headers: Headers, *, http_version: str) -> None:
     if codings:
         if lengths or http_version == "1.0":
             raise ParseError("Transfer-Encoding with Content-Length or in HTTP/1.0")
-        names = [c.strip(b" \t").lower() for c in codings]
+        names = [c.strip(b" \t").lower() for c in b",".join(codings).split(b",")]
         if (
             names[-1] != b"chunked"
             or names.count(b"chunked") != 1
             or not KNOWN_CODINGS.issuperset(names)
         ):
             raise ParseError("invalid Transfer-Encoding")
+        return _chunked(codings)
+    if lengths:
+        size = int(length)
+        return Framing(BodyKind.LENGTH, size) if size else NO_BODY
+    return NO_BODY
 
 
 def response_has_body(method: str, status: int) -> bool:
     """HEAD responses and 1xx/204/304 never carry a body whatever their headers say."""
-    return not (method == "HEAD" or status < 200 or status in (204, 304))
+    return not (method == "HEAD" or status < 200 or status == 204 or status == 304)
 
 
 def response_framing(headers: Headers, *, method: str, status: int) -> Framing:
-    """Body framing of a response to `method`."""
+    """Body framing of a response to `method` (one pass over the fields)."""
     if not response_has_body(method, status):
         return NO_BODY
-    if header_values(headers, b"transfer-encoding"):
+    codings: list[bytes] = []
+    length: bytes | None = None
+    for name, value in headers:
+        if name == b"content-length":
+            if length is None:
+                length = value
+        elif name == b"transfer-encoding":
+            codings.append(value)
+    if codings:
         # Not chunked-last means "read until close" (RFC 9112 6.3 rule 4).
-        return _chunked(headers) if is_chunked(headers) else UNTIL_CLOSE
-    length = content_length(headers)
-    return UNTIL_CLOSE if length is None else Framing(BodyKind.LENGTH, length)
+        last = b",".join(codings).rpartition(b",")[2].strip().lower()
+        return _chunked(codings) if last == b"chunked" else UNTIL_CLOSE
+    return UNTIL_CLOSE if length is None else Framing(BodyKind.LENGTH, int(length))
 
 
 def strip_hop_by_hop(headers: Headers) -> Headers:
@@ -264,7 +285,9 @@ def _status_line(status: int, reason: bytes) -> bytes:
 
 
 def _header_block(headers: Headers) -> bytes:
-    return b"".join(b"%s: %s\r\n" % (k, v) for k, v in headers) + b"\r\n"
+    lines = [b"%s: %s\r\n" % field for field in headers]
+    lines.append(b"\r\n")
+    return b"".join(lines)
 
 
 def framing_headers(framing: Framing) -> Headers:
@@ -461,8 +484,7 @@ class RequestParser:
         parser = self._parser
         self.method = parser.get_method().decode("ascii")
         version = parser.get_http_version()
-        check_request_head(headers, http_version=version)
-        framing = request_framing(headers)
+        framing = check_request_head(headers, http_version=version)
         upgrade = b""
         if parser.should_upgrade() and self.method != "CONNECT":
             if framing.kind is not BodyKind.NONE:
@@ -518,6 +540,28 @@ class ResponseParser:
     def done(self) -> bool:
         """Whether the final response is complete."""
         return self._done
+
+    def reset(self, method: str) -> bool:
+        """Get ready for the next response on the same connection; False if this parser cannot
+        (llhttp only ends where we do for Content-Length and chunked bodies)."""
+        framing = self.framing
+        if (
+            not self._done
+            or self.trailing_data
+            or framing is None
+            or (framing.kind is not BodyKind.LENGTH and framing.kind is not BodyKind.CHUNKED)
+            or not self._collector.in_head
+        ):
+            return False
+        self._method = method
+        self._interim = False
+        self._done = False
+        self._ended = 0
+        self._collector.begun = 0
+        self._collector.events = []
+        self.framing = None
+        self.received = 0
+        return True
 
     def feed(self, data: bytes) -> list[ResponseEvent]:
         """Parse `data`; return the events it completes (nothing after the final message)."""

@@ -1,5 +1,8 @@
 """asyncio-stream adapters that pull events from the sans-IO parsers in `http1`.
 
+Used by the admin server (`local_server`), where simplicity beats speed; the proxy engine drives
+the same parsers from Protocol callbacks instead.
+
 Each adapter reads from its StreamReader only when it has no parsed event left, so the reader's
 buffer limit is the backpressure: a slow consumer stops the socket being read.
 """

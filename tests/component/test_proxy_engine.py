@@ -12,6 +12,7 @@ import hashlib
 import http.client
 import json
 import logging
+import random
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -693,10 +694,10 @@ async def test_pool_expires_idle_connections(upstream: Upstream) -> None:
     pool.release(again)
     now[0] = 61.0
     pool.sweep()
-    assert conn.writer.is_closing()
+    assert not conn.usable()
     fresh = await pool.acquire("127.0.0.1", upstream.port, connect_timeout=DEADLINE, fresh=False)
     assert fresh is not conn
-    await pool.close()
+    pool.close()
 
 
 # --- local (admin) server --------------------------------------------------------------------------
@@ -779,3 +780,126 @@ async def test_resolver_failure_is_500_and_logged(
     assert [r.name for r in caplog.records] == ["sidecar.proxy", "sidecar.proxy"]
     assert "routing bug" in caplog.records[0].getMessage()
     assert all("\n" not in r.getMessage() for r in caplog.records)
+
+
+async def test_resolver_edits_of_path_and_headers_are_forwarded(
+    proxy: Proxy, upstream: Upstream, raw: Any
+) -> None:
+    """The resolver may rewrite the head (a later change uses this for rewrites and header
+    edits): the engine serialises the upstream request after the resolver ran."""
+
+    def rewrite(head: RequestHead) -> Decision:
+        head.path = "/echo?rewritten=1"
+        head.headers = [(k, v) for k, v in head.headers if k != b"x-drop"]
+        head.headers.append((b"x-added", b"yes"))
+        return Forward(address="127.0.0.1", port=upstream.port, cluster="echo")
+
+    listener = await start_proxy(
+        "127.0.0.1", 0, resolver=rewrite, recorder=proxy.records, listener="rewrite"
+    )
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(b"GET /original HTTP/1.1\r\nHost: echo\r\nX-Drop: 1\r\n\r\n")
+        echo = echoed((await RawClient(reader, writer).read()).body)
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await listener.close(drain_timeout=1.0)
+    assert echo["path"] == "/echo?rewritten=1"
+    assert header(echo, "x-added") == ["yes"]
+    assert header(echo, "x-drop") == []
+    (record,) = await proxy.records.wait_for(1)
+    assert record.head is not None
+    assert record.head.path == "/echo?rewritten=1"
+    assert record.start_time > 0
+
+
+async def test_stale_pooled_connection_retry_replays_the_request_body(
+    proxy: Proxy, session: aiohttp.ClientSession
+) -> None:
+    """The body sent on the dead connection is kept (up to 64 KiB) and sent again in full."""
+    bodies: list[bytes] = []
+
+    async def flaky(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if index == 0 and bodies:
+                return  # the pooled connection dies under the second request
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            bodies.append(await reader.readexactly(length))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n" + str(index).encode())
+            await writer.drain()
+
+    async with RawUpstream(flaky) as up:
+        proxy.routes["raw"] = Forward(address="127.0.0.1", port=up.port, cluster="raw")
+        answers = []
+        for payload in (b"first", b"y" * 40_000):
+            async with session.post(f"{proxy.url}/", data=payload, headers={"Host": "raw"}) as resp:
+                answers.append((resp.status, await resp.read()))
+        assert answers == [(200, b"0"), (200, b"1")]
+        assert bodies == [b"first", b"y" * 40_000]
+        assert up.connections == 2
+
+
+async def test_pipelined_request_body_split_across_reads_is_read_to_its_end(
+    proxy: Proxy, raw: Any
+) -> None:
+    """A body that begins behind an earlier request and ends in a later read: the connection,
+    paused while the first request was in flight, is read again for the rest."""
+    client = await raw()
+    client.writer.write(
+        b"GET /echo?n=1 HTTP/1.1\r\nHost: echo\r\n\r\n"
+        b"POST /echo HTTP/1.1\r\nHost: echo\r\nContent-Length: 10\r\n\r\nhello"
+    )
+    first = echoed((await client.read()).body)
+    client.writer.write(b"world")
+    second = echoed((await client.read()).body)
+    assert (first["path"], second["method"], second["body"]) == ("/echo?n=1", "POST", "helloworld")
+
+
+async def test_connect_failure_with_a_large_body_still_answers_503(proxy: Proxy, raw: Any) -> None:
+    """Body bytes held while connecting (reading paused past 64 KiB) are dropped on failure and
+    the rest of the body is read and discarded before the 503, keeping the connection."""
+    client = await raw()
+    body = b"b" * 200_000
+    client.writer.write(
+        b"POST /x HTTP/1.1\r\nHost: refused\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+    response = await client.read()
+    assert (response.status, response.headers["x-lightmesh-response-flags"]) == (503, "UF")
+    client.writer.write(b"GET /x HTTP/1.1\r\nHost: nowhere\r\n\r\n")
+    assert (await client.read()).status == 404  # still usable
+
+
+async def test_pipelined_mixed_requests_split_at_random_points_are_all_answered(
+    proxy: Proxy, raw: Any
+) -> None:
+    """Bounded (30 rounds, seeded): GET, Content-Length and chunked POSTs, local replies and an
+    upstream error, pipelined and cut into random pieces; every request is answered, in order."""
+    rng = random.Random(1234)
+    requests = [
+        (b"GET /echo?n=0 HTTP/1.1\r\nHost: echo\r\n\r\n", 200),
+        (b"POST /echo HTTP/1.1\r\nHost: echo\r\nContent-Length: 6000\r\n\r\n" + b"p" * 6000, 200),
+        (b"POST /x HTTP/1.1\r\nHost: nowhere\r\nContent-Length: 3000\r\n\r\n" + b"q" * 3000, 404),
+        (
+            b"POST /echo HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n1000\r\n" + b"c" * 4096 + b"\r\n0\r\n\r\n",
+            200,
+        ),
+        (b"POST /x HTTP/1.1\r\nHost: refused\r\nContent-Length: 2000\r\n\r\n" + b"r" * 2000, 503),
+        (b"HEAD /echo HTTP/1.1\r\nHost: echo\r\n\r\n", 200),
+    ]
+    for _ in range(30):
+        chosen = [rng.choice(requests) for _ in range(rng.randint(1, 5))]
+        stream = b"".join(r for r, _ in chosen)
+        client = await raw()
+        cuts = sorted(rng.sample(range(1, len(stream)), k=min(4, len(stream) - 1)))
+        for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+            client.writer.write(stream[start:end])
+            await client.writer.drain()
+            await asyncio.sleep(0)
+        statuses = []
+        for raw_request, _ in chosen:
+            response = await client.read(head_only=raw_request.startswith(b"HEAD"))
+            statuses.append(response.status)
+        assert statuses == [status for _, status in chosen]

@@ -533,3 +533,24 @@ async def test_close_drains_in_flight_and_closes_idle_keep_alive(
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
     assert (reply.status, reply.body, reply.headers["connection"]) == (200, b"finally", "close")
+
+
+async def test_idle_websocket_tunnel_is_closed_after_the_tunnel_idle_timeout(
+    app_upstream: AppUpstream, make_proxy: StartProxy, started: Started
+) -> None:
+    listener = await make_proxy(app_upstream.port, tunnel_idle_timeout=0.05)
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DEADLINE)) as session,
+        session.ws_connect(f"http://127.0.0.1:{listener.port}/ws") as ws,
+    ):
+        assert (await ws.receive_str()) == "welcome"
+        await ws.send_str("m")
+        assert (await ws.receive_str()) == "echo:m"
+        # Then silence both ways: the proxy closes the tunnel, which the client sees.
+        message = await ws.receive()
+        assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    async with asyncio.timeout(DEADLINE):
+        await started.recorded.wait()
+    (record,) = started.records
+    assert record.status == 101
+    assert listener.active == 0

@@ -29,6 +29,8 @@ MB = 1024 * 1024
 BIG = 100 * MB
 BLOCK = bytes(range(256)) * 256  # 64 KiB
 RSS_LIMIT = 100 * MB
+# Long enough that a request made right after /ready turns 503 lands inside it on a busy machine.
+DRAIN_DELAY = 8.0
 
 
 # --- the app -------------------------------------------------------------------------------------
@@ -129,7 +131,9 @@ def mesh(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalMesh]:
                 print(f"--- {process.name} ---\n{process.tail(30)}")
 
 
-def start_sidecar(mesh: LocalMesh, name: str, *, app_port: int = 0, service: str = "") -> Sidecar:
+def start_sidecar(
+    mesh: LocalMesh, name: str, *, app_port: int = 0, service: str = "", drain_delay: float = 0.0
+) -> Sidecar:
     """Start `lightmesh sidecar` (blocking until /ready answers 200)."""
     inbound, outbound, admin = free_port(), free_port(), free_port()
     args = [
@@ -141,6 +145,7 @@ def start_sidecar(mesh: LocalMesh, name: str, *, app_port: int = 0, service: str
         "--outbound-port", str(outbound),
         "--admin-port", str(admin),
         "--drain-timeout", str(DEADLINE),
+        "--drain-delay", str(drain_delay),
     ]  # fmt: skip
     if service:
         args += ["--service", service]
@@ -149,12 +154,16 @@ def start_sidecar(mesh: LocalMesh, name: str, *, app_port: int = 0, service: str
     return started
 
 
-async def start_mesh(mesh: LocalMesh, app: App) -> tuple[Sidecar, Sidecar]:
+async def start_mesh(
+    mesh: LocalMesh, app: App, *, drain_delay: float = 0.0
+) -> tuple[Sidecar, Sidecar]:
     """Control plane, the app's sidecar (service "wsapp") and a client-only sidecar."""
 
     def start() -> tuple[Sidecar, Sidecar]:
         mesh.start_control_plane()
-        server = start_sidecar(mesh, "server", app_port=app.port, service="wsapp")
+        server = start_sidecar(
+            mesh, "server", app_port=app.port, service="wsapp", drain_delay=drain_delay
+        )
         client = start_sidecar(mesh, "client")
         # The client's config names "wsapp" once the server's registration has been pushed.
         wait_for(
@@ -202,7 +211,9 @@ async def test_websocket_echo_through_two_sidecars(mesh: LocalMesh, app: App) ->
 
 
 async def test_sigterm_drains_in_flight_requests_and_exits_zero(mesh: LocalMesh, app: App) -> None:
-    server, _ = await start_mesh(mesh, app)
+    """/ready turns 503 first; during the drain delay new requests are still served; then the
+    listener stops accepting and the held requests finish."""
+    server, _ = await start_mesh(mesh, app, drain_delay=DRAIN_DELAY)
     app.expected = 5
     url = f"http://127.0.0.1:{server.inbound_port}/slow"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DEADLINE)) as session:
@@ -219,6 +230,11 @@ async def test_sigterm_drains_in_flight_requests_and_exits_zero(mesh: LocalMesh,
         await asyncio.to_thread(
             wait_for, lambda: server.ready_status() == 503, timeout=DEADLINE, what="/ready 503"
         )
+        # Within the drain delay: a new connection and request are still served.
+        fresh = await asyncio.to_thread(
+            http_get, f"http://127.0.0.1:{server.inbound_port}/plain", timeout=DRAIN_DELAY / 2
+        )
+        assert (fresh.status, fresh.body) == (200, b"plain")
         await asyncio.to_thread(
             wait_for,
             lambda: refuses(server.inbound_port),

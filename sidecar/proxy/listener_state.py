@@ -1,0 +1,84 @@
+"""What the connections of one proxy listener share: tunables, resolver, recorder, pool, counters.
+
+One `ListenerState` per listener; every downstream connection and exchange holds a reference, so
+the hot path reaches settings and the pool without globals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sidecar.proxy.decision import Completed, Decision, LocalReply, Recorder, RequestHead, Resolver
+from sidecar.proxy.http1 import MAX_HEAD_BYTES, MAX_HEADERS
+from sidecar.proxy.pool import ConnectionPool
+from sidecar.proxy.splice import Splice
+
+if TYPE_CHECKING:
+    from sidecar.proxy.downstream import DownstreamConnection
+
+logger = logging.getLogger("sidecar.proxy")
+
+READ_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineSettings:
+    """Tunables of one proxy listener; defaults suit production (and follow Envoy's)."""
+
+    pool_idle_timeout: float = 60.0
+    # A downstream connection with no request in flight is closed after this long.
+    idle_timeout: float = 60.0
+    # From the first byte of a request head to its end; then 408 and close.
+    head_timeout: float = 30.0
+    # An Upgrade tunnel (or TCP passthrough connection) with no byte either way for this long is
+    # closed (Envoy's tcp_proxy idle_timeout default).
+    tunnel_idle_timeout: float = 3600.0
+    # Larger heads, or heads with more fields, are answered 431 and the connection closed.
+    max_head_bytes: int = MAX_HEAD_BYTES
+    max_headers: int = MAX_HEADERS
+    read_size: int = READ_SIZE  # kept for compatibility: transports choose their own read size
+    clock: Callable[[], float] = time.monotonic
+
+
+@dataclass(slots=True, eq=False, kw_only=True)
+class ListenerState:
+    """Shared by the connections of one listener."""
+
+    name: str
+    resolver: Resolver
+    recorder: Recorder
+    settings: EngineSettings
+    pool: ConnectionPool
+    clock: Callable[[], float]
+    draining: bool = False
+    active: int = 0  # exchanges in flight (tunnels included)
+    clients: set[DownstreamConnection] = field(default_factory=set)
+    tunnels: set[Splice] = field(default_factory=set)
+    # Set when the last downstream connection closed while draining.
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def resolve(self, head: RequestHead) -> Decision:
+        """The resolver's decision; a resolver bug answers 500 instead of taking the connection."""
+        try:
+            return self.resolver(head)
+        except Exception as exc:
+            logger.error("proxy listener=%s resolver failed: %r", self.name, exc)
+            return LocalReply(status=500, body="internal error")
+
+    def record(self, completed: Completed) -> None:
+        """Report a finished exchange; telemetry trouble must not cost the client its connection."""
+        try:
+            self.recorder(completed)
+        except Exception as exc:
+            logger.error("proxy listener=%s recorder failed: %r", self.name, exc)
+
+    def forget(self, client: DownstreamConnection) -> None:
+        """A downstream connection closed."""
+        self.clients.discard(client)
+        if self.draining and not self.clients:
+            self.drained.set()

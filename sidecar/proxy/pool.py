@@ -1,0 +1,259 @@
+"""Upstream connections as asyncio Protocols, and the per-endpoint keep-alive pool that holds them.
+
+An `UpstreamConnection` forwards everything its transport reports to its current `owner` (the
+attempt using it, or a tunnel); while pooled it has none, and any event (bytes, EOF, close) makes
+it unusable. The pool reuses idle connections last-in first-out, so the warmest is picked and
+the coldest expire; `sweep` closes those idle longer than `idle_timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol, cast
+
+from sidecar.proxy.http1 import ResponseParser
+
+
+class UpstreamError(Exception):
+    """The proxy could not get a response head; carries what to answer instead."""
+
+    status = 503
+    flags = "UC"
+
+
+class UpstreamConnectFailure(UpstreamError):
+    """Connecting to the endpoint failed (refused, unreachable, connect timeout)."""
+
+    flags = "UF"
+
+
+class UpstreamReset(UpstreamError):
+    """The upstream closed or reset the connection before a response head."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """Forward.timeout passed before the response head arrived."""
+
+    status = 504
+    flags = "UT"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream sent something that is not a valid HTTP/1.1 response."""
+
+    status = 502
+    flags = "UPE"
+
+
+class UpstreamOwner(Protocol):
+    """Who receives an upstream connection's events while it is in use."""
+
+    def upstream_data(self, data: bytes) -> None:
+        """Bytes arrived."""
+
+    def upstream_eof(self) -> bool:
+        """The upstream half-closed; True keeps our sending half open (tunnels)."""
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        """The connection is gone (closed, reset or aborted)."""
+
+    def upstream_paused(self) -> None:
+        """The upstream's write buffer is full: stop feeding it."""
+
+    def upstream_resumed(self) -> None:
+        """The upstream's write buffer drained."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to an endpoint; `reused` once it has come out of the idle pool."""
+
+    __slots__ = (
+        "closed",
+        "idle_since",
+        "key",
+        "owner",
+        "parser",
+        "reading_paused",
+        "reused",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, key: tuple[str, int]) -> None:
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.owner: UpstreamOwner | None = None
+        self.parser: ResponseParser | None = None  # kept between responses (see reset)
+        self.reused = False
+        self.idle_since = 0.0
+        self.closed = False  # EOF, reset or close seen: never reuse
+        self.reading_paused = False
+        self.write_paused = False
+
+    # --- asyncio.Protocol ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        owner = self.owner
+        if owner is not None:
+            owner.upstream_data(data)
+        else:
+            # Bytes on an idle connection: the upstream is out of sync; never reuse it.
+            self.abort()
+
+    def eof_received(self) -> bool | None:
+        self.closed = True
+        if self.owner is not None and self.owner.upstream_eof():
+            return True
+        return None  # let the transport close; our half is of no more use
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.owner is not None:
+            self.owner.upstream_paused()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.owner is not None:
+            self.owner.upstream_resumed()
+
+    # --- used by owners ---
+
+    def write(self, data: bytes) -> None:
+        """Send bytes upstream (buffered by the transport when the socket is full)."""
+        transport = self.transport
+        if transport is not None and not self.closed:
+            transport.write(data)
+
+    def pause_reading(self) -> None:
+        """Stop reading (the downstream cannot take more)."""
+        if not self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read again."""
+        if self.reading_paused:
+            self.reading_paused = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    def usable(self) -> bool:
+        """False once the upstream closed it or it was closed locally."""
+        transport = self.transport
+        return not self.closed and transport is not None and not transport.is_closing()
+
+    def abort(self) -> None:
+        """Drop the connection without a graceful close (it may be mid-message)."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class ConnectionPool:
+    """Idle keep-alive connections per (address, port), reused last-in first-out."""
+
+    def __init__(self, *, idle_timeout: float, clock: Callable[[], float]) -> None:
+        self.idle_timeout = idle_timeout
+        self._clock = clock
+        self._idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
+        self._open: set[UpstreamConnection] = set()
+
+    def take_idle(self, key: tuple[str, int]) -> UpstreamConnection | None:
+        """The most recently released healthy connection to `key`, or None."""
+        stack = self._idle.get(key)
+        if not stack:
+            return None
+        now = self._clock()
+        while stack:
+            conn = stack.pop()
+            if conn.usable() and now - conn.idle_since < self.idle_timeout:
+                conn.reused = True
+                return conn
+            self.discard(conn)
+        return None
+
+    async def connect(
+        self, address: str, port: int, *, connect_timeout: float
+    ) -> UpstreamConnection:
+        """A new connection; raises UpstreamConnectFailure."""
+        key = (address, port)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(key), address, port
+                )
+        except (OSError, TimeoutError) as exc:
+            raise UpstreamConnectFailure(f"connect {address}:{port}: {exc!r}") from exc
+        self._open.add(conn)
+        return conn
+
+    async def acquire(
+        self, address: str, port: int, *, connect_timeout: float, fresh: bool = False
+    ) -> UpstreamConnection:
+        """An idle connection if one is healthy (unless `fresh`), else a new one."""
+        if not fresh:
+            conn = self.take_idle((address, port))
+            if conn is not None:
+                return conn
+        return await self.connect(address, port, connect_timeout=connect_timeout)
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Return a connection whose exchange completed cleanly and may be reused."""
+        conn.owner = None
+        conn.resume_reading()  # a paused idle connection would never notice the upstream close
+        if not conn.usable():
+            self.discard(conn)
+            return
+        conn.idle_since = self._clock()
+        stack = self._idle.get(conn.key)
+        if stack is None:
+            self._idle[conn.key] = [conn]
+        else:
+            stack.append(conn)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        """Close a connection that must not be reused."""
+        conn.owner = None
+        conn.abort()
+        self._open.discard(conn)
+
+    def detach(self, conn: UpstreamConnection) -> None:
+        """Forget a connection that now belongs to someone else (a tunnel closes it)."""
+        self._open.discard(conn)
+
+    def sweep(self) -> None:
+        """Close idle connections that expired or that the upstream closed."""
+        now = self._clock()
+        timeout = self.idle_timeout
+        for key, stack in list(self._idle.items()):
+            keep = [c for c in stack if c.usable() and now - c.idle_since < timeout]
+            if len(keep) != len(stack):
+                for conn in stack:
+                    if conn not in keep:
+                        self.discard(conn)
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        # Connections closed by their owners leave the open set here, in bulk.
+        self._open = {c for c in self._open if not c.closed}
+
+    def close(self) -> None:
+        """Abort every connection, idle or in use."""
+        conns = list(self._open)
+        self._open.clear()
+        self._idle.clear()
+        for conn in conns:
+            conn.owner = None
+            conn.abort()
