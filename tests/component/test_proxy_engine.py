@@ -26,7 +26,7 @@ from aiohttp import web
 from sidecar.proxy.decision import Completed, Decision, Forward, LocalReply, RequestHead
 from sidecar.proxy.engine import ConnectionPool, ProxyListener, start_proxy
 from sidecar.proxy.local_server import LocalResponse, start_local_server
-from tests.support.servers import serving
+from tests.support.servers import download_pattern, serving
 
 DEADLINE = 10.0  # bound on every wait in these tests; never reached when things work
 BIG = 20 * 1024 * 1024
@@ -97,15 +97,7 @@ def _echo_app(upstream: Upstream) -> web.Application:
 
     async def download(request: web.Request) -> web.StreamResponse:
         seen(request)
-        size = int(request.query["size"])
-        response = web.StreamResponse()
-        response.content_length = size
-        await response.prepare(request)
-        block = bytes(range(256)) * 256
-        for offset in range(0, size, len(block)):
-            await response.write(block[: size - offset])
-        await response.write_eof()
-        return response
+        return await download_pattern(request)
 
     async def nocontent(request: web.Request) -> web.Response:
         seen(request)

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from sidecar.proxy.decision import Completed, Decision, Forward, RequestHead
 from sidecar.proxy.engine import ProxyListener, start_proxy
-from tests.support.servers import serving
+from tests.support.servers import PATTERN_BLOCK, download_pattern, serving, upload_digest
 
 DEADLINE = 20.0  # bound on every client call; never reached when things work
 MB = 1024 * 1024
@@ -31,37 +31,20 @@ def _app() -> web.Application:
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text=f"hello {request.query.get('n', '')}".strip())
 
-    async def upload(request: web.Request) -> web.Response:
-        digest = hashlib.sha256()
-        size = 0
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            digest.update(chunk)
-            size += len(chunk)
-        return web.json_response({"size": size, "sha256": digest.hexdigest()})
-
     async def download(request: web.Request) -> web.StreamResponse:
-        size = int(request.query["size"])
-        response = web.StreamResponse()
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        block = bytes(range(256)) * 256
-        for offset in range(0, size, len(block)):
-            await response.write(block[: size - offset])
-        await response.write_eof()
-        return response
+        return await download_pattern(request, chunked=True)
 
     app = web.Application(client_max_size=16 * MB)
     app.router.add_get("/hello", hello)
-    app.router.add_post("/upload", upload)
+    app.router.add_post("/upload", upload_digest)
     app.router.add_get("/download", download)
     return app
 
 
 def _expected(size: int) -> str:
-    block = bytes(range(256)) * 256
     digest = hashlib.sha256()
-    for offset in range(0, size, len(block)):
-        digest.update(block[: size - offset])
+    for offset in range(0, size, len(PATTERN_BLOCK)):
+        digest.update(PATTERN_BLOCK[: size - offset])
     return digest.hexdigest()
 
 

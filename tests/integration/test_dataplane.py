@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from lightmesh.demo.mesh import LocalMesh, Process, free_port, http_get, wait_for
-from tests.support.servers import serving
+from tests.support.servers import serving, upload_digest
 
 pytestmark = pytest.mark.integration
 
@@ -66,14 +66,6 @@ def _app(state: App) -> web.Application:
         await state.release.wait()
         return web.Response(text="finally")
 
-    async def upload(request: web.Request) -> web.Response:
-        digest = hashlib.sha256()
-        size = 0
-        async for chunk in request.content.iter_chunked(256 * 1024):
-            digest.update(chunk)
-            size += len(chunk)
-        return web.json_response({"size": size, "sha256": digest.hexdigest()})
-
     async def download(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
         response.content_length = BIG
@@ -87,7 +79,7 @@ def _app(state: App) -> web.Application:
     app.router.add_get("/ws", ws_echo)
     app.router.add_get("/plain", plain)
     app.router.add_get("/slow", slow)
-    app.router.add_post("/upload", upload)
+    app.router.add_post("/upload", upload_digest)
     app.router.add_get("/download", download)
     return app
 

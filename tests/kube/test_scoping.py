@@ -11,29 +11,16 @@ from pathlib import Path
 import pytest
 
 from lightmesh.demo.mesh import LocalMesh, http_get, wait_for
+from tests.kube.test_kube_source import rule, vs
 from tests.support.kube import KubeCluster
 
 pytestmark = pytest.mark.kube
 
 
 def unknown_subset(namespace: str) -> str:
-    return f"""
-apiVersion: lightmesh.io/v1alpha1
-kind: DestinationRule
-metadata: {{name: catalog, namespace: {namespace}}}
-spec:
-  host: catalog
-  subsets: [{{name: v1, labels: {{version: v1}}}}]
----
-apiVersion: lightmesh.io/v1alpha1
-kind: VirtualService
-metadata: {{name: catalog, namespace: {namespace}}}
-spec:
-  hosts: [catalog]
-  http:
-    - route:
-        - destination: {{host: catalog, subset: v3}}
-"""
+    """The shop's DestinationRule (v1, v2) and a VirtualService routing to a subset v3."""
+    route = "        - destination: {host: catalog, subset: v3}"
+    return rule(namespace) + "---\n" + vs(namespace, route)
 
 
 @pytest.fixture

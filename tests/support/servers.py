@@ -1,6 +1,7 @@
 """In-process aiohttp servers for tests: an application served on a free 127.0.0.1 port."""
 
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -17,3 +18,32 @@ async def serving(app: web.Application) -> AsyncIterator[int]:
         yield runner.addresses[0][1]
     finally:
         await runner.cleanup()
+
+
+# One 64 KiB block of every byte value: downloads repeat it, so receivers can check content.
+PATTERN_BLOCK = bytes(range(256)) * 256
+
+
+async def upload_digest(request: web.Request) -> web.Response:
+    """Handler: read the whole request body as it streams in; answer its size and SHA-256."""
+    digest = hashlib.sha256()
+    size = 0
+    async for chunk in request.content.iter_chunked(256 * 1024):
+        digest.update(chunk)
+        size += len(chunk)
+    return web.json_response({"size": size, "sha256": digest.hexdigest()})
+
+
+async def download_pattern(request: web.Request, *, chunked: bool = False) -> web.StreamResponse:
+    """Handler: stream `?size=N` bytes of PATTERN_BLOCK, with Content-Length or chunked."""
+    size = int(request.query["size"])
+    response = web.StreamResponse()
+    if chunked:
+        response.enable_chunked_encoding()
+    else:
+        response.content_length = size
+    await response.prepare(request)
+    for offset in range(0, size, len(PATTERN_BLOCK)):
+        await response.write(PATTERN_BLOCK[: size - offset])
+    await response.write_eof()
+    return response
