@@ -31,11 +31,40 @@ def _obj(
     return schema
 
 
-def _arr(items: Schema, *, desc: str = "") -> Schema:
+def _arr(
+    items: Schema,
+    *,
+    desc: str = "",
+    max_items: int | None = None,
+    rules: Sequence[tuple[str, str]] = (),
+) -> Schema:
     schema: Schema = {"type": "array", "items": items}
     if desc:
         schema["description"] = desc
+    if max_items is not None:
+        # Bounds also keep the API server's cost estimate of the CEL rules within its budget.
+        schema["maxItems"] = max_items
+    if rules:
+        schema["x-kubernetes-validations"] = [{"rule": r, "message": m} for r, m in rules]
     return schema
+
+
+# Cross-field rules the API server enforces with CEL; validate.py makes the same checks (with the
+# same outcome) for the file source, so both accept exactly the same documents.
+ROUTE_WEIGHT_RULES = (
+    (
+        "self.size() != 1 || !has(self[0].weight) || self[0].weight == 100",
+        "a single destination takes all traffic; omit weight or use 100",
+    ),
+    (
+        "self.size() <= 1 || self.all(d, has(d.weight))",
+        "weight is required on every destination when a route has several",
+    ),
+    (
+        "self.size() <= 1 || !self.all(d, has(d.weight)) || self.map(d, d.weight).sum() == 100",
+        "weights must sum to 100",
+    ),
+)
 
 
 def _str(*, enum: Sequence[str] = (), pattern: str = "", desc: str = "") -> Schema:
@@ -102,6 +131,8 @@ _HTTP_ROUTE = _obj(
         "match": _arr(_HTTP_MATCH, desc="Alternatives (OR); fields within one entry are ANDed."),
         "route": _arr(
             _obj({"destination": _DESTINATION, "weight": _int(minimum=0, maximum=100)}),
+            max_items=64,
+            rules=ROUTE_WEIGHT_RULES,
         ),
         "redirect": _obj(
             {
@@ -145,7 +176,7 @@ _HTTP_ROUTE = _obj(
 VIRTUAL_SERVICE_SPEC = _obj(
     {
         "hosts": _arr(_str()),
-        "http": _arr(_HTTP_ROUTE, desc="Ordered routes; the first match wins."),
+        "http": _arr(_HTTP_ROUTE, desc="Ordered routes; the first match wins.", max_items=512),
     },
     required=["hosts"],
 )
@@ -239,8 +270,8 @@ def validate_schema(value: Any, schema: Schema, path: str) -> list[str]:
     """Return one message per violation, each starting with the field path (e.g. `spec.http[0].route`).
 
     Implements the subset of structural OpenAPI v3 the CRDs use: type, properties (unknown fields
-    rejected, as the API server prunes/rejects them), additionalProperties, items, required, enum,
-    pattern, minimum, maximum.
+    rejected, as the API server prunes/rejects them), additionalProperties, items, maxItems,
+    required, enum, pattern, minimum, maximum. (CEL rules are checked semantically in validate.py.)
     """
     expected = schema.get("type")
     if expected is not None:
@@ -265,6 +296,8 @@ def validate_schema(value: Any, schema: Schema, path: str) -> list[str]:
                 known = ", ".join(sorted(props)) or "none"
                 problems.append(f"{child}: unknown field (known fields: {known})")
     elif isinstance(value, list):
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            problems.append(f"{path}: {len(value)} items, at most {schema['maxItems']} allowed")
         items: Schema | None = schema.get("items")
         if items is not None:
             for index, item in enumerate(value):

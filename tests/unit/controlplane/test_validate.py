@@ -158,3 +158,13 @@ def test_host_forms_resolve_to_one_fqdn(host: str, fqdn: str) -> None:
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
+
+
+def test_list_bounds_match_the_crd() -> None:
+    # The CRD bounds the lists (maxItems, which also keeps its CEL rules within the API server's
+    # cost budget); the file source enforces the same bound.
+    many = [{"destination": {"host": "catalog"}, "weight": 0} for _ in range(65)]
+    found = problems(vs({"hosts": ["catalog"], "http": [{"route": many}]}))
+    assert found == [
+        "f.yaml: VirtualService shop/catalog: spec.http[0].route: 65 items, at most 64 allowed"
+    ]
