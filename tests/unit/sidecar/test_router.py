@@ -47,10 +47,11 @@ def done(decision: Forward) -> Completed:
 
 def test_forward_carries_route_timeout_and_cluster_connect_timeout() -> None:
     plane = dataplane(1)
-    decision = OutboundRouter(plane).resolve(head())
+    router = OutboundRouter(plane)
+    decision = router.resolve(head())
     assert decision == Forward(
         address="127.0.0.1", port=1, cluster=CLUSTER, timeout=1.5, connect_timeout=0.25,
-        retry=DEFAULT_RETRY, retry_budget=plane.clusters[CLUSTER].retry_budget,
+        retry=DEFAULT_RETRY, retrier=router, retry_budget=plane.clusters[CLUSTER].retry_budget,
     )  # fmt: skip
 
 
