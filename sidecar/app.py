@@ -25,6 +25,7 @@ from sidecar.router import InboundRouter, OutboundRouter
 from sidecar.settings import Settings
 from sidecar.telemetry import wiring
 from sidecar.telemetry.hooks import wrap_recorder, wrap_resolver
+from sidecar.telemetry.resilience import ResilienceCollector
 from sidecar.telemetry.state import SidecarState
 
 log = logging.getLogger("sidecar")
@@ -110,6 +111,9 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             active=active,
             exporter=telemetry.exporter,
         )
+    )
+    registry.register(
+        ResilienceCollector(clusters=lambda: dataplane.clusters, mirrors=outbound.mirrors)
     )
     draining = False
     admin = Admin(
