@@ -113,7 +113,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         )
     )
     registry.register(
-        ResilienceCollector(clusters=lambda: dataplane.clusters, mirrors=outbound.mirrors)
+        ResilienceCollector(
+            clusters=lambda: dataplane.clusters,
+            mirrors=outbound.mirrors,
+            connections_opened=outbound.connections_opened,
+        )
     )
     draining = False
     admin = Admin(

@@ -64,6 +64,11 @@ class ProxyListener:
         return self._state.mirrors
 
     @property
+    def connections_opened(self) -> dict[str, int]:
+        """Upstream connections opened so far, per cluster (for metrics)."""
+        return self._state.connections_opened
+
+    @property
     def draining(self) -> bool:
         """Whether `close` has begun."""
         return self._state.draining

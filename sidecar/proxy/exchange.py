@@ -778,6 +778,8 @@ class Attempt:
                 self.exchange.attempt_failed(self, exc, Failure.CONNECT)
             return
         self.connecting = None
+        opened = self.exchange.state.connections_opened
+        opened[target.cluster] = opened.get(target.cluster, 0) + 1
         if self.done:
             pool.release(conn)  # clean and unused: someone else may take it
         else:

@@ -61,6 +61,8 @@ class ListenerState:
     clients: set[DownstreamConnection] = field(default_factory=set)
     tunnels: set[Splice] = field(default_factory=set)
     mirrors: Mirrors = field(default_factory=Mirrors)
+    # Upstream connections opened, per cluster (counted when a connect succeeds; for metrics).
+    connections_opened: dict[str, int] = field(default_factory=dict)
     # Set when the last downstream connection closed while draining.
     drained: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -1,5 +1,5 @@
 """Cluster resilience state read at scrape time: retries, circuit-breaker overflows, outlier
-ejections, and the outbound listener's mirrored copies.
+ejections, and the outbound listener's mirrored copies and upstream connections.
 
 Nothing is recorded per request here: the counters live on the objects that already count them
 (`Cluster`, `OutlierDetector`, `Mirrors`) and are read when /metrics is scraped. Labels are the
@@ -23,10 +23,15 @@ class ResilienceCollector(Collector):
     """Per-cluster retry, overflow and ejection counters, and mirror outcomes."""
 
     def __init__(
-        self, *, clusters: Callable[[], Mapping[str, Cluster]], mirrors: Mirrors | None = None
+        self,
+        *,
+        clusters: Callable[[], Mapping[str, Cluster]],
+        mirrors: Mirrors | None = None,
+        connections_opened: Mapping[str, int] | None = None,
     ) -> None:
         self._clusters = clusters
         self._mirrors = mirrors
+        self._opened = connections_opened
 
     def collect(self) -> Iterator[Metric]:
         """Metric families for the Prometheus registry."""
@@ -51,7 +56,8 @@ class ResilienceCollector(Collector):
             "Endpoints ejected by outlier detection now.",
             labels=_LABELS,
         )
-        for cluster in list(self._clusters().values()):
+        clusters = self._clusters()
+        for cluster in list(clusters.values()):
             labels = [cluster.service or cluster.name, cluster.subset]
             retries.add_metric([*labels, "retried"], cluster.retries)
             retries.add_metric([*labels, "budget_exhausted"], cluster.retries_refused)
@@ -61,6 +67,17 @@ class ResilienceCollector(Collector):
                 ejections.add_metric(labels, outlier.ejections_total)
                 ejected.add_metric(labels, len(outlier.ejected))
         yield from (retries, overflows, ejections, ejected)
+        if self._opened is not None:
+            opened = CounterMetricFamily(
+                "lightmesh_upstream_connections_opened",
+                "Upstream connections opened by the outbound listener, per cluster.",
+                labels=_LABELS,
+            )
+            for name, count in list(self._opened.items()):
+                known = clusters.get(name)
+                labels = [known.service or name, known.subset] if known is not None else [name, ""]
+                opened.add_metric(labels, count)
+            yield opened
         mirrors = self._mirrors
         if mirrors is not None:
             copies = CounterMetricFamily(
