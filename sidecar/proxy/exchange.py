@@ -340,12 +340,16 @@ class Exchange:
             return
         retry = self.attempts > 0
         self.attempts += 1
+        self.arm_try_timer(target)
+        self.attempt = Attempt(self, target, retry=retry)
+        self.attempt.run()
+
+    def arm_try_timer(self, target: Forward) -> None:
+        """Start the retry policy's perTryTimeout for the attempt about to run, if it has one."""
         policy = target.retry
         if policy is not None and policy.per_try_timeout is not None:
             loop = asyncio.get_running_loop()
             self.try_timer = loop.call_later(policy.per_try_timeout, self.try_timed_out)
-        self.attempt = Attempt(self, target, retry=retry)
-        self.attempt.run()
 
     def send_mirror(self) -> None:
         """Send the mirror copy: only of a request whose body was held whole (≤ REPLAY_LIMIT)."""
@@ -510,6 +514,7 @@ class Exchange:
             # The upstream closed an idle connection under us before reading the request: the
             # whole request is still in hand, so send it once more on a fresh connection.
             self.drop_attempt()
+            self.arm_try_timer(attempt.target)
             self.attempt = Attempt(self, attempt.target, retry=True)
             self.attempt.run()
             return
