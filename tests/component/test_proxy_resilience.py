@@ -390,3 +390,29 @@ async def test_unlimited_connections_are_reused(
     for _ in range(4):
         await call(session, mesh, "/x")
     assert len({port for _, port in app.peers}) == 1
+
+
+async def test_mirrors_beyond_the_limit_are_dropped_and_never_slow_the_original(
+    mesh: Mesh, upstreams: Start, session: aiohttp.ClientSession
+) -> None:
+    app = await upstreams("app")
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # a shadow that takes the copy and never answers
+
+    shadow = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        mirror = pb.Route(mirror=pb.Mirror(cluster=SHADOW, percent=100))
+        mesh.configure([app.port], route=mirror, shadow_port=shadow.sockets[0].getsockname()[1])
+        mesh.listener.mirrors.limit = 1
+        for _ in range(3):
+            status, _, _ = await call(session, mesh, "/x")
+            assert status == 200
+        assert (mesh.listener.mirrors.sent, mesh.listener.mirrors.dropped) == (1, 2)
+        assert len(app.requests) == 3
+    finally:
+        for writer in accepted:
+            writer.close()
+        shadow.close()
+        await shadow.wait_closed()
