@@ -22,7 +22,7 @@ from lightmesh import types
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.config.apply import DataPlane
 from sidecar.proxy.decision import Completed
-from sidecar.proxy.engine import ProxyListener, start_proxy
+from sidecar.proxy.engine import EngineSettings, ProxyListener, start_proxy
 from sidecar.router import OutboundRouter
 from tests.support.servers import serving
 
@@ -416,3 +416,37 @@ async def test_mirrors_beyond_the_limit_are_dropped_and_never_slow_the_original(
             writer.close()
         shadow.close()
         await shadow.wait_closed()
+
+
+async def test_cluster_idle_timeout_expires_pooled_connections(
+    upstreams: Start, session: aiohttp.ClientSession
+) -> None:
+    """With a stepped clock: a connection idle past its cluster's idleTimeout is not reused."""
+    app = await upstreams("app")
+    now = [1000.0]
+    plane = DataPlane()
+    router = OutboundRouter(plane, clock=lambda: now[0])
+    settings = EngineSettings(clock=lambda: now[0])
+    listener = await start_proxy(
+        "127.0.0.1",
+        0,
+        resolver=router.resolve,
+        recorder=router.finished,
+        listener="outbound",
+        settings=settings,
+    )
+    local = Mesh(plane, router, listener, [])
+    try:
+        local.configure(
+            [app.port],
+            cluster=pb.Cluster(name=CLUSTER, lb_policy=pb.ROUND_ROBIN, idle_timeout_ms=500),
+        )
+        await call(session, local, "/x")
+        now[0] += 0.2  # within the idle timeout: reused
+        await call(session, local, "/x")
+        now[0] += 1.0  # past it: a new connection
+        await call(session, local, "/x")
+        ports = [port for _, port in app.peers]
+        assert ports[0] == ports[1] != ports[2]
+    finally:
+        await listener.close(drain_timeout=1.0)
