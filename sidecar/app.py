@@ -25,6 +25,7 @@ from sidecar.router import InboundRouter, OutboundRouter
 from sidecar.settings import Settings
 from sidecar.telemetry import wiring
 from sidecar.telemetry.hooks import wrap_recorder, wrap_resolver
+from sidecar.telemetry.resilience import ResilienceCollector
 from sidecar.telemetry.state import SidecarState
 
 log = logging.getLogger("sidecar")
@@ -109,6 +110,13 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             connected=lambda: client.connected,
             active=active,
             exporter=telemetry.exporter,
+        )
+    )
+    registry.register(
+        ResilienceCollector(
+            clusters=lambda: dataplane.clusters,
+            mirrors=outbound.mirrors,
+            connections_opened=outbound.connections_opened,
         )
     )
     draining = False

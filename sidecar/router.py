@@ -5,19 +5,25 @@ abort (answer at once, flag FI), weighted cluster choice, circuit breaking (503,
 endpoint choice (load balancer over endpoints not ejected by outlier detection), then the edits of
 the request the engine forwards: uri and authority rewrite, request header edits. It is fed back
 every finished exchange (`finished`) for in-flight accounting, latency and outlier detection.
+
+It is also the engine's `Retrier`: a retry goes to another endpoint of the same cluster when one
+is available (each attempt's endpoint counted in flight and fed to outlier detection on its own),
+paid from the cluster's retry budget, after a jittered exponential backoff.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.cookies import CookieError, SimpleCookie
 
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.cluster.cluster import Cluster
 from sidecar.config.apply import DataPlane
 from sidecar.proxy.decision import Completed, Decision, Forward, LocalReply, RequestHead
+from sidecar.routing.retry import backoff
 from sidecar.routing.table import CompiledRoute, Redirect
 
 # Envoy's name for the cluster of intercepted traffic to destinations outside the mesh.
@@ -89,6 +95,7 @@ class OutboundRouter:
             timeout=route.timeout,
             connect_timeout=cluster.connect_timeout,
             retry=route.retry,
+            retrier=self,
             retry_budget=cluster.retry_budget,
             delay=delay,
             response_headers=route.response_headers,
@@ -117,6 +124,30 @@ class OutboundRouter:
             timeout=route.timeout,
             connect_timeout=cluster.connect_timeout,
         )
+
+    def retry_target(self, target: Forward, *, tried: Sequence[str], now: float) -> Forward | None:
+        """`target` re-aimed for a retry (see `Cluster.pick_retry`); None: budget spent or the
+        cluster is gone (a config push removed it meanwhile)."""
+        cluster = self._dataplane.clusters.get(target.cluster)
+        if cluster is None:
+            return None
+        endpoint = cluster.pick_retry(tried=tried, now=now)
+        if endpoint is None:
+            return None
+        if endpoint.address == target.address and endpoint.port == target.port:
+            return target
+        return dataclasses.replace(target, address=endpoint.address, port=endpoint.port)
+
+    def retry_backoff(self, retry: int) -> float:
+        """Full-jitter exponential backoff (routing/retry.py)."""
+        return backoff(retry, self._rng)
+
+    def attempt_finished(self, target: Forward, *, status: int, duration: float) -> None:
+        """A retried attempt ended: release its endpoint, feed latency and outlier detection."""
+        cluster = self._dataplane.clusters.get(target.cluster)
+        if cluster is not None:
+            key = f"{target.address}:{target.port}"
+            cluster.finished(key, status=status, duration=duration, now=self._clock())
 
     def finished(self, completed: Completed) -> None:
         """Release the in-flight slot taken by `resolve`; feed latency and outlier detection."""

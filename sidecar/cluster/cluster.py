@@ -42,13 +42,19 @@ class Cluster:
         )
         self.endpoints: tuple[Endpoint, ...] = ()
         self.available: tuple[Endpoint, ...] = ()
-        self.overflows = 0
+        self.overflows = 0  # requests refused by circuit breaking (flag UO)
         self.retry_budget = RetryBudget()
+        self.retries = 0  # retries started
+        self.retries_refused = 0  # retries the budget did not allow
 
     def carry_over(self, old: Cluster) -> None:
         """Keep `old`'s live state where this config allows it."""
         self.stats = old.stats
         self.retry_budget = old.retry_budget
+        # Counters are monotonic for Prometheus: a config push must not reset them.
+        self.overflows = old.overflows
+        self.retries = old.retries
+        self.retries_refused = old.retries_refused
         if old.policy == self.policy and old.hash == self.hash:
             self.balancer = old.balancer
         else:
@@ -102,6 +108,19 @@ class Cluster:
         if endpoint is not None:
             self.stats.started(endpoint.key)
             self.retry_budget.request(now)
+        return endpoint
+
+    def pick_retry(self, *, tried: Sequence[str], now: float) -> Endpoint | None:
+        """An endpoint for a retry, not one of `tried` (keys) when another is available; paid
+        from the retry budget and counted in flight. None when the budget is spent."""
+        if not self.retry_budget.try_retry(now):
+            self.retries_refused += 1
+            return None
+        available = [e for e in self.available if e.key not in tried] or self.available
+        endpoint = self.balancer.pick(available, hash_key=None, now=now)
+        if endpoint is not None:
+            self.stats.started(endpoint.key)
+            self.retries += 1
         return endpoint
 
     def finished(self, upstream: str, *, status: int, duration: float, now: float) -> None:

@@ -7,11 +7,11 @@ knows nothing of routes, clusters or config versions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-if TYPE_CHECKING:  # the engine only passes these through (and will apply them later)
+if TYPE_CHECKING:  # the engine applies these without importing the routing layer
     from sidecar.routing.headers import HeaderEdits
     from sidecar.routing.retry import RetryBudget, RetryPolicy
 
@@ -52,12 +52,13 @@ class Forward:
     # Overall deadline for the upstream exchange (connect + response head), seconds; None: no limit.
     timeout: float | None = None
     connect_timeout: float = 5.0
-    # --- Optional, decided by the router for the engine to apply (ignored until it does) ---
+    # --- Optional, decided by the router for the engine to apply ---
     # Retry policy of the route (always set by the outbound router: the default retries only
-    # what never reached the upstream). Ask `retry.should_retry(...)`; `routing.retry.backoff` for the wait.
+    # what never reached the upstream); the engine asks `retry.should_retry(...)`.
     retry: RetryPolicy | None = None
-    # The cluster's retry budget (this request already deposited): `try_retry(now)` before each
-    # retry; False means do not retry (retries are capped at 20% of requests + 10/s).
+    # Who picks the endpoint of a retry (and its backoff); None: never retry.
+    retrier: Retrier | None = None
+    # The cluster's retry budget (this request already deposited); the retrier spends it.
     retry_budget: RetryBudget | None = None
     # Fault injection: wait this long (seconds) before forwarding.
     delay: float = 0.0
@@ -86,6 +87,25 @@ Decision = Forward | LocalReply
 Resolver = Callable[[RequestHead], Decision]
 
 
+class Retrier(Protocol):
+    """The routing layer's side of a retry: a new endpoint, the wait, and per-attempt accounting.
+
+    The engine decides *whether* to retry (the route's `RetryPolicy`, the body held, the method);
+    the retrier decides *where* and *whether the cluster can afford it* (retry budget).
+    """
+
+    def retry_target(self, target: Forward, *, tried: Sequence[str], now: float) -> Forward | None:
+        """`target` re-aimed at an endpoint not in `tried` ("address:port") when one exists,
+        counted in flight and paid from the retry budget; None when the budget is spent."""
+
+    def retry_backoff(self, retry: int) -> float:
+        """Seconds to wait before retry number `retry` (1 = the first retry)."""
+
+    def attempt_finished(self, target: Forward, *, status: int, duration: float) -> None:
+        """An attempt that is being retried ended (its endpoint's in-flight slot and outlier
+        record); the exchange's last attempt is reported through `Completed` instead."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Completed:
     """One finished exchange, reported to telemetry."""
@@ -105,6 +125,8 @@ class Completed:
     head: RequestHead | None = None
     # time.time() when the request began (its head was parsed), for spans and access logs.
     start_time: float = 0.0
+    # Upstream attempts made (1 + retries); 0 for local replies.
+    attempts: int = 0
 
 
 Recorder = Callable[[Completed], None]

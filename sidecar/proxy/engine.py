@@ -16,6 +16,7 @@ import logging
 from sidecar.proxy.decision import Recorder, Resolver
 from sidecar.proxy.downstream import DownstreamConnection, Phase
 from sidecar.proxy.listener_state import EngineSettings, ListenerState
+from sidecar.proxy.mirror import Mirrors
 from sidecar.proxy.pool import ConnectionPool
 from sidecar.proxy.splice import expire_splices
 
@@ -58,6 +59,16 @@ class ProxyListener:
         return self._state.active
 
     @property
+    def mirrors(self) -> Mirrors:
+        """Mirrored copies sent, dropped and failed (for metrics)."""
+        return self._state.mirrors
+
+    @property
+    def connections_opened(self) -> dict[str, int]:
+        """Upstream connections opened so far, per cluster (for metrics)."""
+        return self._state.connections_opened
+
+    @property
     def draining(self) -> bool:
         """Whether `close` has begun."""
         return self._state.draining
@@ -98,6 +109,7 @@ class ProxyListener:
         if self._server is not None:
             await self._server.wait_closed()
         state.pool.close()
+        state.mirrors.close()
 
     async def _sweep_forever(self) -> None:
         # Timers per connection would cost more than the whole request on the hot path; a sweep

@@ -8,12 +8,22 @@ read. Everything runs in protocol callbacks: only a connect awaits (in a task), 
 timeout is a timer handle.
 
 An exchange may run several attempts. The request body as sent is kept in `replay` while it fits
-in REPLAY_LIMIT, so a later attempt can re-send the whole request; today a second attempt is made
-only for a stale pooled connection that failed before any response byte arrived.
+in REPLAY_LIMIT, so a later attempt can re-send the whole request. A second attempt is made for a
+stale pooled connection that failed before any response byte arrived (transparently), and for a
+failure the route's retry policy covers: connect failure, reset, per-try timeout, or a retriable
+status seen in the response head before anything is relayed. The decision's `retrier` picks the
+retry's endpoint (a different one when it exists) and pays it from the cluster's retry budget;
+the route `timeout` bounds all attempts and backoffs together.
+
+Around the attempts: a fault `delay` holds the request before the first one (flag DI); a `mirror`
+copy is sent once the request is complete (mirror.py); response header edits apply to the head
+before it is relayed; a pooled connection is closed after `max_requests_per_connection`.
 
 Rules: at most one attempt is current; events of a stale attempt are ignored. `finish` runs once
 and hands the downstream connection back (keep alive or close). Nothing is written downstream
-after a response head has been relayed except that response's body.
+after a response head has been relayed except that response's body. A request without retries on
+status, header edits, delay or mirror pays for none of them: `inspect` is False, and the relay of
+a whole response in one read stays a single write of the upstream's bytes.
 """
 
 from __future__ import annotations
@@ -55,9 +65,12 @@ from sidecar.proxy.pool import (
     UpstreamTimeout,
 )
 from sidecar.proxy.splice import DOWN, Splice
+from sidecar.routing.retry import Failure
 
 if TYPE_CHECKING:
     from sidecar.proxy.listener_state import ListenerState
+    from sidecar.routing.headers import HeaderEdits
+    from sidecar.routing.retry import RetryPolicy
 
 # Request body bytes kept for re-sending on another attempt (a retry buffer; larger bodies stream
 # without a copy and make the exchange single-attempt).
@@ -106,13 +119,20 @@ class Exchange:
 
     __slots__ = (
         "attempt",
+        "attempt_started",
+        "attempts",
+        "backoff",
         "continue_sent",
         "down",
+        "edits",
+        "extra_flags",
         "failure",
         "finished",
         "framing",
         "head",
+        "inspect",
         "keep_alive",
+        "mirror",
         "pending_reply",
         "replay",
         "request_bytes",
@@ -127,6 +147,8 @@ class Exchange:
         "status",
         "target",
         "timer",
+        "tried",
+        "try_timer",
         "unsent",
         "unsent_bytes",
         "upstream_keep_alive",
@@ -160,6 +182,16 @@ class Exchange:
         self.replay: bytearray | None = bytearray()  # the body as sent, while it fits
         self.unsent: list[bytes] = []  # body bytes waiting for a connection
         self.unsent_bytes = 0
+        # Retries and the route's other actions (see the module docstring).
+        self.attempts = 0  # attempts started
+        self.attempt_started = self.started
+        self.try_timer: asyncio.TimerHandle | None = None  # perTryTimeout of the current attempt
+        self.backoff: asyncio.TimerHandle | None = None  # the wait before the next attempt
+        self.tried: list[str] | None = None  # "address:port" of the endpoints tried
+        self.extra_flags = ""  # DI, URX: flags beyond the one the exchange ends with
+        self.inspect = False  # look at the response head before relaying it
+        self.edits: HeaderEdits | None = None  # response header edits
+        self.mirror: Forward | None = None  # a copy to send once the request is complete
         state.active += 1
 
     # --- the request side (called by the downstream connection) ---
@@ -196,6 +228,8 @@ class Exchange:
             self.answer(self.pending_reply, keep=self.start.keep_alive and not self.state.draining)
         elif not self.finished and self.start.framing.kind is _CHUNKED:
             self.send_body(b"0\r\n\r\n")
+        if self.mirror is not None and not self.finished:
+            self.send_mirror()
 
     def fail(self, error: ParseError) -> None:
         """The request broke mid-body (bad bytes or the client's EOF): refuse, never forward."""
@@ -272,11 +306,58 @@ class Exchange:
             self.down.transport.write(CONTINUE)
             self.continue_sent = True
         self.request_data = upstream_request(head, start.framing)
+        if target.delay:
+            # Fault injection: hold the request (its body is buffered meanwhile), then forward.
+            self.extra_flags = "DI"
+            self.timer = asyncio.get_running_loop().call_later(target.delay, self.dispatch)
+            return
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Arm the route timeout, start the first attempt, and the mirror copy if any."""
+        self.timer = None
+        target = self.target
+        if target is None or self.finished:
+            return
         if target.timeout is not None:
             loop = asyncio.get_running_loop()
             self.timer = loop.call_later(target.timeout, self.timed_out)
-        self.attempt = Attempt(self, target, retry=False)
+        edits = target.response_headers
+        policy = target.retry
+        if edits is not None or (policy is not None and _retries_on_status(policy)):
+            self.inspect = True
+            self.edits = edits
+        self.start_attempt()
+        if target.mirror is not None:
+            self.mirror = target.mirror
+            if self.request_complete:
+                self.send_mirror()
+
+    def start_attempt(self) -> None:
+        """Run the next attempt at `target` (a retry replays the request from `replay`)."""
+        target = self.target
+        if target is None:
+            return
+        retry = self.attempts > 0
+        self.attempts += 1
+        self.arm_try_timer(target)
+        self.attempt = Attempt(self, target, retry=retry)
         self.attempt.run()
+
+    def arm_try_timer(self, target: Forward) -> None:
+        """Start the retry policy's perTryTimeout for the attempt about to run, if it has one."""
+        policy = target.retry
+        if policy is not None and policy.per_try_timeout is not None:
+            loop = asyncio.get_running_loop()
+            self.try_timer = loop.call_later(policy.per_try_timeout, self.try_timed_out)
+
+    def send_mirror(self) -> None:
+        """Send the mirror copy: only of a request whose body was held whole (≤ REPLAY_LIMIT)."""
+        mirror, self.mirror = self.mirror, None
+        head = self.head
+        if mirror is None or head is None or self.replay is None or self.failure is not None:
+            return
+        self.state.mirrors.send(mirror, head, self.start.framing, bytes(self.replay))
 
     def send_body(self, piece: bytes) -> None:
         """Body bytes as they go on the wire: to the current connection, or held until one."""
@@ -305,14 +386,33 @@ class Exchange:
         return self.request_data + body if body else self.request_data
 
     def timed_out(self) -> None:
-        """Forward.timeout passed before a response head."""
+        """Forward.timeout passed before a response head: it bounds all attempts, so no retry."""
         self.timer = None
         if not self.finished and not self.responding:
             self.upstream_failed(UpstreamTimeout())
 
+    def try_timed_out(self) -> None:
+        """The retry policy's perTryTimeout passed before the current attempt's response head."""
+        self.try_timer = None
+        attempt = self.attempt
+        if attempt is not None and not self.finished and not self.responding:
+            self.attempt_failed(attempt, UpstreamTimeout(), Failure.TIMEOUT)
+
+    def head_arrived(self) -> None:
+        """A response head came: the timeouts (route and per try) no longer apply."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+
     def drop_attempt(self) -> None:
         """Abandon the current attempt (its connection is closed)."""
         attempt, self.attempt = self.attempt, None
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
         if attempt is not None:
             attempt.cancel()
         self.down.resume(PAUSE_UPSTREAM_FULL)
@@ -328,7 +428,69 @@ class Exchange:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.reply(LocalReply(status=error.status, body=ERROR_TEXT[error.flags], flags=error.flags))
+        if self.backoff is not None:
+            self.backoff.cancel()
+            self.backoff = None
+        flags = error.flags
+        if self.extra_flags:  # said in the reply's flags header too (URX, DI)
+            flags = f"{flags},{self.extra_flags}"
+            self.extra_flags = ""
+        self.reply(LocalReply(status=error.status, body=ERROR_TEXT[error.flags], flags=flags))
+
+    def attempt_failed(self, attempt: Attempt, error: UpstreamError, failure: Failure) -> None:
+        """The current attempt got no response head: retry if the policy allows, else answer."""
+        if attempt is not self.attempt or self.finished:
+            return
+        if not self.retry(failure, error.status):
+            self.upstream_failed(error)
+
+    def retry(self, failure: Failure, status: int) -> bool:
+        """Start another attempt if the route's policy, the body held, and the cluster's retry
+        budget allow it; False (nothing done) otherwise. `status`: the attempt's outcome."""
+        target = self.target
+        if target is None or self.responding or self.failure is not None:
+            return False
+        policy = target.retry
+        retrier = target.retrier
+        if policy is None or retrier is None:
+            return False
+        tries = self.attempts
+        sent = failure is not Failure.CONNECT
+        method = self.start.method
+        if not policy.should_retry(
+            attempt=tries, failure=failure, status=status, method=method, sent=sent
+        ):
+            if tries > 1 and tries > policy.attempts and policy.retriable(failure, status):
+                self.add_flag("URX")  # retries were made and ran out
+            return False
+        if self.replay is None or not self.request_complete:
+            return False  # the body was not held whole: it cannot be sent again
+        now = self.state.clock()
+        tried = self.tried
+        if tried is None:
+            tried = self.tried = []
+        tried.append(f"{target.address}:{target.port}")
+        new = retrier.retry_target(target, tried=tried, now=now)
+        if new is None:
+            return False  # the retry budget is spent
+        retrier.attempt_finished(target, status=status, duration=now - self.attempt_started)
+        self.target = new
+        self.drop_attempt()
+        loop = asyncio.get_running_loop()
+        self.backoff = loop.call_later(retrier.retry_backoff(tries), self.retry_now)
+        return True
+
+    def retry_now(self) -> None:
+        """The backoff passed: start the next attempt."""
+        self.backoff = None
+        if not self.finished:
+            self.attempt_started = self.state.clock()
+            self.start_attempt()
+
+    def add_flag(self, flag: str) -> None:
+        """Note a response flag beyond the exchange's final one."""
+        if flag not in self.extra_flags.split(","):
+            self.extra_flags = f"{self.extra_flags},{flag}" if self.extra_flags else flag
 
     def upstream_broke(self, attempt: Attempt, error: UpstreamError) -> None:
         """The attempt's connection failed or sent garbage."""
@@ -352,17 +514,26 @@ class Exchange:
             # The upstream closed an idle connection under us before reading the request: the
             # whole request is still in hand, so send it once more on a fresh connection.
             self.drop_attempt()
+            self.arm_try_timer(attempt.target)
             self.attempt = Attempt(self, attempt.target, retry=True)
             self.attempt.run()
             return
-        self.upstream_failed(error)
+        self.attempt_failed(attempt, error, Failure.RESET)
 
     # --- the response side (called by the attempt) ---
 
     def relay(self, attempt: Attempt, events: list[ResponseEvent], data: bytes = b"") -> None:
         """Response events of one upstream read (`data`), sent downstream in one write."""
         if (
+            self.inspect
+            and self.framing is None
+            and type(events[0]) is ResponseStart
+            and self.inspect_head(attempt, events[0])
+        ):
+            return
+        if (
             self.framing is None
+            and self.edits is None
             and len(data) == attempt.received
             and type(events[-1]) is EndOfMessage
             and type(events[0]) is ResponseStart
@@ -395,6 +566,23 @@ class Exchange:
         if out:
             self.down.transport.write(b"".join(out))
 
+    def inspect_head(self, attempt: Attempt, head: ResponseStart) -> bool:
+        """Before a response head is relayed: retry on its status (True: the attempt was given
+        up for another), or apply the route's response header edits."""
+        status = head.status
+        target = self.target
+        policy = target.retry if target is not None else None
+        if (
+            policy is not None
+            and status != 101
+            and policy.retriable(Failure.STATUS, status)
+            and self.retry(Failure.STATUS, status)
+        ):
+            return True
+        if self.edits is not None and status != 101:
+            self.edits.apply(head.headers)
+        return False
+
     def relay_verbatim(self, attempt: Attempt, head: ResponseStart, data: bytes) -> bool:
         """Relay a whole response that came in one read as the upstream's own bytes, when they
         are exactly what the client must get; False (nothing done) otherwise.
@@ -425,9 +613,7 @@ class Exchange:
         head_end = len(data) - framing.length
         if head_end < 4 or data.find(b"\r\n\r\n") != head_end - 4:
             return False
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.head_arrived()
         self.responding = True
         self.status = head.status
         self.keep_alive = True
@@ -440,9 +626,7 @@ class Exchange:
 
     def response_head(self, head: ResponseStart, out: list[bytes]) -> Framing:
         """Start relaying a final response; returns the downstream framing of its body."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.head_arrived()
         start = self.start
         http11 = start.http_version == "1.1"
         framing = downstream_framing(head.framing, http11=http11)
@@ -468,8 +652,15 @@ class Exchange:
         self.attempt = None
         if conn is not None:
             pool = self.state.pool
-            if self.upstream_keep_alive and request_done and not attempt.trailing_data():
-                pool.release(conn)
+            target = attempt.target
+            limit = target.max_requests_per_connection
+            if (
+                self.upstream_keep_alive
+                and request_done
+                and not attempt.trailing_data()
+                and not (limit and conn.requests >= limit)
+            ):
+                pool.release(conn, idle_timeout=target.idle_timeout)
             else:
                 pool.discard(conn)
         self.down.resume(PAUSE_UPSTREAM_FULL)
@@ -478,9 +669,7 @@ class Exchange:
 
     def tunnel(self, attempt: Attempt, head: ResponseStart) -> None:
         """After a 101: relay raw bytes both ways until both sides have closed."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.head_arrived()
         conn = attempt.conn
         if conn is None or conn.transport is None:
             return  # unreachable: a 101 arrived on the attempt's connection
@@ -522,6 +711,11 @@ class Exchange:
             self.timer = None
         if self.attempt is not None:
             self.drop_attempt()
+        if self.backoff is not None:
+            self.backoff.cancel()
+            self.backoff = None
+        if self.extra_flags:
+            flags = f"{flags},{self.extra_flags}" if flags else self.extra_flags
         state = self.state
         state.active -= 1
         target = self.target
@@ -538,6 +732,7 @@ class Exchange:
                 upstream=f"{target.address}:{target.port}" if target is not None else "",
                 head=self.head,
                 start_time=self.start_time,
+                attempts=self.attempts,
             )
         )
         if self.status != 101:
@@ -584,10 +779,12 @@ class Attempt:
             )
         except UpstreamConnectFailure as exc:
             self.connecting = None
-            if not self.done and self.exchange.attempt is self:
-                self.exchange.upstream_failed(exc)
+            if not self.done:
+                self.exchange.attempt_failed(self, exc, Failure.CONNECT)
             return
         self.connecting = None
+        opened = self.exchange.state.connections_opened
+        opened[target.cluster] = opened.get(target.cluster, 0) + 1
         if self.done:
             pool.release(conn)  # clean and unused: someone else may take it
         else:
@@ -597,6 +794,7 @@ class Attempt:
         """Use `conn`: send the request head and the body read so far."""
         self.conn = conn
         conn.owner = self
+        conn.requests += 1
         exchange = self.exchange
         method = exchange.start.method
         parser = conn.parser
@@ -667,3 +865,8 @@ class Attempt:
     def upstream_resumed(self) -> None:
         """The upstream takes body bytes again."""
         self.exchange.down.resume(PAUSE_UPSTREAM_FULL)
+
+
+def _retries_on_status(policy: RetryPolicy) -> bool:
+    """Whether `policy` may retry after a response head (so heads must be inspected)."""
+    return policy.on_5xx or policy.on_gateway or policy.on_4xx or bool(policy.status_codes)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from sidecar.proxy.decision import Completed, Decision, LocalReply, Recorder, RequestHead, Resolver
 from sidecar.proxy.http1 import MAX_HEAD_BYTES, MAX_HEADERS
+from sidecar.proxy.mirror import Mirrors
 from sidecar.proxy.pool import ConnectionPool
 from sidecar.proxy.splice import Splice
 
@@ -59,6 +60,9 @@ class ListenerState:
     active: int = 0  # exchanges in flight (tunnels included)
     clients: set[DownstreamConnection] = field(default_factory=set)
     tunnels: set[Splice] = field(default_factory=set)
+    mirrors: Mirrors = field(default_factory=Mirrors)
+    # Upstream connections opened, per cluster (counted when a connect succeeds; for metrics).
+    connections_opened: dict[str, int] = field(default_factory=dict)
     # Set when the last downstream connection closed while draining.
     drained: asyncio.Event = field(default_factory=asyncio.Event)
 

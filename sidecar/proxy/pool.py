@@ -3,7 +3,8 @@
 An `UpstreamConnection` forwards everything its transport reports to its current `owner` (the
 attempt using it, or a tunnel); while pooled it has none, and any event (bytes, EOF, close) makes
 it unusable. The pool reuses idle connections last-in first-out, so the warmest is picked and
-the coldest expire; `sweep` closes those idle longer than `idle_timeout`.
+the coldest expire; `sweep` closes those idle longer than their cluster's idle timeout (the
+pool's `idle_timeout` unless `release` was given one).
 """
 
 from __future__ import annotations
@@ -70,11 +71,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "closed",
+        "idle_limit",
         "idle_since",
         "key",
         "owner",
         "parser",
         "reading_paused",
+        "requests",
         "reused",
         "transport",
         "write_paused",
@@ -87,6 +90,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser: ResponseParser | None = None  # kept between responses (see reset)
         self.reused = False
         self.idle_since = 0.0
+        self.idle_limit = 0.0  # seconds it may stay pooled (set by `release`)
+        self.requests = 0  # requests sent on it (for maxRequestsPerConnection)
         self.closed = False  # EOF, reset or close seen: never reuse
         self.reading_paused = False
         self.write_paused = False
@@ -176,7 +181,7 @@ class ConnectionPool:
         now = self._clock()
         while stack:
             conn = stack.pop()
-            if conn.usable() and now - conn.idle_since < self.idle_timeout:
+            if conn.usable() and now - conn.idle_since < conn.idle_limit:
                 conn.reused = True
                 return conn
             self.discard(conn)
@@ -208,14 +213,16 @@ class ConnectionPool:
                 return conn
         return await self.connect(address, port, connect_timeout=connect_timeout)
 
-    def release(self, conn: UpstreamConnection) -> None:
-        """Return a connection whose exchange completed cleanly and may be reused."""
+    def release(self, conn: UpstreamConnection, *, idle_timeout: float | None = None) -> None:
+        """Return a connection whose exchange completed cleanly and may be reused; it stays
+        pooled for `idle_timeout` (its cluster's; default the pool's)."""
         conn.owner = None
         conn.resume_reading()  # a paused idle connection would never notice the upstream close
         if not conn.usable():
             self.discard(conn)
             return
         conn.idle_since = self._clock()
+        conn.idle_limit = self.idle_timeout if idle_timeout is None else idle_timeout
         stack = self._idle.get(conn.key)
         if stack is None:
             self._idle[conn.key] = [conn]
@@ -235,9 +242,8 @@ class ConnectionPool:
     def sweep(self) -> None:
         """Close idle connections that expired or that the upstream closed."""
         now = self._clock()
-        timeout = self.idle_timeout
         for key, stack in list(self._idle.items()):
-            keep = [c for c in stack if c.usable() and now - c.idle_since < timeout]
+            keep = [c for c in stack if c.usable() and now - c.idle_since < c.idle_limit]
             if len(keep) != len(stack):
                 for conn in stack:
                     if conn not in keep:

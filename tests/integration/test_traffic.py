@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from lightmesh.demo.mesh import LocalMesh, Reply, http_get, wait_for
 
@@ -16,6 +17,7 @@ pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "traffic"
 FLAGS = "x-lightmesh-response-flags"
 CATALOG_CLUSTER = "outbound||catalog.default.svc.cluster.local"
+SHADOW_CLUSTER = "outbound||catalog-shadow.default.svc.cluster.local"
 
 
 @pytest.fixture
@@ -31,8 +33,10 @@ def start(
     *examples: str,
     v1_args: tuple[str, ...] = (),
     v2_args: tuple[str, ...] | None = (),
+    shadow: bool = False,
 ) -> str:
-    """Apply `examples`, start client + catalog v1 (+ v2 unless None); return the client's proxy."""
+    """Apply `examples`, start client + catalog v1 (+ v2 unless None) (+ a catalog-shadow service
+    if `shadow`); return the client's proxy."""
     for name in examples:
         shutil.copy(EXAMPLES / name, mesh.config_dir / name)
     mesh.start_control_plane()
@@ -40,6 +44,8 @@ def start(
     mesh.start_workload("catalog-v1", service="catalog", version="v1", app_args=v1_args)
     if v2_args is not None:
         mesh.start_workload("catalog-v2", service="catalog", version="v2", app_args=v2_args)
+    if shadow:
+        mesh.start_workload("catalog-shadow", service="catalog-shadow")
     mesh.wait_ready()
     expected = 1 if v2_args is None else 2
     # Wait until the client's sidecar knows every catalog endpoint, without sending traffic.
@@ -48,13 +54,19 @@ def start(
         timeout=20,
         what=f"client sidecar to learn {expected} catalog endpoints",
     )
+    if shadow:
+        wait_for(
+            lambda: _endpoint_count(client.admin, SHADOW_CLUSTER) == 1,
+            timeout=20,
+            what="client sidecar to learn the catalog-shadow endpoint",
+        )
     return client.outbound
 
 
-def _endpoint_count(admin: str) -> int:
+def _endpoint_count(admin: str, cluster: str = CATALOG_CLUSTER) -> int:
     dump = http_get(f"{admin}/config_dump").json()
     for assignment in dump["config"].get("ENDPOINTS", []):
-        if assignment["clusterName"] == CATALOG_CLUSTER:
+        if assignment["clusterName"] == cluster:
             return len(assignment.get("endpoints", []))
     return 0
 
@@ -62,17 +74,41 @@ def _endpoint_count(admin: str) -> int:
 def get(proxy: str, path: str = "/", **headers: str) -> Reply:
     """GET http://catalog<path> through the client sidecar (no redirect following); keyword
     `end_user="x"` sends the header `end-user: x`."""
+    return send(proxy, "GET", path, **headers)
+
+
+def send(
+    proxy: str, method: str, path: str = "/", body: bytes | None = None, **headers: str
+) -> Reply:
+    """`method` http://catalog<path> through the client sidecar, with `body` if given."""
     host, port = proxy.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     sent = {"Host": "catalog", **{k.replace("_", "-"): v for k, v in headers.items()}}
     try:
-        conn.request("GET", f"http://catalog{path}", headers=sent)
+        conn.request(method, f"http://catalog{path}", body=body, headers=sent)
         response = conn.getresponse()
         return Reply(
             response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
         )
     finally:
         conn.close()
+
+
+def metric(admin: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` on a sidecar's /metrics whose labels include `labels`."""
+    text = http_get(f"{admin}/metrics").body.decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def served(mesh: LocalMesh, workload: str) -> int:
+    """Requests the workload's app was sent, as its own (inbound) sidecar counted them."""
+    admin = mesh.workloads[workload].admin
+    return int(metric(admin, "lightmesh_requests_total", reporter="destination"))
 
 
 def version(reply: Reply) -> str:
@@ -211,3 +247,127 @@ def test_consistent_hash_keeps_a_user_on_one_endpoint(mesh: LocalMesh) -> None:
     assert all(len(workloads) == 1 for workloads in seen.values()), seen
     # Twenty users all on one of two endpoints would happen with probability 2 x 2^-20.
     assert len({w for ws in seen.values() for w in ws}) == 2
+
+
+def test_flaky_upstream_succeeds_with_three_attempts_and_a_post_is_not_retried(
+    mesh: LocalMesh,
+) -> None:
+    # One catalog instance answering 503 to its first 3 requests; retries: attempts 3 on 5xx.
+    proxy = start(mesh, "retries.yaml", v1_args=("--fail-first", "3"), v2_args=None)
+    wait_for(
+        lambda: _route_has_retries(mesh.workloads["client"].admin),
+        timeout=15,
+        what="the retry route",
+    )
+    posted = send(proxy, "POST", "/orders", body=b'{"item": 1}')
+    assert posted.status == 503  # the app failed it; a POST that reached it is not re-sent
+    assert posted.json()["failed"] == 1
+    wait_for(lambda: served(mesh, "catalog-v1") == 1, timeout=10, what="the POST counted")
+    # GET: failed twice more (2nd and 3rd request), then the third attempt succeeds.
+    reply = get(proxy, "/items")
+    assert reply.status == 200
+    wait_for(lambda: served(mesh, "catalog-v1") == 4, timeout=10, what="4 requests at the app")
+    client = mesh.workloads["client"].admin
+    assert metric(client, "lightmesh_upstream_retries_total", outcome="retried") == 2
+    assert metric(client, "lightmesh_requests_total", reporter="source", response_code="200") == 1
+
+
+def _route_has_retries(admin: str) -> bool:
+    return "retries" in http_get(f"{admin}/config_dump").body.decode()
+
+
+def test_retries_go_to_a_different_endpoint(mesh: LocalMesh) -> None:
+    # catalog-v1 always fails; round robin alternates; each request landing on v1 is retried.
+    proxy = start(mesh, "subsets.yaml", "retries.yaml", v1_args=("--fail-first", "100000"))
+    wait_for(lambda: get(proxy).status == 200, timeout=15, what="catalog")
+    replies = [get(proxy) for _ in range(20)]
+    assert [r.status for r in replies] == [200] * 20
+    assert {version(r) for r in replies} == {"v2"}
+    assert served(mesh, "catalog-v1") >= 5  # round robin sent it first tries, all retried
+
+
+def test_hanging_upstream_hits_per_try_timeout_then_the_overall_timeout(mesh: LocalMesh) -> None:
+    # The app answers after 3s, longer than the route's whole timeout (1.5s): every try hangs.
+    proxy = start(mesh, "retries-timeout.yaml", v1_args=("--delay", "3"), v2_args=None)
+    wait_for(
+        lambda: _route_has_retries(mesh.workloads["client"].admin),
+        timeout=15,
+        what="the retry route",
+    )
+    reply = get(proxy)
+    assert reply.status == 504
+    assert reply.headers[FLAGS] == "UT"
+    # Several tries reached the app (each abandoned at perTryTimeout), fewer than 11 in all.
+    # catalog's sidecar counts each when the app's late answer finds its caller gone.
+    wait_for(lambda: served(mesh, "catalog-v1") >= 2, timeout=15, what="the tries counted")
+    assert served(mesh, "catalog-v1") <= 11
+    client = mesh.workloads["client"].admin
+    assert metric(client, "lightmesh_requests_total", response_code="504", response_flags="UT") == 1
+
+
+def test_fault_delay_applies_at_its_percentage(mesh: LocalMesh) -> None:
+    proxy = start(mesh, "fault-delay.yaml", v2_args=None)
+    client = mesh.workloads["client"].admin
+    wait_for(
+        lambda: (
+            get(proxy).status == 200
+            and metric(client, "lightmesh_requests_total", response_flags="DI") > 0
+        ),
+        timeout=15,
+        what="the delay fault",
+    )
+    before = metric(client, "lightmesh_requests_total", response_flags="DI")
+    replies = [get(proxy) for _ in range(200)]
+    assert all(r.status == 200 for r in replies)
+    delayed = metric(client, "lightmesh_requests_total", response_flags="DI") - before
+    # Binomial(200, 0.5): mean 100, sd 7.1; ± 5 sd.
+    assert 65 <= delayed <= 135, delayed
+
+
+def test_mirrored_traffic_arrives_and_a_dead_mirror_does_not_fail_the_original(
+    mesh: LocalMesh,
+) -> None:
+    proxy = start(mesh, "mirror.yaml", v2_args=None, shadow=True)
+    wait_for(lambda: get(proxy).status == 200, timeout=15, what="catalog")
+    replies = [get(proxy) for _ in range(60)]
+    assert all(version(r) == "v1" for r in replies)  # answered by catalog, never the shadow
+    # 25% of 60: P(no copy at all) = 0.75^60 ≈ 3e-8.
+    wait_for(lambda: served(mesh, "catalog-shadow") >= 1, timeout=10, what="mirrored copies")
+    client = mesh.workloads["client"].admin
+    assert metric(client, "lightmesh_mirror_requests_total", outcome="sent") >= 1
+    shadow = mesh.workloads["catalog-shadow"]
+    assert shadow.app is not None and shadow.sidecar is not None
+    shadow.app.stop()
+    shadow.sidecar.stop()
+    replies = [get(proxy) for _ in range(40)]
+    assert [r.status for r in replies] == [200] * 40
+
+
+def test_response_header_edits_reach_the_client(mesh: LocalMesh) -> None:
+    proxy = start(mesh, "headers.yaml", v2_args=None)
+    reply = wait_for(
+        lambda: (r := get(proxy)).headers.get("cache-control") == "no-store" and r,
+        timeout=15,
+        what="the response header edits",
+    )
+    assert reply.status == 200
+    assert "server" not in reply.headers  # aiohttp's Server header was removed
+
+
+def test_max_requests_per_connection_closes_the_upstream_connection(mesh: LocalMesh) -> None:
+    proxy = start(mesh, "max-requests-per-connection.yaml", v2_args=None)
+    client = mesh.workloads["client"].admin
+    cluster = {"destination_service": "catalog.default.svc.cluster.local"}
+
+    def opened() -> float:
+        return metric(client, "lightmesh_upstream_connections_opened_total", **cluster)
+
+    def limited() -> bool:
+        return "maxRequestsPerConnection" in http_get(f"{client}/config_dump").body.decode()
+
+    wait_for(limited, timeout=15, what="the connection pool limit")
+    before = opened()
+    for _ in range(6):
+        assert get(proxy).status == 200
+    # Sequential requests, 2 per connection: exactly 3 new connections.
+    assert opened() - before == 3

@@ -1,5 +1,7 @@
 """The outbound router: route → cluster → endpoint, local replies with flags, in-flight accounting."""
 
+import random
+
 from google.protobuf.any_pb2 import Any as AnyPb
 from google.protobuf.message import Message
 
@@ -47,10 +49,11 @@ def done(decision: Forward) -> Completed:
 
 def test_forward_carries_route_timeout_and_cluster_connect_timeout() -> None:
     plane = dataplane(1)
-    decision = OutboundRouter(plane).resolve(head())
+    router = OutboundRouter(plane)
+    decision = router.resolve(head())
     assert decision == Forward(
         address="127.0.0.1", port=1, cluster=CLUSTER, timeout=1.5, connect_timeout=0.25,
-        retry=DEFAULT_RETRY, retry_budget=plane.clusters[CLUSTER].retry_budget,
+        retry=DEFAULT_RETRY, retrier=router, retry_budget=plane.clusters[CLUSTER].retry_budget,
     )  # fmt: skip
 
 
@@ -73,3 +76,51 @@ def test_local_replies_say_why() -> None:
     reply = OutboundRouter(dataplane()).resolve(head())
     assert isinstance(reply, LocalReply)
     assert (reply.status, reply.flags) == (503, "UH")
+
+
+def test_a_retry_goes_to_another_endpoint_and_each_attempt_is_accounted() -> None:
+    plane = dataplane(1, 2, 3)
+    router = OutboundRouter(plane)
+    first = router.resolve(head())
+    assert isinstance(first, Forward)
+    tried = [f"{first.address}:{first.port}"]
+    second = router.retry_target(first, tried=tried, now=0.0)
+    assert second is not None and second.port != first.port
+    tried.append(f"{second.address}:{second.port}")
+    third = router.retry_target(second, tried=tried, now=0.0)
+    assert third is not None and third.port not in (first.port, second.port)
+    stats = plane.clusters[CLUSTER].stats
+    assert stats.total_in_flight == 3
+    router.attempt_finished(first, status=503, duration=0.01)
+    router.attempt_finished(second, status=503, duration=0.01)
+    router.finished(done(third))
+    assert stats.total_in_flight == 0
+    assert plane.clusters[CLUSTER].retries == 2
+
+
+def test_a_retry_reuses_the_only_endpoint() -> None:
+    plane = dataplane(1)
+    router = OutboundRouter(plane)
+    first = router.resolve(head())
+    assert isinstance(first, Forward)
+    assert router.retry_target(first, tried=["127.0.0.1:1"], now=0.0) == first
+
+
+def test_no_retry_once_the_budget_is_spent() -> None:
+    plane = dataplane(1, 2)
+    router = OutboundRouter(plane)
+    first = router.resolve(head())
+    assert isinstance(first, Forward)
+    cluster = plane.clusters[CLUSTER]
+    # The floor is 10 retries/s over 10 s; one request adds 0.2.
+    granted = [router.retry_target(first, tried=[], now=0.5) for _ in range(101)]
+    assert all(g is not None for g in granted[:100])
+    assert granted[100] is None
+    assert (cluster.retries, cluster.retries_refused) == (100, 1)
+
+
+def test_backoff_is_jittered_within_the_cap() -> None:
+    router = OutboundRouter(dataplane(1), rng=random.Random(7))
+    waits = [router.retry_backoff(n) for n in (1, 2, 3, 10) for _ in range(50)]
+    assert all(0.0 <= w <= 0.25 for w in waits)
+    assert len(set(waits)) > 100

@@ -1,0 +1,92 @@
+"""Cluster resilience state read at scrape time: retries, circuit-breaker overflows, outlier
+ejections, and the outbound listener's mirrored copies and upstream connections.
+
+Nothing is recorded per request here: the counters live on the objects that already count them
+(`Cluster`, `OutlierDetector`, `Mirrors`) and are read when /metrics is scraped. Labels are the
+cluster's service and subset (from config), so cardinality is that of the config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sidecar.cluster.cluster import Cluster
+from sidecar.proxy.mirror import Mirrors
+
+_LABELS = ["destination_service", "destination_subset"]
+
+
+class ResilienceCollector(Collector):
+    """Per-cluster retry, overflow and ejection counters, and mirror outcomes."""
+
+    def __init__(
+        self,
+        *,
+        clusters: Callable[[], Mapping[str, Cluster]],
+        mirrors: Mirrors | None = None,
+        connections_opened: Mapping[str, int] | None = None,
+    ) -> None:
+        self._clusters = clusters
+        self._mirrors = mirrors
+        self._opened = connections_opened
+
+    def collect(self) -> Iterator[Metric]:
+        """Metric families for the Prometheus registry."""
+        retries = CounterMetricFamily(
+            "lightmesh_upstream_retries",
+            "Retries of outbound requests: started (outcome=retried) or refused by the cluster's "
+            "retry budget (outcome=budget_exhausted).",
+            labels=[*_LABELS, "outcome"],
+        )
+        overflows = CounterMetricFamily(
+            "lightmesh_upstream_overflows",
+            "Requests refused by circuit breaking (connectionPool limits; response flag UO).",
+            labels=_LABELS,
+        )
+        ejections = CounterMetricFamily(
+            "lightmesh_outlier_ejections",
+            "Endpoints ejected by outlier detection.",
+            labels=_LABELS,
+        )
+        ejected = GaugeMetricFamily(
+            "lightmesh_outlier_ejections_active",
+            "Endpoints ejected by outlier detection now.",
+            labels=_LABELS,
+        )
+        clusters = self._clusters()
+        for cluster in list(clusters.values()):
+            labels = [cluster.service or cluster.name, cluster.subset]
+            retries.add_metric([*labels, "retried"], cluster.retries)
+            retries.add_metric([*labels, "budget_exhausted"], cluster.retries_refused)
+            overflows.add_metric(labels, cluster.overflows)
+            outlier = cluster.outlier
+            if outlier is not None:
+                ejections.add_metric(labels, outlier.ejections_total)
+                ejected.add_metric(labels, len(outlier.ejected))
+        yield from (retries, overflows, ejections, ejected)
+        if self._opened is not None:
+            opened = CounterMetricFamily(
+                "lightmesh_upstream_connections_opened",
+                "Upstream connections opened by the outbound listener, per cluster.",
+                labels=_LABELS,
+            )
+            for name, count in list(self._opened.items()):
+                known = clusters.get(name)
+                labels = [known.service or name, known.subset] if known is not None else [name, ""]
+                opened.add_metric(labels, count)
+            yield opened
+        mirrors = self._mirrors
+        if mirrors is not None:
+            copies = CounterMetricFamily(
+                "lightmesh_mirror_requests",
+                "Mirrored request copies: sent, dropped (too many in flight), failed (the "
+                "shadow refused, reset or timed out; its answers are never relayed).",
+                labels=["outcome"],
+            )
+            copies.add_metric(["sent"], mirrors.sent)
+            copies.add_metric(["dropped"], mirrors.dropped)
+            copies.add_metric(["failed"], mirrors.failed)
+            yield copies
