@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
@@ -49,14 +50,17 @@ def build_node(settings: Settings, *, inbound_port: int) -> pb.Node:
     return node
 
 
-def _certificate_manager(settings: Settings, ca_bundle: Path | None) -> CertificateManager | None:
+def _certificate_manager(
+    settings: Settings, ca_bundle: Path | None, stack: contextlib.ExitStack
+) -> CertificateManager | None:
     if not settings.token_file:
         return None
-    directory = (
-        Path(settings.identity_dir)
-        if settings.identity_dir
-        else Path(tempfile.mkdtemp(prefix=f"lightmesh-{settings.workload}-"))
-    )
+    if settings.identity_dir:
+        directory = Path(settings.identity_dir)
+    else:
+        # A private directory that goes away with the sidecar: the key must not outlive it.
+        temporary = tempfile.TemporaryDirectory(prefix=f"lightmesh-{settings.workload}-")
+        directory = Path(stack.enter_context(temporary))
     return CertificateManager(
         target=settings.control_plane,
         ca_bundle=ca_bundle,
@@ -100,7 +104,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     client = ConfigClient(
         target=settings.control_plane, ca_bundle=ca_bundle, node=node, dataplane=dataplane
     )
-    certificates = _certificate_manager(settings, ca_bundle)
+    cleanup = contextlib.ExitStack()
+    certificates = _certificate_manager(settings, ca_bundle, cleanup)
     active = {"outbound": lambda: outbound.active}
     if inbound is not None:
         active["inbound"] = lambda: inbound.active
@@ -172,4 +177,5 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     await telemetry.close()  # the spans of requests that finished while draining
     admin_server.close()
     await admin_server.wait_closed()
+    cleanup.close()
     log.info("stopped", extra={"event": "stopped"})

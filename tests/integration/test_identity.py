@@ -9,6 +9,7 @@ import ssl
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,18 @@ def test_config_stream_is_tls_and_the_ca_survives_a_restart(mesh: LocalMesh) -> 
     mesh.control_plane.stop()
     mesh.start_control_plane()
     assert (mesh.state_dir / "root.pem").read_bytes() == root
+
+
+def test_the_key_directory_goes_away_with_the_sidecar(mesh: LocalMesh) -> None:
+    mesh.start_control_plane()
+    # No --identity-dir: the sidecar makes a private temporary directory for its key.
+    mesh.start_workload("ephemeral-keys", service="ephemeral-keys")
+    mesh.wait_ready()
+    installed(mesh, "ephemeral-keys")
+    pattern = "lightmesh-ephemeral-keys-*"
+    temp = Path(tempfile.gettempdir())
+    assert len(list(temp.glob(pattern))) == 1
+    sidecar = mesh.workloads["ephemeral-keys"].sidecar
+    assert sidecar is not None
+    assert sidecar.stop() == 0
+    assert list(temp.glob(pattern)) == []
