@@ -15,6 +15,7 @@ from lightmesh.types import SHORT_NAMES
 from sidecar.config.apply import DataPlane
 from sidecar.config.client import ConfigClient
 from sidecar.identity.manager import CertificateManager
+from sidecar.identity.tls import MeshTLS
 from sidecar.proxy.decision import RequestHead
 from sidecar.proxy.local_server import LocalResponse
 
@@ -35,8 +36,10 @@ class Admin:
         draining: Callable[[], bool],
         certificates: CertificateManager | None = None,
         quit: Callable[[], None] | None = None,
+        mesh_tls: MeshTLS | None = None,
     ) -> None:
         self._certificates = certificates
+        self._mesh_tls = mesh_tls
         self._node = node
         self._client = client
         self._dataplane = dataplane
@@ -119,6 +122,11 @@ class Admin:
             "certificate": current.describe() if current else None,
             "rotations": manager.rotations,
             "failed_requests": manager.failures,
+            "mtls": {
+                "inbound_mode": self._dataplane.inbound.mode,
+                "refused_plaintext": self._mesh_tls.refused_plaintext if self._mesh_tls else 0,
+                "failed_handshakes": self._mesh_tls.failed_handshakes if self._mesh_tls else 0,
+            },
         }
 
     def config_dump(self) -> dict[str, Any]:

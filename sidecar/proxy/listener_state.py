@@ -56,6 +56,8 @@ class ListenerState:
     pool: ConnectionPool
     clock: Callable[[], float]
     draining: bool = False
+    # Traffic arrives redirected by iptables: read each connection's original destination.
+    intercept: bool = False
     active: int = 0  # exchanges in flight (tunnels included)
     clients: set[DownstreamConnection] = field(default_factory=set)
     tunnels: set[Splice] = field(default_factory=set)
