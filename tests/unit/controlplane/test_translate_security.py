@@ -3,6 +3,9 @@ InboundPolicy and its clusters' mTLS origination; and their validation as docume
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import yaml
 
 from controlplane.model import (
@@ -175,3 +178,13 @@ spec: {host: catalog, trafficPolicy: {tls: {mode: SIMPLE}}}
         origin="f.yaml",
     )
     assert "spec.trafficPolicy.tls.mode" in str(bad_tls.problems[0])
+
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "security"
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_security_example_validates(path: Path) -> None:
+    for document in yaml.safe_load_all(path.read_text()):
+        parsed = parse_document(document, origin=path.name)
+        assert parsed.problems == (), [str(p) for p in parsed.problems]
