@@ -29,15 +29,21 @@ FRONTEND = "spiffe://cluster.local/ns/shop/sa/frontend-sa"
 CATALOG = "spiffe://cluster.local/ns/shop/sa/catalog-sa"
 
 
+WORKLOADS = ("frontend", "catalog")
+
+
 def start_pair(mesh: LocalMesh, *args: str) -> None:
     mesh.start_control_plane()
-    for name in ("frontend", "catalog"):
+    for name in WORKLOADS:
+        identity_dir = mesh.work_dir / f"{name}-identity"
         mesh.start_workload(
             name,
             service=name,
             namespace="shop",
-            sidecar_args=("--service-account", f"{name}-sa", *args),
-        )
+            sidecar_args=(
+                "--service-account", f"{name}-sa", "--identity-dir", str(identity_dir), *args,
+            ),
+        )  # fmt: skip
     mesh.wait_ready()
     for name in ("frontend", "catalog"):
         wait_for(
@@ -261,3 +267,31 @@ def test_certificates_rotating_under_load_fail_no_request(mesh: LocalMesh) -> No
     assert failures == []
     status, body = call(mesh)
     assert xfcc(body).endswith(f"URI={FRONTEND}")
+
+
+def test_private_keys_stay_out_of_logs_dumps_and_metrics_after_mtls_traffic(
+    mesh: LocalMesh,
+) -> None:
+    start_pair(mesh)
+    apply(mesh, "catalog-mtls", peer_auth("STRICT"))
+    wait_mode(mesh, "STRICT")
+    for _ in range(20):
+        assert call(mesh, "/items")[0] == 200
+    keys = [key_body(mesh.work_dir / f"{name}-identity" / "key.pem") for name in WORKLOADS]
+    keys.append(key_body(mesh.state_dir / "ca.pem"))
+    surfaces = [
+        http_get(f"{mesh.workloads[name].admin}{path}").body.decode()
+        for name in WORKLOADS
+        for path in ("/certs", "/config_dump", "/metrics")
+    ]
+    surfaces += [p.log.read_text() for p in mesh._processes]
+    for text in surfaces:
+        for key in keys:
+            assert key not in text
+
+
+def key_body(path: Path) -> str:
+    """40 characters of a PEM private key's base64 body: enough to betray it anywhere."""
+    text = path.read_text()
+    start = text.index("PRIVATE KEY-----") + len("PRIVATE KEY-----")
+    return text[start:].strip().splitlines()[1][:40]
