@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from controlplane.ca import new_root
+from controlplane.ca import CertificateAuthority, FileCAStore, new_root
 from lightmesh.demo.mesh import LocalMesh, http_get, wait_for
 
 pytestmark = pytest.mark.integration
@@ -153,6 +153,39 @@ def foreign_client_context(tmp_path: Path) -> ssl.SSLContext:
     return context
 
 
+def expired_client_context(mesh: LocalMesh, tmp_path: Path) -> ssl.SSLContext:
+    """A certificate of the mesh's own CA naming frontend, which expired yesterday."""
+    material = FileCAStore(mesh.state_dir / "ca.pem").load()
+    assert material is not None
+    two_days_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=2)
+    ca = CertificateAuthority(material, trust_domain="cluster.local", clock=lambda: two_days_ago)
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+    )
+    signed = ca.sign_csr(
+        csr.public_bytes(serialization.Encoding.PEM),
+        spiffe_id=FRONTEND,
+        ttl=datetime.timedelta(hours=1),
+    )
+    cert_file, key_file = tmp_path / "expired.pem", tmp_path / "expired.key"
+    cert_file.write_bytes(signed.chain_pem)
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
 def tls_get(port: int, context: ssl.SSLContext) -> bytes:
     """One request over TLS; b"" when the handshake or the connection fails."""
     try:
@@ -191,12 +224,21 @@ def test_strict_refuses_plaintext_and_foreign_certificates_permissive_serves_bot
     wait_mode(mesh, "STRICT")
     assert plaintext_get(port) == b""
     assert tls_get(port, foreign_client_context(tmp_path)) == b""
+    assert tls_get(port, expired_client_context(mesh, tmp_path)) == b""
+    # The same client code with frontend's real certificate is served: the refusals above are
+    # the certificates' doing.
+    own = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    own.check_hostname = False
+    own.verify_mode = ssl.CERT_NONE
+    identity_dir = mesh.work_dir / "frontend-identity"
+    own.load_cert_chain(identity_dir / "cert.pem", identity_dir / "key.pem")
+    assert tls_get(port, own).startswith(b"HTTP/1.1 200")
     status, body = call(mesh)
     assert status == 200, body
     assert xfcc(body).endswith(f"URI={FRONTEND}")
     certs = http_get(f"{mesh.workloads['catalog'].admin}/certs").json()
     assert certs["mtls"]["refused_plaintext"] >= 1
-    assert certs["mtls"]["failed_handshakes"] >= 1
+    assert certs["mtls"]["failed_handshakes"] >= 2
 
     apply(mesh, "catalog-mtls", peer_auth("PERMISSIVE"))
     wait_mode(mesh, "PERMISSIVE")
