@@ -124,6 +124,7 @@ class Admin:
             "failed_requests": manager.failures,
             "mtls": {
                 "inbound_mode": self._dataplane.inbound.mode,
+                "handshakes": self._mesh_tls.handshakes if self._mesh_tls else 0,
                 "refused_plaintext": self._mesh_tls.refused_plaintext if self._mesh_tls else 0,
                 "failed_handshakes": self._mesh_tls.failed_handshakes if self._mesh_tls else 0,
             },

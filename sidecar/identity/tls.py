@@ -79,7 +79,9 @@ class MeshTLS:
     def __init__(self) -> None:
         self.contexts: TLSContexts | None = None
         self._roots = ""
-        # Inbound connections refused: plaintext under STRICT, failed handshakes.
+        # Inbound connections: TLS handshakes completed; refused (plaintext under STRICT,
+        # failed handshakes).
+        self.handshakes = 0
         self.refused_plaintext = 0
         self.failed_handshakes = 0
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from sidecar.identity.tls import peer_identity
-from sidecar.proxy.downstream import DownstreamConnection
+from sidecar.proxy.downstream import DownstreamConnection, Phase
 from sidecar.proxy.listener_state import ListenerState
 
 logger = logging.getLogger("sidecar.proxy")
@@ -36,6 +36,7 @@ _READ = 64 * 1024
 class InboundTLS(Protocol):
     """What the accept path needs of the sidecar's TLS state (sidecar.identity.tls.MeshTLS)."""
 
+    handshakes: int
     refused_plaintext: int
     failed_handshakes: int
 
@@ -45,23 +46,46 @@ class InboundTLS(Protocol):
 
 
 class InboundAccept(asyncio.Protocol):
-    """An accepted inbound connection until its first bytes say TLS or plaintext."""
+    """An accepted inbound connection until its first bytes say TLS or plaintext.
 
-    __slots__ = ("_mode", "_state", "_tls", "_transport")
+    Until then it is one of the listener's clients in phase IDLE, so the sweeper closes it after
+    the idle timeout and a drain closes it at once, as for an HTTP connection between requests.
+    """
+
+    __slots__ = ("_mode", "_state", "_tls", "_transport", "phase", "since")
 
     def __init__(self, state: ListenerState, tls: InboundTLS, mode: Callable[[], str]) -> None:
         self._state = state
         self._tls = tls
         self._mode = mode
         self._transport: asyncio.Transport | None = None
+        self.phase = Phase.IDLE
+        self.since = state.clock()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self._state.clients.add(self)
+
+    def expire(self, now: float) -> None:
+        """Nothing arrived within the idle timeout: close."""
+        if now - self.since >= self._state.settings.idle_timeout:
+            self.close()
+
+    def close(self, *, abort: bool = False) -> None:
+        """Close before anything was decided."""
+        transport = self._transport
+        if transport is not None:
+            if abort:
+                transport.abort()
+            else:
+                transport.close()
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport
         if transport is None or not data:
             return
+        self._transport = None
+        self._state.clients.discard(self)  # whoever takes the connection over registers itself
         mode = self._mode()
         context = self._tls.server
         if data[0] == _HANDSHAKE and mode != "DISABLE" and context is not None:
@@ -87,11 +111,17 @@ class InboundAccept(asyncio.Protocol):
         return None  # closed before saying anything
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
+        if self._transport is not None:
+            self._transport = None
+            self._state.forget(self)
 
 
 class TLSServerLayer(asyncio.Protocol):
-    """Server-side TLS in memory over an accepted transport; the transport of its connection."""
+    """Server-side TLS in memory over an accepted transport; the transport of its connection.
+
+    While the handshake is in progress it is one of the listener's clients in phase HEAD: the
+    sweeper aborts a handshake that takes longer than the head timeout.
+    """
 
     def __init__(
         self,
@@ -108,6 +138,14 @@ class TLSServerLayer(asyncio.Protocol):
         self._tls = tls
         self._app: DownstreamConnection | None = None
         self._closing = False
+        self.phase = Phase.HEAD
+        self.since = state.clock()
+        state.clients.add(self)
+
+    def expire(self, now: float) -> None:
+        """A handshake that did not finish within the head timeout is dropped."""
+        if self._app is None and now - self.since >= self._state.settings.head_timeout:
+            self.abort()
 
     # --- the raw transport's protocol ---
 
@@ -131,6 +169,8 @@ class TLSServerLayer(asyncio.Protocol):
                 self._raw.close()
                 return
             self._flush()
+            self._tls.handshakes += 1
+            self._state.clients.discard(self)  # the HTTP connection registers itself
             app = self._app = DownstreamConnection(self._state)
             app.peer_identity = peer_identity(self._ssl)
             app.connection_made(self)  # type: ignore[arg-type]
@@ -162,7 +202,11 @@ class TLSServerLayer(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         app = self._app
-        if app is None or self._closing:
+        if app is None:
+            if not self._closing:
+                self._tls.failed_handshakes += 1  # e.g. the client refused our certificate
+            return None
+        if self._closing:
             return None
         return app.eof_received()
 
@@ -170,6 +214,8 @@ class TLSServerLayer(asyncio.Protocol):
         self._closing = True
         if self._app is not None:
             self._app.connection_lost(exc)
+        else:
+            self._state.forget(self)
 
     def pause_writing(self) -> None:
         if self._app is not None:
@@ -202,8 +248,11 @@ class TLSServerLayer(asyncio.Protocol):
         """Encrypt and send each chunk."""
         self.write(b"".join(chunks))
 
-    def close(self) -> None:
+    def close(self, *, abort: bool = False) -> None:
         """Send close_notify, then close once what was written is flushed."""
+        if abort:
+            self.abort()
+            return
         if self._closing:
             return
         self._closing = True
