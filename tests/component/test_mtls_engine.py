@@ -201,3 +201,23 @@ async def test_silent_and_stalled_connections_are_closed_by_the_sweeper(pair: Pa
     finally:
         silent.close()
         stalled.close()
+
+
+async def test_a_pushed_bundle_with_a_second_root_admits_its_certificates(pair: Pair) -> None:
+    """Root rotation: once both roots are in the pushed bundle, certificates of the new root are
+    trusted on both sides, beside those of the old one."""
+    new = new_root("cluster.local", now=datetime.datetime.now(datetime.UTC))
+    both = pair.material.cert_pem.decode() + new.cert_pem.decode()
+    pair.client.set_roots(both)
+    pair.client.rotated(issue(new, pair.tmp / "frontend-new-root", "frontend"))
+    assert (await get(pair.outbound.port)).startswith(b"HTTP/1.1 503")  # server: unknown root
+    pair.server.set_roots(both)
+    assert (await get(pair.outbound.port)).startswith(b"HTTP/1.1 200")
+    pair.server.rotated(issue(new, pair.tmp / "catalog-new-root", "catalog"))
+    client = await KeepAlive.open(pair.outbound.port)
+    try:
+        status, body = await client.get()
+    finally:
+        client.close()
+    assert status == 200
+    assert body["xfcc"].endswith("URI=spiffe://cluster.local/ns/shop/sa/frontend")
