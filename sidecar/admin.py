@@ -109,6 +109,12 @@ class Admin:
             ]
             text = f"waiting for first config: {', '.join(missing)}\n"
             return LocalResponse(status=503, headers=_TEXT, body=text.encode())
+        manager = self._certificates
+        if manager is not None and manager.current is None and not manager.failures:
+            # Peers originate mutual TLS to us as soon as we are an endpoint: serve once we can
+            # terminate it (as Envoy waits for its secrets). A refused certificate request does
+            # not hold readiness back: we then serve plaintext, which PERMISSIVE peers accept.
+            return LocalResponse(status=503, headers=_TEXT, body=b"waiting for a certificate\n")
         return LocalResponse(status=200, headers=_TEXT, body=b"ready\n")
 
     def certs(self) -> dict[str, Any]:
