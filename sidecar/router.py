@@ -190,7 +190,7 @@ class InboundRouter:
 
     The caller's verified identity (mutual TLS) is what policies see, and what the app is told in
     `x-forwarded-client-cert` (Envoy's format: `By=<us>;URI=<caller>`); a header of that name
-    from the client is never passed on, since anyone could have written it.
+    from the client never gets this far (the engine drops it: anyone could have written it).
     """
 
     def __init__(
@@ -207,15 +207,11 @@ class InboundRouter:
 
     def resolve(self, head: RequestHead) -> Decision:
         """The app, or a denial."""
-        headers = head.headers
-        for name, _ in headers:
-            if name == _XFCC:
-                head.headers = headers = [h for h in headers if h[0] != _XFCC]
-                break
+        # The engine already dropped any x-forwarded-client-cert the client sent (messages.py).
         identity = head.peer_identity
         if identity:
             xfcc = f"By={self._own_identity()};URI={identity}"
-            headers.append((_XFCC, xfcc.encode("latin-1")))
+            head.headers.append((_XFCC, xfcc.encode("latin-1")))
         dataplane = self._dataplane
         if dataplane is not None and dataplane.inbound.policies:
             verdict = evaluate(

@@ -11,6 +11,8 @@ from lightmesh.v1 import config_pb2 as pb
 from sidecar.config.apply import DataPlane
 from sidecar.errors import ConfigError
 from sidecar.proxy.decision import Forward, LocalReply, RequestHead
+from sidecar.proxy.http1 import RequestParser, RequestStart
+from sidecar.proxy.messages import forwarded_head
 from sidecar.router import InboundRouter
 
 FRONTEND = "spiffe://cluster.local/ns/shop/sa/frontend"
@@ -87,16 +89,21 @@ def test_inbound_router_denies_with_rbac_and_names_the_verified_caller() -> None
     assert isinstance(denied, LocalReply) and (denied.status, denied.flags) == (403, "RBAC")
     plaintext = router.resolve(head("/items"))
     assert isinstance(plaintext, LocalReply) and plaintext.status == 403
-    forged = [(b"x-forwarded-client-cert", b"URI=spiffe://forged")]
-    allowed_head = head("/items", identity=FRONTEND, headers=forged)
+    allowed_head = head("/items", identity=FRONTEND)
     assert isinstance(router.resolve(allowed_head), Forward)
     assert allowed_head.headers == [
         (b"x-forwarded-client-cert", f"By=spiffe://us;URI={FRONTEND}".encode())
     ]
 
 
-def test_without_policies_everything_goes_to_the_app_and_forged_xfcc_is_dropped() -> None:
+def test_a_client_written_xfcc_never_reaches_the_router_and_plaintext_gets_none() -> None:
+    (start, *_) = RequestParser().feed(
+        b"GET / HTTP/1.1\r\nHost: catalog\r\nX-Forwarded-Client-Cert: URI=spiffe://forged\r\n"
+        b"A: 1\r\n\r\n"
+    )
+    assert isinstance(start, RequestStart)
+    forwarded = forwarded_head(start, peer="127.0.0.1")
     router = InboundRouter(app_host="127.0.0.1", app_port=8080, dataplane=DataPlane())
-    forged = head("/", headers=[(b"x-forwarded-client-cert", b"URI=spiffe://forged"), (b"a", b"1")])
-    assert isinstance(router.resolve(forged), Forward)
-    assert forged.headers == [(b"a", b"1")]
+    assert isinstance(router.resolve(forwarded), Forward)
+    assert b"x-forwarded-client-cert" not in {name for name, _ in forwarded.headers}
+    assert forwarded.header(b"a") == b"1"
