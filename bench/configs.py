@@ -120,3 +120,14 @@ backend nginx
 """
     )
     return path
+
+
+def plaintext_rule(service: str) -> str:
+    """A DestinationRule keeping `service` in plaintext between sidecars (the other pair is mTLS)."""
+    return f"""apiVersion: lightmesh.io/v1alpha1
+kind: DestinationRule
+metadata: {{name: {service}, namespace: default}}
+spec:
+  host: {service}
+  trafficPolicy: {{tls: {{mode: DISABLE}}}}
+"""

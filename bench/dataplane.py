@@ -3,11 +3,13 @@
     python -m bench dataplane [--quick] [--json FILE] [--markdown docs/benchmarks.md]
                               [--chart docs/dataplane.png] [--profile]
 
-Five setups share one backend (nginx, one worker, 1 KiB body) on loopback:
+Six setups share one backend (nginx, one worker, 1 KiB body) on loopback:
 
     direct         client → nginx
     sidecar        client → sidecar inbound → nginx
     two-sidecars   client → client sidecar outbound (Host: bench-backend) → server sidecar inbound → nginx
+    two-sidecars-mtls  the same with mutual TLS between the sidecars (Host: bench-backend-mtls,
+                   its own server sidecar); plus full handshakes/s against that server sidecar
     nginx          client → nginx (reverse proxy, one worker) → nginx
     haproxy        client → haproxy (nbthread 1) → nginx
 
@@ -47,6 +49,10 @@ from lightmesh.demo.mesh import free_port
 SERVER_CORE = 0
 CLIENT_CORE = 1
 SERVICE_NAME = "bench-backend"
+# The same backend behind its own server sidecar, reached over mutual TLS (SERVICE_NAME's
+# DestinationRule keeps the other pair in plaintext, so both are measured in one run).
+MTLS_SERVICE = "bench-backend-mtls"
+HANDSHAKE_SECONDS = 2.0
 RATE = 1000.0
 RATE_CONNECTIONS = 4
 SATURATION_CONNECTIONS = 32
@@ -109,6 +115,7 @@ class Rig:
         self.work = work
         self.services: dict[str, Service] = {}
         self.setups: list[Setup] = []
+        self.mtls_port = 0
 
     def _start(self, name: str, argv: list[str], *, core: int = SERVER_CORE) -> Service:
         service = start_pinned(name, argv, core=core, log_dir=self.work)
@@ -135,35 +142,45 @@ class Rig:
         )
 
         cp_port, cp_debug = free_port(), free_port()
-        (self.work / "mesh-config").mkdir()
+        config = self.work / "mesh-config"
+        config.mkdir()
+        (config / "plaintext.yaml").write_text(configs.plaintext_rule(SERVICE_NAME))
+        state = self.work / "cp-state"  # CA, bootstrap token and trust bundle for the sidecars
         cp = self._start(
             "controlplane",
             [
                 sys.executable, "-m", "lightmesh.cli", "controlplane",
-                "--config-dir", str(self.work / "mesh-config"),
+                "--config-dir", str(config), "--state-dir", str(state),
                 "--port", str(cp_port), "--debug-port", str(cp_debug),
             ],
             core=CLIENT_CORE,
         )  # fmt: skip
         wait_port(cp_port, timeout=20, what="control plane", process=cp.popen)
-        server_in, client_out = free_port(), free_port()
+        server_in, mtls_in, client_out = free_port(), free_port(), free_port()
         admins: dict[str, int] = {}
         for name, extra in (
             ("sidecar-server", ["--service", SERVICE_NAME, "--app-port", str(backend_port),
                                 "--inbound-port", str(server_in)]),
+            ("sidecar-server-mtls", ["--service", MTLS_SERVICE, "--app-port", str(backend_port),
+                                     "--inbound-port", str(mtls_in)]),
             ("sidecar-client", ["--outbound-port", str(client_out)]),
         ):  # fmt: skip
             admins[name] = free_port()
             argv = [
                 sys.executable, "-m", "lightmesh.cli", "sidecar",
                 "--control-plane", f"127.0.0.1:{cp_port}", "--workload", name,
+                "--ca-bundle", str(state / "root.pem"),
+                "--token-file", str(state / "bootstrap-token"),
+                "--identity-dir", str(self.work / f"{name}-identity"),
                 "--admin-port", str(admins[name]),
-                *(["--outbound-port", str(free_port())] if name == "sidecar-server" else []),
+                *(["--outbound-port", str(free_port())] if name != "sidecar-client" else []),
                 *extra,
             ]  # fmt: skip
             self._start(name, argv)
         for name, port in admins.items():
             _wait(functools.partial(_ready, port), f"{name} /ready")
+            _wait(functools.partial(_has_certificate, port), f"{name} certificate")
+        self.mtls_port = mtls_in
 
         self.setups = [
             Setup("direct", "client → nginx", backend_port, "backend", ()),
@@ -171,6 +188,8 @@ class Rig:
                   ("sidecar-server",)),
             Setup("two-sidecars", "client → sidecar → sidecar → nginx", client_out,
                   SERVICE_NAME, ("sidecar-client", "sidecar-server")),
+            Setup("two-sidecars-mtls", "client → sidecar =mTLS=> sidecar → nginx", client_out,
+                  MTLS_SERVICE, ("sidecar-client", "sidecar-server-mtls")),
             Setup("nginx", "client → nginx proxy → nginx", nginx_port, "backend", ("nginx",)),
             Setup("haproxy", "client → haproxy → nginx", haproxy_port, "backend", ("haproxy",)),
         ]  # fmt: skip
@@ -202,6 +221,43 @@ def _get(url: str, host: str = "") -> tuple[int, bytes]:
 
 def _ready(admin_port: int) -> bool:
     return _get(f"http://127.0.0.1:{admin_port}/ready")[0] == 200
+
+
+def _has_certificate(admin_port: int) -> bool:
+    try:
+        status, body = _get(f"http://127.0.0.1:{admin_port}/certs")
+        return status == 200 and json.loads(body).get("certificate") is not None
+    except OSError:
+        return False
+
+
+def handshakes_per_second(port: int, identity_dir: Path, seconds: float) -> float:
+    """New mutual-TLS connections (full handshakes) per second one server sidecar completes,
+    driven from this process with the client sidecar's certificate, one at a time."""
+    import socket
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.load_cert_chain(identity_dir / "cert.pem", identity_dir / "key.pem")
+    context.load_verify_locations(cafile=str(identity_dir / "roots.pem"))
+    context.set_alpn_protocols(["lightmesh-http/1.1"])
+    done = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname=MTLS_SERVICE) as tls,
+        ):
+            # TLS 1.3: the server checks our certificate after its Finished; a request proves it.
+            tls.sendall(
+                b"GET "
+                + configs.BODY_PATH.encode()
+                + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            tls.recv(1)
+        done += 1
+    return done / seconds
 
 
 def _probe(setup: Setup) -> bool:
@@ -401,6 +457,11 @@ class Target:
 def check_targets(setups: dict[str, dict[str, Any]]) -> list[Target]:
     """Compare the figures with the targets of MISSION.md."""
     one, two = setups["sidecar"], setups["two-sidecars"]
+    mtls = setups["two-sidecars-mtls"]
+    added_mtls = {
+        q: mtls["latency_ms"][q] - setups["direct"]["latency_ms"][q] for q in ("p90", "p99")
+    }
+    cpu_mtls = mtls["proxy_cpu_s_per_1000_req"] / 2
     direct, haproxy = setups["direct"], setups["haproxy"]
     cpu_one = one["proxy_cpu_s_per_1000_req"]
     cpu_two = two["proxy_cpu_s_per_1000_req"] / 2
@@ -424,6 +485,12 @@ def check_targets(setups: dict[str, dict[str, Any]]) -> list[Target]:
         Target(f"{hop} (two sidecars, half the added)", "≤ 0.2 ms", hop_two, "ms", hop_two <= 0.2),
         Target("saturation, one sidecar / haproxy", "≥ 0.8x", saturation, "x", saturation >= 0.8),
         Target("sidecar RSS under load (largest)", "≤ 40 MB", rss, "MiB", rss <= 40),
+        Target(f"{cpu} with mTLS (client + server, mean)", "≤ 0.15 vCPU", cpu_mtls, "vCPU",
+               cpu_mtls <= 0.15),
+        Target("added p90 by client + server sidecars with mTLS", "≤ 0.5 ms", added_mtls["p90"],
+               "ms", added_mtls["p90"] <= 0.5),
+        Target("added p99 by client + server sidecars with mTLS", "≤ 1 ms", added_mtls["p99"],
+               "ms", added_mtls["p99"] <= 1.0),
     ]  # fmt: skip
 
 
@@ -480,6 +547,10 @@ def run(plan: Plan, *, log: Callable[[str], None], keep: Path | None = None) -> 
             log(f"rig ready in {time.monotonic() - clock:.1f}s; work dir {work}")
             runner = Runner(rig, plan, log=log)
             runner.run()
+            handshakes = handshakes_per_second(
+                rig.mtls_port, work / "sidecar-client-identity", HANDSHAKE_SECONDS
+            )
+            log(f"mTLS handshakes: {handshakes:.0f}/s (one client, sequential)")
             if plan.profile_s:
                 from bench.profile import profile_sidecar
 
@@ -529,6 +600,7 @@ def run(plan: Plan, *, log: Callable[[str], None], keep: Path | None = None) -> 
             f"{load.SAMPLE_INTERVAL:g}s under load",
         },
         "setups": setups,
+        "mtls_handshakes_per_second": round(handshakes, 1),
         "targets": [t.as_dict() for t in targets],
         "profile": profile,
     }

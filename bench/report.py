@@ -14,11 +14,12 @@ from typing import Any
 
 START, END = "<!-- dataplane:start -->", "<!-- dataplane:end -->"
 PROFILE_START, PROFILE_END = "<!-- dataplane-profile:start -->", "<!-- dataplane-profile:end -->"
-ORDER = ("direct", "sidecar", "two-sidecars", "nginx", "haproxy")
+ORDER = ("direct", "sidecar", "two-sidecars", "two-sidecars-mtls", "nginx", "haproxy")
 TITLES = {
     "direct": "direct",
     "sidecar": "1 sidecar",
     "two-sidecars": "2 sidecars",
+    "two-sidecars-mtls": "2 sidecars, mTLS",
     "nginx": "nginx",
     "haproxy": "haproxy",
 }
@@ -290,7 +291,9 @@ def chart(result: dict[str, Any], path: Path) -> None:
     for name in ORDER[1:]:
         setup = result["setups"][name]
         for proxy in setup["proxies"]:
-            labels.append(f"{proxy}\n({TITLES[name]})" if name == "two-sidecars" else TITLES[name])
+            labels.append(
+                f"{proxy}\n({TITLES[name]})" if name.startswith("two-sidecars") else TITLES[name]
+            )
             cpu_values.append(setup["proxy_cpu_s_per_1000_req_by_proxy"][proxy])
             idle.append(setup["rss_mb"][proxy]["idle"] or 0.0)
             loaded.append(setup["rss_mb"][proxy]["load"] or 0.0)

@@ -6,12 +6,16 @@ Everything here is immutable; sources produce these values and the store version
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple, TypeAlias
+
+if TYPE_CHECKING:  # security.py builds on ResourceKey; only the union below needs its types
+    from controlplane.security import AuthorizationPolicy, PeerAuthentication
 
 CLUSTER_DOMAIN = "cluster.local"
 
 MatchKind = Literal["exact", "prefix", "regex", "present"]
 LbPolicyName = Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "PEAK_EWMA"]
+TlsMode = Literal["DISABLE", "MESH_MUTUAL"]
 
 
 class ResourceKey(NamedTuple):
@@ -160,6 +164,8 @@ class TrafficPolicy:
     max_requests_per_connection: int | None = None
     idle_timeout: float | None = None  # seconds
     outlier: OutlierDetection | None = None
+    # None: mutual TLS when the destination's endpoints have sidecars, plaintext otherwise.
+    tls_mode: TlsMode | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -181,7 +187,7 @@ class DestinationRule:
     subsets: tuple[Subset, ...] = ()
 
 
-Resource = VirtualService | DestinationRule
+Resource: TypeAlias = "VirtualService | DestinationRule | PeerAuthentication | AuthorizationPolicy"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -192,6 +198,8 @@ class ServiceEndpoint:
     port: int
     workload: str
     labels: tuple[tuple[str, str], ...] = ()
+    # Whether a sidecar answers at address:port (it can terminate mutual TLS).
+    sidecar: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

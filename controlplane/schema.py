@@ -227,6 +227,15 @@ _TRAFFIC_POLICY = _obj(
                 "minHealthPercent": _int(minimum=0, maximum=100),
             }
         ),
+        "tls": _obj(
+            {
+                "mode": _str(
+                    enum=["DISABLE", "MESH_MUTUAL"],
+                    desc="MESH_MUTUAL (the default when the endpoints have sidecars): mutual TLS "
+                    "with the workload certificates; DISABLE: plaintext.",
+                )
+            }
+        ),
     }
 )
 
@@ -244,16 +253,80 @@ DESTINATION_RULE_SPEC = _obj(
     required=["host"],
 )
 
+_SELECTOR = _obj(
+    {"matchLabels": _STRING_MAP},
+    desc="Workloads of the resource's namespace with these labels; omit for the whole namespace "
+    "(the whole mesh in lightmesh-system).",
+)
+
+PEER_AUTHENTICATION_SPEC = _obj(
+    {
+        "selector": _SELECTOR,
+        "mtls": _obj(
+            {
+                "mode": _str(
+                    enum=["STRICT", "PERMISSIVE", "DISABLE"],
+                    desc="STRICT: mutual TLS only; PERMISSIVE: TLS and plaintext; DISABLE: plaintext.",
+                )
+            }
+        ),
+    }
+)
+
+_VALUES = _arr(_str(), desc="Exact, 'prefix*', '*suffix' or '*'.")
+
+AUTHORIZATION_POLICY_SPEC = _obj(
+    {
+        "selector": _SELECTOR,
+        "action": _str(enum=["ALLOW", "DENY"], desc="ALLOW when omitted."),
+        "rules": _arr(
+            _obj(
+                {
+                    "from": _arr(
+                        _obj(
+                            {
+                                "source": _obj(
+                                    {
+                                        "principals": _arr(
+                                            _str(),
+                                            desc="cluster.local/ns/<namespace>/sa/<account>",
+                                        ),
+                                        "namespaces": _VALUES,
+                                    }
+                                )
+                            }
+                        )
+                    ),
+                    "to": _arr(
+                        _obj(
+                            {
+                                "operation": _obj(
+                                    {"methods": _arr(_str()), "paths": _VALUES},
+                                )
+                            }
+                        )
+                    ),
+                }
+            ),
+            desc="OR of rules; a policy without rules matches nothing.",
+        ),
+    }
+)
+
 # kind -> extra printer columns for `kubectl get` (name, JSONPath)
 _COLUMNS: dict[str, list[tuple[str, str]]] = {
     "VirtualService": [("Hosts", ".spec.hosts")],
     "DestinationRule": [("Host", ".spec.host")],
+    "PeerAuthentication": [("Mode", ".spec.mtls.mode")],
+    "AuthorizationPolicy": [("Action", ".spec.action")],
 }
 
 # kind -> (plural, short names, spec schema)
 KINDS: dict[str, tuple[str, list[str], Schema]] = {
     "VirtualService": ("virtualservices", ["vs"], VIRTUAL_SERVICE_SPEC),
     "DestinationRule": ("destinationrules", ["dr"], DESTINATION_RULE_SPEC),
+    "PeerAuthentication": ("peerauthentications", ["pa"], PEER_AUTHENTICATION_SPEC),
+    "AuthorizationPolicy": ("authorizationpolicies", ["ap"], AUTHORIZATION_POLICY_SPEC),
 }
 
 _TYPE_CHECKS: dict[str, tuple[type | tuple[type, ...], str]] = {

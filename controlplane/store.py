@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from controlplane.model import DestinationRule, Resource, ResourceKey, Service, VirtualService
+from controlplane.security import AuthorizationPolicy, PeerAuthentication
 from controlplane.validate import Problem
 from controlplane.world import World
 
@@ -24,6 +25,7 @@ class Store:
         self._problems: dict[str, tuple[Problem, ...]] = {}
         self._services: dict[str, Mapping[str, Service]] = {}
         self._revision = 0
+        self._trust_bundle = ""
         self._world = World()
         self._listeners: list[Listener] = []
 
@@ -60,6 +62,12 @@ class Store:
         """Current problems of every source."""
         return [p for problems in self._problems.values() for p in problems]
 
+    def set_trust_bundle(self, pem: str) -> None:
+        """The CA's trust roots, sent to every sidecar (both roots while one is rotated out)."""
+        if pem != self._trust_bundle:
+            self._trust_bundle = pem
+            self._changed()
+
     def world(self) -> World:
         """The current world (cached until the next change)."""
         if self._world.revision != self._revision:
@@ -76,7 +84,12 @@ class Store:
                 revision=self._revision,
                 virtual_services=tuple(r for r in ordered if isinstance(r, VirtualService)),
                 destination_rules=tuple(r for r in ordered if isinstance(r, DestinationRule)),
+                peer_authentications=tuple(r for r in ordered if isinstance(r, PeerAuthentication)),
+                authorization_policies=tuple(
+                    r for r in ordered if isinstance(r, AuthorizationPolicy)
+                ),
                 services=services,
+                trust_bundle=self._trust_bundle,
             )
         return self._world
 

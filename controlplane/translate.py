@@ -20,6 +20,7 @@ from controlplane.model import (
     TrafficPolicy,
     VirtualService,
 )
+from controlplane.security import AuthorizationPolicy, authorization_policies, mtls_mode
 from controlplane.world import NodeInfo, World
 from lightmesh import types
 from lightmesh.v1 import config_pb2 as pb
@@ -54,17 +55,53 @@ def translate(world: World, node: NodeInfo) -> ProxyConfig:
     for host in sorted(world.services):
         service = world.services[host]
         rule = rules.get(host)
-        clusters.append(_cluster(host, "", rule.policy if rule else TrafficPolicy()))
+        meshed = all(e.sidecar for e in service.endpoints)
+        clusters.append(_cluster(host, "", rule.policy if rule else TrafficPolicy(), meshed))
         assignments.append(_assignment(cluster_name(host), service, ()))
         for subset in rule.subsets if rule else ():
             policy = _merge(subset.policy, rule.policy if rule else TrafficPolicy())
-            clusters.append(_cluster(host, subset.name, policy))
+            clusters.append(_cluster(host, subset.name, policy, meshed))
             assignments.append(_assignment(cluster_name(host, subset.name), service, subset.labels))
     return {
         types.CLUSTER: clusters,
         types.ENDPOINTS: assignments,
         types.ROUTES: [_route_configuration(world, node)],
+        types.INBOUND: [inbound_policy(world, node)],
     }
+
+
+_MTLS = {"PERMISSIVE": pb.MTLS_PERMISSIVE, "STRICT": pb.MTLS_STRICT, "DISABLE": pb.MTLS_DISABLE}
+
+
+def inbound_policy(world: World, node: NodeInfo) -> pb.InboundPolicy:
+    """How the node's inbound listener admits callers: the narrowest PeerAuthentication's mode and
+    every AuthorizationPolicy selecting the workload (by its namespace and labels)."""
+    labels = dict(node.labels)
+    mode = mtls_mode(world.peer_authentications, namespace=node.namespace, labels=labels)
+    selected = authorization_policies(
+        world.authorization_policies, namespace=node.namespace, labels=labels
+    )
+    return pb.InboundPolicy(
+        mtls_mode=_MTLS[mode],
+        policies=[_authorization_policy(p) for p in selected],
+        trust_bundle=world.trust_bundle,
+    )
+
+
+def _authorization_policy(policy: AuthorizationPolicy) -> pb.AuthorizationPolicy:
+    return pb.AuthorizationPolicy(
+        name=f"{policy.key.namespace}/{policy.key.name}",
+        action=pb.AUTHZ_DENY if policy.action == "DENY" else pb.AUTHZ_ALLOW,
+        rules=[
+            pb.AuthorizationRule(
+                principals=list(r.principals),
+                namespaces=list(r.namespaces),
+                methods=list(r.methods),
+                paths=list(r.paths),
+            )
+            for r in policy.rules
+        ],
+    )
 
 
 def _first_by_host(pairs: Iterable[tuple[str, _T]]) -> dict[str, _T]:
@@ -97,6 +134,7 @@ def _merge(narrow: TrafficPolicy, wide: TrafficPolicy) -> TrafficPolicy:
         ),
         idle_timeout=pick(narrow.idle_timeout, wide.idle_timeout),
         outlier=pick(narrow.outlier, wide.outlier),
+        tls_mode=pick(narrow.tls_mode, wide.tls_mode),
     )
 
 
@@ -104,7 +142,10 @@ def _ms(seconds: float | None) -> int:
     return round(seconds * 1000) if seconds else 0
 
 
-def _cluster(host: str, subset: str, policy: TrafficPolicy) -> pb.Cluster:
+def _cluster(host: str, subset: str, policy: TrafficPolicy, meshed: bool) -> pb.Cluster:
+    # Mutual TLS unless the DestinationRule disables it or some endpoint has no sidecar to
+    # terminate it (Istio's auto mTLS).
+    mode = policy.tls_mode or ("MESH_MUTUAL" if meshed else "DISABLE")
     cluster = pb.Cluster(
         name=cluster_name(host, subset),
         service=host,
@@ -115,6 +156,7 @@ def _cluster(host: str, subset: str, policy: TrafficPolicy) -> pb.Cluster:
         max_pending_requests=policy.max_pending_requests or 0,
         max_requests_per_connection=policy.max_requests_per_connection or 0,
         idle_timeout_ms=_ms(policy.idle_timeout),
+        tls=pb.MESH_MUTUAL if mode == "MESH_MUTUAL" else pb.TLS_DISABLE,
     )
     if policy.consistent_hash is not None:
         ch = policy.consistent_hash

@@ -30,11 +30,13 @@ from controlplane.model import (
     RouteDestination,
     StringMatch,
     Subset,
+    TlsMode,
     TrafficPolicy,
     VirtualService,
     resolve_host,
 )
 from controlplane.schema import API_VERSION, KINDS, validate_schema
+from controlplane.security import SpecError, authorization_policy, peer_authentication
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -411,6 +413,7 @@ def _traffic_policy(raw: Mapping[str, Any] | None, path: str) -> TrafficPolicy:
         max_requests_per_connection=http.get("maxRequestsPerConnection"),
         idle_timeout=idle if idle is not None else _optional_duration(tcp, "idleTimeout"),
         outlier=outlier,
+        tls_mode=cast(TlsMode | None, raw.get("tls", {}).get("mode")),
     )
 
 
@@ -441,9 +444,27 @@ def _destination_rule(
     )
 
 
+def _peer_authentication(key: ResourceKey, spec: dict[str, Any], warnings: list[str]) -> Resource:
+    del warnings
+    try:
+        return peer_authentication(key, spec)
+    except SpecError as exc:
+        raise _Invalid(str(exc)) from exc
+
+
+def _authorization_policy(key: ResourceKey, spec: dict[str, Any], warnings: list[str]) -> Resource:
+    del warnings
+    try:
+        return authorization_policy(key, spec)
+    except SpecError as exc:
+        raise _Invalid(str(exc)) from exc
+
+
 _BUILDERS: dict[str, Callable[[ResourceKey, dict[str, Any], list[str]], Resource]] = {
     "VirtualService": _virtual_service,
     "DestinationRule": _destination_rule,
+    "PeerAuthentication": _peer_authentication,
+    "AuthorizationPolicy": _authorization_policy,
 }
 
 

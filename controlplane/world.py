@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from controlplane.model import DestinationRule, Service, VirtualService
+from controlplane.security import AuthorizationPolicy, PeerAuthentication
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -16,6 +17,10 @@ class World:
     virtual_services: tuple[VirtualService, ...] = ()
     destination_rules: tuple[DestinationRule, ...] = ()
     services: Mapping[str, Service] = field(default_factory=dict)  # by FQDN
+    peer_authentications: tuple[PeerAuthentication, ...] = ()
+    authorization_policies: tuple[AuthorizationPolicy, ...] = ()
+    # PEM of the trust roots sidecars verify peers with (two during a root rotation).
+    trust_bundle: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

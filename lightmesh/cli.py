@@ -121,7 +121,7 @@ def _analyze_cluster(args: argparse.Namespace) -> int:
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
 
-    from controlplane.schema import GROUP, VERSION
+    from controlplane.schema import GROUP, KINDS, VERSION
     from controlplane.sources.kube_index import MESH_KINDS, KubeIndex
 
     try:
@@ -137,7 +137,7 @@ def _analyze_cluster(args: argparse.Namespace) -> int:
     index = KubeIndex()
     count = 0
     for kind in MESH_KINDS:
-        plural = f"{kind.lower()}s"
+        plural = KINDS[kind][0]  # authorizationpolicies, not a naive "-s"
         found: Any
         try:
             if args.namespace:

@@ -11,7 +11,15 @@ _PREFIX = "type.googleapis.com/lightmesh.v1."
 CLUSTER = _PREFIX + "Cluster"
 ENDPOINTS = _PREFIX + "ClusterLoadAssignment"
 ROUTES = _PREFIX + "RouteConfiguration"
+# Last: who may call this workload (mTLS mode, authorization) does not depend on routes, and
+# sending it after them keeps the order of the older types unchanged.
+INBOUND = _PREFIX + "InboundPolicy"
 
-PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINTS, ROUTES)
+PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINTS, ROUTES, INBOUND)
 
-SHORT_NAMES: dict[str, str] = {CLUSTER: "CLUSTERS", ENDPOINTS: "ENDPOINTS", ROUTES: "ROUTES"}
+SHORT_NAMES: dict[str, str] = {
+    CLUSTER: "CLUSTERS",
+    ENDPOINTS: "ENDPOINTS",
+    ROUTES: "ROUTES",
+    INBOUND: "INBOUND",
+}

@@ -15,6 +15,7 @@ from lightmesh.types import SHORT_NAMES
 from sidecar.config.apply import DataPlane
 from sidecar.config.client import ConfigClient
 from sidecar.identity.manager import CertificateManager
+from sidecar.identity.tls import MeshTLS
 from sidecar.proxy.decision import RequestHead
 from sidecar.proxy.local_server import LocalResponse
 
@@ -35,8 +36,10 @@ class Admin:
         draining: Callable[[], bool],
         certificates: CertificateManager | None = None,
         quit: Callable[[], None] | None = None,
+        mesh_tls: MeshTLS | None = None,
     ) -> None:
         self._certificates = certificates
+        self._mesh_tls = mesh_tls
         self._node = node
         self._client = client
         self._dataplane = dataplane
@@ -106,6 +109,12 @@ class Admin:
             ]
             text = f"waiting for first config: {', '.join(missing)}\n"
             return LocalResponse(status=503, headers=_TEXT, body=text.encode())
+        manager = self._certificates
+        if manager is not None and manager.current is None and not manager.failures:
+            # Peers originate mutual TLS to us as soon as we are an endpoint: serve once we can
+            # terminate it (as Envoy waits for its secrets). A refused certificate request does
+            # not hold readiness back: we then serve plaintext, which PERMISSIVE peers accept.
+            return LocalResponse(status=503, headers=_TEXT, body=b"waiting for a certificate\n")
         return LocalResponse(status=200, headers=_TEXT, body=b"ready\n")
 
     def certs(self) -> dict[str, Any]:
@@ -119,6 +128,12 @@ class Admin:
             "certificate": current.describe() if current else None,
             "rotations": manager.rotations,
             "failed_requests": manager.failures,
+            "mtls": {
+                "inbound_mode": self._dataplane.inbound.mode,
+                "handshakes": self._mesh_tls.handshakes if self._mesh_tls else 0,
+                "refused_plaintext": self._mesh_tls.refused_plaintext if self._mesh_tls else 0,
+                "failed_handshakes": self._mesh_tls.failed_handshakes if self._mesh_tls else 0,
+            },
         }
 
     def config_dump(self) -> dict[str, Any]:

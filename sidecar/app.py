@@ -20,6 +20,7 @@ from sidecar.admin import Admin
 from sidecar.config.apply import DataPlane
 from sidecar.config.client import ConfigClient
 from sidecar.identity.manager import CertificateManager
+from sidecar.identity.tls import MeshTLS
 from sidecar.proxy.engine import start_proxy
 from sidecar.proxy.local_server import start_local_server
 from sidecar.router import InboundRouter, OutboundRouter
@@ -51,7 +52,10 @@ def build_node(settings: Settings, *, inbound_port: int) -> pb.Node:
 
 
 def _certificate_manager(
-    settings: Settings, ca_bundle: Path | None, stack: contextlib.ExitStack
+    settings: Settings,
+    ca_bundle: Path | None,
+    mesh_tls: MeshTLS,
+    stack: contextlib.ExitStack,
 ) -> CertificateManager | None:
     if not settings.token_file:
         return None
@@ -69,6 +73,7 @@ def _certificate_manager(
         service_account=settings.service_account,
         directory=directory,
         validity_seconds=settings.cert_ttl,
+        on_rotated=mesh_tls.rotated,
     )
 
 
@@ -78,6 +83,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     stop_on_signals(stop)
 
     dataplane = DataPlane(max_regex_length=settings.max_regex_length)
+    mesh_tls = MeshTLS()  # no certificate until the manager installs one: plaintext meanwhile
+    dataplane.on_inbound = lambda policy: mesh_tls.set_roots(policy.trust_bundle)
     outbound_router = OutboundRouter(dataplane)
     registry = CollectorRegistry()
     telemetry = wiring.build(settings, registry)
@@ -88,16 +95,25 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         resolver=wrap_resolver(outbound_router.resolve, telemetry.outbound),
         recorder=wrap_recorder(telemetry.outbound, outbound=True, then=outbound_router.finished),
         listener="outbound",
+        client_tls=lambda: mesh_tls.client,
+        intercept=settings.intercept,
     )
     inbound = None
     if settings.app_port:
-        inbound_router = InboundRouter(app_host=settings.app_host, app_port=settings.app_port)
+        inbound_router = InboundRouter(
+            app_host=settings.app_host,
+            app_port=settings.app_port,
+            dataplane=dataplane,
+            own_identity=lambda: mesh_tls.identity,
+        )
         inbound = await start_proxy(
             settings.bind,
             settings.inbound_port,
             resolver=wrap_resolver(inbound_router.resolve, telemetry.inbound),
             recorder=wrap_recorder(telemetry.inbound, outbound=False),
             listener="inbound",
+            inbound_tls=mesh_tls,
+            mtls_mode=lambda: dataplane.inbound.mode,
         )
     node = build_node(settings, inbound_port=inbound.port if inbound else 0)
     ca_bundle = Path(settings.ca_bundle) if settings.ca_bundle else None
@@ -105,7 +121,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         target=settings.control_plane, ca_bundle=ca_bundle, node=node, dataplane=dataplane
     )
     cleanup = contextlib.ExitStack()
-    certificates = _certificate_manager(settings, ca_bundle, cleanup)
+    certificates = _certificate_manager(settings, ca_bundle, mesh_tls, cleanup)
     active = {"outbound": lambda: outbound.active}
     if inbound is not None:
         active["inbound"] = lambda: inbound.active
@@ -132,6 +148,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         registry=registry,
         draining=lambda: draining,
         certificates=certificates,
+        mesh_tls=mesh_tls,
         quit=stop.set,  # POST /quitquitquit: drain and exit, as on SIGTERM
     )
     admin_server = await start_local_server(settings.bind, settings.admin_port, admin.handle)

@@ -25,6 +25,7 @@ from sidecar.config.apply import DataPlane
 from sidecar.proxy.decision import Completed, Decision, Forward, LocalReply, RequestHead
 from sidecar.routing.retry import backoff
 from sidecar.routing.table import CompiledRoute, Redirect
+from sidecar.security.authz import Peer, evaluate, principal_of
 
 # Envoy's name for the cluster of intercepted traffic to destinations outside the mesh.
 PASSTHROUGH = "PassthroughCluster"
@@ -102,6 +103,7 @@ class OutboundRouter:
             mirror=self._mirror(route, now),
             max_requests_per_connection=cluster.max_requests_per_connection,
             idle_timeout=cluster.idle_timeout,
+            tls_server_name=cluster.tls_server_name,
         )
 
     def _chance(self, percent: float) -> bool:
@@ -123,6 +125,7 @@ class OutboundRouter:
             cluster=cluster.name,
             timeout=route.timeout,
             connect_timeout=cluster.connect_timeout,
+            tls_server_name=cluster.tls_server_name,
         )
 
     def retry_target(self, target: Forward, *, tried: Sequence[str], now: float) -> Forward | None:
@@ -209,12 +212,45 @@ def _hash_key(hashing: pb.ConsistentHash, head: RequestHead) -> bytes | None:
     return None
 
 
-class InboundRouter:
-    """Everything arriving on the inbound listener goes to the application."""
+_XFCC = b"x-forwarded-client-cert"
 
-    def __init__(self, *, app_host: str, app_port: int) -> None:
+
+class InboundRouter:
+    """Everything arriving on the inbound listener goes to the application, unless an
+    AuthorizationPolicy denies it (403, flag RBAC, as Envoy's RBAC filter answers).
+
+    The caller's verified identity (mutual TLS) is what policies see, and what the app is told in
+    `x-forwarded-client-cert` (Envoy's format: `By=<us>;URI=<caller>`); a header of that name
+    from the client never gets this far (the engine drops it: anyone could have written it).
+    """
+
+    def __init__(
+        self,
+        *,
+        app_host: str,
+        app_port: int,
+        dataplane: DataPlane | None = None,
+        own_identity: Callable[[], str] = lambda: "",
+    ) -> None:
         self._forward = Forward(address=app_host, port=app_port, cluster=f"inbound|{app_port}")
+        self._dataplane = dataplane
+        self._own_identity = own_identity
 
     def resolve(self, head: RequestHead) -> Decision:
-        """The app."""
+        """The app, or a denial."""
+        # The engine already dropped any x-forwarded-client-cert the client sent (messages.py).
+        identity = head.peer_identity
+        if identity:
+            xfcc = f"By={self._own_identity()};URI={identity}"
+            head.headers.append((_XFCC, xfcc.encode("latin-1")))
+        dataplane = self._dataplane
+        if dataplane is not None and dataplane.inbound.policies:
+            verdict = evaluate(
+                dataplane.inbound.policies,
+                Peer(principal=principal_of(identity)),
+                head.method,
+                head.path,
+            )
+            if not verdict.allowed:
+                return LocalReply(status=403, body="RBAC: access denied", flags="RBAC")
         return self._forward

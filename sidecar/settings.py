@@ -38,6 +38,9 @@ class Settings:
     token_file: str = ""
     cert_ttl: int = 0  # requested certificate lifetime, seconds; 0: the control plane's default
     identity_dir: str = ""  # where key/cert files live (0700); default: a private temp dir
+    # The outbound listener receives connections redirected by iptables: route a request whose
+    # Host names no service by the address the app dialled (SO_ORIGINAL_DST).
+    intercept: bool = False
     metrics: bool = True  # request metrics (off only to measure their cost)
     istio_metrics: bool = False  # also expose Istio's standard metric names and labels
     zipkin_url: str = ""  # Zipkin v2 endpoint (http://host:port/api/v2/spans); "": no tracing
@@ -99,6 +102,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--cert-ttl", type=int, default=int(_env("CERT_TTL", "0")), help="seconds")
     add("--identity-dir", default=_env("IDENTITY_DIR", ""))
     add(
+        "--intercept",
+        action="store_true",
+        default=_env("INTERCEPT", "") == "1",
+        help="outbound connections are redirected by iptables: read their original destination",
+    )
+    add(
         "--metrics",
         action=argparse.BooleanOptionalAction,
         default=_env("METRICS", "true") == "true",
@@ -146,6 +155,7 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         token_file=args.token_file,
         cert_ttl=args.cert_ttl,
         identity_dir=args.identity_dir,
+        intercept=args.intercept,
         metrics=args.metrics,
         istio_metrics=args.istio_metrics,
         zipkin_url=_zipkin_url(args.zipkin_url),

@@ -22,11 +22,15 @@ ORIGIN = "kubernetes"
 KINDS: dict[str, tuple[str, str]] = {
     "VirtualService": (API_VERSION, f"/apis/{API_VERSION}/virtualservices"),
     "DestinationRule": (API_VERSION, f"/apis/{API_VERSION}/destinationrules"),
+    "PeerAuthentication": (API_VERSION, f"/apis/{API_VERSION}/peerauthentications"),
+    "AuthorizationPolicy": (API_VERSION, f"/apis/{API_VERSION}/authorizationpolicies"),
     "Service": ("v1", "/api/v1/services"),
     "EndpointSlice": ("discovery.k8s.io/v1", "/apis/discovery.k8s.io/v1/endpointslices"),
     "Pod": ("v1", "/api/v1/pods"),
 }
-MESH_KINDS = ("VirtualService", "DestinationRule")
+MESH_KINDS = ("VirtualService", "DestinationRule", "PeerAuthentication", "AuthorizationPolicy")
+# The annotation the injector puts on pods that got a sidecar (they can terminate mutual TLS).
+INJECTED_ANNOTATION = "lightmesh.io/status"
 
 
 def collection_path(kind: str, namespace: str | None = None) -> str:
@@ -188,13 +192,16 @@ class KubeIndex:
                 pod = (
                     pods.get((namespace, ref.get("name", ""))) if ref.get("kind") == "Pod" else None
                 )
-                pod_labels = (pod or {}).get("metadata", {}).get("labels") or {}
+                pod_meta = (pod or {}).get("metadata", {})
+                pod_labels = pod_meta.get("labels") or {}
+                annotations = pod_meta.get("annotations") or {}
                 endpoints.setdefault((namespace, service), []).append(
                     ServiceEndpoint(
                         address=endpoint["addresses"][0],
                         port=port,
                         workload=ref.get("name", ""),
                         labels=tuple(sorted(pod_labels.items())),
+                        sidecar=annotations.get(INJECTED_ANNOTATION) == "injected",
                     )
                 )
         services = {}

@@ -14,11 +14,34 @@ class LbPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RANDOM: _ClassVar[LbPolicy]
     PEAK_EWMA: _ClassVar[LbPolicy]
     RING_HASH: _ClassVar[LbPolicy]
+
+class UpstreamTls(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TLS_DISABLE: _ClassVar[UpstreamTls]
+    MESH_MUTUAL: _ClassVar[UpstreamTls]
+
+class MtlsMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MTLS_PERMISSIVE: _ClassVar[MtlsMode]
+    MTLS_STRICT: _ClassVar[MtlsMode]
+    MTLS_DISABLE: _ClassVar[MtlsMode]
+
+class AuthzAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AUTHZ_ALLOW: _ClassVar[AuthzAction]
+    AUTHZ_DENY: _ClassVar[AuthzAction]
 ROUND_ROBIN: LbPolicy
 LEAST_REQUEST: LbPolicy
 RANDOM: LbPolicy
 PEAK_EWMA: LbPolicy
 RING_HASH: LbPolicy
+TLS_DISABLE: UpstreamTls
+MESH_MUTUAL: UpstreamTls
+MTLS_PERMISSIVE: MtlsMode
+MTLS_STRICT: MtlsMode
+MTLS_DISABLE: MtlsMode
+AUTHZ_ALLOW: AuthzAction
+AUTHZ_DENY: AuthzAction
 
 class RouteConfiguration(_message.Message):
     __slots__ = ("name", "virtual_hosts")
@@ -211,7 +234,7 @@ class OutlierDetection(_message.Message):
     def __init__(self, consecutive_5xx: _Optional[int] = ..., consecutive_gateway: _Optional[int] = ..., interval_ms: _Optional[int] = ..., base_ejection_ms: _Optional[int] = ..., max_ejection_percent: _Optional[int] = ..., min_health_percent: _Optional[int] = ...) -> None: ...
 
 class Cluster(_message.Message):
-    __slots__ = ("name", "service", "subset", "lb_policy", "connect_timeout_ms", "hash", "max_connections", "max_pending_requests", "max_requests_per_connection", "idle_timeout_ms", "outlier")
+    __slots__ = ("name", "service", "subset", "lb_policy", "connect_timeout_ms", "hash", "max_connections", "max_pending_requests", "max_requests_per_connection", "idle_timeout_ms", "outlier", "tls")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     SUBSET_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +246,7 @@ class Cluster(_message.Message):
     MAX_REQUESTS_PER_CONNECTION_FIELD_NUMBER: _ClassVar[int]
     IDLE_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     OUTLIER_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
     name: str
     service: str
     subset: str
@@ -234,7 +258,8 @@ class Cluster(_message.Message):
     max_requests_per_connection: int
     idle_timeout_ms: int
     outlier: OutlierDetection
-    def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., subset: _Optional[str] = ..., lb_policy: _Optional[_Union[LbPolicy, str]] = ..., connect_timeout_ms: _Optional[int] = ..., hash: _Optional[_Union[ConsistentHash, _Mapping]] = ..., max_connections: _Optional[int] = ..., max_pending_requests: _Optional[int] = ..., max_requests_per_connection: _Optional[int] = ..., idle_timeout_ms: _Optional[int] = ..., outlier: _Optional[_Union[OutlierDetection, _Mapping]] = ...) -> None: ...
+    tls: UpstreamTls
+    def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., subset: _Optional[str] = ..., lb_policy: _Optional[_Union[LbPolicy, str]] = ..., connect_timeout_ms: _Optional[int] = ..., hash: _Optional[_Union[ConsistentHash, _Mapping]] = ..., max_connections: _Optional[int] = ..., max_pending_requests: _Optional[int] = ..., max_requests_per_connection: _Optional[int] = ..., idle_timeout_ms: _Optional[int] = ..., outlier: _Optional[_Union[OutlierDetection, _Mapping]] = ..., tls: _Optional[_Union[UpstreamTls, str]] = ...) -> None: ...
 
 class ClusterLoadAssignment(_message.Message):
     __slots__ = ("cluster_name", "endpoints")
@@ -264,3 +289,35 @@ class Endpoint(_message.Message):
     labels: _containers.ScalarMap[str, str]
     weight: int
     def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ..., workload: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., weight: _Optional[int] = ...) -> None: ...
+
+class InboundPolicy(_message.Message):
+    __slots__ = ("mtls_mode", "policies", "trust_bundle")
+    MTLS_MODE_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    TRUST_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    mtls_mode: MtlsMode
+    policies: _containers.RepeatedCompositeFieldContainer[AuthorizationPolicy]
+    trust_bundle: str
+    def __init__(self, mtls_mode: _Optional[_Union[MtlsMode, str]] = ..., policies: _Optional[_Iterable[_Union[AuthorizationPolicy, _Mapping]]] = ..., trust_bundle: _Optional[str] = ...) -> None: ...
+
+class AuthorizationPolicy(_message.Message):
+    __slots__ = ("name", "action", "rules")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    action: AuthzAction
+    rules: _containers.RepeatedCompositeFieldContainer[AuthorizationRule]
+    def __init__(self, name: _Optional[str] = ..., action: _Optional[_Union[AuthzAction, str]] = ..., rules: _Optional[_Iterable[_Union[AuthorizationRule, _Mapping]]] = ...) -> None: ...
+
+class AuthorizationRule(_message.Message):
+    __slots__ = ("principals", "namespaces", "methods", "paths")
+    PRINCIPALS_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACES_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    principals: _containers.RepeatedScalarFieldContainer[str]
+    namespaces: _containers.RepeatedScalarFieldContainer[str]
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, principals: _Optional[_Iterable[str]] = ..., namespaces: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ..., paths: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -30,6 +30,8 @@ class Cluster:
         self.max_in_flight = config.max_connections + config.max_pending_requests if both else 0
         self.max_requests_per_connection = config.max_requests_per_connection
         self.idle_timeout = config.idle_timeout_ms / 1000 if config.idle_timeout_ms else None
+        # Non-empty: originate mutual TLS, with the service FQDN as SNI.
+        self.tls_server_name = config.service if config.tls == pb.MESH_MUTUAL else ""
         self.hash = pb.ConsistentHash()
         self.hash.CopyFrom(config.hash)
         self._rng = rng

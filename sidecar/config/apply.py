@@ -8,7 +8,7 @@ the objects they were routed with.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from google.protobuf.any_pb2 import Any as AnyPb
@@ -21,6 +21,7 @@ from sidecar.cluster.balancers import Endpoint
 from sidecar.cluster.cluster import Cluster
 from sidecar.errors import ConfigError
 from sidecar.routing.table import RouteTable, compile_routes
+from sidecar.security.inbound import InboundPolicy, decode
 
 _KNOWN_LB = set(pb.LbPolicy.values())
 _M = TypeVar("_M", bound=Message)
@@ -36,6 +37,10 @@ class DataPlane:
         self._max_regex = max_regex_length
         self._rng = rng or random.Random()
         self._raw: dict[str, list[dict[str, Any]]] = {}
+        self.inbound = InboundPolicy()
+        # Called with each newly applied inbound policy (the sidecar feeds the trust bundle to
+        # its TLS contexts).
+        self.on_inbound: Callable[[InboundPolicy], None] = lambda policy: None
 
     def apply(self, type_url: str, resources: Sequence[AnyPb]) -> None:
         """Apply the complete set of resources of one type, or raise ConfigError."""
@@ -53,6 +58,13 @@ class DataPlane:
                 raise ConfigError(f"expected one RouteConfiguration, got {len(configs)}")
             self.routes = compile_routes(configs[0], max_regex=self._max_regex)
             decoded = list(configs)
+        elif type_url == types.INBOUND:
+            inbound = [_unpack(r, pb.InboundPolicy) for r in resources]
+            if len(inbound) != 1:
+                raise ConfigError(f"expected one InboundPolicy, got {len(inbound)}")
+            self.inbound = decode(inbound[0])
+            self.on_inbound(self.inbound)
+            decoded = list(inbound)
         else:
             raise ConfigError(f"unsupported resource type {type_url}")
         self._raw[type_url] = [MessageToDict(m) for m in decoded]

@@ -20,25 +20,29 @@ ALPN_HTTP11 = "lightmesh-http/1.1"
 ALPN_TCP = "lightmesh-tcp"
 
 
-def _base(context: ssl.SSLContext, identity: Identity) -> ssl.SSLContext:
+def _base(context: ssl.SSLContext, identity: Identity, extra_roots: str) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(identity.cert_file, identity.key_file)
     context.load_verify_locations(cafile=str(identity.bundle_file))
+    if extra_roots:
+        # The bundle the control plane pushes: during a root rotation it holds both roots, so
+        # peers already holding a certificate of the new root are trusted before we rotate.
+        context.load_verify_locations(cadata=extra_roots)
     context.verify_mode = ssl.CERT_REQUIRED
     context.set_alpn_protocols([ALPN_HTTP11, ALPN_TCP])
     return context
 
 
-def server_context(identity: Identity) -> ssl.SSLContext:
+def server_context(identity: Identity, extra_roots: str = "") -> ssl.SSLContext:
     """For the inbound listener: requires and verifies a client certificate."""
-    return _base(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), identity)
+    return _base(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), identity, extra_roots)
 
 
-def client_context(identity: Identity) -> ssl.SSLContext:
+def client_context(identity: Identity, extra_roots: str = "") -> ssl.SSLContext:
     """For upstream connections to other sidecars: presents ours, verifies theirs."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False  # SPIFFE IDs are not host names; see peer_identity
-    return _base(context, identity)
+    return _base(context, identity, extra_roots)
 
 
 def peer_identity(ssl_object: Any) -> str:
@@ -59,6 +63,53 @@ class TLSContexts:
     client: ssl.SSLContext
 
     @classmethod
-    def build(cls, identity: Identity) -> TLSContexts:
-        """Both contexts for a freshly installed certificate."""
-        return cls(identity, server_context(identity), client_context(identity))
+    def build(cls, identity: Identity, extra_roots: str = "") -> TLSContexts:
+        """Both contexts for a freshly installed certificate (and the pushed trust bundle)."""
+        return cls(
+            identity,
+            server_context(identity, extra_roots),
+            client_context(identity, extra_roots),
+        )
+
+
+class MeshTLS:
+    """The TLS contexts in force: rebuilt when the certificate rotates or the pushed trust bundle
+    changes. Connections read `client`/`server` when they open, so open ones keep theirs."""
+
+    def __init__(self) -> None:
+        self.contexts: TLSContexts | None = None
+        self._roots = ""
+        # Inbound connections: TLS handshakes completed; refused (plaintext under STRICT,
+        # failed handshakes).
+        self.handshakes = 0
+        self.refused_plaintext = 0
+        self.failed_handshakes = 0
+
+    @property
+    def client(self) -> ssl.SSLContext | None:
+        """For new upstream connections; None before the first certificate."""
+        contexts = self.contexts
+        return contexts.client if contexts is not None else None
+
+    @property
+    def server(self) -> ssl.SSLContext | None:
+        """For new inbound TLS connections; None before the first certificate."""
+        contexts = self.contexts
+        return contexts.server if contexts is not None else None
+
+    @property
+    def identity(self) -> str:
+        """Our own SPIFFE ID ("" before the first certificate)."""
+        return self.contexts.identity.spiffe_id if self.contexts is not None else ""
+
+    def rotated(self, identity: Identity) -> None:
+        """A new certificate was installed (CertificateManager's `on_rotated`)."""
+        self.contexts = TLSContexts.build(identity, self._roots)
+
+    def set_roots(self, pem: str) -> None:
+        """The control plane pushed a trust bundle (empty: keep the one we have)."""
+        if pem == self._roots:
+            return
+        self._roots = pem
+        if self.contexts is not None:
+            self.contexts = TLSContexts.build(self.contexts.identity, pem)

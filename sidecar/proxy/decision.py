@@ -33,6 +33,8 @@ class RequestHead:
     # (SO_ORIGINAL_DST, see sidecar/original_dst.py); None when it was not intercepted. The
     # listener reads it once per connection and copies it into every request head.
     original_dst: tuple[str, int] | None = None
+    # The SPIFFE ID in the downstream's verified client certificate; "" for plaintext peers.
+    peer_identity: str = ""
 
     def header(self, name: bytes) -> bytes | None:
         """Return the first value of a header (name given in lower case), or None."""
@@ -69,6 +71,8 @@ class Forward:
     # Upstream connection pool limits of the cluster; 0 / None: unlimited.
     max_requests_per_connection: int = 0
     idle_timeout: float | None = None
+    # Non-empty: connect with mutual TLS (the sidecar's current certificate), this as SNI.
+    tls_server_name: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

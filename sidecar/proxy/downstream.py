@@ -17,6 +17,7 @@ import logging
 from collections import deque
 from typing import cast
 
+from sidecar.original_dst import original_destination
 from sidecar.proxy.decision import Completed
 from sidecar.proxy.exchange import PAUSE_BACKLOG, Exchange
 from sidecar.proxy.http1 import (
@@ -57,8 +58,10 @@ class DownstreamConnection(asyncio.Protocol):
         "eof",
         "events",
         "exchange",
+        "original_dst",
         "parser",
         "peer",
+        "peer_identity",
         "phase",
         "since",
         "splice",
@@ -77,6 +80,8 @@ class DownstreamConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.splice: Splice | None = None
         self.peer = ""
+        self.peer_identity = ""  # set by the TLS layer (tls_server.py) for mutual-TLS clients
+        self.original_dst: tuple[str, int] | None = None
         self.phase = Phase.IDLE
         self.since = state.clock()
         self.eof = False
@@ -90,6 +95,9 @@ class DownstreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if self.state.intercept:
+            # Once per connection: where the app was going before iptables redirected it.
+            self.original_dst = original_destination(transport.get_extra_info("socket"))
         self.state.clients.add(self)
 
     def data_received(self, data: bytes) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
+from collections.abc import Callable
 
 from sidecar.proxy.decision import Recorder, Resolver
 from sidecar.proxy.downstream import DownstreamConnection, Phase
@@ -19,6 +21,7 @@ from sidecar.proxy.listener_state import EngineSettings, ListenerState
 from sidecar.proxy.mirror import Mirrors
 from sidecar.proxy.pool import ConnectionPool
 from sidecar.proxy.splice import expire_splices
+from sidecar.proxy.tls_server import InboundAccept, InboundTLS
 
 __all__ = ["ConnectionPool", "EngineSettings", "ProxyListener", "start_proxy"]
 
@@ -40,15 +43,31 @@ class ProxyListener:
         recorder: Recorder,
         listener: str,
         settings: EngineSettings,
+        client_tls: Callable[[], ssl.SSLContext | None] | None = None,
+        inbound_tls: InboundTLS | None = None,
+        mtls_mode: Callable[[], str] = lambda: "PERMISSIVE",
+        intercept: bool = False,
     ) -> None:
+        pool = (
+            ConnectionPool(idle_timeout=settings.pool_idle_timeout, clock=settings.clock)
+            if client_tls is None
+            else ConnectionPool(
+                idle_timeout=settings.pool_idle_timeout,
+                clock=settings.clock,
+                client_tls=client_tls,
+            )
+        )
         self._state = ListenerState(
             name=listener,
             resolver=resolver,
             recorder=recorder,
             settings=settings,
-            pool=ConnectionPool(idle_timeout=settings.pool_idle_timeout, clock=settings.clock),
+            pool=pool,
             clock=settings.clock,
+            intercept=intercept,
         )
+        self._inbound_tls = inbound_tls
+        self._mtls_mode = mtls_mode
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.port = 0
@@ -76,7 +95,14 @@ class ProxyListener:
     async def _start(self, host: str, port: int) -> None:
         state = self._state
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: DownstreamConnection(state), host, port)
+        tls = self._inbound_tls
+        if tls is None:
+            self._server = await loop.create_server(lambda: DownstreamConnection(state), host, port)
+        else:
+            mode = self._mtls_mode
+            self._server = await loop.create_server(
+                lambda: InboundAccept(state, tls, mode), host, port
+            )
         self.port = int(self._server.sockets[0].getsockname()[1])
         self._sweeper = loop.create_task(self._sweep_forever(), name=f"proxy-{state.name}-sweeper")
 
@@ -144,13 +170,26 @@ async def start_proxy(
     recorder: Recorder,
     listener: str,
     settings: EngineSettings | None = None,
+    client_tls: Callable[[], ssl.SSLContext | None] | None = None,
+    inbound_tls: InboundTLS | None = None,
+    mtls_mode: Callable[[], str] = lambda: "PERMISSIVE",
+    intercept: bool = False,
 ) -> ProxyListener:
-    """Listen on host:port (0 picks a free port) and proxy every request per `resolver`."""
+    """Listen on host:port (0 picks a free port) and proxy every request per `resolver`.
+
+    `client_tls`: the current client context for clusters that originate mutual TLS;
+    `inbound_tls` + `mtls_mode`: accept mutual TLS (and/or plaintext, per the mode) on this port;
+    `intercept`: connections arrive redirected by iptables (read their original destination).
+    """
     proxy = ProxyListener(
         resolver=resolver,
         recorder=recorder,
         listener=listener,
         settings=settings or EngineSettings(),
+        client_tls=client_tls,
+        inbound_tls=inbound_tls,
+        mtls_mode=mtls_mode,
+        intercept=intercept,
     )
     await proxy._start(host, port)
     return proxy

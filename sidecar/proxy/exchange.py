@@ -99,6 +99,8 @@ class Downstream(Protocol):
 
     transport: asyncio.Transport
     peer: str
+    peer_identity: str  # verified SPIFFE ID of a mutual-TLS client, "" otherwise
+    original_dst: tuple[str, int] | None  # where an intercepted connection was going
     write_paused: bool
 
     def pause(self, reason: int) -> None:
@@ -203,6 +205,9 @@ class Exchange:
         except ParseError:
             self.answer(LocalReply(status=400, body="bad request target", flags="DPE"), keep=False)
             return
+        down = self.down
+        head.peer_identity = down.peer_identity
+        head.original_dst = down.original_dst
         self.head = head
         decision = self.state.resolve(head)
         if isinstance(decision, LocalReply):
@@ -760,7 +765,9 @@ class Attempt:
         conn = (
             None
             if self.retry
-            else self.exchange.state.pool.take_idle((target.address, target.port))
+            else self.exchange.state.pool.take_idle(
+                (target.address, target.port, target.tls_server_name)
+            )
         )
         if conn is not None:
             self.bind(conn)
@@ -775,7 +782,10 @@ class Attempt:
         pool = self.exchange.state.pool
         try:
             conn = await pool.connect(
-                target.address, target.port, connect_timeout=target.connect_timeout
+                target.address,
+                target.port,
+                connect_timeout=target.connect_timeout,
+                tls_server_name=target.tls_server_name,
             )
         except UpstreamConnectFailure as exc:
             self.connecting = None

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sidecar.proxy.decision import Completed, Decision, LocalReply, Recorder, RequestHead, Resolver
 from sidecar.proxy.http1 import MAX_HEAD_BYTES, MAX_HEADERS
@@ -20,7 +20,23 @@ from sidecar.proxy.pool import ConnectionPool
 from sidecar.proxy.splice import Splice
 
 if TYPE_CHECKING:
-    from sidecar.proxy.downstream import DownstreamConnection
+    from sidecar.proxy.downstream import Phase
+
+
+class Client(Protocol):
+    """An accepted connection the listener's sweeper and drain look after: an HTTP connection
+    (downstream.py), or one still being sniffed or handshaken (tls_server.py)."""
+
+    @property
+    def phase(self) -> Phase:
+        """Where it is; the drain closes IDLE ones at once."""
+
+    def expire(self, now: float) -> None:
+        """Enforce its timeouts."""
+
+    def close(self, *, abort: bool = False) -> None:
+        """Close it."""
+
 
 logger = logging.getLogger("sidecar.proxy")
 
@@ -57,8 +73,10 @@ class ListenerState:
     pool: ConnectionPool
     clock: Callable[[], float]
     draining: bool = False
+    # Traffic arrives redirected by iptables: read each connection's original destination.
+    intercept: bool = False
     active: int = 0  # exchanges in flight (tunnels included)
-    clients: set[DownstreamConnection] = field(default_factory=set)
+    clients: set[Client] = field(default_factory=set)
     tunnels: set[Splice] = field(default_factory=set)
     mirrors: Mirrors = field(default_factory=Mirrors)
     # Upstream connections opened, per cluster (counted when a connect succeeds; for metrics).
@@ -81,7 +99,7 @@ class ListenerState:
         except Exception as exc:
             logger.error("proxy listener=%s recorder failed: %r", self.name, exc)
 
-    def forget(self, client: DownstreamConnection) -> None:
+    def forget(self, client: Client) -> None:
         """A downstream connection closed."""
         self.clients.discard(client)
         if self.draining and not self.clients:

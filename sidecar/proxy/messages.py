@@ -46,7 +46,9 @@ _ID_COUNTER = itertools.count(_ID_SEED.getrandbits(61))
 _ID_MASK = (1 << 62) - 1
 
 # Request headers the engine itself re-creates or must not forward (besides hop-by-hop ones).
-_DROPPED_REQUEST = HOP_BY_HOP | {b"expect", b"x-forwarded-for"}
+# x-forwarded-client-cert is only ever written by an inbound listener from a verified certificate
+# (sidecar/router.py); one from a client is a forgery (Envoy's SANITIZE).
+_DROPPED_REQUEST = HOP_BY_HOP | {b"expect", b"x-forwarded-for", b"x-forwarded-client-cert"}
 
 
 def _named_fields(connection: list[bytes]) -> set[bytes]:

@@ -5,15 +5,24 @@ attempt using it, or a tunnel); while pooled it has none, and any event (bytes, 
 it unusable. The pool reuses idle connections last-in first-out, so the warmest is picked and
 the coldest expire; `sweep` closes those idle longer than their cluster's idle timeout (the
 pool's `idle_timeout` unless `release` was given one).
+
+Connections are pooled per (address, port, TLS server name): a mutual-TLS connection (server name
+non-empty) is handshaken once and reused like a plain one. The client context is read from
+`client_tls` when a connection opens, so after a certificate rotation new connections present the
+new certificate while pooled ones keep theirs until they expire.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from typing import Protocol, cast
 
 from sidecar.proxy.http1 import ResponseParser
+
+# (address, port, TLS server name): "" for plaintext connections.
+PoolKey = tuple[str, int, str]
 
 
 class UpstreamError(Exception):
@@ -83,7 +92,7 @@ class UpstreamConnection(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, key: tuple[str, int]) -> None:
+    def __init__(self, key: PoolKey) -> None:
         self.key = key
         self.transport: asyncio.Transport | None = None
         self.owner: UpstreamOwner | None = None
@@ -164,16 +173,27 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
 
-class ConnectionPool:
-    """Idle keep-alive connections per (address, port), reused last-in first-out."""
+def _no_tls() -> ssl.SSLContext | None:
+    return None
 
-    def __init__(self, *, idle_timeout: float, clock: Callable[[], float]) -> None:
+
+class ConnectionPool:
+    """Idle keep-alive connections per (address, port, TLS server name), reused last-in first-out."""
+
+    def __init__(
+        self,
+        *,
+        idle_timeout: float,
+        clock: Callable[[], float],
+        client_tls: Callable[[], ssl.SSLContext | None] = _no_tls,
+    ) -> None:
         self.idle_timeout = idle_timeout
         self._clock = clock
-        self._idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
+        self._client_tls = client_tls
+        self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
         self._open: set[UpstreamConnection] = set()
 
-    def take_idle(self, key: tuple[str, int]) -> UpstreamConnection | None:
+    def take_idle(self, key: PoolKey) -> UpstreamConnection | None:
         """The most recently released healthy connection to `key`, or None."""
         stack = self._idle.get(key)
         if not stack:
@@ -188,30 +208,52 @@ class ConnectionPool:
         return None
 
     async def connect(
-        self, address: str, port: int, *, connect_timeout: float
+        self, address: str, port: int, *, connect_timeout: float, tls_server_name: str = ""
     ) -> UpstreamConnection:
-        """A new connection; raises UpstreamConnectFailure."""
-        key = (address, port)
+        """A new connection (mutual TLS when `tls_server_name` is set and we have a
+        certificate); raises UpstreamConnectFailure, also for a failed handshake."""
+        key = (address, port, tls_server_name)
         loop = asyncio.get_running_loop()
+        context = self._client_tls() if tls_server_name else None
         try:
             async with asyncio.timeout(connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(key), address, port
-                )
-        except (OSError, TimeoutError) as exc:
+                if context is None:
+                    # Before the first certificate arrives, mesh traffic goes in plaintext (a
+                    # STRICT peer refuses it; a PERMISSIVE one serves it).
+                    _, conn = await loop.create_connection(
+                        lambda: UpstreamConnection(key), address, port
+                    )
+                else:
+                    _, conn = await loop.create_connection(
+                        lambda: UpstreamConnection(key),
+                        address,
+                        port,
+                        ssl=context,
+                        server_hostname=tls_server_name,
+                        ssl_handshake_timeout=connect_timeout,
+                    )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
             raise UpstreamConnectFailure(f"connect {address}:{port}: {exc!r}") from exc
         self._open.add(conn)
         return conn
 
     async def acquire(
-        self, address: str, port: int, *, connect_timeout: float, fresh: bool = False
+        self,
+        address: str,
+        port: int,
+        *,
+        connect_timeout: float,
+        fresh: bool = False,
+        tls_server_name: str = "",
     ) -> UpstreamConnection:
         """An idle connection if one is healthy (unless `fresh`), else a new one."""
         if not fresh:
-            conn = self.take_idle((address, port))
+            conn = self.take_idle((address, port, tls_server_name))
             if conn is not None:
                 return conn
-        return await self.connect(address, port, connect_timeout=connect_timeout)
+        return await self.connect(
+            address, port, connect_timeout=connect_timeout, tls_server_name=tls_server_name
+        )
 
     def release(self, conn: UpstreamConnection, *, idle_timeout: float | None = None) -> None:
         """Return a connection whose exchange completed cleanly and may be reused; it stays

@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 
 from sidecar.proxy.decision import Completed
+from sidecar.security.authz import Peer, principal_of
 
 # Seconds, from 0.5 ms (a hop on loopback) to 30 s (the longest sensible timeout).
 DURATION_BUCKETS = (
@@ -48,6 +49,7 @@ LABELS = (
     "response_code",
     "response_flags",
     "mtls",
+    "source_principal",
 )
 
 ISTIO_LABELS = (
@@ -79,6 +81,8 @@ ISTIO_LABELS = (
 )
 
 UNKNOWN = "unknown"
+# Separates the peer announcement from the verified SPIFFE ID in a destination series key.
+_VERIFIED = "\x00"
 OVERFLOW = "overflow"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
@@ -172,8 +176,13 @@ class RequestMetrics:
         if self._reporter == "source":
             key = (done.cluster, done.status, done.flags)
         else:
-            peer = done.head.header(PEER_HEADER) if done.head is not None else None
-            key = (peer.decode("latin-1") if peer else "", done.status, done.flags)
+            head = done.head
+            peer = head.header(PEER_HEADER) if head is not None else None
+            first = peer.decode("latin-1") if peer else ""
+            if head is not None and head.peer_identity:
+                # Verified by mutual TLS: it decides the caller's namespace (see labels).
+                first = f"{first}{_VERIFIED}{head.peer_identity}"
+            key = (first, done.status, done.flags)
         series = self._series.get(key)
         if series is None:
             if len(self._series) >= self._max_series:
@@ -220,10 +229,21 @@ class RequestMetrics:
                 code,
                 flags or "-",
                 "false",
+                UNKNOWN,
             )
+        first, _, identity = first.partition(_VERIFIED)
         workload, namespace, app, version = (
             (OVERFLOW,) * 4 if first == OVERFLOW else parse_peer(first)
         )
+        mtls, principal = "false", UNKNOWN
+        if identity:
+            mtls, principal = "true", identity
+            verified = Peer(principal=principal_of(identity)).namespace or UNKNOWN
+            if namespace != verified:
+                # The announcement (a header anyone can write) contradicts the certificate:
+                # keep only what the certificate proves.
+                workload = app = version = UNKNOWN
+                namespace = verified
         return (
             "destination",
             workload,
@@ -238,7 +258,8 @@ class RequestMetrics:
             self._version if self._version != UNKNOWN else "",
             code,
             flags or "-",
-            "false",
+            mtls,
+            principal,
         )
 
     def samples(self) -> Iterator[tuple[list[str], _Series]]:
@@ -335,7 +356,7 @@ def istio_labels(values: list[str]) -> list[str]:
         v["reporter"],
         v["source_workload"],
         v["source_namespace"],
-        UNKNOWN,  # principals come with mTLS
+        v["source_principal"],
         v["source_app"],
         v["source_version"],
         v["source_app"],

@@ -44,7 +44,12 @@ def namespace(kube: KubeCluster, request: pytest.FixtureRequest) -> Iterator[str
     kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-CRDS = ("virtualservices.lightmesh.io", "destinationrules.lightmesh.io")
+CRDS = (
+    "virtualservices.lightmesh.io",
+    "destinationrules.lightmesh.io",
+    "peerauthentications.lightmesh.io",
+    "authorizationpolicies.lightmesh.io",
+)
 
 
 @pytest.fixture(scope="session")

@@ -69,7 +69,10 @@ def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsPair]:
             pair.spawn(
                 a,
                 "frontend-sidecar",
-                sidecar(a, service="frontend", control_plane=f"{b.address}:15010"),
+                [
+                    *sidecar(a, service="frontend", control_plane=f"{b.address}:15010"),
+                    "--intercept",
+                ],
                 uid=PROXY_UID,
             )
             for ns in (a, b):
@@ -102,6 +105,18 @@ def test_apps_plain_connect_goes_through_the_sidecar(pods: NetnsPair) -> None:
     assert echo["peer"] == "127.0.0.1", echo
     assert echo["path"] == "/items"
     assert requests_total(a, "source") == before + 1
+
+
+def test_a_host_naming_no_service_goes_where_the_app_dialled(pods: NetnsPair) -> None:
+    """With --intercept the sidecar reads each connection's original destination: a Host it does
+    not know is not answered 404 (no route) but passed through to the address the app dialled."""
+    a, b = pods.a, pods.b
+    reply = a.http(f"http://{b.address}:{APP_PORT}/direct", host="not-a-service.example")
+    assert reply.status == 200, reply.body
+    echo = reply.json()
+    assert echo["path"] == "/direct"
+    # PassthroughCluster: straight from pod A's sidecar to catalog's app, not via its sidecar.
+    assert echo["peer"] == a.address, echo
 
 
 def test_inbound_reaches_the_app_only_through_the_inbound_listener(pods: NetnsPair) -> None:

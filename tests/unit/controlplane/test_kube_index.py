@@ -100,3 +100,38 @@ def test_services_carry_their_cluster_ips_except_headless() -> None:
     assert services["catalog.shop.svc.cluster.local"].addresses == ("10.0.0.12", "fd00::12")
     assert services["db.shop.svc.cluster.local"].addresses == ()
     assert services["old.shop.svc.cluster.local"].addresses == ("10.0.0.9",)
+
+
+def test_only_endpoints_of_injected_pods_count_as_sidecars() -> None:
+    index = KubeIndex()
+    index.replace("Service", [{"metadata": {"name": "catalog", "namespace": "shop"}}])
+    injected = {"lightmesh.io/status": "injected"}
+    index.replace("Pod", [
+        {"metadata": {"name": "c1", "namespace": "shop", "annotations": injected}},
+        {"metadata": {"name": "c2", "namespace": "shop"}},
+    ])  # fmt: skip
+    index.replace("EndpointSlice", [
+        endpoint_slice("a", "10.0.0.1", "c1", ready=True),
+        endpoint_slice("b", "10.0.0.2", "c2", ready=True),
+    ])  # fmt: skip
+    service = index.services()["catalog.shop.svc.cluster.local"]
+    assert [(e.address, e.sidecar) for e in service.endpoints] == [
+        ("10.0.0.1", True),
+        ("10.0.0.2", False),
+    ]
+
+
+def test_security_policies_are_watched_and_validated() -> None:
+    index = KubeIndex()
+    index.replace("PeerAuthentication", [
+        {"metadata": {"name": "strict", "namespace": "shop"}, "spec": {"mtls": {"mode": "STRICT"}}},
+    ])  # fmt: skip
+    index.replace("AuthorizationPolicy", [
+        {"metadata": {"name": "bad", "namespace": "shop"},
+         "spec": {"rules": [{"to": [{"operation": {"methods": ["FETCH"]}}]}]}},
+    ])  # fmt: skip
+    resources, problems = index.resources()
+    assert list(resources) == [ResourceKey("PeerAuthentication", "shop", "strict")]
+    assert "spec.rules[0].to[0].operation.methods[0]: 'FETCH' is not an HTTP method" in str(
+        problems[0]
+    )

@@ -35,10 +35,11 @@ def done(
     duration: float = 0.003,
     headers: list[tuple[bytes, bytes]] | None = None,
     response_bytes: int = 1024,
+    identity: str = "",
 ) -> Completed:
     head = RequestHead(
         method="GET", path="/items/1?x=2", host="catalog", http_version="1.1",
-        headers=headers or [], peer="127.0.0.9",
+        headers=headers or [], peer="127.0.0.9", peer_identity=identity,
     )  # fmt: skip
     return Completed(
         method="GET", host="catalog", cluster=cluster, status=status, flags=flags,
@@ -93,7 +94,7 @@ def test_source_labels_come_from_the_cluster_and_this_workload() -> None:
         "destination_namespace": "default", "destination_app": "catalog",
         "destination_version": "v2", "destination_service": "catalog.default.svc.cluster.local",
         "destination_subset": "v2", "response_code": "200", "response_flags": "-",
-        "mtls": "false",
+        "mtls": "false", "source_principal": "unknown",
     }  # fmt: skip
     buckets = {
         s_labels["le"]: value
@@ -121,6 +122,24 @@ def test_destination_labels_name_the_caller_from_the_peer_header() -> None:
         assert labels["destination_service"] == "catalog.default.svc.cluster.local"
         assert labels["destination_workload"] == "catalog-v2"
         assert labels["destination_subset"] == "v2"
+
+
+def test_a_verified_caller_sets_mtls_and_its_principal_and_wins_over_the_header() -> None:
+    metrics = destination()
+    frontend = "spiffe://cluster.local/ns/shop/sa/frontend"
+    announced = [(PEER_HEADER, peer_value("frontend", "shop", "frontend", "v1"))]
+    metrics.record(done(headers=announced, identity=frontend))
+    lying = [(PEER_HEADER, peer_value("admin", "kube-system", "admin", "v1"))]
+    metrics.record(done(headers=lying, identity=frontend))
+    rows = {
+        (labels["source_workload"], labels["source_namespace"], labels["mtls"]): labels
+        for labels, _ in scrape(metrics)["lightmesh_requests_total"]
+    }
+    assert set(rows) == {("frontend", "shop", "true"), ("unknown", "shop", "true")}
+    assert {labels["source_principal"] for labels in rows.values()} == {frontend}
+    istio = scrape(metrics, istio=True)["istio_requests_total"]
+    assert {labels["connection_security_policy"] for labels, _ in istio} == {"mutual_tls"}
+    assert {labels["source_principal"] for labels, _ in istio} == {frontend}
 
 
 def test_peer_values_are_validated() -> None:

@@ -1,0 +1,223 @@
+"""The proxy engine with mutual TLS, on both event loops: an outbound listener originating mTLS
+to an inbound listener that sniffs TLS from plaintext on one port, with real certificates of a
+real CA and real handshakes over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from controlplane.ca import CAMaterial, new_root
+from sidecar.config.apply import DataPlane
+from sidecar.identity.tls import MeshTLS
+from sidecar.proxy.decision import Completed, Forward, RequestHead
+from sidecar.proxy.engine import EngineSettings, ProxyListener, start_proxy
+from sidecar.router import InboundRouter
+from tests.component.test_tls_contexts import issue
+from tests.support.servers import serving
+
+SNI = "catalog.shop.svc.cluster.local"
+BOUND = 10.0  # seconds: a hang fails the test instead of blocking it
+
+
+def _ignore(_: Completed) -> None:
+    pass
+
+
+@dataclass
+class Pair:
+    outbound: ProxyListener
+    inbound: ProxyListener
+    client: MeshTLS
+    server: MeshTLS
+    mode: list[str]
+    material: CAMaterial
+    tmp: Path
+
+
+async def _echo(request: web.Request) -> web.Response:
+    return web.json_response({"xfcc": request.headers.get("x-forwarded-client-cert", "")})
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    material = new_root("cluster.local", now=datetime.datetime.now(datetime.UTC))
+    client, server = MeshTLS(), MeshTLS()
+    client.rotated(issue(material, tmp_path / "frontend", "frontend"))
+    server.rotated(issue(material, tmp_path / "catalog", "catalog"))
+    mode = ["PERMISSIVE"]
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", _echo)
+    async with serving(app) as app_port:
+        router = InboundRouter(
+            app_host="127.0.0.1",
+            app_port=app_port,
+            dataplane=DataPlane(),
+            own_identity=lambda: server.identity,
+        )
+        settings = EngineSettings(idle_timeout=0.3, head_timeout=0.3)
+        inbound = await start_proxy(
+            "127.0.0.1",
+            0,
+            resolver=router.resolve,
+            recorder=_ignore,
+            listener="inbound",
+            settings=settings,
+            inbound_tls=server,
+            mtls_mode=lambda: mode[0],
+        )
+        target = Forward(address="127.0.0.1", port=inbound.port, cluster="c", tls_server_name=SNI)
+
+        def resolve(head: RequestHead) -> Forward:
+            return target
+
+        outbound = await start_proxy(
+            "127.0.0.1",
+            0,
+            resolver=resolve,
+            recorder=_ignore,
+            listener="outbound",
+            client_tls=lambda: client.client,
+        )
+        yield Pair(outbound, inbound, client, server, mode, material, tmp_path)
+        await outbound.close(drain_timeout=1.0)
+        await inbound.close(drain_timeout=1.0)
+
+
+async def get(port: int, path: str = "/", *, keep: asyncio.StreamWriter | None = None) -> bytes:
+    """One request on a fresh connection: the raw response (b"" if the connection was closed)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: catalog\r\nConnection: close\r\n\r\n".encode())
+        return await asyncio.wait_for(reader.read(), BOUND)
+    except ConnectionResetError:
+        return b""
+    finally:
+        writer.close()
+
+
+class KeepAlive:
+    """A client connection that sends requests one after another."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> KeepAlive:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def get(self, path: str = "/") -> tuple[int, dict[str, str]]:
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: catalog\r\n\r\n".encode())
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), BOUND)
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        body = await asyncio.wait_for(self.reader.readexactly(length), BOUND)
+        return status, json.loads(body)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def test_one_handshake_serves_many_requests_and_the_app_sees_the_caller(pair: Pair) -> None:
+    client = await KeepAlive.open(pair.outbound.port)
+    try:
+        for _ in range(20):
+            status, body = await client.get("/items")
+            assert status == 200
+            assert body["xfcc"] == (
+                "By=spiffe://cluster.local/ns/shop/sa/catalog;"
+                "URI=spiffe://cluster.local/ns/shop/sa/frontend"
+            )
+    finally:
+        client.close()
+    assert pair.server.handshakes == 1
+
+
+async def test_after_a_rotation_new_connections_present_the_new_certificate(pair: Pair) -> None:
+    first = await KeepAlive.open(pair.outbound.port)
+    second = await KeepAlive.open(pair.outbound.port)
+    try:
+        assert (await first.get())[0] == 200  # one pooled upstream connection, old certificate
+        pair.client.rotated(issue(pair.material, pair.tmp / "frontend-2", "frontend-v2"))
+        # Two requests at once: one reuses the pooled connection, the other needs a new one.
+        results = await asyncio.gather(first.get(), second.get())
+    finally:
+        first.close()
+        second.close()
+    callers = sorted(body["xfcc"].rpartition("/sa/")[2] for _, body in results)
+    assert callers == ["frontend", "frontend-v2"]
+    assert pair.server.handshakes == 2
+
+
+async def test_strict_closes_plaintext_permissive_serves_it(pair: Pair) -> None:
+    assert (await get(pair.inbound.port)).startswith(b"HTTP/1.1 200")
+    pair.mode[0] = "STRICT"
+    assert await get(pair.inbound.port) == b""
+    assert pair.server.refused_plaintext == 1
+    client = await KeepAlive.open(pair.outbound.port)
+    try:
+        assert (await client.get())[0] == 200  # mTLS is still served
+    finally:
+        client.close()
+
+
+async def test_disable_serves_plaintext_only(pair: Pair) -> None:
+    pair.mode[0] = "DISABLE"
+    # TLS is not terminated: the ClientHello reaches the HTTP parser, the outbound side sees its
+    # handshake fail (503), and plaintext is served.
+    assert (await get(pair.outbound.port)).startswith(b"HTTP/1.1 503")
+    assert (await get(pair.inbound.port)).startswith(b"HTTP/1.1 200")
+    assert pair.server.handshakes == 0
+
+
+async def test_a_foreign_ca_is_refused_at_the_handshake(pair: Pair) -> None:
+    other = new_root("cluster.local", now=datetime.datetime.now(datetime.UTC))
+    pair.client.set_roots(pair.material.cert_pem.decode())  # it still trusts the server
+    pair.client.rotated(issue(other, pair.tmp / "forged", "frontend"))
+    assert (await get(pair.outbound.port)).startswith(b"HTTP/1.1 503")
+    assert pair.server.failed_handshakes >= 1
+    assert pair.server.handshakes == 0
+
+
+async def test_silent_and_stalled_connections_are_closed_by_the_sweeper(pair: Pair) -> None:
+    silent_reader, silent = await asyncio.open_connection("127.0.0.1", pair.inbound.port)
+    stalled_reader, stalled = await asyncio.open_connection("127.0.0.1", pair.inbound.port)
+    stalled.write(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello, never finished
+    try:
+        # Each is closed by the listener (idle timeout, handshake within the head timeout).
+        assert await asyncio.wait_for(silent_reader.read(), BOUND) == b""
+        assert await asyncio.wait_for(stalled_reader.read(), BOUND) == b""
+    finally:
+        silent.close()
+        stalled.close()
+
+
+async def test_a_pushed_bundle_with_a_second_root_admits_its_certificates(pair: Pair) -> None:
+    """Root rotation: once both roots are in the pushed bundle, certificates of the new root are
+    trusted on both sides, beside those of the old one."""
+    new = new_root("cluster.local", now=datetime.datetime.now(datetime.UTC))
+    both = pair.material.cert_pem.decode() + new.cert_pem.decode()
+    pair.client.set_roots(both)
+    pair.client.rotated(issue(new, pair.tmp / "frontend-new-root", "frontend"))
+    assert (await get(pair.outbound.port)).startswith(b"HTTP/1.1 503")  # server: unknown root
+    pair.server.set_roots(both)
+    assert (await get(pair.outbound.port)).startswith(b"HTTP/1.1 200")
+    pair.server.rotated(issue(new, pair.tmp / "catalog-new-root", "catalog"))
+    client = await KeepAlive.open(pair.outbound.port)
+    try:
+        status, body = await client.get()
+    finally:
+        client.close()
+    assert status == 200
+    assert body["xfcc"].endswith("URI=spiffe://cluster.local/ns/shop/sa/frontend")
