@@ -133,6 +133,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     api = _kube_api_client(settings) if settings.kubeconfig or settings.in_cluster else None
     ca, authenticator = _identity(settings, api)
     store.set_trust_bundle(ca.root_pem.decode("ascii"))  # sidecars verify peers against it
+    store.set_trust_domain(ca.trust_domain)
     server = grpc.aio.server()
     discovery_pb2_grpc.add_CertificateServiceServicer_to_server(
         CertificateService(

@@ -177,6 +177,11 @@ class SignedCertificate:
     not_after: datetime.datetime
 
 
+def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
+    """The SPIFFE ID of workloads running as `service_account` in `namespace`."""
+    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
+
+
 class CertificateAuthority:
     """Signs workload CSRs and server certificates with the mesh's CA."""
 
@@ -214,7 +219,7 @@ class CertificateAuthority:
 
     def spiffe_id(self, namespace: str, service_account: str) -> str:
         """The identity of a workload of this trust domain."""
-        return f"spiffe://{self.trust_domain}/ns/{namespace}/sa/{service_account}"
+        return spiffe_id(self.trust_domain, namespace, service_account)
 
     def sign_csr(
         self, csr_pem: bytes, *, spiffe_id: str, ttl: datetime.timedelta = DEFAULT_WORKLOAD_TTL

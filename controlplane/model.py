@@ -200,6 +200,8 @@ class ServiceEndpoint:
     labels: tuple[tuple[str, str], ...] = ()
     # Whether a sidecar answers at address:port (it can terminate mutual TLS).
     sidecar: bool = True
+    # The Kubernetes service account the instance runs as (its SPIFFE ID's `sa`); "" if unknown.
+    service_account: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,6 +24,7 @@ class Registration:
     address: str
     port: int
     labels: tuple[tuple[str, str], ...] = ()
+    service_account: str = "default"
 
 
 @dataclass(slots=True)
@@ -61,6 +62,7 @@ class LocalRegistry:
                 address=item["address"],
                 port=int(item["port"]),
                 labels=tuple(sorted(item.get("labels", {}).items())),
+                service_account=item.get("service_account", "default"),
             )
             entry = self._entries.setdefault(reg.node_id, _Entry((), now + self._grace))
             if entry.expires_at is not None:
@@ -88,6 +90,7 @@ class LocalRegistry:
                 "address": r.address,
                 "port": r.port,
                 "labels": dict(r.labels),
+                "service_account": r.service_account,
             }
             for node in sorted(self._entries)
             for r in self._entries[node].registrations
@@ -100,7 +103,11 @@ class LocalRegistry:
             for reg in self._entries[node].registrations:
                 endpoints.setdefault((reg.service, reg.namespace), []).append(
                     ServiceEndpoint(
-                        address=reg.address, port=reg.port, workload=reg.workload, labels=reg.labels
+                        address=reg.address,
+                        port=reg.port,
+                        workload=reg.workload,
+                        labels=reg.labels,
+                        service_account=reg.service_account,
                     )
                 )
         services = {}

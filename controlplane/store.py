@@ -26,6 +26,7 @@ class Store:
         self._services: dict[str, Mapping[str, Service]] = {}
         self._revision = 0
         self._trust_bundle = ""
+        self._trust_domain = "cluster.local"
         self._world = World()
         self._listeners: list[Listener] = []
 
@@ -62,6 +63,12 @@ class Store:
         """Current problems of every source."""
         return [p for problems in self._problems.values() for p in problems]
 
+    def set_trust_domain(self, domain: str) -> None:
+        """The CA's trust domain (the SPIFFE IDs sidecars expect of their upstreams)."""
+        if domain != self._trust_domain:
+            self._trust_domain = domain
+            self._changed()
+
     def set_trust_bundle(self, pem: str) -> None:
         """The CA's trust roots, sent to every sidecar (both roots while one is rotated out)."""
         if pem != self._trust_bundle:
@@ -90,6 +97,7 @@ class Store:
                 ),
                 services=services,
                 trust_bundle=self._trust_bundle,
+                trust_domain=self._trust_domain,
             )
         return self._world
 

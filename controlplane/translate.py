@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
+from controlplane.ca import spiffe_id
 from controlplane.model import (
     HeaderOps,
     HTTPMatch,
@@ -56,11 +57,13 @@ def translate(world: World, node: NodeInfo) -> ProxyConfig:
         service = world.services[host]
         rule = rules.get(host)
         meshed = all(e.sidecar for e in service.endpoints)
-        clusters.append(_cluster(host, "", rule.policy if rule else TrafficPolicy(), meshed))
+        whole = _identities(world.trust_domain, service, ())
+        clusters.append(_cluster(host, "", rule.policy if rule else TrafficPolicy(), meshed, whole))
         assignments.append(_assignment(cluster_name(host), service, ()))
         for subset in rule.subsets if rule else ():
             policy = _merge(subset.policy, rule.policy if rule else TrafficPolicy())
-            clusters.append(_cluster(host, subset.name, policy, meshed))
+            identities = _identities(world.trust_domain, service, subset.labels)
+            clusters.append(_cluster(host, subset.name, policy, meshed, identities))
             assignments.append(_assignment(cluster_name(host, subset.name), service, subset.labels))
     return {
         types.CLUSTER: clusters,
@@ -142,7 +145,23 @@ def _ms(seconds: float | None) -> int:
     return round(seconds * 1000) if seconds else 0
 
 
-def _cluster(host: str, subset: str, policy: TrafficPolicy, meshed: bool) -> pb.Cluster:
+def _identities(
+    trust_domain: str, service: Service, selector: tuple[tuple[str, str], ...]
+) -> list[str]:
+    """Secure naming: the SPIFFE IDs of the service accounts the cluster's endpoints run as
+    (endpoints whose account is unknown add none; an empty list lets the sidecar accept any)."""
+    return sorted(
+        {
+            spiffe_id(trust_domain, service.namespace, e.service_account)
+            for e in service.endpoints
+            if e.service_account and set(selector) <= set(e.labels)
+        }
+    )
+
+
+def _cluster(
+    host: str, subset: str, policy: TrafficPolicy, meshed: bool, identities: list[str]
+) -> pb.Cluster:
     # Mutual TLS unless the DestinationRule disables it or some endpoint has no sidecar to
     # terminate it (Istio's auto mTLS).
     mode = policy.tls_mode or ("MESH_MUTUAL" if meshed else "DISABLE")
@@ -157,6 +176,7 @@ def _cluster(host: str, subset: str, policy: TrafficPolicy, meshed: bool) -> pb.
         max_requests_per_connection=policy.max_requests_per_connection or 0,
         idle_timeout_ms=_ms(policy.idle_timeout),
         tls=pb.MESH_MUTUAL if mode == "MESH_MUTUAL" else pb.TLS_DISABLE,
+        tls_identities=identities if mode == "MESH_MUTUAL" else [],
     )
     if policy.consistent_hash is not None:
         ch = policy.consistent_hash

@@ -21,6 +21,8 @@ class World:
     authorization_policies: tuple[AuthorizationPolicy, ...] = ()
     # PEM of the trust roots sidecars verify peers with (two during a root rotation).
     trust_bundle: str = ""
+    # The CA's trust domain: the host of the SPIFFE IDs it issues (for secure naming).
+    trust_domain: str = "cluster.local"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

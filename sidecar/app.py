@@ -138,6 +138,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             clusters=lambda: dataplane.clusters,
             mirrors=outbound.mirrors,
             connections_opened=outbound.connections_opened,
+            wrong_identity=outbound.wrong_identity,
         )
     )
     draining = False

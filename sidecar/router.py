@@ -104,6 +104,7 @@ class OutboundRouter:
             max_requests_per_connection=cluster.max_requests_per_connection,
             idle_timeout=cluster.idle_timeout,
             tls_server_name=cluster.tls_server_name,
+            tls_identities=cluster.tls_identities,
         )
 
     def _chance(self, percent: float) -> bool:
@@ -126,6 +127,7 @@ class OutboundRouter:
             timeout=route.timeout,
             connect_timeout=cluster.connect_timeout,
             tls_server_name=cluster.tls_server_name,
+            tls_identities=cluster.tls_identities,
         )
 
     def retry_target(self, target: Forward, *, tried: Sequence[str], now: float) -> Forward | None:

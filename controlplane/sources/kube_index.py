@@ -202,6 +202,12 @@ class KubeIndex:
                         workload=ref.get("name", ""),
                         labels=tuple(sorted(pod_labels.items())),
                         sidecar=annotations.get(INJECTED_ANNOTATION) == "injected",
+                        # Kubernetes runs a pod without serviceAccountName as "default".
+                        service_account=(
+                            ((pod or {}).get("spec") or {}).get("serviceAccountName") or "default"
+                            if pod is not None
+                            else ""
+                        ),
                     )
                 )
         services = {}

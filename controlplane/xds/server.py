@@ -51,6 +51,7 @@ def registrations(node: pb.Node) -> tuple[Registration, ...]:
             address=r.address,
             port=r.port,
             labels=tuple(sorted(node.labels.items())),
+            service_account=node.service_account or "default",
         )
         for r in node.registrations
     )

@@ -32,6 +32,8 @@ class Cluster:
         self.idle_timeout = config.idle_timeout_ms / 1000 if config.idle_timeout_ms else None
         # Non-empty: originate mutual TLS, with the service FQDN as SNI.
         self.tls_server_name = config.service if config.tls == pb.MESH_MUTUAL else ""
+        # Secure naming: who the endpoints may be (see Forward.tls_identities).
+        self.tls_identities = frozenset(config.tls_identities)
         self.hash = pb.ConsistentHash()
         self.hash.CopyFrom(config.hash)
         self._rng = rng

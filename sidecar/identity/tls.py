@@ -54,6 +54,13 @@ def peer_identity(ssl_object: Any) -> str:
     return ""
 
 
+def named_securely(identity: str, expected: frozenset[str]) -> bool:
+    """Secure naming: whether a server presenting `identity` (its verified SPIFFE ID) may serve a
+    cluster whose endpoints run as `expected`. An empty set (the control plane knows no service
+    account for the cluster) admits any identity the trust bundle vouches for."""
+    return not expected or identity in expected
+
+
 @dataclass(frozen=True, slots=True)
 class TLSContexts:
     """The contexts of one certificate generation."""

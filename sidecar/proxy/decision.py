@@ -73,6 +73,9 @@ class Forward:
     idle_timeout: float | None = None
     # Non-empty: connect with mutual TLS (the sidecar's current certificate), this as SNI.
     tls_server_name: str = ""
+    # Secure naming: the SPIFFE IDs the cluster's endpoints run as; a mutual-TLS server presenting
+    # another is refused (connect failure). Empty: any identity the trust bundle vouches for.
+    tls_identities: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -131,6 +134,8 @@ class Completed:
     start_time: float = 0.0
     # Upstream attempts made (1 + retries); 0 for local replies.
     attempts: int = 0
+    # Whether the last upstream connection used was mutual TLS (source-side `mtls` label).
+    upstream_tls: bool = False
 
 
 Recorder = Callable[[Completed], None]

@@ -88,6 +88,11 @@ class ProxyListener:
         return self._state.connections_opened
 
     @property
+    def wrong_identity(self) -> dict[str, int]:
+        """Upstream connections refused by secure naming, per service (for metrics)."""
+        return self._state.pool.wrong_identity
+
+    @property
     def draining(self) -> bool:
         """Whether `close` has begun."""
         return self._state.draining

@@ -154,6 +154,7 @@ class Exchange:
         "unsent",
         "unsent_bytes",
         "upstream_keep_alive",
+        "upstream_tls",
     )
 
     def __init__(
@@ -186,6 +187,7 @@ class Exchange:
         self.unsent_bytes = 0
         # Retries and the route's other actions (see the module docstring).
         self.attempts = 0  # attempts started
+        self.upstream_tls = False  # the last bound upstream connection was mutual TLS
         self.attempt_started = self.started
         self.try_timer: asyncio.TimerHandle | None = None  # perTryTimeout of the current attempt
         self.backoff: asyncio.TimerHandle | None = None  # the wait before the next attempt
@@ -362,7 +364,8 @@ class Exchange:
         head = self.head
         if mirror is None or head is None or self.replay is None or self.failure is not None:
             return
-        self.state.mirrors.send(mirror, head, self.start.framing, bytes(self.replay))
+        state = self.state
+        state.mirrors.send(mirror, head, self.start.framing, bytes(self.replay), pool=state.pool)
 
     def send_body(self, piece: bytes) -> None:
         """Body bytes as they go on the wire: to the current connection, or held until one."""
@@ -738,6 +741,7 @@ class Exchange:
                 head=self.head,
                 start_time=self.start_time,
                 attempts=self.attempts,
+                upstream_tls=self.upstream_tls,
             )
         )
         if self.status != 101:
@@ -786,6 +790,7 @@ class Attempt:
                 target.port,
                 connect_timeout=target.connect_timeout,
                 tls_server_name=target.tls_server_name,
+                identities=target.tls_identities,
             )
         except UpstreamConnectFailure as exc:
             self.connecting = None
@@ -806,6 +811,7 @@ class Attempt:
         conn.owner = self
         conn.requests += 1
         exchange = self.exchange
+        exchange.upstream_tls = conn.tls
         method = exchange.start.method
         parser = conn.parser
         if parser is None or not parser.reset(method):

@@ -9,17 +9,23 @@ pool's `idle_timeout` unless `release` was given one).
 Connections are pooled per (address, port, TLS server name): a mutual-TLS connection (server name
 non-empty) is handshaken once and reused like a plain one. The client context is read from
 `client_tls` when a connection opens, so after a certificate rotation new connections present the
-new certificate while pooled ones keep theirs until they expire.
+new certificate while pooled ones keep theirs until they expire. After the handshake the server's
+verified SPIFFE ID must be one of those the control plane says the cluster's endpoints run as
+(secure naming); otherwise the connection is dropped as a connect failure (503 UF) and counted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Callable
 from typing import Protocol, cast
 
+from sidecar.identity.tls import named_securely, peer_identity
 from sidecar.proxy.http1 import ResponseParser
+
+logger = logging.getLogger(__name__)
 
 # (address, port, TLS server name): "" for plaintext connections.
 PoolKey = tuple[str, int, str]
@@ -36,6 +42,10 @@ class UpstreamConnectFailure(UpstreamError):
     """Connecting to the endpoint failed (refused, unreachable, connect timeout)."""
 
     flags = "UF"
+
+
+class UpstreamWrongIdentity(UpstreamConnectFailure):
+    """Secure naming: the server's verified SPIFFE ID is not one its cluster's endpoints run as."""
 
 
 class UpstreamReset(UpstreamError):
@@ -88,6 +98,7 @@ class UpstreamConnection(asyncio.Protocol):
         "reading_paused",
         "requests",
         "reused",
+        "tls",
         "transport",
         "write_paused",
     )
@@ -104,6 +115,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False  # EOF, reset or close seen: never reuse
         self.reading_paused = False
         self.write_paused = False
+        self.tls = False  # mutual TLS (set by ConnectionPool.connect after the handshake)
 
     # --- asyncio.Protocol ---
 
@@ -192,6 +204,8 @@ class ConnectionPool:
         self._client_tls = client_tls
         self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
         self._open: set[UpstreamConnection] = set()
+        # Connections refused by secure naming, per TLS server name (the service FQDN).
+        self.wrong_identity: dict[str, int] = {}
 
     def take_idle(self, key: PoolKey) -> UpstreamConnection | None:
         """The most recently released healthy connection to `key`, or None."""
@@ -208,10 +222,17 @@ class ConnectionPool:
         return None
 
     async def connect(
-        self, address: str, port: int, *, connect_timeout: float, tls_server_name: str = ""
+        self,
+        address: str,
+        port: int,
+        *,
+        connect_timeout: float,
+        tls_server_name: str = "",
+        identities: frozenset[str] = frozenset(),
     ) -> UpstreamConnection:
         """A new connection (mutual TLS when `tls_server_name` is set and we have a
-        certificate); raises UpstreamConnectFailure, also for a failed handshake."""
+        certificate); raises UpstreamConnectFailure, also for a failed handshake, and
+        UpstreamWrongIdentity when the server's SPIFFE ID is not in `identities` (if any)."""
         key = (address, port, tls_server_name)
         loop = asyncio.get_running_loop()
         context = self._client_tls() if tls_server_name else None
@@ -234,6 +255,27 @@ class ConnectionPool:
                     )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             raise UpstreamConnectFailure(f"connect {address}:{port}: {exc!r}") from exc
+        if context is not None:
+            transport = conn.transport
+            identity = peer_identity(transport.get_extra_info("ssl_object") if transport else None)
+            if not named_securely(identity, identities):
+                conn.abort()
+                self.wrong_identity[tls_server_name] = (
+                    self.wrong_identity.get(tls_server_name, 0) + 1
+                )
+                logger.warning(
+                    "upstream %s:%d presented %r, not an identity of %s",
+                    address,
+                    port,
+                    identity,
+                    tls_server_name,
+                    extra={"event": "secure_naming_refused", "peer_identity": identity},
+                )
+                raise UpstreamWrongIdentity(
+                    f"connect {address}:{port}: server identity {identity!r} is not one of "
+                    f"{tls_server_name}'s ({', '.join(sorted(identities))})"
+                )
+            conn.tls = True
         self._open.add(conn)
         return conn
 
@@ -245,6 +287,7 @@ class ConnectionPool:
         connect_timeout: float,
         fresh: bool = False,
         tls_server_name: str = "",
+        identities: frozenset[str] = frozenset(),
     ) -> UpstreamConnection:
         """An idle connection if one is healthy (unless `fresh`), else a new one."""
         if not fresh:
@@ -252,7 +295,11 @@ class ConnectionPool:
             if conn is not None:
                 return conn
         return await self.connect(
-            address, port, connect_timeout=connect_timeout, tls_server_name=tls_server_name
+            address,
+            port,
+            connect_timeout=connect_timeout,
+            tls_server_name=tls_server_name,
+            identities=identities,
         )
 
     def release(self, conn: UpstreamConnection, *, idle_timeout: float | None = None) -> None:

@@ -81,7 +81,8 @@ ISTIO_LABELS = (
 )
 
 UNKNOWN = "unknown"
-# Separates the peer announcement from the verified SPIFFE ID in a destination series key.
+# Separates the peer announcement from the verified SPIFFE ID in a destination series key; ends
+# the cluster of a source series key whose upstream connection was mutual TLS.
 _VERIFIED = "\x00"
 OVERFLOW = "overflow"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -174,7 +175,10 @@ class RequestMetrics:
     def record(self, done: Completed) -> None:
         """Add one completed request."""
         if self._reporter == "source":
-            key = (done.cluster, done.status, done.flags)
+            # The upstream connection's mutual TLS rides in the key as a suffix: a bool copied
+            # from the connection, no lookup.
+            first = f"{done.cluster}{_VERIFIED}" if done.upstream_tls else done.cluster
+            key = (first, done.status, done.flags)
         else:
             head = done.head
             peer = head.header(PEER_HEADER) if head is not None else None
@@ -210,6 +214,7 @@ class RequestMetrics:
         first, status, flags = key
         code = str(status) if status else OVERFLOW
         if self._reporter == "source":
+            first, tls, _ = first.partition(_VERIFIED)
             service, subset = split_cluster(first)
             if first == OVERFLOW:
                 service = subset = OVERFLOW
@@ -228,7 +233,7 @@ class RequestMetrics:
                 subset,
                 code,
                 flags or "-",
-                "false",
+                "true" if tls else "false",
                 UNKNOWN,
             )
         first, _, identity = first.partition(_VERIFIED)

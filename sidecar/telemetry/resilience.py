@@ -28,10 +28,12 @@ class ResilienceCollector(Collector):
         clusters: Callable[[], Mapping[str, Cluster]],
         mirrors: Mirrors | None = None,
         connections_opened: Mapping[str, int] | None = None,
+        wrong_identity: Mapping[str, int] | None = None,
     ) -> None:
         self._clusters = clusters
         self._mirrors = mirrors
         self._opened = connections_opened
+        self._wrong_identity = wrong_identity
 
     def collect(self) -> Iterator[Metric]:
         """Metric families for the Prometheus registry."""
@@ -78,6 +80,16 @@ class ResilienceCollector(Collector):
                 labels = [known.service or name, known.subset] if known is not None else [name, ""]
                 opened.add_metric(labels, count)
             yield opened
+        if self._wrong_identity is not None:
+            refused = CounterMetricFamily(
+                "lightmesh_upstream_secure_naming_refused",
+                "Upstream mutual-TLS connections dropped after the handshake because the server's "
+                "SPIFFE ID is not one the service's endpoints run as (response flag UF).",
+                labels=["destination_service"],
+            )
+            for service, count in list(self._wrong_identity.items()):
+                refused.add_metric([service], count)
+            yield refused
         mirrors = self._mirrors
         if mirrors is not None:
             copies = CounterMetricFamily(
