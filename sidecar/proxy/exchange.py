@@ -770,7 +770,7 @@ class Attempt:
             None
             if self.retry
             else self.exchange.state.pool.take_idle(
-                (target.address, target.port, target.tls_server_name)
+                (target.address, target.port, target.tls_server_name), target.tls_identities
             )
         )
         if conn is not None:

@@ -95,6 +95,7 @@ class UpstreamConnection(asyncio.Protocol):
         "key",
         "owner",
         "parser",
+        "peer",
         "reading_paused",
         "requests",
         "reused",
@@ -116,6 +117,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reading_paused = False
         self.write_paused = False
         self.tls = False  # mutual TLS (set by ConnectionPool.connect after the handshake)
+        self.peer = ""  # the server's verified SPIFFE ID (mutual TLS)
 
     # --- asyncio.Protocol ---
 
@@ -207,15 +209,22 @@ class ConnectionPool:
         # Connections refused by secure naming, per TLS server name (the service FQDN).
         self.wrong_identity: dict[str, int] = {}
 
-    def take_idle(self, key: PoolKey) -> UpstreamConnection | None:
-        """The most recently released healthy connection to `key`, or None."""
+    def take_idle(
+        self, key: PoolKey, identities: frozenset[str] = frozenset()
+    ) -> UpstreamConnection | None:
+        """The most recently released healthy connection to `key`, or None. One whose server is
+        no longer named securely (the cluster's `identities` changed) is closed instead."""
         stack = self._idle.get(key)
         if not stack:
             return None
         now = self._clock()
         while stack:
             conn = stack.pop()
-            if conn.usable() and now - conn.idle_since < conn.idle_limit:
+            if (
+                conn.usable()
+                and now - conn.idle_since < conn.idle_limit
+                and (not conn.tls or named_securely(conn.peer, identities))
+            ):
                 conn.reused = True
                 return conn
             self.discard(conn)
@@ -276,6 +285,7 @@ class ConnectionPool:
                     f"{tls_server_name}'s ({', '.join(sorted(identities))})"
                 )
             conn.tls = True
+            conn.peer = identity
         self._open.add(conn)
         return conn
 
@@ -291,7 +301,7 @@ class ConnectionPool:
     ) -> UpstreamConnection:
         """An idle connection if one is healthy (unless `fresh`), else a new one."""
         if not fresh:
-            conn = self.take_idle((address, port, tls_server_name))
+            conn = self.take_idle((address, port, tls_server_name), identities)
             if conn is not None:
                 return conn
         return await self.connect(

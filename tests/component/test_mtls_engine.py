@@ -8,7 +8,7 @@ import asyncio
 import datetime
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -40,6 +40,9 @@ class Pair:
     mode: list[str]
     material: CAMaterial
     tmp: Path
+    # What the outbound resolver answers (tests may replace it) and what it recorded.
+    target: list[Forward]
+    completed: list[Completed]
 
 
 async def _echo(request: web.Request) -> web.Response:
@@ -73,20 +76,21 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
             inbound_tls=server,
             mtls_mode=lambda: mode[0],
         )
-        target = Forward(address="127.0.0.1", port=inbound.port, cluster="c", tls_server_name=SNI)
+        target = [Forward(address="127.0.0.1", port=inbound.port, cluster="c", tls_server_name=SNI)]
+        completed: list[Completed] = []
 
         def resolve(head: RequestHead) -> Forward:
-            return target
+            return target[0]
 
         outbound = await start_proxy(
             "127.0.0.1",
             0,
             resolver=resolve,
-            recorder=_ignore,
+            recorder=completed.append,
             listener="outbound",
             client_tls=lambda: client.client,
         )
-        yield Pair(outbound, inbound, client, server, mode, material, tmp_path)
+        yield Pair(outbound, inbound, client, server, mode, material, tmp_path, target, completed)
         await outbound.close(drain_timeout=1.0)
         await inbound.close(drain_timeout=1.0)
 
@@ -221,3 +225,65 @@ async def test_a_pushed_bundle_with_a_second_root_admits_its_certificates(pair: 
         client.close()
     assert status == 200
     assert body["xfcc"].endswith("URI=spiffe://cluster.local/ns/shop/sa/frontend")
+
+
+CATALOG_ID = "spiffe://cluster.local/ns/shop/sa/catalog"
+
+
+async def test_the_source_side_record_says_whether_the_upstream_connection_was_mtls(
+    pair: Pair,
+) -> None:
+    client = await KeepAlive.open(pair.outbound.port)
+    try:
+        assert (await client.get())[0] == 200  # a new connection
+        assert (await client.get())[0] == 200  # the pooled one
+    finally:
+        client.close()
+    assert [c.upstream_tls for c in pair.completed] == [True, True]
+    pair.target[0] = replace(pair.target[0], tls_server_name="")  # plaintext (PERMISSIVE)
+    assert (await get(pair.outbound.port)).startswith(b"HTTP/1.1 200")
+    assert pair.completed[-1].upstream_tls is False
+
+
+async def test_secure_naming_admits_the_expected_identity_and_refuses_another(
+    pair: Pair,
+) -> None:
+    base = pair.target[0]
+    pair.target[0] = replace(base, tls_identities=frozenset({CATALOG_ID, CATALOG_ID + "-v2"}))
+    assert (await get(pair.outbound.port)).startswith(b"HTTP/1.1 200")
+    # The server's certificate is valid (same CA) but names the wrong service account.
+    pair.target[0] = replace(
+        base, tls_identities=frozenset({"spiffe://cluster.local/ns/shop/sa/payments"})
+    )
+    assert (await get(pair.outbound.port)).startswith(b"HTTP/1.1 503")
+    assert pair.completed[-1].flags == "UF"
+    assert pair.outbound.wrong_identity == {SNI: 1}
+
+
+async def test_a_mirror_copy_goes_over_mtls_to_a_strict_shadow(pair: Pair) -> None:
+    pair.mode[0] = "STRICT"  # plaintext copies would be refused
+    mirror = replace(pair.target[0], cluster="shadow")
+    pair.target[0] = replace(pair.target[0], mirror=mirror)
+    assert (await get(pair.outbound.port)).startswith(b"HTTP/1.1 200")
+    mirrors = pair.outbound.mirrors
+    for _ in range(200):  # bounded: the copy finishes on its own task
+        if not mirrors.tasks:
+            break
+        await asyncio.sleep(0.02)
+    assert (mirrors.sent, mirrors.failed) == (1, 0)
+    assert pair.server.handshakes == 2  # the original's connection and the copy's
+    assert pair.server.refused_plaintext == 0
+
+
+async def test_a_mirror_copy_to_a_wrong_identity_fails_and_is_counted(pair: Pair) -> None:
+    wrong = frozenset({"spiffe://cluster.local/ns/shop/sa/payments"})
+    mirror = replace(pair.target[0], cluster="shadow", tls_identities=wrong)
+    pair.target[0] = replace(pair.target[0], mirror=mirror)
+    assert (await get(pair.outbound.port)).startswith(b"HTTP/1.1 200")  # the original is served
+    mirrors = pair.outbound.mirrors
+    for _ in range(200):
+        if not mirrors.tasks:
+            break
+        await asyncio.sleep(0.02)
+    assert (mirrors.sent, mirrors.failed) == (1, 1)
+    assert pair.outbound.wrong_identity == {SNI: 1}

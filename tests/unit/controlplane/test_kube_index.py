@@ -135,3 +135,23 @@ def test_security_policies_are_watched_and_validated() -> None:
     assert "spec.rules[0].to[0].operation.methods[0]: 'FETCH' is not an HTTP method" in str(
         problems[0]
     )
+
+
+def test_endpoints_carry_their_pods_service_account() -> None:
+    index = KubeIndex()
+    index.replace("Service", [{"metadata": {"name": "catalog", "namespace": "shop"}}])
+    index.replace("Pod", [
+        {"metadata": {"name": "c1", "namespace": "shop"}, "spec": {"serviceAccountName": "catalog"}},
+        {"metadata": {"name": "c2", "namespace": "shop"}, "spec": {}},
+    ])  # fmt: skip
+    index.replace("EndpointSlice", [
+        endpoint_slice("a", "10.0.0.1", "c1", ready=True),
+        endpoint_slice("b", "10.0.0.2", "c2", ready=True),
+        endpoint_slice("c", "10.0.0.3", "c3", ready=True),  # its Pod is not indexed yet
+    ])  # fmt: skip
+    service = index.services()["catalog.shop.svc.cluster.local"]
+    assert [(e.address, e.service_account) for e in service.endpoints] == [
+        ("10.0.0.1", "catalog"),
+        ("10.0.0.2", "default"),  # what Kubernetes runs a pod without one as
+        ("10.0.0.3", ""),
+    ]

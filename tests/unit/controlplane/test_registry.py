@@ -1,5 +1,7 @@
 """The local registry: registrations, persistence and expiry of restored entries."""
 
+from dataclasses import replace
+
 from controlplane.registry import LocalRegistry, Registration
 
 
@@ -39,3 +41,17 @@ def test_restored_entries_expire_unless_their_sidecar_reconnects() -> None:
     assert [e.port for e in registry.services()["catalog.default.svc.cluster.local"].endpoints] == [
         1
     ]
+
+
+def test_endpoints_keep_their_sidecars_service_account_across_a_restore() -> None:
+    old = LocalRegistry()
+    old.connect("a", (replace(reg("a", 1), service_account="catalog"),))
+    registry = LocalRegistry()
+    # A state file of an older version has no account: "default", as a sidecar without one.
+    registry.restore([{k: v for k, v in old.dump()[0].items() if k != "service_account"}], now=0)
+    (endpoint,) = registry.services()["catalog.default.svc.cluster.local"].endpoints
+    assert endpoint.service_account == "default"
+    registry = LocalRegistry()
+    registry.restore(old.dump(), now=0)
+    (endpoint,) = registry.services()["catalog.default.svc.cluster.local"].endpoints
+    assert endpoint.service_account == "catalog"

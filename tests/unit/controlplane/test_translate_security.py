@@ -188,3 +188,45 @@ def test_every_security_example_validates(path: Path) -> None:
     for document in yaml.safe_load_all(path.read_text()):
         parsed = parse_document(document, origin=path.name)
         assert parsed.problems == (), [str(p) for p in parsed.problems]
+
+
+def test_clusters_name_the_spiffe_ids_their_endpoints_run_as() -> None:
+    def endpoint(address: str, version: str, account: str) -> ServiceEndpoint:
+        return ServiceEndpoint(
+            address=address, port=80, workload=address, labels=(("version", version),),
+            service_account=account,
+        )  # fmt: skip
+
+    catalog = Service(
+        name="catalog",
+        namespace="shop",
+        endpoints=(
+            endpoint("10.0.0.1", "v1", "catalog"),
+            endpoint("10.0.0.2", "v2", "catalog-v2"),
+            endpoint("10.0.0.3", "v2", ""),  # account unknown (its Pod is not indexed yet)
+        ),
+    )
+    rule = DestinationRule(
+        key=ResourceKey("DestinationRule", "shop", "catalog"),
+        host=CATALOG,
+        subsets=(Subset(name="v2", labels=(("version", "v2"),)),),
+    )
+    world = World(
+        services={CATALOG: catalog}, destination_rules=(rule,), trust_domain="corp.example"
+    )
+    ids = {c.name: list(c.tls_identities) for c in translate(world, NODE)[types.CLUSTER]}  # type: ignore[attr-defined]
+    assert ids == {
+        f"outbound||{CATALOG}": [
+            "spiffe://corp.example/ns/shop/sa/catalog",
+            "spiffe://corp.example/ns/shop/sa/catalog-v2",
+        ],
+        f"outbound|v2|{CATALOG}": ["spiffe://corp.example/ns/shop/sa/catalog-v2"],
+    }
+    # No mutual TLS, no secure naming to check.
+    plain = World(
+        services={CATALOG: catalog},
+        destination_rules=(
+            DestinationRule(key=rule.key, host=CATALOG, policy=TrafficPolicy(tls_mode="DISABLE")),
+        ),
+    )
+    assert [list(c.tls_identities) for c in translate(plain, NODE)[types.CLUSTER]] == [[]]  # type: ignore[attr-defined]

@@ -1,5 +1,7 @@
-"""AuthorizationPolicy semantics (Istio's): DENY first, then ALLOW if any ALLOW policy exists."""
+"""AuthorizationPolicy semantics (Istio's): DENY first, then ALLOW if any ALLOW policy exists; and
+secure naming's check of an upstream's identity."""
 
+from sidecar.identity.tls import named_securely
 from sidecar.security.authz import Peer, Policy, Rule, Verdict, evaluate, matches_value
 
 FRONTEND = Peer(principal="cluster.local/ns/shop/sa/frontend")
@@ -52,3 +54,11 @@ def test_wildcards() -> None:
     assert matches_value("/api/*", "/api/v1") and not matches_value("/api/*", "/apx")
     assert matches_value("*/info", "/a/info") and not matches_value("*/info", "/a/infos")
     assert matches_value("GET", "GET") and not matches_value("GET", "get")
+
+
+def test_secure_naming_admits_only_the_expected_identities_unless_none_are_known() -> None:
+    expected = frozenset({"spiffe://cluster.local/ns/shop/sa/catalog"})
+    assert named_securely("spiffe://cluster.local/ns/shop/sa/catalog", expected)
+    assert not named_securely("spiffe://cluster.local/ns/shop/sa/payments", expected)
+    assert not named_securely("", expected)  # a certificate without a SPIFFE ID
+    assert named_securely("spiffe://cluster.local/ns/shop/sa/payments", frozenset())

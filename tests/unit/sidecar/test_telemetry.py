@@ -36,6 +36,7 @@ def done(
     headers: list[tuple[bytes, bytes]] | None = None,
     response_bytes: int = 1024,
     identity: str = "",
+    upstream_tls: bool = False,
 ) -> Completed:
     head = RequestHead(
         method="GET", path="/items/1?x=2", host="catalog", http_version="1.1",
@@ -45,6 +46,7 @@ def done(
         method="GET", host="catalog", cluster=cluster, status=status, flags=flags,
         duration=duration, request_bytes=10, response_bytes=response_bytes,
         upstream="127.0.0.2:8080", head=head, start_time=1700000000.25,
+        upstream_tls=upstream_tls,
     )  # fmt: skip
 
 
@@ -270,3 +272,24 @@ def test_telemetry_flags_are_validated_naming_the_flag() -> None:
         from_arguments(parser.parse_args(["--workload", "w", "--zipkin-url", "zipkin:9411"]))
     with pytest.raises(ValueError, match="--trace-sampling"):
         from_arguments(parser.parse_args(["--workload", "w", "--trace-sampling", "101"]))
+
+
+def test_source_series_say_whether_the_upstream_connection_was_mutual_tls() -> None:
+    metrics = source()
+    metrics.record(done(upstream_tls=True))
+    metrics.record(done(upstream_tls=True))
+    metrics.record(done())
+    samples = scrape(metrics, istio=True)
+    counts = {
+        (labels["destination_service"], labels["mtls"]): value
+        for labels, value in samples["lightmesh_requests_total"]
+    }
+    assert counts == {
+        ("catalog.default.svc.cluster.local", "true"): 2,
+        ("catalog.default.svc.cluster.local", "false"): 1,
+    }
+    policies = {
+        labels["connection_security_policy"]: value
+        for labels, value in samples["istio_requests_total"]
+    }
+    assert policies == {"mutual_tls": 2, "unknown": 1}
