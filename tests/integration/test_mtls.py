@@ -209,6 +209,72 @@ def test_sidecars_speak_mtls_and_the_app_sees_the_verified_caller(mesh: LocalMes
     # The caller as the certificate says, never as a header the client wrote.
     assert xfcc(body) == f"By={CATALOG};URI={FRONTEND}"
     assert "forged" not in xfcc(body)
+    # Both ends report the hop as mutual TLS: the source side from its upstream connection.
+    for name, reporter in (("frontend", "source"), ("catalog", "destination")):
+        assert request_series(mesh, name, reporter=reporter, mtls="true"), name
+
+
+def request_series(mesh: LocalMesh, workload: str, **labels: str) -> list[str]:
+    """The lightmesh_requests_total lines of `workload`'s /metrics having all of `labels`."""
+    text = http_get(f"{mesh.workloads[workload].admin}/metrics").body.decode()
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    return [
+        line
+        for line in text.splitlines()
+        if line.startswith("lightmesh_requests_total{") and all(w in line for w in wanted)
+    ]
+
+
+def test_secure_naming_refuses_a_sidecar_presenting_another_service_account(
+    mesh: LocalMesh,
+) -> None:
+    """catalog is registered at 127.0.0.2:<its inbound port>, where a rogue sidecar listens with
+    a valid mesh certificate of service account rogue-sa: frontend must refuse to talk to it."""
+    mesh.start_control_plane()
+    frontend = mesh.start_workload(
+        "frontend",
+        service="frontend",
+        namespace="shop",
+        sidecar_args=("--service-account", "frontend-sa"),
+    )
+    catalog = mesh.start_workload(
+        "catalog",
+        service="catalog",
+        namespace="shop",
+        sidecar_args=("--service-account", "catalog-sa", "--advertise", "127.0.0.2"),
+    )
+    mesh.wait_ready()
+    mesh.start_workload(
+        "rogue",
+        service="rogue",
+        namespace="shop",
+        sidecar_args=(
+            "--service-account", "rogue-sa",
+            "--bind", "127.0.0.2", "--inbound-port", str(catalog.inbound_port),
+        ),
+    )  # fmt: skip
+    refused = "lightmesh_upstream_secure_naming_refused_total{"
+
+    def refused_count() -> float:
+        text = http_get(f"{frontend.admin}/metrics").body.decode()
+        lines = [line for line in text.splitlines() if line.startswith(refused)]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+    def refused_by_name() -> bool:
+        status, body = call(mesh)
+        assert status != 200, body  # never served by the rogue
+        return refused_count() >= 1
+
+    # Polled (bounded) until the rogue has its certificate: before that its handshake fails.
+    wait_for(refused_by_name, timeout=30, what="rogue refused by secure naming")
+    status, body = call(mesh)
+    # A connect failure (retried by the default policy, which runs out: URX).
+    assert (status, body["flags"]) == (503, "UF,URX"), body
+    assert 'destination_service="catalog.shop.svc.cluster.local"' in "".join(
+        line
+        for line in http_get(f"{frontend.admin}/metrics").body.decode().splitlines()
+        if line.startswith(refused)
+    )
 
 
 def test_strict_refuses_plaintext_and_foreign_certificates_permissive_serves_both(
