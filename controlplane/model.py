@@ -230,7 +230,8 @@ HTTP_APP_PROTOCOLS = frozenset({"http", "http2", "grpc", "h2c"})
 def is_tcp_port(name: str, app_protocol: str) -> bool:
     """Whether a Kubernetes Service port is declared non-HTTP (by appProtocol, else by name)."""
     if app_protocol:
-        return app_protocol.lower() not in HTTP_APP_PROTOCOLS
+        # Kubernetes' standard names are prefixed ("kubernetes.io/h2c"); "https" is TLS: raw TCP.
+        return app_protocol.lower().removeprefix("kubernetes.io/") not in HTTP_APP_PROTOCOLS
     return name.lower().startswith(TCP_PORT_NAME_PREFIXES)
 
 

@@ -26,7 +26,9 @@ NODE = NodeInfo(id="frontend-1.shop", workload="frontend", namespace="shop")
         ("mongo", "", True),
         ("tls-external", "", True),
         ("tcp", "http", False),  # appProtocol wins over the name
-        ("web", "kubernetes.io/h2c", True),  # not one of http/http2/grpc/h2c
+        ("web", "kubernetes.io/h2c", False),
+        ("web", "kubernetes.io/ws", True),  # not one of http/http2/grpc/h2c
+        ("web", "https", True),
         ("web", "HTTP2", False),
         ("grpc-api", "grpc", False),
         ("web", "mysql", True),
