@@ -108,7 +108,7 @@ class DataPlane:
         self._update_destinations()
 
     def _update_destinations(self) -> None:
-        addresses = {e.address for endpoints in self._endpoints.values() for e in endpoints}
+        addresses = {name: [e.address for e in found] for name, found in self._endpoints.items()}
         self.destinations = build_destinations(self._route_config, addresses)
 
     def dump(self) -> dict[str, list[dict[str, Any]]]:

@@ -41,10 +41,11 @@ class Destinations:
 
 
 def build_destinations(
-    config: pb.RouteConfiguration, endpoint_addresses: Iterable[str]
+    config: pb.RouteConfiguration, endpoint_addresses: Mapping[str, Iterable[str]]
 ) -> Destinations:
-    """The table from the route configuration (IP domains, TCP routes) and the endpoints' IPs."""
-    mesh = set(endpoint_addresses)
+    """The table from the route configuration (IP domains, TCP routes) and the endpoints' IPs
+    (by cluster)."""
+    mesh = {address for addresses in endpoint_addresses.values() for address in addresses}
     tcp: dict[tuple[str, int], str] = {}
     for vhost in config.virtual_hosts:
         addresses = [d for d in vhost.domains if _is_ip(d)]
@@ -52,6 +53,10 @@ def build_destinations(
         for route in vhost.tcp_routes:
             for address in addresses:
                 tcp[(address, route.port)] = route.cluster
+            # An endpoint dialled directly at a declared TCP port (a headless service: the app
+            # picked the pod itself) is raw TCP too, to the pod it chose.
+            for address in endpoint_addresses.get(route.cluster, ()):
+                tcp.setdefault((address, route.port), PASSTHROUGH)
     return Destinations(mesh=frozenset(mesh), tcp=tcp)
 
 

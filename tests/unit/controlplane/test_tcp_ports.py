@@ -60,5 +60,5 @@ def test_declared_tcp_ports_become_tcp_routes_on_the_service_addresses() -> None
         (5432, "outbound||db.shop.svc.cluster.local"),
         (9000, "outbound||db.shop.svc.cluster.local"),
     ]
-    # No virtual IP: nothing to recognise the connections by.
-    assert not by_name["headless.shop.svc.cluster.local"].tcp_routes
+    # No virtual IP: the sidecar recognises connections to its endpoints' addresses instead.
+    assert [r.port for r in by_name["headless.shop.svc.cluster.local"].tcp_routes] == [7000]

@@ -25,18 +25,21 @@ CONFIG = pb.RouteConfiguration(
 
 
 def test_classify_original_destinations() -> None:
-    table = build_destinations(CONFIG, ["10.1.0.5"])
+    table = build_destinations(CONFIG, {WEB: ["10.1.0.5"], DB: ["10.1.0.7"]})
     assert table.classify(("10.0.0.10", 80)) is None  # a service address: HTTP
     assert table.classify(("10.0.0.20", 8080)) is None  # same service, a port not declared TCP
     assert table.classify(("10.0.0.20", 5432)) == DB
     assert table.classify(("fd00::20", 5432)) == DB
     assert table.classify(("10.1.0.5", 15006)) is None  # an endpoint's address: HTTP
+    # A db endpoint dialled directly (headless service) at the declared port: raw TCP to it.
+    assert table.classify(("10.1.0.7", 5432)) == PASSTHROUGH
+    assert table.classify(("10.1.0.7", 8080)) is None
     assert table.classify(("192.0.2.7", 443)) == PASSTHROUGH
     assert table.classify(("192.0.2.7", 5432)) == PASSTHROUGH  # the port alone means nothing
 
 
 def test_empty_config_passes_everything_through() -> None:
-    assert build_destinations(pb.RouteConfiguration(), []).classify(("10.0.0.1", 80)) == (
+    assert build_destinations(pb.RouteConfiguration(), {}).classify(("10.0.0.1", 80)) == (
         PASSTHROUGH
     )
 
