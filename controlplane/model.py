@@ -214,11 +214,27 @@ class Service:
     # Virtual IPs the service is dialled at (Kubernetes ClusterIPs): an intercepted connection
     # to one of them routes to this service even when its Host header names no service.
     addresses: tuple[str, ...] = ()
+    # Service ports declared non-HTTP (see `is_tcp_port`): spliced as raw TCP, never parsed.
+    tcp_ports: tuple[int, ...] = ()
 
     @property
     def fqdn(self) -> str:
         """The service's fully qualified name."""
         return f"{self.name}.{self.namespace}.svc.{CLUSTER_DOMAIN}"
+
+
+# Istio's protocol selection: a port named `<protocol>` or `<protocol>-<suffix>` with one of these
+# prefixes, or whose `appProtocol` is not an HTTP one, carries something else than HTTP.
+TCP_PORT_NAME_PREFIXES = ("tcp", "tls", "mongo", "mysql", "redis", "postgres")
+HTTP_APP_PROTOCOLS = frozenset({"http", "http2", "grpc", "h2c"})
+
+
+def is_tcp_port(name: str, app_protocol: str) -> bool:
+    """Whether a Kubernetes Service port is declared non-HTTP (by appProtocol, else by name)."""
+    if app_protocol:
+        # Kubernetes' standard names are prefixed ("kubernetes.io/h2c"); "https" is TLS: raw TCP.
+        return app_protocol.lower().removeprefix("kubernetes.io/") not in HTTP_APP_PROTOCOLS
+    return name.lower().startswith(TCP_PORT_NAME_PREFIXES)
 
 
 def resolve_host(host: str, namespace: str) -> str:

@@ -235,6 +235,11 @@ def _route_configuration(world: World, node: NodeInfo) -> pb.RouteConfiguration:
         # intercepted connection was dialled at (SO_ORIGINAL_DST) when the Host is not enough.
         service = world.services.get(vhost.name)
         vhost.domains.extend(service.addresses if service else ())
+        if service is not None:
+            vhost.tcp_routes.extend(
+                pb.TcpRoute(port=port, cluster=cluster_name(vhost.name))
+                for port in service.tcp_ports
+            )
     return config
 
 

@@ -21,6 +21,7 @@ from sidecar.config.apply import DataPlane
 from sidecar.config.client import ConfigClient
 from sidecar.identity.manager import CertificateManager
 from sidecar.identity.tls import MeshTLS
+from sidecar.proxy.decision import Completed
 from sidecar.proxy.engine import start_proxy
 from sidecar.proxy.local_server import start_local_server
 from sidecar.router import InboundRouter, OutboundRouter
@@ -29,6 +30,7 @@ from sidecar.telemetry import wiring
 from sidecar.telemetry.hooks import wrap_recorder, wrap_resolver
 from sidecar.telemetry.resilience import ResilienceCollector
 from sidecar.telemetry.state import SidecarState
+from sidecar.telemetry.tcp_metrics import TcpCollector, TcpMetrics
 
 log = logging.getLogger("sidecar")
 
@@ -88,6 +90,15 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     outbound_router = OutboundRouter(dataplane)
     registry = CollectorRegistry()
     telemetry = wiring.build(settings, registry)
+    # Intercepted connections that are not HTTP: counted once each, when they close.
+    tcp_metrics = TcpMetrics(
+        reporter="source", workload=settings.workload, namespace=settings.namespace
+    )
+    registry.register(TcpCollector(tcp_metrics))
+
+    def record_tcp(done: Completed) -> None:
+        outbound_router.finished(done)  # the endpoint's in-flight slot, for the balancer
+        tcp_metrics.record(done)
 
     outbound = await start_proxy(
         settings.bind,
@@ -97,6 +108,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         listener="outbound",
         client_tls=lambda: mesh_tls.client,
         intercept=settings.intercept,
+        divert=outbound_router.divert,
+        tcp_recorder=record_tcp,
     )
     inbound = None
     if settings.app_port:

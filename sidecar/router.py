@@ -23,12 +23,10 @@ from lightmesh.v1 import config_pb2 as pb
 from sidecar.cluster.cluster import Cluster
 from sidecar.config.apply import DataPlane
 from sidecar.proxy.decision import Completed, Decision, Forward, LocalReply, RequestHead
+from sidecar.routing.destinations import PASSTHROUGH
 from sidecar.routing.retry import backoff
 from sidecar.routing.table import CompiledRoute, Redirect
 from sidecar.security.authz import Peer, evaluate, principal_of
-
-# Envoy's name for the cluster of intercepted traffic to destinations outside the mesh.
-PASSTHROUGH = "PassthroughCluster"
 
 
 class OutboundRouter:
@@ -105,6 +103,28 @@ class OutboundRouter:
             idle_timeout=cluster.idle_timeout,
             tls_server_name=cluster.tls_server_name,
             tls_identities=cluster.tls_identities,
+        )
+
+    def divert(self, original_dst: tuple[str, int]) -> Forward | LocalReply | None:
+        """For an intercepted connection, once on accept: None when it is HTTP for the engine;
+        else where to splice its raw bytes (LocalReply: refuse it, with the reason's flags)."""
+        name = self._dataplane.destinations.classify(original_dst)
+        if name is None:
+            return None
+        if name == PASSTHROUGH:
+            address, port = original_dst
+            return Forward(address=address, port=port, cluster=PASSTHROUGH)
+        cluster = self._dataplane.clusters.get(name)
+        if cluster is None:
+            return LocalReply(status=503, body=f"cluster {name!r} not found", flags="NC")
+        endpoint = cluster.pick(hash_key=None, now=self._clock())
+        if endpoint is None:
+            return LocalReply(status=503, body=f"no healthy upstream in {name}", flags="UH")
+        return Forward(
+            address=endpoint.address,
+            port=endpoint.port,
+            cluster=name,
+            connect_timeout=cluster.connect_timeout,
         )
 
     def _chance(self, percent: float) -> bool:

@@ -12,7 +12,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controlplane.model import Resource, ResourceKey, Service, ServiceEndpoint, resolve_host
+from controlplane.model import (
+    Resource,
+    ResourceKey,
+    Service,
+    ServiceEndpoint,
+    is_tcp_port,
+    resolve_host,
+)
 from controlplane.schema import API_VERSION
 from controlplane.validate import Parsed, Problem, check_references, parse_document
 
@@ -221,5 +228,11 @@ class KubeIndex:
                 endpoints=tuple(found),
                 # A headless service ("None") has no virtual IP: its pods are dialled directly.
                 addresses=tuple(ip for ip in ips if ip and ip != "None"),
+                tcp_ports=tuple(
+                    int(port["port"])
+                    for port in spec.get("ports") or []
+                    if port.get("port") is not None
+                    and is_tcp_port(str(port.get("name") or ""), str(port.get("appProtocol") or ""))
+                ),
             )
         return services

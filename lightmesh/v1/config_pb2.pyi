@@ -52,16 +52,26 @@ class RouteConfiguration(_message.Message):
     def __init__(self, name: _Optional[str] = ..., virtual_hosts: _Optional[_Iterable[_Union[VirtualHost, _Mapping]]] = ...) -> None: ...
 
 class VirtualHost(_message.Message):
-    __slots__ = ("name", "domains", "routes", "origin")
+    __slots__ = ("name", "domains", "routes", "origin", "tcp_routes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DOMAINS_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    TCP_ROUTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     domains: _containers.RepeatedScalarFieldContainer[str]
     routes: _containers.RepeatedCompositeFieldContainer[Route]
     origin: str
-    def __init__(self, name: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., origin: _Optional[str] = ...) -> None: ...
+    tcp_routes: _containers.RepeatedCompositeFieldContainer[TcpRoute]
+    def __init__(self, name: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., origin: _Optional[str] = ..., tcp_routes: _Optional[_Iterable[_Union[TcpRoute, _Mapping]]] = ...) -> None: ...
+
+class TcpRoute(_message.Message):
+    __slots__ = ("port", "cluster")
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    port: int
+    cluster: str
+    def __init__(self, port: _Optional[int] = ..., cluster: _Optional[str] = ...) -> None: ...
 
 class Route(_message.Message):
     __slots__ = ("name", "matches", "clusters", "timeout_ms", "redirect", "rewrite", "request_headers", "response_headers", "retries", "fault", "mirror")

@@ -20,6 +20,7 @@ from lightmesh.v1 import config_pb2 as pb
 from sidecar.cluster.balancers import Endpoint
 from sidecar.cluster.cluster import Cluster
 from sidecar.errors import ConfigError
+from sidecar.routing.destinations import Destinations, build_destinations
 from sidecar.routing.table import RouteTable, compile_routes
 from sidecar.security.inbound import InboundPolicy, decode
 
@@ -32,6 +33,9 @@ class DataPlane:
 
     def __init__(self, *, max_regex_length: int = 1024, rng: random.Random | None = None) -> None:
         self.routes = RouteTable({})
+        # Which intercepted connections are HTTP, raw TCP to a cluster, or passed through.
+        self.destinations = Destinations()
+        self._route_config = pb.RouteConfiguration()
         self.clusters: dict[str, Cluster] = {}
         self._endpoints: dict[str, tuple[Endpoint, ...]] = {}
         self._max_regex = max_regex_length
@@ -57,6 +61,8 @@ class DataPlane:
             if len(configs) != 1:
                 raise ConfigError(f"expected one RouteConfiguration, got {len(configs)}")
             self.routes = compile_routes(configs[0], max_regex=self._max_regex)
+            self._route_config = configs[0]
+            self._update_destinations()
             decoded = list(configs)
         elif type_url == types.INBOUND:
             inbound = [_unpack(r, pb.InboundPolicy) for r in resources]
@@ -99,6 +105,11 @@ class DataPlane:
         for name, cluster in self.clusters.items():
             cluster.set_endpoints(endpoints.get(name, ()))
         self._endpoints = endpoints
+        self._update_destinations()
+
+    def _update_destinations(self) -> None:
+        addresses = {name: [e.address for e in found] for name, found in self._endpoints.items()}
+        self.destinations = build_destinations(self._route_config, addresses)
 
     def dump(self) -> dict[str, list[dict[str, Any]]]:
         """Applied resources by short type name, as JSON-ready mappings."""

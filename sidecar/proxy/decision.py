@@ -139,3 +139,7 @@ class Completed:
 
 
 Recorder = Callable[[Completed], None]
+
+# Outbound with interception, once per connection on accept, from its original destination:
+# None keeps the connection HTTP; a Forward splices its raw bytes there; a LocalReply refuses it.
+Divert = Callable[[tuple[str, int]], Forward | LocalReply | None]

@@ -95,10 +95,17 @@ class DownstreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-        if self.state.intercept:
+        state = self.state
+        if state.intercept:
             # Once per connection: where the app was going before iptables redirected it.
-            self.original_dst = original_destination(transport.get_extra_info("socket"))
-        self.state.clients.add(self)
+            self.original_dst = dst = original_destination(transport.get_extra_info("socket"))
+            if dst is not None and state.divert is not None and state.adopt is not None:
+                decided = state.divert(dst)
+                if decided is not None:  # not HTTP: raw TCP from the first byte
+                    self.phase = Phase.CLOSED
+                    state.adopt(self.transport, decided)
+                    return
+        state.clients.add(self)
 
     def data_received(self, data: bytes) -> None:
         splice = self.splice

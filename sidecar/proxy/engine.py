@@ -15,12 +15,13 @@ import logging
 import ssl
 from collections.abc import Callable
 
-from sidecar.proxy.decision import Recorder, Resolver
+from sidecar.proxy.decision import Divert, Forward, Recorder, Resolver
 from sidecar.proxy.downstream import DownstreamConnection, Phase
 from sidecar.proxy.listener_state import EngineSettings, ListenerState
 from sidecar.proxy.mirror import Mirrors
 from sidecar.proxy.pool import ConnectionPool
 from sidecar.proxy.splice import expire_splices
+from sidecar.proxy.tcp import TcpProxyListener
 from sidecar.proxy.tls_server import InboundAccept, InboundTLS
 
 __all__ = ["ConnectionPool", "EngineSettings", "ProxyListener", "start_proxy"]
@@ -47,6 +48,8 @@ class ProxyListener:
         inbound_tls: InboundTLS | None = None,
         mtls_mode: Callable[[], str] = lambda: "PERMISSIVE",
         intercept: bool = False,
+        divert: Divert | None = None,
+        tcp_recorder: Recorder | None = None,
     ) -> None:
         pool = (
             ConnectionPool(idle_timeout=settings.pool_idle_timeout, clock=settings.clock)
@@ -66,6 +69,19 @@ class ProxyListener:
             clock=settings.clock,
             intercept=intercept,
         )
+        # Intercepted connections that are not HTTP (see `divert`) are handed to a TCP listener
+        # without a socket of its own: its splices, idle sweeper and connection records.
+        self._tcp: TcpProxyListener | None = None
+        if intercept and divert is not None:
+            self._tcp = TcpProxyListener(
+                resolve=_no_resolve,
+                recorder=tcp_recorder,
+                listener=f"{listener}-tcp",
+                idle_timeout=settings.tunnel_idle_timeout,
+                clock=settings.clock,
+            )
+            self._state.divert = divert
+            self._state.adopt = self._tcp.adopt
         self._inbound_tls = inbound_tls
         self._mtls_mode = mtls_mode
         self._server: asyncio.Server | None = None
@@ -110,6 +126,8 @@ class ProxyListener:
             )
         self.port = int(self._server.sockets[0].getsockname()[1])
         self._sweeper = loop.create_task(self._sweep_forever(), name=f"proxy-{state.name}-sweeper")
+        if self._tcp is not None:
+            self._tcp.start_sweeper()
 
     async def close(self, drain_timeout: float = 5.0) -> None:
         """Drain: stop accepting, close idle connections, let exchanges in flight finish (each
@@ -141,6 +159,8 @@ class ProxyListener:
             await self._server.wait_closed()
         state.pool.close()
         state.mirrors.close()
+        if self._tcp is not None:
+            await self._tcp.close(drain_timeout)
 
     async def _sweep_forever(self) -> None:
         # Timers per connection would cost more than the whole request on the hot path; a sweep
@@ -167,6 +187,11 @@ class ProxyListener:
         expire_splices(state.tunnels, now=now, idle_timeout=state.settings.tunnel_idle_timeout)
 
 
+def _no_resolve(_: str) -> Forward | None:
+    """The adopting TCP listener accepts nothing itself: every connection comes decided."""
+    return None
+
+
 async def start_proxy(
     host: str,
     port: int,
@@ -179,12 +204,15 @@ async def start_proxy(
     inbound_tls: InboundTLS | None = None,
     mtls_mode: Callable[[], str] = lambda: "PERMISSIVE",
     intercept: bool = False,
+    divert: Divert | None = None,
+    tcp_recorder: Recorder | None = None,
 ) -> ProxyListener:
     """Listen on host:port (0 picks a free port) and proxy every request per `resolver`.
 
     `client_tls`: the current client context for clusters that originate mutual TLS;
     `inbound_tls` + `mtls_mode`: accept mutual TLS (and/or plaintext, per the mode) on this port;
-    `intercept`: connections arrive redirected by iptables (read their original destination).
+    `intercept`: connections arrive redirected by iptables (read their original destination);
+    `divert` + `tcp_recorder` (with `intercept`): which of them are raw TCP, and their records.
     """
     proxy = ProxyListener(
         resolver=resolver,
@@ -195,6 +223,8 @@ async def start_proxy(
         inbound_tls=inbound_tls,
         mtls_mode=mtls_mode,
         intercept=intercept,
+        divert=divert,
+        tcp_recorder=tcp_recorder,
     )
     await proxy._start(host, port)
     return proxy

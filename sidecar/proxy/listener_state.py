@@ -13,7 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from sidecar.proxy.decision import Completed, Decision, LocalReply, Recorder, RequestHead, Resolver
+from sidecar.proxy.decision import (
+    Completed,
+    Decision,
+    Divert,
+    Forward,
+    LocalReply,
+    Recorder,
+    RequestHead,
+    Resolver,
+)
 from sidecar.proxy.http1 import MAX_HEAD_BYTES, MAX_HEADERS
 from sidecar.proxy.mirror import Mirrors
 from sidecar.proxy.pool import ConnectionPool
@@ -75,6 +84,10 @@ class ListenerState:
     draining: bool = False
     # Traffic arrives redirected by iptables: read each connection's original destination.
     intercept: bool = False
+    # Intercepted only, once per connection on accept: None keeps it HTTP; else `adopt` hands
+    # it to raw TCP (original destination → cluster endpoint, passthrough, or refusal).
+    divert: Divert | None = None
+    adopt: Callable[[asyncio.Transport, Forward | LocalReply], None] | None = None
     active: int = 0  # exchanges in flight (tunnels included)
     clients: set[Client] = field(default_factory=set)
     tunnels: set[Splice] = field(default_factory=set)

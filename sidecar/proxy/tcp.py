@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import cast
 
-from sidecar.proxy.decision import Completed, Forward, Recorder
+from sidecar.proxy.decision import Completed, Forward, LocalReply, Recorder
 from sidecar.proxy.pool import ConnectionPool, UpstreamConnectFailure, UpstreamConnection
 from sidecar.proxy.splice import DOWN, Splice, expire_splices
 
@@ -31,8 +31,12 @@ DEFAULT_IDLE_TIMEOUT = 3600.0
 class _TcpConnection(asyncio.Protocol):
     """One client connection of a TCP passthrough listener."""
 
-    def __init__(self, listener: TcpProxyListener) -> None:
+    def __init__(
+        self, listener: TcpProxyListener, decided: Forward | LocalReply | None = None
+    ) -> None:
         self._listener = listener
+        # Set for a connection adopted from the HTTP listener: already decided, no resolve.
+        self._decided = decided
         self.transport: asyncio.Transport | None = None
         self.splice: Splice | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -52,12 +56,21 @@ class _TcpConnection(asyncio.Protocol):
         self._start_time = time.time()
         listener.connections.add(self)
         down.pause_reading()  # until the upstream is there to take the bytes
-        peer = down.get_extra_info("peername")
-        try:
-            target = listener.resolve(str(peer[0]) if isinstance(peer, tuple) and peer else "")
-        except Exception as exc:
-            logger.error("tcp listener=%s resolver failed: %r", listener.name, exc)
-            target = None
+        decided = self._decided
+        target: Forward | None
+        if isinstance(decided, LocalReply):
+            self._end(flags=decided.flags, moved=(0, 0))
+            down.close()
+            return
+        if decided is not None:
+            target = decided
+        else:
+            peer = down.get_extra_info("peername")
+            try:
+                target = listener.resolve(str(peer[0]) if isinstance(peer, tuple) and peer else "")
+            except Exception as exc:
+                logger.error("tcp listener=%s resolver failed: %r", listener.name, exc)
+                target = None
         if target is None:
             self._end(flags="NR", moved=(0, 0))
             down.close()
@@ -203,7 +216,20 @@ class TcpProxyListener:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _TcpConnection(self), host, port)
         self.port = int(self._server.sockets[0].getsockname()[1])
-        self._sweeper = loop.create_task(self._sweep_forever(), name=f"tcp-{self.name}-sweeper")
+        self.start_sweeper()
+
+    def start_sweeper(self) -> None:
+        """Start expiring idle connections (`start_tcp_proxy` does; an adopting listener too)."""
+        self._sweeper = asyncio.get_running_loop().create_task(
+            self._sweep_forever(), name=f"tcp-{self.name}-sweeper"
+        )
+
+    def adopt(self, transport: asyncio.Transport, decided: Forward | LocalReply) -> None:
+        """Take over a connection another listener accepted (the HTTP listener found on accept
+        that it is not HTTP): splice it to `decided`, or refuse it with a LocalReply's flags."""
+        connection = _TcpConnection(self, decided)
+        transport.set_protocol(connection)
+        connection.connection_made(transport)
 
     def record(self, completed: Completed) -> None:
         """Report a finished connection (telemetry trouble never costs the connection)."""

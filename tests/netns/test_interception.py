@@ -21,6 +21,10 @@ PROXY_UID = 1337
 APP_PORT = 8080  # both apps
 LIGHTMESH = [sys.executable, "-m", "lightmesh.cli"]
 ECHO = [sys.executable, str(REPO / "tests" / "netns" / "echo.py"), str(APP_PORT)]
+# A raw TCP server in pod B at an address the mesh does not know (B's own address is catalog's
+# endpoint, whose traffic is HTTP).
+RAW_ADDRESS, RAW_PORT = "10.77.0.3", 7000
+BANNER = [sys.executable, str(REPO / "tests" / "netns" / "banner.py"), RAW_ADDRESS, str(RAW_PORT)]
 
 
 def sidecar(ns: Namespace, *, service: str, control_plane: str) -> list[str]:
@@ -53,6 +57,20 @@ def requests_total(ns: Namespace, reporter: str) -> float:
     )
 
 
+def tcp_counters(ns: Namespace, service: str) -> dict[str, float]:
+    """lightmesh_tcp_* samples of one destination service, by name."""
+    text = ns.http("http://127.0.0.1:15000/metrics").body
+    counters: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name
+            if sample.labels.get("destination_service") != service:
+                continue
+            if name.startswith("lightmesh_tcp_") and name.endswith("_total"):
+                counters[name] = counters.get(name, 0.0) + sample.value
+    return counters
+
+
 @pytest.fixture(scope="module")
 def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsPair]:
     """Pod A intercepted and meshed, pod B serving catalog, everything ready."""
@@ -63,6 +81,8 @@ def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsPair]:
             config_dir.mkdir()
             pair.spawn(b, "controlplane", [*LIGHTMESH, "controlplane", "--config-dir", str(config_dir), "--host", "0.0.0.0"])  # fmt: skip
             pair.spawn(b, "catalog-app", ECHO)
+            assert b.run("ip", "addr", "add", f"{RAW_ADDRESS}/32", "dev", "lo").returncode == 0
+            pair.spawn(b, "raw-tcp-server", BANNER)
             pair.spawn(b, "catalog-sidecar", sidecar(b, service="catalog", control_plane="127.0.0.1:15010"))  # fmt: skip
             install(a)
             pair.spawn(a, "frontend-app", ECHO)
@@ -117,6 +137,45 @@ def test_a_host_naming_no_service_goes_where_the_app_dialled(pods: NetnsPair) ->
     assert echo["path"] == "/direct"
     # PassthroughCluster: straight from pod A's sidecar to catalog's app, not via its sidecar.
     assert echo["peer"] == a.address, echo
+
+
+RAW_CLIENT = f"""
+import socket
+with socket.create_connection(("{RAW_ADDRESS}", {RAW_PORT}), timeout=5) as conn:
+    reader = conn.makefile("rb")
+    banner = reader.readline()  # the server speaks first: nothing may wait for a request
+    conn.sendall(b"ping\\n")
+    echoed = reader.readline()
+    conn.shutdown(socket.SHUT_WR)
+    rest = reader.read()
+print(repr((banner, echoed, rest)))
+"""
+
+
+def test_a_non_http_protocol_is_spliced_straight_to_where_the_app_was_going(
+    pods: NetnsPair,
+) -> None:
+    """A server-first, non-HTTP protocol to an address outside the mesh: the outbound listener
+    decides on accept that it is not HTTP and splices raw bytes (PassthroughCluster); the
+    connection and its bytes show in the TCP metrics once it closes."""
+    a = pods.a
+    before = tcp_counters(a, "PassthroughCluster")
+    result = a.run(sys.executable, "-c", RAW_CLIENT)
+    assert result.returncode == 0, result.stderr + pods.logs()
+    assert result.stdout.strip() == repr((b"HELLO raw-tcp\n", b"ping\n", b""))
+    sent, received = len(b"ping\n"), len(b"HELLO raw-tcp\n") + len(b"ping\n")
+
+    def counted() -> bool:
+        now = tcp_counters(a, "PassthroughCluster")
+        grown = {k: now.get(k, 0.0) - before.get(k, 0.0) for k in now}
+        return grown == {
+            "lightmesh_tcp_connections_opened_total": 1,
+            "lightmesh_tcp_connections_closed_total": 1,
+            "lightmesh_tcp_sent_bytes_total": sent,
+            "lightmesh_tcp_received_bytes_total": received,
+        }
+
+    wait_for(counted, timeout=10, interval=0.2, what="the TCP connection in /metrics")
 
 
 def test_inbound_reaches_the_app_only_through_the_inbound_listener(pods: NetnsPair) -> None:

@@ -7,7 +7,8 @@ from lightmesh import types
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.config.apply import DataPlane
 from sidecar.proxy.decision import Forward, LocalReply, RequestHead
-from sidecar.router import PASSTHROUGH, OutboundRouter
+from sidecar.router import OutboundRouter
+from sidecar.routing.destinations import PASSTHROUGH
 
 CLUSTER = "outbound||catalog.default.svc.cluster.local"
 SERVICE_IP = "10.0.0.12"
