@@ -51,6 +51,9 @@ def start_pair(mesh: LocalMesh, *args: str) -> None:
             timeout=30,
             what=f"{name}: certificate installed",
         )
+    # A sidecar that connects before the other has registered gets the route to it in a later
+    # push (local mode): wait until frontend routes to catalog.
+    wait_for(lambda: call(mesh)[0] == 200, timeout=30, what="frontend routes to catalog")
 
 
 def call(mesh: LocalMesh, path: str = "/", **headers: str) -> tuple[int, dict[str, object]]:
