@@ -49,7 +49,7 @@ prometheus-bin:
 kube: $(STAMP) k8s-bins
 	$(BIN)/pytest -q tests/kube
 
-# iptables (and iproute2) from Debian for the interception tests in network namespaces.
+# iptables and iproute2 (interception tests in network namespaces) and wrk (a real-client test) from Debian.
 netns-tools:
 	scripts/install-netns-tools.sh
 

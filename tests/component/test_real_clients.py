@@ -166,7 +166,7 @@ async def test_wrk_load_has_no_errors(proxy: tuple[ProxyListener, list[Completed
     """A short closed-loop run (1 s, 4 connections): every response is a 200."""
     wrk = shutil.which("wrk")
     if wrk is None:
-        pytest.skip("wrk is not installed (scripts/install-bench-tools.sh installs it)")
+        pytest.skip("wrk is not installed (make test installs it: scripts/install-netns-tools.sh)")
     listener, records = proxy
     process = await asyncio.create_subprocess_exec(
         wrk, "-t1", "-c4", "-d1s", "--timeout", "5s", f"http://127.0.0.1:{listener.port}/hello",
