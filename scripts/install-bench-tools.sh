@@ -17,26 +17,13 @@ BIN_DIR="${LIGHTMESH_BIN:-$CACHE/bin}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 
-sudo_if_needed() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
 
 missing=()
 for pkg in nginx haproxy wrk; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
-if [ "${#missing[@]}" -gt 0 ]; then
-    echo "install-bench-tools: apt-get install ${missing[*]}"
-    sudo_if_needed apt-get update -qq
-    # policy-rc.d 101: do not start the packaged nginx/haproxy services (ports 80 and 8404/…).
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' | sudo_if_needed tee /usr/sbin/policy-rc.d >/dev/null
-        sudo_if_needed chmod +x /usr/sbin/policy-rc.d
-        trap 'sudo_if_needed rm -f /usr/sbin/policy-rc.d' EXIT
-    fi
-    DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}"
-fi
+[ "${#missing[@]}" -eq 0 ] || apt_install install-bench-tools "${missing[@]}"
 
 if [ -x "$BIN_DIR/fortio" ] && "$BIN_DIR/fortio" version 2>/dev/null | grep -q "${FORTIO_VERSION#v}"; then
     :

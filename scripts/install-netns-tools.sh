@@ -8,18 +8,11 @@
 #     through the proxy (the benchmarks use it too).
 set -euo pipefail
 
-sudo_if_needed() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
 
 missing=()
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-if [ "${#missing[@]}" -gt 0 ]; then
-    echo "install-netns-tools: apt-get install ${missing[*]}" >&2
-    sudo_if_needed apt-get -o DPkg::Lock::Timeout=600 update -qq
-    DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
-        "${missing[@]}" >&2
-fi
+[ "${#missing[@]}" -eq 0 ] || apt_install install-netns-tools "${missing[@]}"
 echo "install-netns-tools: $(iptables --version)" >&2
