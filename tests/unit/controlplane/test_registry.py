@@ -2,7 +2,7 @@
 
 from dataclasses import replace
 
-from controlplane.registry import LocalRegistry, Registration
+from controlplane.sources.registry import LocalRegistry, Registration
 
 
 def reg(node: str, port: int, version: str = "v1") -> Registration:
