@@ -198,20 +198,25 @@ class DestinationRule:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EgressHost:
-    """One `spec.egress[].hosts` entry of a Sidecar: `namespace/host`, either part may be "*"
-    ("." is resolved to the Sidecar's namespace); the host may also be "*.suffix"."""
+    """One `spec.egress[].hosts` entry of a Sidecar: `namespace/host`. The namespace is "*", a
+    name, or "." (the sidecar's own namespace, also in a mesh-wide Sidecar); the host is "*",
+    "*.suffix", a FQDN, or a short name (resolved in the namespace it is looked up for)."""
 
     namespace: str
     host: str
 
-    def matches(self, host: str, namespace: str) -> bool:
-        """Whether a host defined in `namespace` (a service's, or a VirtualService's) is selected."""
-        if self.namespace not in ("*", namespace):
+    def matches(self, host: str, namespace: str, viewer: str) -> bool:
+        """Whether a host defined in `namespace` (a service's, or a VirtualService's) is selected
+        for sidecars of `viewer`."""
+        space = viewer if self.namespace == "." else self.namespace
+        if space not in ("*", namespace):
             return False
         if self.host == "*":
             return True
         if self.host.startswith("*."):
             return host.endswith(self.host[1:])
+        if "." not in self.host:
+            return host == resolve_host(self.host, namespace)
         return host == self.host
 
 
@@ -224,9 +229,10 @@ class Sidecar:
     selector: tuple[tuple[str, str], ...] | None  # workloadSelector.labels; None: whole namespace
     egress: tuple[EgressHost, ...]
 
-    def selects(self, host: str, namespace: str) -> bool:
-        """Whether a host (defined in `namespace`) is in this Sidecar's egress."""
-        return any(e.matches(host, namespace) for e in self.egress)
+    def selects(self, host: str, namespace: str, viewer: str) -> bool:
+        """Whether a host (defined in `namespace`) is in this Sidecar's egress for sidecars of
+        `viewer`."""
+        return any(e.matches(host, namespace, viewer) for e in self.egress)
 
 
 Resource: TypeAlias = (

@@ -496,23 +496,22 @@ def _authorization_policy(key: ResourceKey, spec: dict[str, Any], warnings: list
 
 
 def _egress_host(value: str, namespace: str, path: str) -> EgressHost:
+    del namespace  # "." means the namespace of the sidecar it applies to, resolved at lookup
     space, slash, host = value.partition("/")
     if not slash or not space or not host:
         raise _Invalid(f"{path}: {value!r} must be 'namespace/host' (e.g. './*', '*/catalog.shop')")
-    if space == ".":
-        space = namespace
-    elif space != "*" and not _DNS_LABEL.match(space):
+    if space not in ("*", ".") and not _DNS_LABEL.match(space):
         raise _Invalid(f"{path}: {space!r} is not '*', '.' or a namespace name")
     host = host.lower().rstrip(".")
     pattern = host[2:] if host.startswith("*.") else host
     if host != "*" and (not pattern or "*" in pattern or not _DNS_SUBDOMAIN.match(pattern)):
         raise _Invalid(f"{path}: {host!r} is not '*', '*.suffix' or a host name")
-    if host != "*" and not host.startswith("*.") and "." not in host:
-        if space == "*":
-            raise _Invalid(
-                f"{path}: short name {host!r} needs a namespace (write 'ns/{host}' or the FQDN)"
-            )
-        host = resolve_host(host, space)
+    if host != "*" and not host.startswith("*.") and space == "*" and "." not in host:
+        raise _Invalid(
+            f"{path}: short name {host!r} needs a namespace (write 'ns/{host}' or the FQDN)"
+        )
+    if host != "*" and not host.startswith("*.") and "." in host:
+        host = resolve_host(host, "")  # name.namespace[.svc[.cluster.local]]: the FQDN
     return EgressHost(namespace=space, host=host)
 
 

@@ -43,7 +43,7 @@ def routes_host(world: World, scope: ScopeKey, host: str) -> bool:
         owner = vs.key.namespace
     if scope.sidecar is None or host in scope.extra_hosts:
         return True
-    return scope.sidecar.selects(host, owner)
+    return scope.sidecar.selects(host, owner, scope.namespace)
 
 
 def cluster_visible(world: World, namespace: str, host: str) -> bool:
