@@ -47,6 +47,9 @@ def _controlplane(args: argparse.Namespace) -> int:
         workload_cert_ttl=args.workload_cert_ttl,
         server_names=("localhost", *args.server_name),
         plaintext=args.plaintext,
+        default_export_to=tuple(args.default_export_to.split(",")),
+        registry_grace=args.registry_grace,
+        initial_pushes=args.initial_pushes,
         webhook=WebhookSettings(
             port=args.webhook_port,
             host=args.host,
@@ -58,6 +61,13 @@ def _controlplane(args: argparse.Namespace) -> int:
         if args.webhook_port
         else None,
     )
+    from controlplane.validate import parse_export_to
+
+    try:
+        parse_export_to(list(settings.default_export_to), "--default-export-to")
+    except ValueError as error:
+        print(f"lightmesh controlplane: {error}", file=sys.stderr)
+        return 2
     if settings.config_dir is not None and not settings.config_dir.is_dir():
         print(
             f"lightmesh controlplane: --config-dir {args.config_dir}: not a directory",
@@ -413,6 +423,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="DNS name sidecars use to reach the control plane (repeatable)",
     )
     cp.add_argument("--plaintext", action="store_true", help="serve the config stream without TLS")
+    cp.add_argument(
+        "--default-export-to",
+        default="*",
+        help="namespaces a Service, VirtualService or DestinationRule without exportTo is seen "
+        "from: '*' (all, Istio's default), '.' (its own) or names, comma-separated",
+    )
+    cp.add_argument(
+        "--registry-grace",
+        type=float,
+        default=15.0,
+        help="local mode: restored registrations expire this many seconds after the last "
+        "restored sidecar reconnected",
+    )
+    cp.add_argument(
+        "--initial-pushes",
+        type=int,
+        default=32,
+        help="at most this many first (full) pushes to new streams at once; the rest queue (FIFO)",
+    )
     cp.add_argument("--log-level", default="info")
     cp.add_argument(
         "--webhook-port", type=int, default=0, help="serve the sidecar injector here (0: off)"
