@@ -31,6 +31,11 @@ class Debouncer:
         self._last = now
 
     @property
+    def first_at(self) -> float:
+        """When the first pending change was added (meaningful while `pending`)."""
+        return self._first
+
+    @property
     def pending(self) -> bool:
         """Whether changes wait to be flushed."""
         return self._pending is not None

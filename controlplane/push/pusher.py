@@ -8,11 +8,20 @@
   lock, so a flush never sees a half-built view and `/healthz`, ACKs and new streams stay prompt.
 - Streams are woken, not written to: each stream plans and sends its own response through the
   `PushGate`, which bounds concurrent pushes (initial ones apart: they are large) in FIFO order.
+- Herds first: while more new streams wait for their first push than the gate admits at once (a
+  cold start, a restart, a failover), flushes are held back (at most `herd_delay` after the first
+  pending change). Otherwise every registration of the herd would push to every stream already
+  in, O(n²) pushes that starve the first pushes; held back, the herd gets in at full speed and
+  one flush then sends everyone what changed meanwhile.
+- Backpressure (Istio's one push at a time): the next flush waits until the streams the last one
+  woke have been served (at most `max_delay`), so under a stream of changes the flush rate drops
+  to what the streams can take and more changes coalesce into each push.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -88,6 +97,7 @@ class Pusher:
         max_delay: float = 1.0,
         initial_pushes: int = 32,
         update_pushes: int = 256,
+        herd_delay: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
@@ -96,10 +106,18 @@ class Pusher:
         self.cache = TranslationCache()
         self.translator = Translator(store.world, store.version, self.cache)
         self.gate = PushGate(initial=initial_pushes, updates=update_pushes)
+        self._initial_pushes = initial_pushes
+        self._herd_delay = herd_delay
+        self.awaiting_first = 0  # open streams not yet sent their first push
+        self._herd = False
+        self._unserved: set[Connection] = set()  # woken by the last flush, not served yet
+        self._served = asyncio.Event()
+        self._served.set()
         self.connections: dict[str, Connection] = {}
         self.views: dict[ScopeKey, OutboundView] = {}
         self.inbound_views: dict[InboundKey, InboundView] = {}
         self._debouncer = Debouncer(quiet=debounce, max_delay=max_delay)
+        self._max_delay = max_delay
         self._dirty = asyncio.Event()
         self._lock = asyncio.Lock()
         self.flushes = 0
@@ -126,13 +144,31 @@ class Pusher:
             self.close(previous)
             previous.wake.set()
         self.connections[node.id] = conn
+        self.awaiting_first += 1
         return conn
+
+    def served(self, conn: Connection) -> None:
+        """The stream handled its wake-up (sent what was due, or found nothing to send)."""
+        if self._unserved:
+            self._unserved.discard(conn)
+            if not self._unserved:
+                self._served.set()
+
+    def first_pushed(self, conn: Connection) -> None:
+        """The stream's first push went out."""
+        if not conn.pushed:
+            conn.pushed = True
+            self.awaiting_first -= 1
 
     def close(self, conn: Connection) -> None:
         """Forget a stream that ended (unless a newer stream of the same node replaced it)."""
         if conn.closed:
             return
         conn.closed = True
+        if not conn.pushed:
+            conn.pushed = True
+            self.awaiting_first -= 1
+        self.served(conn)
         if self.connections.get(conn.node.id) is conn:
             del self.connections[conn.node.id]
         self._leave(conn)
@@ -217,10 +253,19 @@ class Pusher:
                     waiter.cancel()
                     stopper.cancel()
                 continue
-            delay = due - self._clock()
+            now = self._clock()
+            delay = due - now
+            if delay <= 0 and self._in_herd() and now < self._debouncer.first_at + self._herd_delay:
+                delay = 0.05  # let the herd in first (see the module docstring)
             if delay > 0:
                 await asyncio.sleep(delay)
                 continue
+            if not self._served.is_set():
+                # Backpressure: the last flush's streams first (bounded by the maximum delay).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._served.wait(), timeout=self._max_delay)
+                self._unserved.clear()
+                self._served.set()
             change = self._debouncer.take(now=self._clock())
             if change is not None:
                 await self.flush(change)
@@ -262,6 +307,9 @@ class Pusher:
         now = self._clock()
         for conn in woken:
             conn.notify(now)
+        self._unserved = {c for c in woken if not c.closed}
+        if self._unserved:
+            self._served.clear()
         log.info(
             "pushed change",
             extra={
@@ -274,6 +322,14 @@ class Pusher:
                 "translate_seconds": round(elapsed, 4),
             },
         )
+
+    def _in_herd(self) -> bool:
+        # A herd starts when more streams wait than the gate admits and lasts until none waits.
+        if self.awaiting_first > self._initial_pushes:
+            self._herd = True
+        elif self.awaiting_first == 0:
+            self._herd = False
+        return self._herd
 
     def _affected(self, keys: Iterable[ResourceKey], *kinds: str) -> list[Connection]:
         namespaces = {k.namespace for k in keys if k.kind in kinds}

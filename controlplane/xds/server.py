@@ -131,6 +131,7 @@ class ConfigDiscovery:
                     self._metrics.queue_seconds.observe(started - conn.woken_at)
                     for response in self._round(conn):
                         yield response
+                    self._pusher.served(conn)
                     self._metrics.send_seconds.observe(self._clock() - started)
         finally:
             reader.cancel()
@@ -247,5 +248,5 @@ class ConfigDiscovery:
             self._metrics.sent_bytes.labels(short).inc(len(body))
             out.append(body)
         if out:
-            conn.pushed = True
+            self._pusher.first_pushed(conn)
         return out
