@@ -8,7 +8,7 @@ problem names the origin (file or Kubernetes object), the resource and the field
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -550,6 +550,36 @@ _BUILDERS: dict[str, Callable[[ResourceKey, dict[str, Any], list[str]], Resource
 }
 
 
+def subset_references(vs: VirtualService) -> list[tuple[str, RouteDestination]]:
+    """Every (field path, destination) of a VirtualService that names a subset."""
+    used = [
+        (f"spec.http[{i}].route[{j}].destination.subset", dest)
+        for i, route in enumerate(vs.http)
+        for j, dest in enumerate(route.destinations)
+    ] + [
+        (f"spec.http[{i}].mirror.subset", route.mirror)
+        for i, route in enumerate(vs.http)
+        if route.mirror is not None
+    ]
+    return [(path, dest) for path, dest in used if dest.subset]
+
+
+def missing_subsets(
+    vs: VirtualService, *, origin: str, defined: Callable[[str], Collection[str]]
+) -> tuple[Problem, ...]:
+    """A problem for each subset the VirtualService routes to that `defined(host)` lacks."""
+    return tuple(
+        Problem(
+            origin=origin,
+            resource=str(vs.key),
+            path=path,
+            message=f"subset {dest.subset!r} of {dest.host} is not defined by a DestinationRule",
+        )
+        for path, dest in subset_references(vs)
+        if dest.subset not in defined(dest.host)
+    )
+
+
 def check_references(
     resources: Mapping[ResourceKey, Resource], *, origin: Callable[[ResourceKey], str]
 ) -> dict[ResourceKey, tuple[Problem, ...]]:
@@ -563,24 +593,8 @@ def check_references(
     for key, resource in resources.items():
         if not isinstance(resource, VirtualService):
             continue
-        used = [
-            (f"spec.http[{i}].route[{j}].destination.subset", dest)
-            for i, route in enumerate(resource.http)
-            for j, dest in enumerate(route.destinations)
-        ] + [
-            (f"spec.http[{i}].mirror.subset", route.mirror)
-            for i, route in enumerate(resource.http)
-            if route.mirror is not None
-        ]
-        problems = tuple(
-            Problem(
-                origin=origin(key),
-                resource=str(key),
-                path=path,
-                message=f"subset {dest.subset!r} of {dest.host} is not defined by a DestinationRule",
-            )
-            for path, dest in used
-            if dest.subset and dest.subset not in subsets.get(dest.host, set())
+        problems = missing_subsets(
+            resource, origin=origin(key), defined=lambda host: subsets.get(host, set())
         )
         if problems:
             found[key] = problems

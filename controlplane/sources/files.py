@@ -28,13 +28,6 @@ from controlplane.validate import Parsed, Problem, parse_document
 log = logging.getLogger("controlplane.sources.files")
 
 SOURCE = "files"
-MESH_KINDS = (
-    "VirtualService",
-    "DestinationRule",
-    "PeerAuthentication",
-    "AuthorizationPolicy",
-    "Sidecar",
-)
 
 
 class FileSet:

@@ -13,11 +13,11 @@ The file and Kubernetes sources share it, so both behave the same.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from controlplane.model import DestinationRule, Resource, ResourceKey, VirtualService
-from controlplane.validate import Parsed, Problem
+from controlplane.validate import Parsed, Problem, missing_subsets, subset_references
 
 REJECTED = "rejected; the last accepted version keeps serving"
 
@@ -106,30 +106,15 @@ class Ledger:
         if candidate is None or not isinstance(candidate.parsed.resource, VirtualService):
             return ()
         vs = candidate.parsed.resource
-        used = [
-            (f"spec.http[{i}].route[{j}].destination.subset", dest)
-            for i, route in enumerate(vs.http)
-            for j, dest in enumerate(route.destinations)
-        ] + [
-            (f"spec.http[{i}].mirror.subset", route.mirror)
-            for i, route in enumerate(vs.http)
-            if route.mirror is not None
-        ]
-        hosts = frozenset(dest.host for _, dest in used if dest.subset)
+        hosts = frozenset(dest.host for _, dest in subset_references(vs))
         self._routes_to[key] = hosts
         for host in hosts:
             self._routing.setdefault(host, set()).add(key)
-        return tuple(
-            Problem(
-                origin=candidate.origin,
-                resource=str(key),
-                path=path,
-                message=f"subset {dest.subset!r} of {dest.host} is not defined by a DestinationRule",
-            )
-            for path, dest in used
-            if dest.subset
-            and not any(dest.subset in s for s in self._subsets.get(dest.host, {}).values())
-        )
+
+        def defined(host: str) -> set[str]:
+            return {name for names in self._subsets.get(host, {}).values() for name in names}
+
+        return missing_subsets(vs, origin=candidate.origin, defined=defined)
 
     def _evaluate(self, key: ResourceKey, broken: tuple[Problem, ...]) -> Resource | None:
         candidate = self._candidates.get(key)
@@ -180,11 +165,3 @@ class Ledger:
     def keys(self) -> set[ResourceKey]:
         """Every key with a document."""
         return set(self._candidates)
-
-
-def origin_map(problems: Iterable[Problem]) -> Mapping[str, tuple[Problem, ...]]:
-    """Problems grouped by origin."""
-    grouped: dict[str, list[Problem]] = {}
-    for problem in problems:
-        grouped.setdefault(problem.origin, []).append(problem)
-    return {k: tuple(v) for k, v in grouped.items()}
