@@ -74,15 +74,12 @@ class Connection:
 
 
 class PushGate:
-    """Bounds concurrent pushes, first pushes of a stream and updates apart, each in FIFO order."""
+    """Bounds concurrent pushes, each in FIFO order: `initial` is held by a new stream from its
+    first push until it ACKed every type; `updates` by a stream while it sends one round."""
 
     def __init__(self, *, initial: int, updates: int) -> None:
         self.initial = asyncio.Semaphore(initial)
         self.updates = asyncio.Semaphore(updates)
-
-    def slot(self, *, initial: bool) -> asyncio.Semaphore:
-        """The semaphore to hold while planning and sending one round."""
-        return self.initial if initial else self.updates
 
 
 class Pusher:
@@ -307,7 +304,8 @@ class Pusher:
         now = self._clock()
         for conn in woken:
             conn.notify(now)
-        self._unserved = {c for c in woken if not c.closed}
+        # Streams still in their first push are admitted by the gate, not by flushes.
+        self._unserved = {c for c in woken if not c.closed and c.pushed}
         if self._unserved:
             self._served.clear()
         log.info(

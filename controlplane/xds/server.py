@@ -9,6 +9,7 @@ written as bytes: nothing is serialized per sidecar.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +29,8 @@ from lightmesh.v1 import discovery_pb2 as pb
 log = logging.getLogger("controlplane.xds")
 
 SERVICE = "lightmesh.v1.ConfigDiscovery"
+# How long a new stream may hold its initial push slot waiting for its ACKs.
+INITIAL_HOLD = 10.0
 METHOD = "DeltaConfig"
 
 
@@ -120,19 +123,24 @@ class ConfigDiscovery:
         )
         try:
             await self._handle(conn, first)
+            # Admission: the first pushes hold one of the few initial slots until every type is
+            # ACKed (or INITIAL_HOLD passed), so the large responses buffered at once stay bounded
+            # and a herd is admitted in FIFO order.
+            async with self._pusher.gate.initial:
+                deadline = self._clock() + INITIAL_HOLD
+                while not self._synced_once(conn) and self._clock() < deadline:
+                    async for response in self._serve(conn, ended, deadline=deadline):
+                        yield response
+                    if conn.closed or ended.is_set():
+                        return
+            self._pusher.first_pushed(conn)
             while True:
                 await conn.wake.wait()
                 if conn.closed or ended.is_set():
                     return
-                conn.wake.clear()
-                slot = self._pusher.gate.slot(initial=not conn.pushed)
-                async with slot:
-                    started = self._clock()
-                    self._metrics.queue_seconds.observe(started - conn.woken_at)
-                    for response in self._round(conn):
+                async with self._pusher.gate.updates:
+                    async for response in self._serve(conn, ended, deadline=None):
                         yield response
-                    self._pusher.served(conn)
-                    self._metrics.send_seconds.observe(self._clock() - started)
         finally:
             reader.cancel()
             self._metrics.connected.dec()
@@ -140,6 +148,28 @@ class ConfigDiscovery:
                 self._pusher.close(conn)
                 self._registry.disconnect(conn.node.id)
             log.info("sidecar disconnected", extra={"event": "stream_close", "node": conn.node.id})
+
+    @staticmethod
+    def _synced_once(conn: Connection) -> bool:
+        states = conn.protocol.types
+        return all(t in states and states[t].acked_at for t in PUSH_ORDER)
+
+    async def _serve(
+        self, conn: Connection, ended: asyncio.Event, *, deadline: float | None
+    ) -> AsyncIterator[bytes]:
+        """Wait for a wake-up (until `deadline`), then send what is due."""
+        if deadline is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(conn.wake.wait(), timeout=max(0.0, deadline - self._clock()))
+        if not conn.wake.is_set() or conn.closed or ended.is_set():
+            return
+        conn.wake.clear()
+        started = self._clock()
+        self._metrics.queue_seconds.observe(started - conn.woken_at)
+        for response in self._round(conn):
+            yield response
+        self._pusher.served(conn)
+        self._metrics.send_seconds.observe(self._clock() - started)
 
     async def _read(
         self,
@@ -247,6 +277,4 @@ class ConfigDiscovery:
             self._metrics.pushes.labels(short).inc()
             self._metrics.sent_bytes.labels(short).inc(len(body))
             out.append(body)
-        if out:
-            self._pusher.first_pushed(conn)
         return out
