@@ -286,7 +286,8 @@ async def test_hanging_upstream_hits_per_try_timeout_then_the_route_timeout(
     assert headers[FLAGS] == "UT"
     # More than one try reached the app (per-try timeouts), far fewer than 51 (the route timeout).
     assert 2 <= len(hang.requests) < 51
-    assert mesh.last().attempts == len(hang.requests)
+    # The route timeout may fire while the last attempt's request is still on its way to the app.
+    assert len(hang.requests) <= mesh.last().attempts <= len(hang.requests) + 1
 
 
 async def test_per_try_timeout_alone_ends_in_504_after_the_retries(
