@@ -11,7 +11,6 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
-from controlplane.ca import spiffe_id
 from controlplane.model import (
     HeaderOps,
     HTTPMatch,
@@ -24,6 +23,7 @@ from controlplane.model import (
 from controlplane.security import AuthorizationPolicy, authorization_policies, mtls_mode
 from controlplane.world import NodeInfo, World
 from lightmesh import types
+from lightmesh.spiffe import spiffe_id
 from lightmesh.v1 import config_pb2 as pb
 
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds, as Istio's default

@@ -21,9 +21,9 @@ from google.protobuf.message import Message
 from lightmesh import types
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.config.apply import DataPlane
-from sidecar.proxy.decision import Completed
-from sidecar.proxy.engine import EngineSettings, ProxyListener, start_proxy
-from sidecar.router import OutboundRouter
+from sidecar.contract import Completed
+from sidecar.listeners.engine import EngineSettings, ProxyListener, start_proxy
+from sidecar.routing.router import OutboundRouter
 from tests.support.servers import serving
 
 DEADLINE = 10.0  # bound on every wait; never reached when things work
