@@ -23,6 +23,8 @@ check-demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-logo
+	$(BIN)/python scripts/check_test_layout.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

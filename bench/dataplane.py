@@ -44,7 +44,7 @@ from typing import Any
 
 from bench import configs, load
 from bench.procs import BenchError, Service, core_times, find_tool, start_pinned, wait_port
-from lightmesh.demo.mesh import free_port
+from lightmeshctl.demo.mesh import free_port
 
 SERVER_CORE = 0
 CLIENT_CORE = 1
@@ -149,7 +149,7 @@ class Rig:
         cp = self._start(
             "controlplane",
             [
-                sys.executable, "-m", "lightmesh.cli", "controlplane",
+                sys.executable, "-m", "lightmeshctl.cli", "controlplane",
                 "--config-dir", str(config), "--state-dir", str(state),
                 "--port", str(cp_port), "--debug-port", str(cp_debug),
             ],
@@ -167,7 +167,7 @@ class Rig:
         ):  # fmt: skip
             admins[name] = free_port()
             argv = [
-                sys.executable, "-m", "lightmesh.cli", "sidecar",
+                sys.executable, "-m", "lightmeshctl.cli", "sidecar",
                 "--control-plane", f"127.0.0.1:{cp_port}", "--workload", name,
                 "--ca-bundle", str(state / "root.pem"),
                 "--token-file", str(state / "bootstrap-token"),

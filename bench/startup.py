@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lightmesh.demo.mesh import LocalMesh, http_get
+from lightmeshctl.demo.mesh import LocalMesh, http_get
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "demo"
 

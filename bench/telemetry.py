@@ -33,7 +33,7 @@ from bench import configs, load
 from bench.dataplane import CLIENT_CORE, SERVER_CORE, _get, _ready, _wait, machine
 from bench.procs import Service, find_tool, start_pinned, wait_port
 from bench.report import _replace
-from lightmesh.demo.mesh import free_port
+from lightmeshctl.demo.mesh import free_port
 
 START, END = "<!-- telemetry:start -->", "<!-- telemetry:end -->"
 RATE = 1000.0
@@ -73,10 +73,10 @@ def _span_counters(admin: int) -> dict[str, float]:
 def micro(number: int = 20000) -> dict[str, float]:
     """In-process cost per call, µs (best of 5 timeit rounds): what each telemetry step adds to a
     request, free of the load generator's and the shared machine's noise."""
-    from sidecar.proxy.decision import Completed, RequestHead
+    from sidecar.contract import Completed, RequestHead
     from sidecar.telemetry.hooks import Telemetry, wrap_recorder, wrap_resolver
     from sidecar.telemetry.metrics import PEER_HEADER, RequestMetrics
-    from sidecar.telemetry.tracing import Tracer
+    from sidecar.telemetry.propagation import Tracer
     from sidecar.telemetry.zipkin import LocalEndpoint, ZipkinExporter
 
     headers = [
@@ -151,7 +151,7 @@ def run(*, quick: bool, log: Any) -> dict[str, Any]:
             (work / "mesh-config").mkdir()
             cp = start_pinned(
                 "controlplane",
-                [sys.executable, "-m", "lightmesh.cli", "controlplane",
+                [sys.executable, "-m", "lightmeshctl.cli", "controlplane",
                  "--config-dir", str(work / "mesh-config"),
                  "--port", str(cp_port), "--debug-port", str(cp_debug)],
                 core=CLIENT_CORE, log_dir=work,
@@ -164,7 +164,7 @@ def run(*, quick: bool, log: Any) -> dict[str, Any]:
                 args = [f.replace("DEAD", dead_url).replace("SLOW", slow_url) for f in flags]
                 sidecar = start_pinned(
                     name,
-                    [sys.executable, "-m", "lightmesh.cli", "sidecar",
+                    [sys.executable, "-m", "lightmeshctl.cli", "sidecar",
                      "--control-plane", f"127.0.0.1:{cp_port}", "--workload", name,
                      "--service", name, "--app-port", str(backend_port),
                      "--inbound-port", str(inbound), "--outbound-port", str(free_port()),

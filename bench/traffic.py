@@ -27,8 +27,8 @@ from lightmesh import types
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.cluster.balancers import Endpoint, LoadStats, make_balancer
 from sidecar.config.apply import DataPlane
-from sidecar.proxy.decision import Completed, Forward, RequestHead
-from sidecar.router import OutboundRouter
+from sidecar.contract import Completed, Forward, RequestHead
+from sidecar.routing.router import OutboundRouter
 
 CLUSTER = "outbound||catalog.default.svc.cluster.local"
 

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from controlplane.private_files import write_once
+from lightmesh.spiffe import spiffe_id
 
 Clock = Callable[[], datetime.datetime]
 
@@ -175,11 +176,6 @@ class SignedCertificate:
     chain_pem: bytes
     serial: int
     not_after: datetime.datetime
-
-
-def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
-    """The SPIFFE ID of workloads running as `service_account` in `namespace`."""
-    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
 
 
 class CertificateAuthority:

@@ -6,16 +6,15 @@ Everything here is immutable; sources produce these values and the store version
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, NamedTuple, TypeAlias
-
-if TYPE_CHECKING:  # security.py builds on ResourceKey; only the union below needs its types
-    from controlplane.security import AuthorizationPolicy, PeerAuthentication
+from typing import Literal, NamedTuple, TypeAlias
 
 CLUSTER_DOMAIN = "cluster.local"
 
 MatchKind = Literal["exact", "prefix", "regex", "present"]
 LbPolicyName = Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "PEAK_EWMA"]
 TlsMode = Literal["DISABLE", "MESH_MUTUAL"]
+MtlsMode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
+Action = Literal["ALLOW", "DENY"]
 
 
 class ResourceKey(NamedTuple):
@@ -235,8 +234,37 @@ class Sidecar:
         return any(e.matches(host, namespace, viewer) for e in self.egress)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerAuthentication:
+    """Whether a workload's inbound listener requires, accepts or refuses mutual TLS."""
+
+    key: ResourceKey
+    selector: tuple[tuple[str, str], ...] | None  # None: the whole namespace
+    mode: MtlsMode
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthorizationRule:
+    """`from` and `to` of one rule; empty tuples mean "any"."""
+
+    principals: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthorizationPolicy:
+    """Who may call a workload, and what."""
+
+    key: ResourceKey
+    selector: tuple[tuple[str, str], ...] | None
+    action: Action
+    rules: tuple[AuthorizationRule, ...]
+
+
 Resource: TypeAlias = (
-    "VirtualService | DestinationRule | PeerAuthentication | AuthorizationPolicy | Sidecar"
+    VirtualService | DestinationRule | PeerAuthentication | AuthorizationPolicy | Sidecar
 )
 
 

@@ -11,13 +11,13 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lightmesh import durations
+
 GROUP = "lightmesh.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 Schema = dict[str, Any]
-
-DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$"
 
 
 def _obj(
@@ -88,7 +88,7 @@ def _int(*, minimum: int | None = None, maximum: int | None = None) -> Schema:
 
 
 _STRING_MAP: Schema = {"type": "object", "additionalProperties": {"type": "string"}}
-_DURATION = _str(pattern=DURATION_PATTERN, desc='Duration such as "500ms", "1.5s", "2m".')
+_DURATION = _str(pattern=durations.PATTERN, desc='Duration such as "500ms", "1.5s", "2m".')
 _STRING_MATCH = _obj(
     {"exact": _str(), "prefix": _str(), "regex": _str(desc="RE2-style full match.")},
     desc="Exactly one of exact, prefix or regex.",

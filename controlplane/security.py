@@ -1,5 +1,5 @@
-"""PeerAuthentication and AuthorizationPolicy: typed values, semantic checks, and which of them
-apply to one workload. Pure.
+"""PeerAuthentication and AuthorizationPolicy: semantic checks (building the typed values of
+model.py from a spec), and which of them apply to one workload. Pure.
 
 Selection follows Istio's: a policy in the mesh's root namespace applies mesh-wide, one without a
 selector applies to its whole namespace, one with `selector.matchLabels` to the matching workloads
@@ -10,13 +10,17 @@ PERMISSIVE default); AuthorizationPolicies all apply together (see sidecar/secur
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, cast
 
+# The typed values live with the rest of the world state (model.py); importers that predate the
+# move (world, store, translate: issue 12 rewrites them) still find them here.
+from controlplane.model import Action as Action
+from controlplane.model import AuthorizationPolicy as AuthorizationPolicy
+from controlplane.model import AuthorizationRule as AuthorizationRule
+from controlplane.model import MtlsMode as MtlsMode
+from controlplane.model import PeerAuthentication as PeerAuthentication
 from controlplane.model import ResourceKey
 
-MtlsMode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
-Action = Literal["ALLOW", "DENY"]
 DEFAULT_MODE: MtlsMode = "PERMISSIVE"
 ROOT_NAMESPACE = "lightmesh-system"
 HTTP_METHODS = frozenset(
@@ -26,35 +30,6 @@ HTTP_METHODS = frozenset(
 
 class SpecError(ValueError):
     """A semantic problem; the message is "field.path: text"."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PeerAuthentication:
-    """Whether a workload's inbound listener requires, accepts or refuses mutual TLS."""
-
-    key: ResourceKey
-    selector: tuple[tuple[str, str], ...] | None  # None: the whole namespace
-    mode: MtlsMode
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AuthorizationRule:
-    """`from` and `to` of one rule; empty tuples mean "any"."""
-
-    principals: tuple[str, ...] = ()
-    namespaces: tuple[str, ...] = ()
-    methods: tuple[str, ...] = ()
-    paths: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AuthorizationPolicy:
-    """Who may call a workload, and what."""
-
-    key: ResourceKey
-    selector: tuple[tuple[str, str], ...] | None
-    action: Action
-    rules: tuple[AuthorizationRule, ...]
 
 
 def _selector(spec: Mapping[str, Any]) -> tuple[tuple[str, str], ...] | None:

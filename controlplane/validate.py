@@ -44,11 +44,10 @@ from controlplane.security import (
     authorization_policy,
     peer_authentication,
 )
+from lightmesh.durations import parse_duration
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,14 +74,6 @@ class Parsed:
     key: ResourceKey | None
     resource: Resource | None
     problems: tuple[Problem, ...] = ()
-
-
-def parse_duration(text: str) -> float:
-    """Parse "500ms", "1.5s", "2m", "1h" into seconds; raise ValueError otherwise."""
-    found = _DURATION.match(text)
-    if found is None:
-        raise ValueError(f"invalid duration {text!r}")
-    return float(found.group(1)) * _UNIT_SECONDS[found.group(2)]
 
 
 def parse_document(doc: Any, *, origin: str, default_namespace: str = "default") -> Parsed:

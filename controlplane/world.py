@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from controlplane.model import (
+    AuthorizationPolicy,
     DestinationRule,
+    PeerAuthentication,
     Resource,
     ResourceKey,
     Service,
@@ -20,7 +22,7 @@ from controlplane.model import (
     VirtualService,
     visible,
 )
-from controlplane.security import ROOT_NAMESPACE, AuthorizationPolicy, PeerAuthentication
+from controlplane.security import ROOT_NAMESPACE
 
 SERVICE = "Service"
 # Keys of the mesh-wide settings the store holds beside resources.

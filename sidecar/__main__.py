@@ -2,6 +2,6 @@
 
 import sys
 
-from lightmesh.cli import main
+from lightmeshctl.cli import main
 
 sys.exit(main(["sidecar", *sys.argv[1:]]))

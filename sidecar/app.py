@@ -16,15 +16,15 @@ from prometheus_client import CollectorRegistry
 import lightmesh
 from lightmesh.runtime import stop_on_signals
 from lightmesh.v1 import discovery_pb2 as pb
-from sidecar.admin import Admin
+from sidecar.admin.endpoints import Admin
+from sidecar.admin.server import start_local_server
 from sidecar.config.apply import DataPlane
 from sidecar.config.client import ConfigClient
+from sidecar.contract import Completed
 from sidecar.identity.manager import CertificateManager
 from sidecar.identity.tls import MeshTLS
-from sidecar.proxy.decision import Completed
-from sidecar.proxy.engine import start_proxy
-from sidecar.proxy.local_server import start_local_server
-from sidecar.router import InboundRouter, OutboundRouter
+from sidecar.listeners.engine import start_proxy
+from sidecar.routing.router import InboundRouter, OutboundRouter
 from sidecar.settings import Settings
 from sidecar.telemetry import wiring
 from sidecar.telemetry.hooks import wrap_recorder, wrap_resolver

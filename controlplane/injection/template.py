@@ -19,7 +19,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightmesh.intercept.rules import (
+from lightmesh.intercept import (
     ADMIN_PORT,
     INBOUND_PORT,
     OUTBOUND_PORT,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from controlplane.ca import spiffe_id
 from controlplane.model import DestinationRule, Service, TrafficPolicy
+from lightmesh.spiffe import spiffe_id
 from lightmesh.v1 import config_pb2 as pb
 
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds, as Istio's default

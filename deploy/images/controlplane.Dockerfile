@@ -7,6 +7,7 @@ FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY lightmesh lightmesh
+COPY lightmeshctl lightmeshctl
 COPY controlplane controlplane
 COPY sidecar sidecar
 RUN python -m venv /opt/lightmesh \

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.cluster.balancers import VNODES, Balancer, Endpoint, LoadStats, make_balancer
 from sidecar.cluster.outlier import OutlierConfig, OutlierDetector, filter_available
-from sidecar.routing.retry import RetryBudget
+from sidecar.policies.retry import RetryBudget
 
 
 class Cluster:

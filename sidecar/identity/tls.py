@@ -1,7 +1,7 @@
 """TLS contexts for mutual TLS between sidecars, built from the installed workload certificate.
 
 Workload certificates name a SPIFFE ID, not a DNS name, so hostname checking is off and the peer's
-identity is read from its verified certificate instead (`peer_identity`); the chain must still end
+identity is read from its verified certificate instead (`lightmesh.spiffe.peer_identity`); the chain must still end
 at the trust bundle. A new pair of contexts is built on every rotation: connections opened later use
 the new certificate, connections already open keep theirs.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
-from typing import Any
 
 from sidecar.identity.manager import Identity
 
@@ -43,22 +42,6 @@ def client_context(identity: Identity, extra_roots: str = "") -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False  # SPIFFE IDs are not host names; see peer_identity
     return _base(context, identity, extra_roots)
-
-
-def peer_identity(ssl_object: Any) -> str:
-    """The SPIFFE ID in the verified peer certificate's URI SAN, or "" if there is none."""
-    cert = ssl_object.getpeercert() if ssl_object is not None else None
-    for kind, value in (cert or {}).get("subjectAltName", ()):
-        if kind == "URI" and isinstance(value, str) and value.startswith("spiffe://"):
-            return value
-    return ""
-
-
-def named_securely(identity: str, expected: frozenset[str]) -> bool:
-    """Secure naming: whether a server presenting `identity` (its verified SPIFFE ID) may serve a
-    cluster whose endpoints run as `expected`. An empty set (the control plane knows no service
-    account for the cluster) admits any identity the trust bundle vouches for."""
-    return not expected or identity in expected
 
 
 @dataclass(frozen=True, slots=True)

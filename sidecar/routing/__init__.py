@@ -1,1 +1,1 @@
-"""Routing: compiled route tables that map a request head to a weighted choice of clusters. Pure."""
+"""Routing: the routers (request head → decision) over route tables compiled once per config. Pure."""

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from lightmesh.v1 import config_pb2 as pb
+from sidecar.contract import RequestHead
 from sidecar.errors import ConfigError
-from sidecar.proxy.decision import RequestHead
-from sidecar.routing.headers import HeaderEdits
-from sidecar.routing.retry import DEFAULT_RETRY, RetryPolicy
+from sidecar.policies.headers import HeaderEdits
+from sidecar.policies.retry import DEFAULT_RETRY, RetryPolicy
 
 Matcher = Callable[[str], bool]
 

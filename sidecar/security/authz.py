@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from lightmesh.spiffe import namespace_of
+
 Action = Literal["ALLOW", "DENY"]
 
 
@@ -49,10 +51,7 @@ class Peer:
     @property
     def namespace(self) -> str:
         """The namespace segment of a "td/ns/<namespace>/sa/<account>" principal."""
-        parts = self.principal.split("/")
-        if len(parts) >= 5 and parts[1] == "ns" and parts[3] == "sa":
-            return parts[2]
-        return ""
+        return namespace_of(self.principal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +63,6 @@ class Verdict:
 
 
 ALLOWED = Verdict(True)
-
-
-def principal_of(spiffe_id: str) -> str:
-    """Istio's principal form of a SPIFFE ID."""
-    return spiffe_id.removeprefix("spiffe://")
 
 
 def matches_value(pattern: str, value: str) -> bool:

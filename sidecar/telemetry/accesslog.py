@@ -11,9 +11,9 @@ import sys
 import time
 from typing import Any, TextIO
 
-from sidecar.proxy.decision import Completed
+from sidecar.contract import Completed
 from sidecar.telemetry.metrics import PEER_HEADER
-from sidecar.telemetry.tracing import B3_TRACE
+from sidecar.telemetry.propagation import B3_TRACE
 
 
 def entry(done: Completed, *, direction: str) -> dict[str, Any]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sidecar.proxy.decision import Completed, Decision, RequestHead, Resolver
+from sidecar.contract import Completed, Decision, RequestHead, Resolver
 from sidecar.telemetry.metrics import PEER_HEADER, RequestMetrics, split_cluster
-from sidecar.telemetry.tracing import B3_SAMPLED, Tracer
+from sidecar.telemetry.propagation import B3_SAMPLED, Tracer
 from sidecar.telemetry.zipkin import CLIENT, SERVER, ZipkinExporter
 
 Recorder = Callable[[Completed], None]

@@ -20,8 +20,8 @@ from collections.abc import Iterable, Iterator
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sidecar.proxy.decision import Completed
-from sidecar.security.authz import Peer, principal_of
+from lightmesh.spiffe import namespace_of, principal_of
+from sidecar.contract import Completed
 
 # Seconds, from 0.5 ms (a hop on loopback) to 30 s (the longest sensible timeout).
 DURATION_BUCKETS = (
@@ -243,7 +243,7 @@ class RequestMetrics:
         mtls, principal = "false", UNKNOWN
         if identity:
             mtls, principal = "true", identity
-            verified = Peer(principal=principal_of(identity)).namespace or UNKNOWN
+            verified = namespace_of(principal_of(identity)) or UNKNOWN
             if namespace != verified:
                 # The announcement (a header anyone can write) contradicts the certificate:
                 # keep only what the certificate proves.

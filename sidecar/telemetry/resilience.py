@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sidecar.cluster.cluster import Cluster
-from sidecar.proxy.mirror import Mirrors
+from sidecar.upstream.mirror import Mirrors
 
 _LABELS = ["destination_service", "destination_subset"]
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sidecar.proxy.decision import Completed
+from sidecar.contract import Completed
 from sidecar.telemetry.metrics import split_cluster
 
 TCP_LABELS = (

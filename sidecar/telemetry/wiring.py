@@ -12,7 +12,7 @@ from sidecar.settings import Settings
 from sidecar.telemetry.accesslog import AccessLog
 from sidecar.telemetry.hooks import Telemetry
 from sidecar.telemetry.metrics import RequestCollector, RequestMetrics, peer_value
-from sidecar.telemetry.tracing import Tracer
+from sidecar.telemetry.propagation import Tracer
 from sidecar.telemetry.zipkin import LocalEndpoint, ZipkinExporter
 
 

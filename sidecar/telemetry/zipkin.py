@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from sidecar.proxy.decision import Completed
-from sidecar.telemetry.tracing import injected
+from sidecar.contract import Completed
+from sidecar.telemetry.propagation import injected
 
 log = logging.getLogger("sidecar.tracing")
 

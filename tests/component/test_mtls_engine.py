@@ -16,10 +16,10 @@ from aiohttp import web
 
 from controlplane.ca import CAMaterial, new_root
 from sidecar.config.apply import DataPlane
+from sidecar.contract import Completed, Forward, RequestHead
 from sidecar.identity.tls import MeshTLS
-from sidecar.proxy.decision import Completed, Forward, RequestHead
-from sidecar.proxy.engine import EngineSettings, ProxyListener, start_proxy
-from sidecar.router import InboundRouter
+from sidecar.listeners.engine import EngineSettings, ProxyListener, start_proxy
+from sidecar.routing.router import InboundRouter
 from tests.component.test_tls_contexts import issue
 from tests.support.servers import serving
 

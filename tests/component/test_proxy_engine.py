@@ -23,9 +23,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from sidecar.proxy.decision import Completed, Decision, Forward, LocalReply, RequestHead
-from sidecar.proxy.engine import ConnectionPool, ProxyListener, start_proxy
-from sidecar.proxy.local_server import LocalResponse, start_local_server
+from sidecar.admin.server import LocalResponse, start_local_server
+from sidecar.contract import Completed, Decision, Forward, LocalReply, RequestHead
+from sidecar.listeners.engine import ConnectionPool, ProxyListener, start_proxy
 from tests.support.servers import download_pattern, serving
 
 DEADLINE = 10.0  # bound on every wait in these tests; never reached when things work

@@ -22,8 +22,8 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.proxy.decision import Completed, Decision, Forward, RequestHead
-from sidecar.proxy.engine import EngineSettings, ProxyListener, start_proxy
+from sidecar.contract import Completed, Decision, Forward, RequestHead
+from sidecar.listeners.engine import EngineSettings, ProxyListener, start_proxy
 from tests.component.smuggling_corpus import CORPUS, Case
 from tests.support.servers import serving
 

@@ -21,9 +21,9 @@ from google.protobuf.message import Message
 from lightmesh import types
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.config.apply import DataPlane
-from sidecar.proxy.decision import Completed
-from sidecar.proxy.engine import EngineSettings, ProxyListener, start_proxy
-from sidecar.router import OutboundRouter
+from sidecar.contract import Completed
+from sidecar.listeners.engine import EngineSettings, ProxyListener, start_proxy
+from sidecar.routing.router import OutboundRouter
 from tests.support.servers import serving
 
 DEADLINE = 10.0  # bound on every wait; never reached when things work
@@ -286,7 +286,8 @@ async def test_hanging_upstream_hits_per_try_timeout_then_the_route_timeout(
     assert headers[FLAGS] == "UT"
     # More than one try reached the app (per-try timeouts), far fewer than 51 (the route timeout).
     assert 2 <= len(hang.requests) < 51
-    assert mesh.last().attempts == len(hang.requests)
+    # The route timeout may fire while the last attempt's request is still on its way to the app.
+    assert len(hang.requests) <= mesh.last().attempts <= len(hang.requests) + 1
 
 
 async def test_per_try_timeout_alone_ends_in_504_after_the_retries(

@@ -19,8 +19,8 @@ import pytest
 import requests
 from aiohttp import web
 
-from sidecar.proxy.decision import Completed, Decision, Forward, RequestHead
-from sidecar.proxy.engine import ProxyListener, start_proxy
+from sidecar.contract import Completed, Decision, Forward, RequestHead
+from sidecar.listeners.engine import ProxyListener, start_proxy
 from tests.support.servers import PATTERN_BLOCK, download_pattern, serving, upload_digest
 
 DEADLINE = 20.0  # bound on every client call; never reached when things work

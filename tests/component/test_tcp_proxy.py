@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from sidecar.proxy.decision import Completed, Forward
-from sidecar.proxy.tcp import TcpProxyListener, start_tcp_proxy
+from sidecar.contract import Completed, Forward
+from sidecar.listeners.tcp import TcpProxyListener, start_tcp_proxy
 
 DEADLINE = 10.0  # bound on every wait; never reached when things work
 

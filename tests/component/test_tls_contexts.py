@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from controlplane.ca import CAMaterial, CertificateAuthority, new_root
+from lightmesh.spiffe import peer_identity
 from sidecar.identity.keygen import generate
 from sidecar.identity.manager import Identity
-from sidecar.identity.tls import ALPN_HTTP11, TLSContexts, peer_identity
+from sidecar.identity.tls import ALPN_HTTP11, TLSContexts
 
 NOW = datetime.datetime.now(datetime.UTC)
 

@@ -6,8 +6,8 @@ import socket
 
 from aiohttp import web
 
-from sidecar.proxy.decision import Completed, RequestHead
-from sidecar.telemetry.tracing import Tracer
+from sidecar.contract import Completed, RequestHead
+from sidecar.telemetry.propagation import Tracer
 from sidecar.telemetry.zipkin import CLIENT, SERVER, LocalEndpoint, ZipkinExporter
 from tests.support.servers import serving
 from tests.support.zipkin import schema_errors

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lightmesh.demo.mesh import LocalMesh
+from lightmeshctl.demo.mesh import LocalMesh
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "demo"
 

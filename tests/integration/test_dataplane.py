@@ -1,6 +1,6 @@
 """The data plane as real processes: WebSocket through two sidecars, drain on SIGTERM, 100 MB bodies.
 
-A control plane (empty config directory) and sidecars run as `python -m lightmesh.cli ...`
+A control plane (empty config directory) and sidecars run as `python -m lightmeshctl.cli ...`
 children; the "app" is an aiohttp server in the test process (the demo app has no WebSocket).
 Blocking process management runs in threads so the app keeps serving meanwhile.
 """
@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from lightmesh.demo.mesh import LocalMesh, Process, free_port, http_get, wait_for
+from lightmeshctl.demo.mesh import LocalMesh, Process, free_port, http_get, wait_for
 from tests.support.servers import serving, upload_digest
 
 pytestmark = pytest.mark.integration
@@ -129,7 +129,7 @@ def start_sidecar(
     """Start `lightmesh sidecar` (blocking until /ready answers 200)."""
     inbound, outbound, admin = free_port(), free_port(), free_port()
     args = [
-        "-m", "lightmesh.cli", "sidecar",
+        "-m", "lightmeshctl.cli", "sidecar",
         *mesh.control_plane_args(),
         "--workload", name,
         "--app-port", str(app_port),

@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 
 from controlplane.ca import verify_chain
-from lightmesh.demo.mesh import LocalMesh, http_get, wait_for
+from lightmeshctl.demo.mesh import LocalMesh, http_get, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +71,7 @@ def test_sidecar_gets_a_spiffe_certificate_from_the_control_plane_ca(mesh: Local
     assert stat.S_IMODE(os.stat(mesh.state_dir / "ca.pem").st_mode) == 0o600
 
     shown = subprocess.run(
-        [sys.executable, "-m", "lightmesh.cli", "proxy-config", "certs",
+        [sys.executable, "-m", "lightmeshctl.cli", "proxy-config", "certs",
          "--admin", mesh.workloads["catalog"].admin],
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout  # fmt: skip

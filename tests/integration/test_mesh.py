@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from lightmesh.demo.mesh import LocalMesh, http_get, wait_for
-from lightmesh.demo.runner import ALL_TO_V2, VS_FILE, start_shop
+from lightmeshctl.demo.mesh import LocalMesh, http_get, wait_for
+from lightmeshctl.demo.runner import ALL_TO_V2, VS_FILE, start_shop
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,10 @@ def write(path: Path, text: str) -> None:
 
 def lightmesh(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "lightmesh.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "lightmeshctl.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -11,8 +11,8 @@ import yaml
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from lightmesh.demo.mesh import LocalMesh, free_port, http_get, wait_for
-from lightmesh.demo.runner import start_shop
+from lightmeshctl.demo.mesh import LocalMesh, free_port, http_get, wait_for
+from lightmeshctl.demo.runner import start_shop
 from tests.integration.test_mesh import Traffic
 from tests.support.prometheus import Prometheus, prometheus, promtool_check_metrics
 from tests.support.zipkin import zipkin_collector

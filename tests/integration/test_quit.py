@@ -5,7 +5,7 @@ import urllib.request
 
 import pytest
 
-from lightmesh.demo.mesh import LocalMesh
+from lightmeshctl.demo.mesh import LocalMesh
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lightmesh.demo.mesh import LocalMesh, http_get, wait_for
+from lightmeshctl.demo.mesh import LocalMesh, http_get, wait_for
 
 pytestmark = pytest.mark.integration
 

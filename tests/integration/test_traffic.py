@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from lightmesh.demo.mesh import LocalMesh, Reply, http_get, wait_for
+from lightmeshctl.demo.mesh import LocalMesh, Reply, http_get, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.ca import CertificateAuthority, SecretCAStore
-from lightmesh.demo.mesh import LocalMesh, http_get, wait_for
+from lightmeshctl.demo.mesh import LocalMesh, http_get, wait_for
 from tests.support.kube import KubeCluster
 
 pytestmark = pytest.mark.kube

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lightmesh.demo.mesh import LocalMesh, free_port, wait_for
+from lightmeshctl.demo.mesh import LocalMesh, free_port, wait_for
 from tests.support.kube import REPO, KubeCluster, KubectlError
 
 pytestmark = pytest.mark.kube
@@ -197,7 +197,7 @@ def test_unlabelled_namespace_is_untouched_unless_the_pod_opts_in(
 
 def lightmesh_inject(manifest: dict[str, Any]) -> dict[str, Any]:
     result = subprocess.run(
-        [sys.executable, "-m", "lightmesh.cli", "inject", "-f", "-"],
+        [sys.executable, "-m", "lightmeshctl.cli", "inject", "-f", "-"],
         input=json.dumps(manifest), capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     injected: dict[str, Any] = yaml.safe_load(result.stdout)
@@ -277,7 +277,7 @@ def test_shop_example_and_its_injected_form_are_accepted_by_the_api_server(
     kube.kubectl("apply", "-f", "examples/kubernetes/shop.yaml")
     kube.kubectl("apply", "-n", "shop", "-f", "examples/demo/")
     injected = subprocess.run(
-        [sys.executable, "-m", "lightmesh.cli", "inject", "-f", "examples/kubernetes/shop.yaml"],
+        [sys.executable, "-m", "lightmeshctl.cli", "inject", "-f", "examples/kubernetes/shop.yaml"],
         capture_output=True, text=True, timeout=60, check=True, cwd=REPO,
     ).stdout  # fmt: skip
     result = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=injected)

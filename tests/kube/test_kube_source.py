@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from lightmesh.demo.mesh import LocalMesh, free_port, http_get, wait_for
+from lightmeshctl.demo.mesh import LocalMesh, free_port, http_get, wait_for
 from tests.support.kube import KubeCluster, advertise_address
 
 pytestmark = pytest.mark.kube
@@ -102,7 +102,7 @@ def shop(kube: KubeCluster, crds: None, namespace: str, tmp_path: Path) -> Itera
             ports[version] = free_port()
             mesh.spawn(
                 f"catalog-{version}",
-                ["-m", "lightmesh.demo.app", "--name", "catalog", "--version", version,
+                ["-m", "lightmeshctl.demo.app", "--name", "catalog", "--version", version,
                  "--workload", f"catalog-{version}", "--host", address, "--port", str(ports[version])],
             )  # fmt: skip
         service = f"""
@@ -240,7 +240,7 @@ def test_only_the_lease_holder_writes_status_and_leadership_moves_on(
                 f"controlplane-{i}",
                 [
                     "-m",
-                    "lightmesh.cli",
+                    "lightmeshctl.cli",
                     "controlplane",
                     "--kubeconfig",
                     str(kube.kubeconfig),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lightmesh.demo.mesh import LocalMesh, http_get, wait_for
+from lightmeshctl.demo.mesh import LocalMesh, http_get, wait_for
 from tests.kube.test_kube_source import rule, vs
 from tests.support.kube import KubeCluster
 
@@ -33,7 +33,7 @@ def second_namespace(kube: KubeCluster, namespace: str) -> Iterator[str]:
 
 def analyze(kube: KubeCluster, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "lightmesh.cli", "analyze", "--cluster",
+        [sys.executable, "-m", "lightmeshctl.cli", "analyze", "--cluster",
          "--kubeconfig", str(kube.kubeconfig), *args],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip

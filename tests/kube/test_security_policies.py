@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from lightmesh.demo.mesh import LocalMesh, http_get, wait_for
+from lightmeshctl.demo.mesh import LocalMesh, http_get, wait_for
 from tests.support.kube import KubeCluster, KubectlError
 
 pytestmark = pytest.mark.kube

@@ -12,14 +12,14 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from lightmesh.demo.mesh import wait_for
+from lightmeshctl.demo.mesh import wait_for
 from tests.support.netns import REPO, Namespace, NetnsPair
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
 
 PROXY_UID = 1337
 APP_PORT = 8080  # both apps
-LIGHTMESH = [sys.executable, "-m", "lightmesh.cli"]
+LIGHTMESH = [sys.executable, "-m", "lightmeshctl.cli"]
 ECHO = [sys.executable, str(REPO / "tests" / "netns" / "echo.py"), str(APP_PORT)]
 # A raw TCP server in pod B at an address the mesh does not know (B's own address is catalog's
 # endpoint, whose traffic is HTTP).
@@ -206,7 +206,7 @@ def test_original_destination_is_recovered_from_a_redirected_connection(pods: Ne
     a, b = pods.a, pods.b
     script = f"""
 import socket
-from sidecar.original_dst import original_destination
+from sidecar.listeners.original_dst import original_destination
 server = socket.create_server(("0.0.0.0", 15101))
 client = socket.create_connection(("{b.address}", 4321), timeout=5)
 redirected, _ = server.accept()

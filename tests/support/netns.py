@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from lightmesh.demo.mesh import Process
+from lightmeshctl.demo.mesh import Process
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT = REPO / "tests" / "netns" / "client.py"

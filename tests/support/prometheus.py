@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from lightmesh.demo.mesh import free_port, http_get, wait_for
+from lightmeshctl.demo.mesh import free_port, http_get, wait_for
 
 
 def binary(name: str) -> str:

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from controlplane.model import DestinationRule, VirtualService, resolve_host
-from controlplane.validate import parse_document, parse_duration
+from controlplane.validate import parse_document
 
 
 def vs(spec: dict[str, Any], **meta: str) -> dict[str, Any]:
@@ -151,13 +151,6 @@ def test_destination_rule_subsets_and_duplicate_names() -> None:
 )
 def test_host_forms_resolve_to_one_fqdn(host: str, fqdn: str) -> None:
     assert resolve_host(host, "shop") == fqdn
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"), [("500ms", 0.5), ("1.5s", 1.5), ("2m", 120), ("1h", 3600)]
-)
-def test_durations(text: str, seconds: float) -> None:
-    assert parse_duration(text) == seconds
 
 
 def test_list_bounds_match_the_crd() -> None:

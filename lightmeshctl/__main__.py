@@ -1,0 +1,7 @@
+"""`python -m lightmeshctl`: the `lightmesh` command."""
+
+import sys
+
+from lightmeshctl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,414 @@
+"""The `lightmesh` command: run the daemons, the demo, and inspect a running mesh.
+
+Subcommands import only what they use, so `lightmesh sidecar` never loads the control plane's
+libraries (aiohttp, kubernetes) into the sidecar process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightmesh.logs import setup_logging
+from lightmesh.runtime import run_main
+
+DEFAULT_DEBUG = "http://127.0.0.1:15014"
+
+
+def _controlplane(args: argparse.Namespace) -> int:
+    from controlplane.app import run
+    from lightmeshctl.flags.controlplane import from_arguments
+
+    setup_logging("controlplane", level=args.log_level)
+    try:
+        settings = from_arguments(args)
+    except ValueError as error:
+        print(f"lightmesh controlplane: {error}", file=sys.stderr)
+        return 2
+    run_main(run(settings))
+    return 0
+
+
+def _sidecar(args: argparse.Namespace) -> int:
+    # gRPC's fork handlers only matter to children that use gRPC; ours (key generation) do not,
+    # and with them on every spawn logs a warning. Must be set before grpc is imported.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    from lightmeshctl.flags.sidecar import from_arguments
+    from sidecar.app import run
+
+    try:
+        settings = from_arguments(args)
+    except ValueError as error:
+        print(f"lightmesh sidecar: {error}", file=sys.stderr)
+        return 2
+    setup_logging("sidecar", level=settings.log_level)
+    run_main(run(settings))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from lightmeshctl.demo.runner import run_demo
+
+    return run_demo(check=args.check, config_dir=Path(args.config_dir) if args.config_dir else None)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    if args.cluster:
+        return _analyze_cluster(args)
+    if not args.files:
+        print("lightmesh analyze: give -f FILES... or --cluster", file=sys.stderr)
+        return 2
+    from controlplane.sources.files import FileSet, read_directory
+
+    files: dict[str, str] = {}
+    for name in args.files:
+        path = Path(name)
+        try:
+            files.update(read_directory(path) if path.is_dir() else {name: path.read_text()})
+        except OSError as error:
+            print(f"lightmesh analyze: {name}: {error.strerror}", file=sys.stderr)
+            return 2
+    resources, problems = FileSet().load(files)
+    errors = [p for p in problems if p.severity == "error"]
+    for problem in problems:
+        # A warning's own text starts with "warning:"; it does not fail the analysis.
+        print(str(problem) if problem.severity == "warning" else f"Error: {problem}")
+    print(f"{len(resources)} resources accepted, {len(errors)} problems in {len(files)} files")
+    return 1 if errors else 0
+
+
+def _analyze_cluster(args: argparse.Namespace) -> int:
+    """The same validation the control plane runs, over the mesh resources stored in a cluster."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    from controlplane.schema import GROUP, KINDS, VERSION
+    from controlplane.sources.kube_index import MESH_KINDS, KubeIndex
+
+    try:
+        if args.kubeconfig or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            api = config.new_client_from_config(config_file=args.kubeconfig or None)  # type: ignore[no-untyped-call]
+        else:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+            api = client.ApiClient()
+    except Exception as error:  # the kubernetes client raises several unrelated types here
+        print(f"lightmesh analyze: cannot load kubeconfig: {error}", file=sys.stderr)
+        return 2
+    objects = client.CustomObjectsApi(api)
+    index = KubeIndex()
+    count = 0
+    for kind in MESH_KINDS:
+        plural = KINDS[kind][0]  # authorizationpolicies, not a naive "-s"
+        found: Any
+        try:
+            if args.namespace:
+                found = objects.list_namespaced_custom_object(
+                    GROUP, VERSION, args.namespace, plural
+                )
+            else:
+                found = objects.list_cluster_custom_object(GROUP, VERSION, plural)
+        except ApiException as error:
+            print(
+                f"lightmesh analyze: listing {plural}: {error.status} {error.reason}",
+                file=sys.stderr,
+            )
+            return 2
+        items = found.get("items") or []
+        count += len(items)
+        index.replace(kind, items)
+    resources, problems = index.resources()
+    for problem in problems:
+        print(f"Error: {problem}")
+    where = f"namespace {args.namespace}" if args.namespace else "the cluster"
+    print(
+        f"{len(resources)} resources accepted, {len(problems)} problems in {count} resources in {where}"
+    )
+    return 1 if problems else 0
+
+
+def _inject(args: argparse.Namespace) -> int:
+    import yaml
+
+    from controlplane.injection.template import InjectionError
+    from controlplane.injection.workloads import inject_document
+    from lightmeshctl.flags.controlplane import injection_config
+
+    try:
+        config = injection_config(args)
+    except OSError as error:
+        print(f"lightmesh inject: --ca-bundle {args.ca_bundle}: {error.strerror}", file=sys.stderr)
+        return 2
+    out: list[Any] = []
+    for name in args.filename:
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text()
+            documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        except OSError as error:
+            print(f"lightmesh inject: {name}: {error.strerror}", file=sys.stderr)
+            return 2
+        except yaml.YAMLError as error:
+            print(f"lightmesh inject: {name}: not YAML: {error}", file=sys.stderr)
+            return 2
+        for index, document in enumerate(documents, 1):
+            where = f"{'stdin' if name == '-' else name}: document {index}"
+            try:
+                injected, note = inject_document(document, config, where=where)
+            except InjectionError as error:
+                print(f"lightmesh inject: {error}", file=sys.stderr)
+                return 2
+            if args.verbose:
+                print(note, file=sys.stderr)
+            out.append(injected)
+    sys.stdout.write(yaml.safe_dump_all(out, sort_keys=False))
+    return 0
+
+
+def _intercept(args: argparse.Namespace) -> int:
+    from lightmesh.intercept import (
+        InterceptSpec,
+        cleanup_plan,
+        install_plan,
+        parse_cidrs,
+        parse_ports,
+    )
+    from lightmeshctl.iptables import InterceptError, run_plan
+
+    try:
+        if args.action == "cleanup":
+            plan = cleanup_plan()
+        else:
+            plan = install_plan(
+                InterceptSpec(
+                    inbound_port=args.inbound_port,
+                    outbound_port=args.outbound_port,
+                    proxy_uid=args.proxy_uid,
+                    exclude_inbound_ports=parse_ports(
+                        args.exclude_inbound_ports, field="--exclude-inbound-ports"
+                    ),
+                    exclude_outbound_ports=parse_ports(
+                        args.exclude_outbound_ports, field="--exclude-outbound-ports"
+                    ),
+                    exclude_outbound_cidrs=parse_cidrs(
+                        args.exclude_outbound_cidrs, field="--exclude-outbound-cidrs"
+                    ),
+                )
+            )
+    except ValueError as error:
+        print(f"lightmesh intercept: {error}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print("\n".join(" ".join(["iptables", *c.args]) for c in plan))
+        return 0
+    try:
+        for line in run_plan(plan):
+            print(line)
+    except InterceptError as error:
+        print(f"lightmesh intercept {args.action}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _wait_ready(args: argparse.Namespace) -> int:
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + args.timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(args.url, timeout=2) as response:  # noqa: S310 - our URL
+                if response.status == 200:
+                    return 0
+        except urllib.error.HTTPError as error:
+            last = f"HTTP {error.code}: {error.read(200).decode(errors='replace').strip()}"
+            error.close()
+        except OSError as error:
+            last = str(error)
+        time.sleep(0.2)  # bounded by the deadline above
+    print(
+        f"lightmesh wait-ready: {args.url} not ready in {args.timeout:g}s ({last})", file=sys.stderr
+    )
+    return 1
+
+
+def fetch_json(url: str) -> Any:
+    """GET a JSON document (raises OSError with a readable message when unreachable)."""
+    import urllib.error  # here, not at the top: the sidecar process never needs it
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - http(s) URL we build
+            return json.load(response)
+    except urllib.error.URLError as error:
+        raise OSError(f"cannot reach {url}: {error.reason}") from None
+
+
+def format_proxy_status(proxies: list[dict[str, Any]]) -> str:
+    """The proxy-status table: one row per sidecar, one column per resource type."""
+    columns = ["CLUSTERS", "ENDPOINTS", "ROUTES"]
+    rows = [["NAME", *columns]]
+    errors = []
+    for proxy in proxies:
+        cells = [proxy["id"]]
+        for column in columns:
+            entry = proxy["types"].get(column, {})
+            state = entry.get("state", "NOT_SENT")
+            if state == "SYNCED":
+                cells.append(f"SYNCED ({entry.get('acked', '')[:8]})")
+            elif state == "STALE":
+                cells.append(f"STALE ({entry.get('pending_seconds', 0):.1f}s)")
+            elif state == "NACKED":
+                cells.append(f"NACKED ({entry.get('nacked_version', '')[:8]})")
+                errors.append(f"{proxy['id']} {column}: {entry.get('nack', '')}")
+            else:
+                cells.append(state)
+        rows.append(cells)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    if errors:
+        lines += ["", "Rejected config:", *(f"  {e}" for e in errors)]
+    return "\n".join(lines)
+
+
+def _proxy_status(args: argparse.Namespace) -> int:
+    try:
+        data = fetch_json(f"{args.control_plane.rstrip('/')}/debug/proxies")
+    except OSError as error:
+        print(f"lightmesh proxy-status: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(format_proxy_status(data["proxies"]))
+    return 0
+
+
+def format_certs(data: dict[str, Any]) -> str:
+    """`proxy-config certs`: the workload certificate of one sidecar, no private material."""
+    if not data.get("enabled"):
+        return "no workload certificate (the sidecar was started without --token-file)"
+    cert = data.get("certificate")
+    lines = []
+    if cert is None:
+        lines.append("certificate: none yet")
+    else:
+        lines += [
+            f"identity:   {cert['identity']}",
+            f"serial:     {cert['serial']}",
+            f"expires in: {cert['expires_in_seconds']:.0f}s",
+            *(f"trust root: sha256:{fp}" for fp in cert["trust_roots_sha256"]),
+        ]
+    lines.append(f"rotations:  {data['rotations']} (failed requests: {data['failed_requests']})")
+    return "\n".join(lines)
+
+
+def _proxy_config(args: argparse.Namespace) -> int:
+    path = {"certs": "/certs", "all": "/config_dump"}[args.section]
+    try:
+        data = fetch_json(f"{args.admin.rstrip('/')}{path}")
+    except OSError as error:
+        print(f"lightmesh proxy-config: {error}", file=sys.stderr)
+        return 1
+    if args.json or args.section == "all":
+        print(json.dumps(data, indent=2))
+    else:
+        print(format_certs(data))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    from lightmeshctl.flags.controlplane import add_arguments as add_controlplane_arguments
+    from lightmeshctl.flags.controlplane import add_injection_arguments
+    from lightmeshctl.flags.sidecar import add_arguments as add_sidecar_arguments
+
+    parser = argparse.ArgumentParser(prog="lightmesh", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    cp = sub.add_parser("controlplane", help="run the control plane")
+    add_controlplane_arguments(cp)
+    cp.set_defaults(func=_controlplane)
+
+    sc = sub.add_parser("sidecar", help="run a sidecar proxy")
+    add_sidecar_arguments(sc)
+    sc.set_defaults(func=_sidecar)
+
+    demo = sub.add_parser("demo", help="run the shop demo on loopback (no cluster needed)")
+    demo.add_argument("--check", action="store_true", help="run the scenario headless, exit 0/1")
+    demo.add_argument("--config-dir", default="", help="resources to use (default: examples/demo)")
+    demo.set_defaults(func=_demo)
+
+    an = sub.add_parser(
+        "analyze", help="validate resource files offline, as the control plane would"
+    )
+    an.add_argument("-f", "--files", nargs="+", default=[], help="YAML files or directories")
+    an.add_argument(
+        "--cluster", action="store_true", help="analyze the resources stored in the cluster"
+    )
+    an.add_argument("--kubeconfig", default="", help="with --cluster (default: $KUBECONFIG)")
+    an.add_argument("-n", "--namespace", default="", help="with --cluster: only this namespace")
+    an.set_defaults(func=_analyze)
+
+    inj = sub.add_parser(
+        "inject", help="add the sidecar to workload manifests (as the webhook does), to stdout"
+    )
+    inj.add_argument(
+        "-f", "--filename", action="append", required=True, help="YAML file, or - for stdin"
+    )
+    inj.add_argument("-v", "--verbose", action="store_true", help="say what happened per document")
+    inj.add_argument(
+        "--ca-bundle",
+        default="",
+        help="mesh root PEM to embed (default: the webhook fills it in when the pod is created)",
+    )
+    add_injection_arguments(inj)
+    inj.set_defaults(func=_inject)
+
+    ic = sub.add_parser("intercept", help="install or remove the pod's redirect rules (init step)")
+    ic.add_argument("action", choices=["install", "cleanup"])
+    ic.add_argument("--inbound-port", type=int, default=15006)
+    ic.add_argument("--outbound-port", type=int, default=15001)
+    ic.add_argument(
+        "--proxy-uid", type=int, default=1337, help="the sidecar's UID (not redirected)"
+    )
+    ic.add_argument("--exclude-inbound-ports", default="15000", help="e.g. 15000,9090")
+    ic.add_argument("--exclude-outbound-ports", default="", help="e.g. 5432,443")
+    ic.add_argument("--exclude-outbound-cidrs", default="", help="e.g. 169.254.169.254/32")
+    ic.add_argument("--dry-run", action="store_true", help="print the iptables commands only")
+    ic.set_defaults(func=_intercept)
+
+    wr = sub.add_parser("wait-ready", help="wait until the sidecar is ready (postStart hook)")
+    wr.add_argument("--url", default="http://127.0.0.1:15000/ready")
+    wr.add_argument("--timeout", type=float, default=120.0)
+    wr.set_defaults(func=_wait_ready)
+
+    ps = sub.add_parser("proxy-status", help="show which config each sidecar runs")
+    ps.add_argument("--control-plane", default=DEFAULT_DEBUG, help="control plane debug URL")
+    ps.add_argument("--json", action="store_true")
+    ps.set_defaults(func=_proxy_status)
+
+    pc = sub.add_parser("proxy-config", help="show one sidecar's certificates or whole config")
+    pc.add_argument("section", choices=["certs", "all"])
+    pc.add_argument("--admin", default="http://127.0.0.1:15000", help="the sidecar's admin URL")
+    pc.add_argument("--json", action="store_true")
+    pc.set_defaults(func=_proxy_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `lightmesh` console script."""
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Admin endpoints of the sidecar: /ready, /healthz, /metrics, /config_dump, /certs,
+POST /quitquitquit."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
+
+from lightmesh.types import SHORT_NAMES
+from sidecar.admin.server import LocalResponse
+from sidecar.config.apply import DataPlane
+from sidecar.config.client import ConfigClient
+from sidecar.contract import RequestHead
+from sidecar.identity.manager import CertificateManager
+from sidecar.identity.tls import MeshTLS
+
+_TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
+_JSON = [(b"content-type", b"application/json")]
+
+
+class Admin:
+    """Answers admin requests from the sidecar's live state."""
+
+    def __init__(
+        self,
+        *,
+        node: dict[str, Any],
+        client: ConfigClient,
+        dataplane: DataPlane,
+        registry: CollectorRegistry,
+        draining: Callable[[], bool],
+        certificates: CertificateManager | None = None,
+        quit: Callable[[], None] | None = None,
+        mesh_tls: MeshTLS | None = None,
+    ) -> None:
+        self._certificates = certificates
+        self._mesh_tls = mesh_tls
+        self._node = node
+        self._client = client
+        self._dataplane = dataplane
+        self._registry = registry
+        self._draining = draining
+        self._quit = quit
+
+    async def handle(self, head: RequestHead) -> LocalResponse:
+        """Dispatch one admin request."""
+        path = head.path.partition("?")[0]
+        if path == "/ready":
+            return self._ready()
+        if path == "/healthz":
+            return LocalResponse(status=200, headers=_TEXT, body=b"ok\n")
+        if path == "/metrics":
+            return self._metrics(head)
+        if path == "/certs":
+            return LocalResponse(
+                status=200, headers=_JSON, body=json.dumps(self.certs(), indent=2).encode()
+            )
+        if path == "/quitquitquit":
+            return self._quitquitquit(head)
+        if path == "/config_dump":
+            return LocalResponse(
+                status=200, headers=_JSON, body=json.dumps(self.config_dump(), indent=2).encode()
+            )
+        return LocalResponse(
+            status=404,
+            headers=_TEXT,
+            body=b"try /ready, /healthz, /metrics, /config_dump, /certs, POST /quitquitquit\n",
+        )
+
+    def _quitquitquit(self, head: RequestHead) -> LocalResponse:
+        """Drain and exit: how a Job's app (or a preStop hook) lets its pod finish.
+
+        Only from inside the pod: the admin port is reachable from the network (probes,
+        Prometheus), and nobody else may stop a workload's proxy.
+        """
+        if head.method != "POST":
+            return LocalResponse(status=405, headers=[*_TEXT, (b"allow", b"POST")], body=b"POST\n")
+        if not _is_loopback(head.peer):
+            return LocalResponse(status=403, headers=_TEXT, body=b"only from inside the pod\n")
+        if self._quit is None:
+            return LocalResponse(status=501, headers=_TEXT, body=b"quit is not wired\n")
+        self._quit()
+        return LocalResponse(status=200, headers=_TEXT, body=b"draining, then exiting\n")
+
+    def _metrics(self, head: RequestHead) -> LocalResponse:
+        # OpenMetrics only when the scraper asks for it (Prometheus does), text format otherwise.
+        accept = head.header(b"accept") or b""
+        if b"application/openmetrics-text" in accept:
+            body = openmetrics.generate_latest(self._registry)  # type: ignore[no-untyped-call]
+            content_type = openmetrics.CONTENT_TYPE_LATEST
+        else:
+            body = generate_latest(self._registry)
+            content_type = CONTENT_TYPE_LATEST
+        return LocalResponse(
+            status=200, headers=[(b"content-type", content_type.encode())], body=body
+        )
+
+    def _ready(self) -> LocalResponse:
+        if self._draining():
+            return LocalResponse(status=503, headers=_TEXT, body=b"draining\n")
+        if not self._client.protocol.complete:
+            missing = [
+                SHORT_NAMES[t] for t, h in self._client.protocol.held.items() if not h.received
+            ]
+            text = f"waiting for first config: {', '.join(missing)}\n"
+            return LocalResponse(status=503, headers=_TEXT, body=text.encode())
+        manager = self._certificates
+        if manager is not None and manager.current is None and not manager.failures:
+            # Peers originate mutual TLS to us as soon as we are an endpoint: serve once we can
+            # terminate it (as Envoy waits for its secrets). A refused certificate request does
+            # not hold readiness back: we then serve plaintext, which PERMISSIVE peers accept.
+            return LocalResponse(status=503, headers=_TEXT, body=b"waiting for a certificate\n")
+        return LocalResponse(status=200, headers=_TEXT, body=b"ready\n")
+
+    def certs(self) -> dict[str, Any]:
+        """The workload certificate in use (no private material) and the rotation history."""
+        manager = self._certificates
+        if manager is None:
+            return {"enabled": False}
+        current = manager.current
+        return {
+            "enabled": True,
+            "certificate": current.describe() if current else None,
+            "rotations": manager.rotations,
+            "failed_requests": manager.failures,
+            "mtls": {
+                "inbound_mode": self._dataplane.inbound.mode,
+                "handshakes": self._mesh_tls.handshakes if self._mesh_tls else 0,
+                "refused_plaintext": self._mesh_tls.refused_plaintext if self._mesh_tls else 0,
+                "failed_handshakes": self._mesh_tls.failed_handshakes if self._mesh_tls else 0,
+            },
+        }
+
+    def config_dump(self) -> dict[str, Any]:
+        """Applied config, versions and last rejection per type."""
+        versions: dict[str, Any] = {}
+        for type_url, held in self._client.protocol.held.items():
+            entry: dict[str, Any] = {
+                "version": held.version,
+                "applied_at": held.applied_at,
+                "resources": dict(sorted(held.versions.items())),
+            }
+            if held.nack_message:
+                entry["last_nack"] = {
+                    "version": held.nacked_version,
+                    "error": held.nack_message,
+                    "at": held.nacked_at,
+                }
+            versions[SHORT_NAMES[type_url]] = entry
+        return {
+            "node": self._node,
+            "control_plane": {"connected": self._client.connected},
+            "versions": versions,
+            "config": self._dataplane.dump(),
+        }
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.removeprefix("::ffff:")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,1 @@
+"""Route policies the engine applies: retry (policy, budget, backoff) and header edits. Pure values."""

@@ -1,0 +1,1 @@
+"""Upstream side: pooled connections to endpoints (plain or mutual TLS) and mirrored copies."""

@@ -1,0 +1,21 @@
+import argparse
+
+import pytest
+
+from lightmeshctl.flags.sidecar import add_arguments, from_arguments
+
+
+def test_telemetry_flags_are_validated_naming_the_flag() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    ok = from_arguments(
+        parser.parse_args(["--workload", "w", "--zipkin-url", "http://z:9411/api/v2/spans",
+                           "--trace-sampling", "5", "--istio-metrics", "--no-metrics"])
+    )  # fmt: skip
+    assert (ok.zipkin_url, ok.trace_sampling, ok.istio_metrics, ok.metrics) == (
+        "http://z:9411/api/v2/spans", 5.0, True, False,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="--zipkin-url"):
+        from_arguments(parser.parse_args(["--workload", "w", "--zipkin-url", "zipkin:9411"]))
+    with pytest.raises(ValueError, match="--trace-sampling"):
+        from_arguments(parser.parse_args(["--workload", "w", "--trace-sampling", "101"]))

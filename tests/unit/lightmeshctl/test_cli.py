@@ -1,0 +1,75 @@
+"""The proxy-status table and `lightmesh analyze`."""
+
+from pathlib import Path
+
+import pytest
+
+from lightmeshctl.cli import format_proxy_status, main
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "demo"
+
+
+def test_proxy_status_shows_each_state_and_the_nack_reason() -> None:
+    proxies = [
+        {
+            "id": "frontend-ab12.default",
+            "types": {
+                "CLUSTERS": {"state": "SYNCED", "acked": "0123456789abcdef"},
+                "ENDPOINTS": {"state": "STALE", "pending_seconds": 1.25},
+                "ROUTES": {
+                    "state": "NACKED",
+                    "nacked_version": "fedcba9876543210",
+                    "nack": "bad regex",
+                },
+            },
+        }
+    ]
+    lines = format_proxy_status(proxies).splitlines()
+    assert lines[0].split() == ["NAME", "CLUSTERS", "ENDPOINTS", "ROUTES"]
+    assert lines[1].split() == [
+        "frontend-ab12.default",
+        "SYNCED",
+        "(01234567)",
+        "STALE",
+        "(1.2s)",
+        "NACKED",
+        "(fedcba98)",
+    ]
+    assert lines[-1].strip() == "frontend-ab12.default ROUTES: bad regex"
+
+
+def test_analyze_reports_each_problem_and_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: lightmesh.io/v1alpha1\nkind: VirtualService\nmetadata: {name: x}\n"
+        "spec: {hosts: [a], http: [{route: [{destination: {host: a}, weight: 50},"
+        " {destination: {host: b}, weight: 20}]}]}\n"
+    )
+    assert main(["analyze", "-f", str(bad), str(EXAMPLES)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        out[0]
+        == f"Error: {bad}: VirtualService default/x: spec.http[0].route: weights sum to 70, must be 100"
+    )
+    assert out[-1] == "2 resources accepted, 1 problems in 3 files"
+    assert main(["analyze", "-f", str(EXAMPLES)]) == 0
+
+
+def test_analyze_prints_warnings_without_failing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = tmp_path / "retries.yaml"
+    doc.write_text(
+        "apiVersion: lightmesh.io/v1alpha1\nkind: VirtualService\nmetadata: {name: x}\n"
+        "spec: {hosts: [a], http: [{route: [{destination: {host: a}}], timeout: 1s,"
+        " retries: {attempts: 2, perTryTimeout: 2s}}]}\n"
+    )
+    assert main(["analyze", "-f", str(doc)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(
+        f"{doc}: VirtualService default/x: spec.http[0].retries.perTryTimeout:"
+    )
+    assert "warning: 2s is longer than the route timeout 1s" in out[0]
+    assert out[-1] == "1 resources accepted, 0 problems in 1 files"
