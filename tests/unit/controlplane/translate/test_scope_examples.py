@@ -13,7 +13,7 @@ from controlplane.world import NodeInfo, service_key
 from lightmesh import types
 from lightmesh.v1 import config_pb2 as pb
 
-ROOT = Path(__file__).resolve().parents[3] / "examples"
+ROOT = Path(__file__).resolve().parents[4] / "examples"
 
 
 def world_with_examples() -> Store:
