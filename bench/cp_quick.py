@@ -208,6 +208,18 @@ class Rig:
         rows = json.load(urllib.request.urlopen(url, timeout=30))["proxies"]
         return sum(1 for r in rows if all(t["state"] == "SYNCED" for t in r["types"].values()))
 
+    def probe_health(self, stop: threading.Event, out: list[float]) -> None:
+        """GET /healthz every 100 ms until `stop`; record each answer's latency."""
+        url = f"http://127.0.0.1:{self.debug}/healthz"
+        while not stop.wait(0.1):
+            t = time.monotonic()
+            try:
+                urllib.request.urlopen(url, timeout=30).read()
+            except OSError:
+                out.append(30.0)
+                continue
+            out.append(time.monotonic() - t)
+
     def stop(self) -> None:
         for proc in self.clients:
             proc.kill()
@@ -252,6 +264,9 @@ def run(proxies: int, services: int, processes: int) -> dict[str, Any]:
     result: dict[str, Any] = {"proxies": proxies, "services": services, "load": os.getloadavg()}
     try:
         rig.start_cp()
+        health: list[float] = []
+        probing = threading.Event()
+        threading.Thread(target=rig.probe_health, args=(probing, health), daemon=True).start()
         started = time.monotonic()
         cpu0 = rig.cpu_s()
         rig.start_clients()
@@ -268,6 +283,7 @@ def run(proxies: int, services: int, processes: int) -> dict[str, Any]:
                 break
             time.sleep(0.1)
         result["cold_herd_s"] = done_at
+        result["healthz_during_herd_s"] = _quantiles(health)
         result["cold_herd_cpu_s"] = rig.cpu_s() - cpu0
         time.sleep(3)  # the registrations' endpoint updates settle
         result["rss_mb"] = rig.rss_mb()
@@ -287,6 +303,8 @@ def run(proxies: int, services: int, processes: int) -> dict[str, Any]:
             })  # fmt: skip
             del n
         result["vs_change"] = changes
+        probing.set()
+        result["healthz_overall_s"] = _quantiles(health)
         # One endpoint more for svc0: a new proxy registering it.
         mark, cpu0 = rig.mark(), rig.cpu_s()
         t = time.monotonic()
