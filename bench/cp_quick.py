@@ -41,6 +41,7 @@ async def _sidecar(target: str, ca: bytes, index: int, services: int, out: Any) 
 
     from lightmesh.types import PUSH_ORDER, SHORT_NAMES
     from lightmesh.v1 import discovery_pb2 as pb
+    from lightmesh.versions import set_version
 
     registration = pb.ServiceRegistration(
         service=f"svc{index % services}", address="127.0.0.1", port=20000 + index % 40000
@@ -62,10 +63,13 @@ async def _sidecar(target: str, ca: bytes, index: int, services: int, out: Any) 
                 )()
                 held: dict[str, dict[str, str]] = _HELD.setdefault(index, {})
                 for n, type_url in enumerate(PUSH_ORDER):
+                    versions = held.get(type_url, {})
                     request = pb.DeltaDiscoveryRequest(
                         type_url=type_url,
                         resource_names_subscribe=["*"],
-                        initial_resource_versions=held.get(type_url, {}),
+                        initial_resource_versions=versions,
+                        # As the sidecar does (sidecar/config/protocol.py).
+                        initial_resources_digest=set_version(versions) if versions else "",
                     )
                     if n == 0:
                         request.node.CopyFrom(node)
