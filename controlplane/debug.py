@@ -37,8 +37,11 @@ def proxy_status(pusher: Pusher, *, now: float) -> list[dict[str, Any]]:
                 "resources": len(resource_set.current.versions),
             }
             state = conn.protocol.types.get(type_url)
-            if state is not None:
+            if state is not None and sync is not SyncState.STALE:
+                # What it holds (cheap when SYNCED; a digest of its resources when NACKED; left
+                # out while STALE, which would cost O(resources) per sidecar mid-push).
                 entry["acked"] = conn.protocol.held_digest(type_url, latest_tag, latest)
+            if state is not None:
                 if sync is SyncState.STALE and state.sent_at:
                     entry["pending_seconds"] = round(now - state.sent_at, 3)
                 if state.rejected:
