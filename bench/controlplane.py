@@ -744,8 +744,9 @@ def _raise_open_files() -> None:
 
 
 async def run_all(specs: list[RunSpec], plan: Plan, *, command: str, label: str, log: Log,
-                  keep: bool) -> list[dict[str, Any]]:  # fmt: skip
-    """Every run, one after the other, each in its own work directory."""
+                  keep: bool, save: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:  # fmt: skip
+    """Every run, one after the other, each in its own work directory; `save` gets each
+    result as soon as it is complete (so a long series keeps what it measured)."""
     results = []
     for spec in specs:
         work = Path(tempfile.mkdtemp(prefix=f"lightmesh-bench-cp-{spec.source}-"))
@@ -772,6 +773,7 @@ async def run_all(specs: list[RunSpec], plan: Plan, *, command: str, label: str,
         result["targets"] = cp_report.targets(result)
         log(cp_report.text(result))
         results.append(result)
+        save(result)
     return results
 
 
@@ -830,15 +832,20 @@ def main(argv: list[str] | None = None) -> int:
     def log(line: str) -> None:
         print(line, flush=True)
 
-    results = asyncio.run(
-        run_all(specs, plan, command=command, label=label, log=log, keep=args.keep)
+    measured: list[dict[str, Any]] = []
+
+    def save(result: dict[str, Any]) -> None:
+        measured.append(result)
+        merged = measured
+        if args.json:
+            merged = cp_report.merge(args.json, [result])
+            args.json.write_text(json.dumps({"runs": merged}, indent=1) + "\n")
+        if args.markdown:
+            cp_report.update_markdown(args.markdown, merged, json_path=args.json, root=ROOT)
+
+    asyncio.run(
+        run_all(specs, plan, command=command, label=label, log=log, keep=args.keep, save=save)
     )
-    merged = results
-    if args.json:
-        merged = cp_report.merge(args.json, results)
-        args.json.write_text(json.dumps({"runs": merged}, indent=1) + "\n")
-    if args.markdown:
-        cp_report.update_markdown(args.markdown, merged, json_path=args.json, root=ROOT)
     return 0
 
 
