@@ -54,7 +54,14 @@ import aiohttp
 
 from bench import cp_report
 from bench.cp_client import ENDPOINTS, ROUTES, TYPES
-from bench.cp_mesh import CHANGED_SERVICE, WEIGHTS, Mesh, service_file, service_file_path
+from bench.cp_mesh import (
+    CHANGED_SERVICE,
+    SCOPES,
+    WEIGHTS,
+    Mesh,
+    service_file,
+    service_file_path,
+)
 from bench.cp_rig import (
     IDLE_MARGIN,
     QUIET,
@@ -94,6 +101,9 @@ class Plan:
     churn_seconds: float
     cap: float
     workers: int  # 0: by scale
+    # Who must ACK a VirtualService change: every proxy (the VirtualService is visible mesh-wide,
+    # as Istio's default exportTo "*"), or only its namespace's when scoping says so.
+    vs_audience: str = "mesh"
 
     def timeout(self, mesh: Mesh) -> float:
         """The bound of every wait of one scenario at this scale."""
@@ -584,6 +594,7 @@ class Run:
             "namespaces": self.mesh.namespaces,
             "timeout_s": self.timeout,
             "workers": self.plan.worker_count(self.mesh),
+            "vs_audience": self.plan.vs_audience,
             "scenarios": {},
         }
         scenarios: dict[str, Any] = result["scenarios"]
@@ -628,7 +639,7 @@ class Run:
                 changes.append(
                     await self.change(
                         functools.partial(self.source.set_weight, weight),
-                        audience=self.proxies,
+                        audience=self.mesh.audience(CHANGED_SERVICE, self.plan.vs_audience),
                         need=ROUTES,
                     )
                 )
@@ -795,6 +806,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--churn-seconds", type=float, help="endpoint churn length (default 20)")
     parser.add_argument("--cap", type=float, help="cap of every scenario's timeout (300 s)")
     parser.add_argument("--workers", type=int, default=0, help="simulator processes (auto)")
+    parser.add_argument(
+        "--vs-audience",
+        choices=SCOPES,
+        default="mesh",
+        help="who must ACK a VirtualService change (default: every proxy)",
+    )
     parser.add_argument("--label", default="", help="names this set of runs (default: branch)")
     parser.add_argument("--json", type=Path, help="merge the runs into this JSON file")
     parser.add_argument("--markdown", type=Path, help="replace the control-plane section here")
@@ -824,6 +841,7 @@ def main(argv: list[str] | None = None) -> int:
         churn_seconds=args.churn_seconds or (5.0 if args.quick else 20.0),
         cap=args.cap or (60.0 if args.quick else 300.0),
         workers=args.workers,
+        vs_audience=args.vs_audience,
     )
     label = args.label or _git("rev-parse", "--abbrev-ref", "HEAD") or "unlabelled"
     command = " ".join(["python -m bench controlplane", *(argv if argv is not None else [])])

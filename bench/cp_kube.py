@@ -30,6 +30,7 @@ from bench.cp_mesh import (
 from tests.support.kube import KubeCluster, build_binaries
 
 CONCURRENCY = 16
+REQUEST_TIMEOUT = 60.0
 CRDS = (
     "virtualservices.lightmesh.io",
     "destinationrules.lightmesh.io",
@@ -83,6 +84,7 @@ class KubeMesh:
         )
         self._session = aiohttp.ClientSession(
             base_url=self.cluster.server,
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
             connector=aiohttp.TCPConnector(ssl=self.cluster.ssl_context(), limit=CONCURRENCY),
         )
         began = asyncio.get_running_loop().time()

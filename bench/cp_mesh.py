@@ -19,6 +19,7 @@ from bench.cp_client import NodeSpec, Registration
 
 POD_PORT = 8080
 CHANGED_SERVICE = 0  # the service whose VirtualService weight and endpoints change
+SCOPES = ("mesh", "namespace")  # who must receive a change (see Mesh.audience)
 WEIGHTS = (80, 90)  # v1's weight before / after a change (alternating)
 
 
@@ -110,9 +111,12 @@ class Mesh:
             else (),
         )
 
-    def audience(self, service: int) -> list[int]:
-        """Proxies that must receive a change of `service`'s endpoints: those in its namespace
-        (scoping may spare the others; today's control plane sends to everyone)."""
+    def audience(self, service: int, scope: str = "namespace") -> list[int]:
+        """Proxies that must receive a change of `service`: every proxy ("mesh") or those of
+        its namespace ("namespace"; scoping may spare the others, today's control plane sends
+        to everyone)."""
+        if scope == "mesh":
+            return list(range(self.proxies))
         namespace = self.namespace(service)
         return [p for p in range(self.proxies) if self.proxy_namespace(p) == namespace]
 

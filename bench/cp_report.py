@@ -278,7 +278,9 @@ def _convergence_row(run: dict[str, Any]) -> str:
     return (
         f"| {_row_name(run)} | {_cell_herd(sc.get('cold_herd'))}"
         + (" (then waves)" if "ramp" in sc else "")
-        + f" | {_cell_change(sc.get('vs_change'))} | {_cell_endpoint(sc.get('endpoint_add'))}"
+        + f" | {_cell_change(sc.get('vs_change'))}"
+        + (" (its namespace only)" if run.get("vs_audience") == "namespace" else "")
+        + f" | {_cell_endpoint(sc.get('endpoint_add'))}"
         f" | {_cell_endpoint(sc.get('endpoint_remove'))} | {_cell_restart(sc.get('restart_herd'))}"
         f" | {_healthz(run)} |"
     )

@@ -45,6 +45,7 @@ def test_the_extra_proxy_serves_the_changed_service_and_the_audience_is_its_name
     assert mesh.extra not in mesh.endpoints_of(CHANGED_SERVICE)
     audience = mesh.audience(CHANGED_SERVICE)
     assert len(audience) == 10 and all(mesh.proxy_namespace(p) == "bench-0" for p in audience)
+    assert mesh.audience(CHANGED_SERVICE, "mesh") == list(range(100))
     assert mesh.labels(mesh.extra) == {"app": "svc-0000", "version": "v2"}
     assert [mesh.labels(p)["version"] for p in mesh.endpoints_of(1)] == ["v1"]
 
