@@ -150,7 +150,7 @@ class Rig:
         self.port, self.debug = _free_port(), _free_port()
         self.lines: list[str] = []
         self.lock = threading.Lock()
-        self.clients: list[subprocess.Popen[str]] = []
+        self.clients: list[subprocess.Popen[str] | subprocess.Popen[bytes]] = []
         self.cp: subprocess.Popen[bytes] | None = None
 
     def start_cp(self) -> None:
@@ -245,7 +245,10 @@ def _quantiles(values: list[float]) -> dict[str, float]:
     values = sorted(values)
     if not values:
         return {}
-    pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
+
+    def pick(q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))]
+
     return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": values[-1]}
 
 
