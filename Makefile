@@ -62,7 +62,7 @@ node-tools:
 cluster-images: node-tools
 	scripts/k8s/images.sh >/dev/null
 
-cluster: $(STAMP) cluster-bins cluster-images prometheus-bin
+cluster: $(STAMP) cluster-bins cluster-images
 	$(BIN)/pytest -q tests/cluster
 
 # iptables and iproute2 (interception tests in network namespaces) and wrk (a real-client test) from Debian.

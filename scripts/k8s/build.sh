@@ -4,11 +4,14 @@
 #   scripts/k8s/build.sh            # kube-apiserver, kubectl, etcd (tests/kube)
 #   scripts/k8s/build.sh --cluster  # and kubelet, kube-controller-manager, kube-scheduler,
 #                                   # kube-proxy, coredns (the single-node cluster of tests/cluster)
+#                                   # and prometheus (with Kubernetes service discovery, which
+#                                   # Debian's package lacks)
 #
 # Progress goes to stderr, the bin dir is the last stdout line. Versions come from the committed
-# wrapper modules kube/, etcd/ and coredns/ (regenerate them with gen-modules.sh). Binaries land in
-# $LIGHTMESH_CACHE/k8s/<k8s version>/bin (default cache: ~/.cache/lightmesh); CoreDNS in
-# $LIGHTMESH_CACHE/k8s/coredns/<version>/, linked from that bin dir. Go's module and build caches
+# wrapper modules kube/, etcd/ and coredns/ (regenerate them with gen-modules.sh) and prometheus/
+# (pinned by hand). Binaries land in $LIGHTMESH_CACHE/k8s/<k8s version>/bin (default cache:
+# ~/.cache/lightmesh); CoreDNS and Prometheus in $LIGHTMESH_CACHE/k8s/{coredns,prometheus}/<version>/,
+# linked from that bin dir. Go's module and build caches
 # live under $LIGHTMESH_CACHE/go so a rebuild reuses them. Only missing binaries are built.
 set -euo pipefail
 
@@ -26,10 +29,12 @@ module_version() { # <go.mod> <module path>
 K8S=$(module_version "$HERE/kube/go.mod" k8s.io/kubernetes)
 ETCD=$(module_version "$HERE/etcd/go.mod" go.etcd.io/etcd/server/v3)
 COREDNS=$(module_version "$HERE/coredns/go.mod" github.com/coredns/coredns)
+PROMETHEUS=$(module_version "$HERE/prometheus/go.mod" github.com/prometheus/prometheus)
 [[ $K8S =~ ^v1\.([0-9]+)\.[0-9]+$ ]] || { log "cannot read the k8s version from kube/go.mod"; exit 1; }
 MINOR=${BASH_REMATCH[1]}
 [[ -n $ETCD ]] || { log "cannot read the etcd version from etcd/go.mod"; exit 1; }
 [[ -n $COREDNS ]] || { log "cannot read the CoreDNS version from coredns/go.mod"; exit 1; }
+[[ -n $PROMETHEUS ]] || { log "cannot read the Prometheus version from prometheus/go.mod"; exit 1; }
 
 case ${1:-} in
     "") kube_wanted=(kube-apiserver kubectl); coredns_wanted=0 ;;
@@ -41,6 +46,7 @@ esac
 
 BIN=$CACHE/k8s/$K8S/bin
 COREDNS_DIR=$CACHE/k8s/coredns/$COREDNS
+PROMETHEUS_DIR=$CACHE/k8s/prometheus/$PROMETHEUS
 kube_missing=()
 for b in "${kube_wanted[@]}"; do [[ -x $BIN/$b ]] || kube_missing+=("$b"); done
 etcd_missing=0; [[ -x $BIN/etcd ]] || etcd_missing=1
@@ -48,14 +54,18 @@ coredns_missing=0
 if ((coredns_wanted)) && [[ ! -x $COREDNS_DIR/coredns || $(readlink "$BIN/coredns" 2>/dev/null) != "$COREDNS_DIR/coredns" ]]; then
     coredns_missing=1
 fi
-if ((${#kube_missing[@]} == 0 && !etcd_missing && !coredns_missing)); then
+prometheus_missing=0
+if ((coredns_wanted)) && [[ ! -x $PROMETHEUS_DIR/prometheus || $(readlink "$BIN/prometheus" 2>/dev/null) != "$PROMETHEUS_DIR/prometheus" ]]; then
+    prometheus_missing=1
+fi
+if ((${#kube_missing[@]} == 0 && !etcd_missing && !coredns_missing && !prometheus_missing)); then
     log "k8s $K8S / etcd $ETCD$( ((coredns_wanted)) && echo " / CoreDNS $COREDNS") already built"
     echo "$BIN"
     exit 0
 fi
 
 command -v go >/dev/null || { log "go is not installed"; exit 1; }
-log "building k8s $K8S (${kube_missing[*]:-nothing})$( ((etcd_missing)) && echo ", etcd $ETCD")$( ((coredns_missing)) && echo ", CoreDNS $COREDNS") with $(go version | cut -d' ' -f3) on $(nproc) cores"
+log "building k8s $K8S (${kube_missing[*]:-nothing})$( ((etcd_missing)) && echo ", etcd $ETCD")$( ((coredns_missing)) && echo ", CoreDNS $COREDNS")$( ((prometheus_missing)) && echo ", Prometheus $PROMETHEUS") with $(go version | cut -d' ' -f3) on $(nproc) cores"
 log "caches: $GOMODCACHE, $GOCACHE; cold on 2 cores: apiserver+kubectl+etcd ~7.5 min (5.5 with modules cached), the node binaries and CoreDNS ~4 min more; a rebuild from the build cache ~15 s a binary"
 mkdir -p "$BIN"
 STAGE=$(mktemp -d "$BIN/.build.XXXXXX")
@@ -96,6 +106,15 @@ if ((coredns_missing)); then
         -o "$STAGE/coredns" .)
     mv -f "$STAGE/coredns" "$COREDNS_DIR/coredns"
     ln -sfn "$COREDNS_DIR/coredns" "$BIN/coredns"
+fi
+if ((prometheus_missing)); then
+    log "compiling Prometheus $PROMETHEUS (cmd/prometheus: its API, no web UI assets)"
+    mkdir -p "$PROMETHEUS_DIR"
+    (cd "$HERE/prometheus" && go build -trimpath \
+        -ldflags "-s -w -X github.com/prometheus/common/version.Version=${PROMETHEUS#v0.} -X github.com/prometheus/common/version.Branch=module" \
+        -o "$STAGE/prometheus" github.com/prometheus/prometheus/cmd/prometheus)
+    mv -f "$STAGE/prometheus" "$PROMETHEUS_DIR/prometheus"
+    ln -sfn "$PROMETHEUS_DIR/prometheus" "$BIN/prometheus"
 fi
 log "built in $((SECONDS - start))s: $("$BIN/kube-apiserver" --version), $("$BIN/etcd" --version | head -1)$( ((coredns_wanted)) && echo ", $("$BIN/coredns" -version | head -1)")"
 echo "$BIN"

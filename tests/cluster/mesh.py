@@ -123,7 +123,11 @@ class Mesh:
 
     def cluster_ip(self, namespace: str, service: str) -> str:
         """A Service's ClusterIP."""
-        return str(self.cluster.kubectl_json("-n", namespace, "get", "service", service)["spec"]["clusterIP"])
+        return str(
+            self.cluster.kubectl_json("-n", namespace, "get", "service", service)["spec"][
+                "clusterIP"
+            ]
+        )
 
     def get(self, url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         """GET from the node (inside the cluster's network namespace): (status, JSON body)."""
@@ -212,6 +216,7 @@ class Traffic:
             thread.join(30)
 
     def _run(self) -> None:
+        import urllib.error
         import urllib.request
 
         enter_netns(self._netns)
@@ -229,6 +234,9 @@ class Traffic:
                 if body.get("upstream_status") != 200 or upstream.get("upstream_status") != 200:
                     failure = f"upstream failed: {json.dumps(body)[:400]}"
                 served = f"{upstream.get('workload')}"
+            except urllib.error.HTTPError as error:
+                failure = f"HTTP {error.code}: {error.read()[:600].decode(errors='replace')}"
+                error.close()
             except Exception as error:  # every failure counts, whatever it is
                 failure = repr(error)[:400]
             with self._lock:

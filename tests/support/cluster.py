@@ -63,6 +63,7 @@ from tests.support.kube import (
     _certificate,
     _key_usage,
     _write_key,
+    self_signed_ca,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,6 +77,7 @@ CLUSTER_BINARIES = (
     "kubelet",
     "kube-proxy",
     "coredns",
+    "prometheus",
 )
 HOST_TOOLS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "ip", "nsenter")
 CNI_PLUGINS = Path("/usr/lib/cni")
@@ -189,18 +191,7 @@ def generate_cluster_pki(directory: Path) -> ClusterPki:
     serving and client certs, the apiserver's kubelet-client cert, the admin cert, an SA key."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = ClusterPki(directory)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lightmesh-cluster-ca")])
-    ca = _certificate(
-        ca_name,
-        ca_key,
-        ca_name,
-        ca_key,
-        [
-            (x509.BasicConstraints(ca=True, path_length=None), True),
-            (_key_usage(cert_sign=True), True),
-        ],
-    )
+    ca_name, ca_key, ca = self_signed_ca("lightmesh-cluster-ca")
     pki.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     _write_key(pki.key("ca"), ca_key)
 
@@ -320,7 +311,9 @@ def _cgroup_pids(cgroup: Path) -> set[int]:
     for directory, _, files in os.walk(cgroup):
         if "cgroup.procs" in files:
             with contextlib.suppress(OSError, ValueError):
-                pids.update(int(line) for line in Path(directory, "cgroup.procs").read_text().split())
+                pids.update(
+                    int(line) for line in Path(directory, "cgroup.procs").read_text().split()
+                )
     return pids
 
 
@@ -747,7 +740,9 @@ class NodeCluster:
 
     def _spawn(self, name: str, argv: Sequence[str]) -> None:
         """Start ``argv`` in the namespace and the cluster's cgroup, output to logs/<name>.log."""
-        procs = CGROUP_ROOT / "pids" / f"lightmesh-{self.state.cluster_id}" / "system" / "cgroup.procs"
+        procs = (
+            CGROUP_ROOT / "pids" / f"lightmesh-{self.state.cluster_id}" / "system" / "cgroup.procs"
+        )
         wrapper = [
             "sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs),
             "nsenter", f"--net={self.state.netns_path}", "--", *argv,
@@ -920,8 +915,8 @@ class NodeCluster:
         (root / "containerd.toml").write_text(
             f"""\
 version = 2
-root = "{c / 'root'}"
-state = "{c / 'state'}"
+root = "{c / "root"}"
+state = "{c / "state"}"
 oom_score = 0
 disabled_plugins = [
   "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
@@ -937,7 +932,7 @@ disabled_plugins = [
   address = "{self.containerd_socket}.ttrpc"
 
 [plugins."io.containerd.internal.v1.opt"]
-  path = "{c / 'opt'}"
+  path = "{c / "opt"}"
 
 [{cri}]
   sandbox_image = "{PAUSE_IMAGE}"
@@ -957,12 +952,12 @@ disabled_plugins = [
   runtime_type = "io.containerd.runc.v2"
 
 [{cri}.containerd.runtimes.runc.options]
-  Root = "{root / 'runc'}"
+  Root = "{root / "runc"}"
   SystemdCgroup = false
 
 [{cri}.cni]
   bin_dir = "{CNI_PLUGINS}"
-  conf_dir = "{root / 'cni' / 'net.d'}"
+  conf_dir = "{root / "cni" / "net.d"}"
   max_conf_num = 1
 """
         )
