@@ -59,7 +59,7 @@ if ((coredns_wanted)) && [[ ! -x $PROMETHEUS_DIR/prometheus || $(readlink "$BIN/
     prometheus_missing=1
 fi
 if ((${#kube_missing[@]} == 0 && !etcd_missing && !coredns_missing && !prometheus_missing)); then
-    log "k8s $K8S / etcd $ETCD$( ((coredns_wanted)) && echo " / CoreDNS $COREDNS") already built"
+    log "k8s $K8S / etcd $ETCD$( ((coredns_wanted)) && echo " / CoreDNS $COREDNS / Prometheus $PROMETHEUS") already built"
     echo "$BIN"
     exit 0
 fi

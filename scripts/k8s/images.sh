@@ -27,8 +27,6 @@ BASE_PACKAGES=python3,python3-venv,python-is-python3,ca-certificates
 PAUSE_IMAGE=localhost/lightmesh-pause:1
 CONTROLPLANE_IMAGE=docker.io/library/lightmesh-controlplane:0.1.0
 PROXY_IMAGE=docker.io/library/lightmesh-proxy:0.1.0
-# What the Dockerfiles COPY from the repository root (keep in step with deploy/images/).
-CONTEXT_INPUTS=(pyproject.toml README.md lightmesh controlplane sidecar)
 
 log() { printf 'k8s-images [%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -115,6 +113,10 @@ fi
 prune pause "$PAUSE_TAR"
 
 # ------------------------------------------------------------------------------ project images
+# What the Dockerfiles COPY from the build context (every source of a COPY without --from), read
+# from the Dockerfiles themselves so the key follows them.
+mapfile -t CONTEXT_INPUTS < <(awk '$1 == "COPY" && $2 !~ /^--from/ {for (i = 2; i < NF; i++) print $i}' \
+    "$REPO"/deploy/images/*.Dockerfile | sort -u)
 context_key=$(cd "$REPO" && find "${CONTEXT_INPUTS[@]}" -type f -not -path '*/__pycache__/*' -print0 |
     sort -z | xargs -0 sha256sum | hash_of)
 
