@@ -848,6 +848,7 @@ class NodeCluster:
             f"--cluster-signing-cert-file={self.pki.ca}",
             f"--cluster-signing-key-file={self.pki.key('ca')}",
             "--allocate-node-cidrs=false",
+            f"--flex-volume-plugin-dir={self.state_dir / 'flexvolume'}",  # not /usr/libexec
             "--profiling=false",
             "--v=1",
         ]
