@@ -181,8 +181,12 @@ def test_prometheus_scrapes_the_sidecars_through_kubernetes_sd(mesh: Mesh, tmp_p
             return up if {s["metric"]["app"] for s in up} == SHOP_APPS and len(up) == 4 else []
 
         up = wait_until(scraped, "Prometheus scraping the 4 shop sidecars (up == 1)", 120)
-        shop_ips = {p["status"]["podIP"] for p in _shop_pods(mesh)}
-        assert {s["metric"]["instance"] for s in up} == {f"{ip}:15000" for ip in shop_ips}, up
+        # One target per pod, at the port its injected annotation names.
+        annotated = {
+            f"{p['status']['podIP']}:{p['metadata']['annotations']['prometheus.io/port']}"
+            for p in _shop_pods(mesh)
+        }
+        assert {s["metric"]["instance"] for s in up} == annotated, up
         requests = wait_until(
             lambda: query('sum by (app) (lightmesh_requests_total{namespace="shop"})'),
             "lightmesh_requests_total of the shop in Prometheus",
@@ -195,6 +199,9 @@ def test_prometheus_scrapes_the_sidecars_through_kubernetes_sd(mesh: Mesh, tmp_p
             60,
         )
         assert len(control_plane) == 2, control_plane
+        # Every sidecar's workload certificate was signed after a TokenReview of its token.
+        signed = query("sum(lightmesh_controlplane_certificates_signed_total)")
+        assert float(signed[0]["value"][1]) >= len(SHOP_DEPLOYMENTS), signed
     finally:
         prometheus.terminate()
         prometheus.wait(30)
