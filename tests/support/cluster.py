@@ -47,8 +47,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Self, TypeVar
+from typing import IO, Any, TypeVar
 
 import yaml
 from cryptography import x509
@@ -60,6 +59,7 @@ from tests.support.kube import (
     BUILD_SCRIPT,
     KubectlError,
     KubeError,
+    StopsOnExit,
     _certificate,
     _key_usage,
     _write_key,
@@ -554,7 +554,7 @@ def sweep(*, echo: Callable[[str], None] = print) -> None:
 
 
 @dataclass
-class NodeCluster:
+class NodeCluster(StopsOnExit):
     """A running single-node cluster; a context manager that stops it (``down``) on exit."""
 
     state: ClusterState
@@ -724,17 +724,6 @@ class NodeCluster:
         for popen in self._popens:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 popen.wait(1)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- processes
 

@@ -325,8 +325,27 @@ def _kubeconfig(server: str, pki: Pki) -> dict[str, Any]:
     }
 
 
+class StopsOnExit:
+    """``with`` support for something that has a ``stop()``: stopped whatever happens inside."""
+
+    def stop(self) -> None:
+        """Stop what was started."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 @dataclass
-class KubeCluster:
+class KubeCluster(StopsOnExit):
     """A running etcd + kube-apiserver pair; a context manager that stops exactly what it started.
 
     ``kubeconfig`` authenticates as the admin (``system:masters``); ``kubectl()`` runs the
@@ -505,17 +524,6 @@ class KubeCluster:
         self._api_clients.clear()
         for process in reversed(self._processes):
             process.stop()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- clients
 
