@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit component integration kube k8s-bins netns netns-tools prometheus-bin proto crds check-demo clean bench bench-quick bench-tools bench-telemetry bench-controlplane bench-controlplane-quick
+.PHONY: demo test lint typecheck unit component integration kube k8s-bins cluster cluster-bins cluster-images node-tools netns netns-tools prometheus-bin proto crds check-demo clean bench bench-quick bench-tools bench-telemetry bench-controlplane bench-controlplane-quick
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,22 @@ prometheus-bin:
 kube: $(STAMP) k8s-bins
 	$(BIN)/pytest -q tests/kube
 
+# The single-node cluster of tests/cluster: kubelet, kube-controller-manager, kube-scheduler,
+# kube-proxy and CoreDNS built from Go modules next to the apiserver (about 5 more minutes cold),
+# containerd, runc, CNI plugins, buildah and mmdebstrap from Debian, and the images built from
+# deploy/images/ by buildah (about 4 minutes cold; cached in ~/.cache/lightmesh/images by content).
+cluster-bins:
+	scripts/k8s/build.sh --cluster
+
+node-tools:
+	scripts/k8s/install-node-tools.sh
+
+cluster-images: node-tools
+	scripts/k8s/images.sh >/dev/null
+
+cluster: $(STAMP) cluster-bins cluster-images
+	$(BIN)/pytest -q tests/cluster
+
 # iptables and iproute2 (interception tests in network namespaces) and wrk (a real-client test) from Debian.
 netns-tools:
 	scripts/install-netns-tools.sh
@@ -58,7 +74,7 @@ netns-tools:
 netns: $(STAMP) netns-tools
 	$(BIN)/pytest -q tests/netns
 
-test: lint typecheck $(STAMP) k8s-bins netns-tools prometheus-bin
+test: lint typecheck $(STAMP) k8s-bins cluster-bins netns-tools node-tools cluster-images prometheus-bin
 	$(BIN)/pytest -q tests
 
 bench-tools: $(STAMP)

@@ -279,15 +279,21 @@ def format_proxy_status(proxies: list[dict[str, Any]]) -> str:
 
 
 def _proxy_status(args: argparse.Namespace) -> int:
-    try:
-        data = fetch_json(f"{args.control_plane.rstrip('/')}/debug/proxies")
-    except OSError as error:
-        print(f"lightmesh proxy-status: {error}", file=sys.stderr)
-        return 1
+    # Each replica reports the sidecars connected to it; with several (one port-forward each),
+    # the table is their union, as istioctl merges every istiod's answer.
+    proxies: list[dict[str, Any]] = []
+    for url in args.control_plane or [DEFAULT_DEBUG]:
+        try:
+            data = fetch_json(f"{url.rstrip('/')}/debug/proxies")
+        except OSError as error:
+            print(f"lightmesh proxy-status: {error}", file=sys.stderr)
+            return 1
+        proxies += data["proxies"]
+    proxies.sort(key=lambda proxy: str(proxy["id"]))
     if args.json:
-        print(json.dumps(data, indent=2))
+        print(json.dumps({"proxies": proxies}, indent=2))
     else:
-        print(format_proxy_status(data["proxies"]))
+        print(format_proxy_status(proxies))
     return 0
 
 
@@ -391,7 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     wr.set_defaults(func=_wait_ready)
 
     ps = sub.add_parser("proxy-status", help="show which config each sidecar runs")
-    ps.add_argument("--control-plane", default=DEFAULT_DEBUG, help="control plane debug URL")
+    ps.add_argument(
+        "--control-plane",
+        action="append",
+        help=f"control plane debug URL (default {DEFAULT_DEBUG}); repeat it for every replica",
+    )
     ps.add_argument("--json", action="store_true")
     ps.set_defaults(func=_proxy_status)
 

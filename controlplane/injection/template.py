@@ -10,7 +10,11 @@ Start-up and shutdown ordering, without native-sidecar support from the cluster:
   starts the next container only once that hook returns: the app never runs before its proxy
   (hold-application-until-proxy-starts);
 - a Job's app ends by POSTing /quitquitquit to the admin port, so the proxy drains and exits and
-  the pod completes.
+  the pod completes;
+- on SIGTERM the proxy keeps serving for `drain_delay` seconds before it drains: the kubelet
+  signals every container at once while the pod's endpoint is still being taken out of the other
+  sidecars' endpoint lists, so a proxy that stopped at once would fail their requests in flight
+  to it (a rolling update under traffic in tests/cluster saw 61 of 905 fail with a 502).
 """
 
 from __future__ import annotations
@@ -70,6 +74,9 @@ class InjectionConfig:
     # Seconds the postStart hook waits for the proxy's /ready before the pod start fails.
     ready_timeout: int = 120
     drain_timeout: float = 5.0
+    # Seconds the proxy keeps serving after SIGTERM (see the module docstring); with the drain,
+    # well inside the default 30 s terminationGracePeriodSeconds.
+    drain_delay: float = 5.0
     token_expiration_seconds: int = 3600
     # PEM root(s) written into the pod's ROOT_ANNOTATION; "" leaves that to the webhook.
     trust_root: str = ""
@@ -256,6 +263,7 @@ def _proxy_container(pod: dict[str, Any], config: InjectionConfig) -> dict[str, 
             {"name": "LIGHTMESH_OUTBOUND_PORT", "value": str(config.outbound_port)},
             {"name": "LIGHTMESH_ADMIN_PORT", "value": str(admin)},
             {"name": "LIGHTMESH_DRAIN_TIMEOUT", "value": str(config.drain_timeout)},
+            {"name": "LIGHTMESH_DRAIN_DELAY", "value": str(config.drain_delay)},
             {"name": "LIGHTMESH_TOKEN_FILE", "value": f"{TOKEN_DIR}/{TOKEN_VOLUME}"},
             {"name": "LIGHTMESH_CA_BUNDLE", "value": f"{ROOT_DIR}/root.pem"},
             {"name": "LIGHTMESH_IDENTITY_DIR", "value": IDENTITY_DIR},

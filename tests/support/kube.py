@@ -159,6 +159,19 @@ def _key_usage(*, cert_sign: bool = False) -> x509.KeyUsage:
     )
 
 
+def self_signed_ca(
+    common_name: str,
+) -> tuple[x509.Name, ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A fresh P-256 CA: its name, key and self-signed certificate."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    extensions: list[tuple[x509.ExtensionType, bool]] = [
+        (x509.BasicConstraints(ca=True, path_length=None), True),
+        (_key_usage(cert_sign=True), True),
+    ]
+    return name, key, _certificate(name, key, name, key, extensions)
+
+
 def generate_pki(directory: Path) -> Pki:
     """Write a CA, a serving cert for 127.0.0.1/localhost, an admin client cert and an SA key.
 
@@ -174,18 +187,7 @@ def generate_pki(directory: Path) -> Pki:
         admin_key=directory / "admin.key",
         service_account_key=directory / "sa.key",
     )
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lightmesh-test-ca")])
-    ca = _certificate(
-        ca_name,
-        ca_key,
-        ca_name,
-        ca_key,
-        [
-            (x509.BasicConstraints(ca=True, path_length=None), True),
-            (_key_usage(cert_sign=True), True),
-        ],
-    )
+    ca_name, ca_key, ca = self_signed_ca("lightmesh-test-ca")
     pki.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
 
     serving_key = ec.generate_private_key(ec.SECP256R1())
@@ -324,8 +326,27 @@ def _kubeconfig(server: str, pki: Pki) -> dict[str, Any]:
     }
 
 
+class StopsOnExit:
+    """``with`` support for something that has a ``stop()``: stopped whatever happens inside."""
+
+    def stop(self) -> None:
+        """Stop what was started."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 @dataclass
-class KubeCluster:
+class KubeCluster(StopsOnExit):
     """A running etcd + kube-apiserver pair; a context manager that stops exactly what it started.
 
     ``kubeconfig`` authenticates as the admin (``system:masters``); ``kubectl()`` runs the
@@ -504,17 +525,6 @@ class KubeCluster:
         self._api_clients.clear()
         for process in reversed(self._processes):
             process.stop()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- clients
 
