@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit component integration kube k8s-bins netns netns-tools prometheus-bin proto crds check-demo clean bench bench-quick bench-tools bench-telemetry
+.PHONY: demo test lint typecheck unit component integration kube k8s-bins netns netns-tools prometheus-bin proto crds check-demo clean bench bench-quick bench-tools bench-telemetry bench-chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,12 @@ bench: bench-tools
 # Telemetry cost: metrics on vs off, p99 with a dead or slow span collector.
 bench-telemetry: bench-tools
 	$(BIN)/python -m bench telemetry --json docs/telemetry.json --markdown docs/benchmarks.md
+
+# The chaos suite (bench/chaos.py): a local mesh on default config under load while instances,
+# sidecars and the control plane die, config and certificates change, and clients misbehave.
+# About 9 minutes; under the shared benchmark lock.
+bench-chaos: $(STAMP)
+	flock /tmp/lightmesh-bench.lock $(BIN)/python -m bench chaos --json docs/chaos.json --markdown docs/reliability.md
 
 bench-quick: bench-tools
 	$(BIN)/python -m bench dataplane --quick --json /tmp/lightmesh-dataplane.json

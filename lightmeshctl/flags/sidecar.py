@@ -89,6 +89,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="percent of new traces to sample, 0-100 (default 1)",
     )
     add("--access-log", default=_env("ACCESS_LOG", ""), help="JSON access log: '-' or a path")
+    add(
+        "--app-health",
+        action=argparse.BooleanOptionalAction,
+        default=_env("APP_HEALTH", "true") == "true",
+        help="while the app refuses connections, answer its requests as never delivered and "
+        "report /ready 503 (default on)",
+    )
+    add(
+        "--default-ejection",
+        action=argparse.BooleanOptionalAction,
+        default=_env("DEFAULT_EJECTION", "true") == "true",
+        help="eject, for a second or more, endpoints that refuse connections or whose sidecar "
+        "reports its app unreachable (default on)",
+    )
 
 
 def from_arguments(args: argparse.Namespace) -> Settings:
@@ -123,6 +137,8 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         zipkin_url=_zipkin_url(args.zipkin_url),
         trace_sampling=_sampling(args.trace_sampling),
         access_log=args.access_log,
+        app_health=args.app_health,
+        default_ejection=args.default_ejection,
     )
 
 

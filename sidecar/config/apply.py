@@ -19,6 +19,8 @@ from lightmesh import types
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.cluster.balancers import Endpoint
 from sidecar.cluster.cluster import Cluster
+from sidecar.cluster.outlier import DEFAULT as DEFAULT_OUTLIER
+from sidecar.cluster.outlier import OutlierConfig
 from sidecar.errors import ConfigError
 from sidecar.routing.destinations import Destinations, build_destinations
 from sidecar.routing.table import RouteTable, compile_routes
@@ -31,7 +33,16 @@ _M = TypeVar("_M", bound=Message)
 class DataPlane:
     """The config currently serving: route table and clusters (with endpoints)."""
 
-    def __init__(self, *, max_regex_length: int = 1024, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_regex_length: int = 1024,
+        rng: random.Random | None = None,
+        default_outlier: OutlierConfig | None = DEFAULT_OUTLIER,
+    ) -> None:
+        # Outlier detection of clusters without outlierDetection (None: none, and no
+        # local-origin ejection in those with one either).
+        self._default_outlier = default_outlier
         self.routes = RouteTable({})
         # Which intercepted connections are HTTP, raw TCP to a cluster, or passed through.
         self.destinations = Destinations()
@@ -84,7 +95,7 @@ class DataPlane:
                 )
         new: dict[str, Cluster] = {}
         for config in clusters:
-            state = Cluster(config, rng=self._rng)
+            state = Cluster(config, rng=self._rng, default_outlier=self._default_outlier)
             old = self.clusters.get(config.name)
             if old is not None:
                 # Keeps in-flight counts, latency estimates, ejections, round-robin position.

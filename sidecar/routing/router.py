@@ -23,8 +23,10 @@ from typing import Protocol
 from lightmesh.response_flags import ResponseFlag
 from lightmesh.spiffe import principal_of
 from lightmesh.v1 import config_pb2 as pb
+from sidecar.cluster.app_health import AppHealth
 from sidecar.cluster.cluster import Cluster
 from sidecar.contract import Completed, Decision, Forward, LocalReply, RequestHead
+from sidecar.http.http1 import UNPROCESSED
 from sidecar.policies.retry import backoff
 from sidecar.routing.destinations import PASSTHROUGH, Destinations
 from sidecar.routing.table import CompiledRoute, Redirect, RouteTable
@@ -272,9 +274,20 @@ def _hash_key(hashing: pb.ConsistentHash, head: RequestHead) -> bytes | None:
 _XFCC = b"x-forwarded-client-cert"
 
 
+# The inbound answer while the app refuses connections: nothing was delivered, and the caller's
+# sidecar may say so to nobody but itself (the mark is hop-by-hop; see sidecar/http/http1.py).
+APP_UNREACHABLE = LocalReply(
+    status=503,
+    body="upstream connect error: the app is not accepting connections",
+    flags=ResponseFlag.UF,
+    headers=((UNPROCESSED, b"1"),),
+)
+
+
 class InboundRouter:
     """Everything arriving on the inbound listener goes to the application, unless an
-    AuthorizationPolicy denies it (403, flag RBAC, as Envoy's RBAC filter answers).
+    AuthorizationPolicy denies it (403, flag RBAC, as Envoy's RBAC filter answers), or the app is
+    known to refuse connections (`app_health.down`: 503 UF marked never-processed, at once).
 
     The caller's verified identity (mutual TLS) is what policies see, and what the app is told in
     `x-forwarded-client-cert` (Envoy's format: `By=<us>;URI=<caller>`); a header of that name
@@ -288,10 +301,12 @@ class InboundRouter:
         app_port: int,
         dataplane: DataPlane | None = None,
         own_identity: Callable[[], str] = lambda: "",
+        app_health: AppHealth | None = None,
     ) -> None:
         self._forward = Forward(address=app_host, port=app_port, cluster=f"inbound|{app_port}")
         self._dataplane = dataplane
         self._own_identity = own_identity
+        self._app_health = app_health
 
     def resolve(self, head: RequestHead) -> Decision:
         """The app, or a denial."""
@@ -310,4 +325,7 @@ class InboundRouter:
             )
             if not verdict.allowed:
                 return LocalReply(status=403, body="RBAC: access denied", flags=ResponseFlag.RBAC)
+        health = self._app_health
+        if health is not None and health.down:
+            return APP_UNREACHABLE
         return self._forward
