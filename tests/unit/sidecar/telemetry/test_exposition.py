@@ -17,7 +17,9 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from sidecar.telemetry import exposition as ours
 from sidecar.telemetry.exposition import Registry, go_float, render_openmetrics, render_text
 
-label_values = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12)
+label_values = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12
+)
 values = st.one_of(
     st.integers(min_value=0, max_value=10**12),
     st.floats(min_value=0, max_value=1e15, allow_nan=False),
