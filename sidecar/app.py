@@ -94,7 +94,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     )
     mesh_tls = MeshTLS()  # no certificate until the manager installs one: plaintext meanwhile
     dataplane.on_inbound = lambda policy: mesh_tls.set_roots(policy.trust_bundle)
-    outbound_router = OutboundRouter(dataplane)
+    outbound_router = OutboundRouter(dataplane, default_retries=settings.default_retries)
     registry = Registry()
     telemetry = wiring.build(settings, registry)
     # Intercepted connections that are not HTTP: counted once each, when they close.

@@ -54,3 +54,6 @@ class Settings:
     # Clusters eject endpoints that refuse connections or whose sidecar reports its app gone
     # (local-origin failures), briefly, on top of any DestinationRule outlierDetection.
     default_ejection: bool = True
+    # Routes without VirtualService retries retry requests no app saw (connect failures, and
+    # 503s a server-side sidecar marked never-processed), twice, on other endpoints, any method.
+    default_retries: bool = True

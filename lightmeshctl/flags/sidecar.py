@@ -103,6 +103,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="eject, for a second or more, endpoints that refuse connections or whose sidecar "
         "reports its app unreachable (default on)",
     )
+    add(
+        "--default-retries",
+        action=argparse.BooleanOptionalAction,
+        default=_env("DEFAULT_RETRIES", "true") == "true",
+        help="on routes without VirtualService retries, retry (twice, elsewhere) requests no app "
+        "saw: connect failures and never-processed 503s, any method (default on)",
+    )
 
 
 def from_arguments(args: argparse.Namespace) -> Settings:
@@ -139,6 +146,7 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         access_log=args.access_log,
         app_health=args.app_health,
         default_ejection=args.default_ejection,
+        default_retries=args.default_retries,
     )
 
 

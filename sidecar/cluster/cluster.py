@@ -42,6 +42,8 @@ class Cluster:
         self.tls_server_name = config.service if config.tls == pb.MESH_MUTUAL else ""
         # Secure naming: who the endpoints may be (see Forward.tls_identities).
         self.tls_identities = frozenset(config.tls_identities)
+        # Every endpoint has a sidecar: their never-processed marks may be believed.
+        self.meshed = config.meshed
         self.hash = pb.ConsistentHash()
         self.hash.CopyFrom(config.hash)
         self._rng = rng
