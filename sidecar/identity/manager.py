@@ -24,10 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from lightmesh.v1 import discovery_pb2 as pb
-from sidecar.config.channel import open_channel
+from sidecar.config.channel import RpcError, open_channel
 from sidecar.config.client import Backoff
 from sidecar.identity.rotation import renewal_delay
 
@@ -130,10 +128,10 @@ class CertificateManager:
         while not stop.is_set():
             try:
                 identity = await self.renew()
-            except (grpc.aio.AioRpcError, OSError, RuntimeError, ValueError) as exc:
+            except (RpcError, OSError, RuntimeError, ValueError) as exc:
                 self.failures += 1
                 delay = backoff.next_delay()
-                detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+                detail = exc.details() if isinstance(exc, RpcError) else str(exc)
                 log.warning(
                     "certificate request failed: %s",
                     detail,
