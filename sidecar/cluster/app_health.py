@@ -15,7 +15,7 @@ Transitions (event → state; the probe schedule in brackets):
     any state   refused (connect failed / probe failed)   → DOWN     [probe after PROBE_INTERVAL]
     any state   answered (a response head came / probe ok) → UP       [no probe]
     UP          reset (closed before a response head)     → UP       [probe now: is it dying?]
-    STARTING    (nothing yet)                              → STARTING [no probe]
+    (start)                                                → STARTING [probe now]
 
 An answer means the app is listening, whatever the status it answered with; a reset alone does
 not make the app down (an app may close one connection), it only asks for a probe.
@@ -51,7 +51,7 @@ class AppHealth:
         self.interval = interval
         self.state = AppState.STARTING
         self.answered_once = False
-        self.next_probe = math.inf
+        self.next_probe = 0.0  # at once: learn whether the app is there before traffic does
         self.down_since: float | None = None
         self.transitions = 0  # UP/STARTING → DOWN changes (for logs and metrics)
 

@@ -39,6 +39,7 @@ def test_a_refused_connection_makes_the_app_down_and_schedules_probes() -> None:
 def test_before_the_app_ever_answered_the_sidecar_stays_ready() -> None:
     # The app may be held until its proxy is ready (lightmesh wait-ready): no deadlock.
     health = AppHealth()
+    assert health.next_probe == 0.0  # probed at start, so it knows once the app listens
     health.finished(done(status=503, flags="UF"), 0.0)
     assert health.down  # requests are still refused early (nothing listens)
     assert health.ready
