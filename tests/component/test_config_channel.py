@@ -14,13 +14,20 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from sidecar.config.channel import EOF, RpcError, StatusCode, open_channel
+from sidecar.config.channel import EOF, Channel, RpcError, StatusCode, StreamingCall, open_channel
 
 DEADLINE = 10.0
 
 
 def identity(data: bytes) -> bytes:
     return data
+
+
+def chat(channel: Channel) -> StreamingCall[bytes, bytes]:
+    method = channel.stream_stream(
+        "/test.Test/Chat", request_serializer=identity, response_deserializer=identity
+    )
+    return method()
 
 
 class Service:
@@ -89,9 +96,7 @@ async def test_a_stream_exchanges_messages_until_the_server_ends_it(
 ) -> None:
     target, _ = server
     async with asyncio.timeout(DEADLINE), open_channel(target, None) as channel:
-        call = channel.stream_stream(
-            "/test.Test/Chat", request_serializer=identity, response_deserializer=identity
-        )()
+        call = chat(channel)
         for word in (b"one", b"two", b"x" * 200_000):
             await call.write(word)
             assert await call.read() == word + b"!"
@@ -99,9 +104,7 @@ async def test_a_stream_exchanges_messages_until_the_server_ends_it(
         assert await call.read() is EOF
         assert await call.read() is EOF
 
-        failing = channel.stream_stream(
-            "/test.Test/Chat", request_serializer=identity, response_deserializer=identity
-        )()
+        failing = chat(channel)
         await failing.write(b"error")
         with pytest.raises(RpcError) as failed:
             await failing.read()
@@ -113,18 +116,14 @@ async def test_cancel_resets_the_stream_and_a_dead_server_fails_the_call(
 ) -> None:
     target, _ = server
     async with asyncio.timeout(DEADLINE), open_channel(target, None) as channel:
-        call = channel.stream_stream(
-            "/test.Test/Chat", request_serializer=identity, response_deserializer=identity
-        )()
+        call = chat(channel)
         await call.write(b"hello")
         assert await call.read() == b"hello!"
         call.cancel()
         with pytest.raises(RpcError) as cancelled:
             await call.read()
         assert cancelled.value.code() is StatusCode.CANCELLED
-        again = channel.stream_stream(
-            "/test.Test/Chat", request_serializer=identity, response_deserializer=identity
-        )()
+        again = chat(channel)
         await again.write(b"still there")  # the connection outlived the cancelled stream
         assert await again.read() == b"still there!"
 

@@ -9,15 +9,12 @@ it to the other endpoint whatever its method, and never re-sends one that an app
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
-from google.protobuf.any_pb2 import Any as AnyPb
-from google.protobuf.message import Message
 
 from lightmesh import types
 from lightmesh.v1 import config_pb2 as pb
@@ -27,25 +24,11 @@ from sidecar.contract import Completed
 from sidecar.listeners.engine import ProxyListener, start_proxy
 from sidecar.routing.router import InboundRouter, OutboundRouter
 from sidecar.upstream.app_probe import run_probes
-from tests.support.servers import serving
+from tests.support.config import pack
+from tests.support.servers import closed_port, serving
 
 CLUSTER = "outbound||catalog.default.svc.cluster.local"
 DEADLINE = 10.0
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def pack(*messages: Message) -> list[AnyPb]:
-    items = []
-    for message in messages:
-        item = AnyPb()
-        item.Pack(message)
-        items.append(item)
-    return items
 
 
 @dataclass
