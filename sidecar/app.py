@@ -26,6 +26,7 @@ from sidecar.contract import Completed
 from sidecar.identity.manager import CertificateManager
 from sidecar.identity.tls import MeshTLS
 from sidecar.listeners.engine import start_proxy
+from sidecar.memory import return_freed_memory
 from sidecar.routing.router import InboundRouter, OutboundRouter
 from sidecar.settings import Settings
 from sidecar.telemetry import wiring
@@ -201,6 +202,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         asyncio.create_task(certificates.run(stop), name="certificates") if certificates else None
     )
     telemetry_task = asyncio.create_task(telemetry.run(stop), name="telemetry")
+    memory_task = asyncio.create_task(return_freed_memory(stop), name="memory")
     probes_task = (
         asyncio.create_task(
             run_probes(app_health, settings.app_host, settings.app_port, stop), name="app-probes"
@@ -231,6 +233,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     await telemetry_task
     if probes_task is not None:
         await probes_task
+    await memory_task
     await telemetry.close()  # the spans of requests that finished while draining
     admin_server.close()
     await admin_server.wait_closed()

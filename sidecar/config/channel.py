@@ -168,7 +168,8 @@ class _Connection(asyncio.Protocol):
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
-            self.fail(RpcError(StatusCode.INTERNAL, f"HTTP/2 protocol error: {exc}"))
+            # Most often frames the server sent after its GOAWAY closed the connection.
+            self.fail(RpcError(StatusCode.UNAVAILABLE, f"HTTP/2 connection unusable: {exc}"))
             return
         for event in events:
             self._event(event)
