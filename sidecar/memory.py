@@ -1,15 +1,15 @@
 """Giving freed heap memory back to the operating system (glibc), so RSS follows what is in use.
 
-Measured (docs/reliability.md): every TLS connection of the event loop (uvloop) mallocs a 256 KiB
-read buffer. glibc serves the first ones with mmap, and when one is freed it raises its mmap
+Measured (`python -m bench.tls_churn`, docs/reliability.md): every TLS connection of the event
+loop (uvloop) mallocs a 256 KiB read buffer. glibc serves the first ones with mmap, and when one is freed it raises its mmap
 threshold above that size, so from then on each new buffer comes from the heap; connections that
 come and go (endpoints restarting, retries on fresh connections) then leave the heap fragmented
-and the RSS high: 40 TLS connections opened and closed 40 times grew a process from 29.6 to
-36.5 MB, still climbing. Two remedies, both cheap:
+and the RSS high: 40 TLS connections opened and closed 40 times grew a process from 30.6 to
+39.2 MB, still climbing. Two remedies, both cheap:
 - a fixed mmap threshold of 128 KiB at start (`mallopt(M_MMAP_THRESHOLD)`): buffers that large are
-  always their own mappings and go back to the system when freed (36.5 → 31.8 MB above);
+  always their own mappings and go back to the system when freed (39.2 → 32.5 MB above);
 - `malloc_trim(0)` every TRIM_INTERVAL seconds: free pages inside the heap are returned too
-  (29.4 MB above, flat).
+  (29.2 MB above, flat).
 Elsewhere than glibc (musl, macOS) both are skipped.
 """
 
