@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit component integration kube k8s-bins netns netns-tools prometheus-bin proto crds check-demo clean bench bench-quick bench-tools bench-telemetry bench-chaos
+.PHONY: demo test lint typecheck unit component integration kube k8s-bins netns netns-tools prometheus-bin proto crds check-demo clean bench bench-quick bench-tools bench-telemetry bench-controlplane bench-controlplane-quick bench-chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,18 @@ bench: bench-tools
 # Telemetry cost: metrics on vs off, p99 with a dead or slow span collector.
 bench-telemetry: bench-tools
 	$(BIN)/python -m bench telemetry --json docs/telemetry.json --markdown docs/benchmarks.md
+
+# The control plane at scale (issue 12): the real CP against simulated proxies, file and Kubernetes
+# sources. Default runs: files 100x100 and 1000x100, kube 100x100 (about 30 min); pick others with
+# CP_BENCH_ARGS, e.g. "--run files:2000x100 --label after". Run it under the shared lock:
+#   flock /tmp/lightmesh-bench.lock make bench-controlplane
+CP_BENCH_ARGS ?=
+bench-controlplane: $(STAMP) k8s-bins
+	$(BIN)/python -m bench controlplane $(CP_BENCH_ARGS) --json docs/controlplane.json --markdown docs/benchmarks.md
+
+# A couple of minutes: files 100x100, one change, short churn; figures to /tmp only.
+bench-controlplane-quick: $(STAMP)
+	$(BIN)/python -m bench controlplane --quick --json /tmp/lightmesh-controlplane.json
 
 # The chaos suite (bench/chaos.py): a local mesh on default config under load while instances,
 # sidecars and the control plane die, config and certificates change, and clients misbehave.

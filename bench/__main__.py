@@ -1,6 +1,7 @@
 """`python -m bench SUBCOMMAND`: the benchmarks of lightmesh.
 
 python -m bench chaos [--only NAME,...] [--quick] [--json FILE] [--markdown FILE]
+python -m bench controlplane [--quick] [--run SOURCE:NxS ...] [--json FILE] [--markdown FILE]
 python -m bench dataplane [--quick] [--json FILE] [--markdown FILE] [--chart FILE] [--profile]
 python -m bench startup [--runs N]
 python -m bench telemetry [--quick] [--json FILE] [--markdown FILE]
@@ -15,7 +16,7 @@ import sys
 def main(argv: list[str]) -> int:
     """Dispatch to a benchmark's own `main`."""
     usage = (
-        "usage: python -m bench {chaos,dataplane,startup,telemetry,traffic} [options]"
+        "usage: python -m bench {chaos,controlplane,dataplane,startup,telemetry,traffic} [options]"
         "   (-h after one for its options)"
     )
     if not argv or argv[0] in ("-h", "--help"):
@@ -26,6 +27,10 @@ def main(argv: list[str]) -> int:
         from bench import chaos
 
         return chaos.main(rest)
+    if command == "controlplane":
+        from bench import controlplane
+
+        return controlplane.main(rest)
     if command == "dataplane":
         from bench import dataplane
 

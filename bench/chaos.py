@@ -47,6 +47,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -231,10 +232,10 @@ def finish(popen: subprocess.Popen[str], *, timeout: float) -> dict[str, Any]:
 class Timeline:
     """Things done to the mesh at given offsets from the load's start, run while it runs."""
 
-    actions: list[tuple[float, str, Callable[[], None]]] = field(default_factory=list)
+    actions: list[tuple[float, str, Callable[[], object]]] = field(default_factory=list)
     done: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, label)
 
-    def at(self, offset: float, label: str, action: Callable[[], None]) -> None:
+    def at(self, offset: float, label: str, action: Callable[[], object]) -> None:
         """Run `action` `offset` seconds after the start."""
         self.actions.append((offset, label, action))
 
@@ -284,7 +285,7 @@ def summarize(results: list[dict[str, Any]], kills: list[tuple[float, str]]) -> 
                 "max": round(1000 * latencies[-1], 2),
             }
     if kills:
-        per_kill = []
+        per_kill: list[dict[str, Any]] = []
         times = [t for t, _ in kills]
         for i, (start, label) in enumerate(kills):
             end = times[i + 1] if i + 1 < len(times) else float("inf")
@@ -368,6 +369,15 @@ def steady_load(
     return read_results(out), memory
 
 
+def on(instance: Instance, action: Callable[[Instance], object]) -> Callable[[], None]:
+    """`action(instance)` later (it reads the instance's processes when it runs)."""
+
+    def run() -> None:
+        action(instance)
+
+    return run
+
+
 def kill(process: Process | None) -> None:
     """SIGKILL, and reap."""
     if process is not None and process.alive():
@@ -385,8 +395,8 @@ def churn(work: Path, *, method: str, seconds: float, rate: float) -> dict[str, 
         offset, k = 5.0, 0
         while offset < seconds - 4:
             instance = r.instances[k % len(r.instances)]
-            timeline.at(offset, f"kill {instance.name} app", lambda i=instance: kill(i.app))
-            timeline.at(offset + 3, f"start {instance.name} app", lambda i=instance: r.start_app(i))
+            timeline.at(offset, f"kill {instance.name} app", on(instance, lambda i: kill(i.app)))
+            timeline.at(offset + 3, f"start {instance.name} app", on(instance, r.start_app))
             offset += 10
             k += 1
         results, memory = steady_load(r, timeline, seconds=seconds, rate=rate, method=method)
@@ -405,10 +415,10 @@ def sidecar_kill(work: Path, *, seconds: float) -> dict[str, Any]:
         offset, k = 5.0, 0
         while offset < seconds - 4:
             instance = r.instances[k % len(r.instances)]
-            timeline.at(offset, f"kill {instance.name} sidecar", lambda i=instance: kill(i.sidecar))
             timeline.at(
-                offset + 3, f"start {instance.name} sidecar", lambda i=instance: r.start_sidecar(i)
+                offset, f"kill {instance.name} sidecar", on(instance, lambda i: kill(i.sidecar))
             )
+            timeline.at(offset + 3, f"start {instance.name} sidecar", on(instance, r.start_sidecar))
             offset += 10
             k += 1
         results, memory = steady_load(r, timeline, seconds=seconds)
@@ -464,9 +474,7 @@ def vs_changes(work: Path, *, seconds: float, changes: int) -> dict[str, Any]:
         timeline = Timeline()
         spread = (seconds - 4) / changes
         for generation in range(1, changes + 1):
-            timeline.at(
-                2 + generation * spread, f"change {generation}", lambda g=generation: write(g)
-            )
+            timeline.at(2 + generation * spread, f"change {generation}", partial(write, generation))
         results, memory = steady_load(r, timeline, seconds=seconds)
         summary = summarize(results, [])
         summary["memory"] = memory.report()
@@ -524,7 +532,7 @@ def abuse(work: Path, name: str, *, mode_args: list[str], seconds: float) -> dic
         memory.idle = r.client_rss()
         upstream_idle = max(r.sidecar_rss(i) for i in r.instances)
         abuser = r.load(*mode_args)
-        line = abuser.stdout.readline() if mode_args[0] != "slowread" else ""
+        line = abuser.stdout.readline() if abuser.stdout and mode_args[0] != "slowread" else ""
         opened = json.loads(line).get("opened") if line else None
         time.sleep(2.0)  # the abuse is in place before the measured load starts
         results, memory = steady_load(r, Timeline(), seconds=seconds, memory=memory)

@@ -22,6 +22,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+import uvloop
+
 REQUEST_TIMEOUT = 10.0
 
 
@@ -109,7 +111,7 @@ async def rate(args: argparse.Namespace) -> dict[str, object]:
         else:
             result.status = status
             result.flags = headers.get("x-lightmesh-response-flags", "")
-            if keep and conn is not None and len(idle) < args.connections:
+            if keep and len(idle) < args.connections:
                 idle.append(conn)
                 conn = None
         finally:
@@ -237,13 +239,7 @@ def main(argv: list[str]) -> int:
     host, _, port = args.proxy.rpartition(":")
     args.proxy_host, args.proxy_port = host, int(port)
     modes = {"rate": rate, "idle": idle_connections, "slowloris": slowloris, "slowread": slow_read}
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        runner = asyncio.run
-    summary = runner(modes[args.mode](args))
+    summary = uvloop.run(modes[args.mode](args))
     print(json.dumps(summary), flush=True)
     return 0
 

@@ -18,6 +18,7 @@ saturation requests/s (wrk, median of interleaved repetitions), p50/p99 at a con
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import socket
 import statistics
@@ -56,6 +57,10 @@ class Result:
     cpu_ms_per_1000: list[float] = field(default_factory=list)
     errors: int = 0
     spans: dict[str, float] = field(default_factory=dict)
+
+
+def _answers(url: str) -> bool:
+    return _get(url)[0] == 200
 
 
 def _span_counters(admin: int) -> dict[str, float]:
@@ -174,9 +179,9 @@ def run(*, quick: bool, log: Any) -> dict[str, Any]:
                 services.append(sidecar)
                 ports[name] = (inbound, admin, sidecar)
             for name, (inbound, admin, _) in ports.items():
-                _wait(lambda admin=admin: _ready(admin), f"{name} /ready")
+                _wait(functools.partial(_ready, admin), f"{name} /ready")
                 url = f"http://127.0.0.1:{inbound}{configs.BODY_PATH}"
-                _wait(lambda url=url: _get(url)[0] == 200, f"{name} answering")
+                _wait(functools.partial(_answers, url), f"{name} answering")
             names = list(SETUPS)
             for name in names:  # warm-up
                 inbound = ports[name][0]

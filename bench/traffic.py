@@ -68,11 +68,7 @@ def _router(routes: int) -> OutboundRouter:
     table.append(pb.Route(name="last", clusters=to))
     plane.apply(
         types.ROUTES,
-        _pack(
-            pb.RouteConfiguration(
-                virtual_hosts=[pb.VirtualHost(name="catalog", domains=["catalog"], routes=table)]
-            )
-        ),
+        _pack(pb.VirtualHost(name="catalog", domains=["catalog"], routes=table)),
     )
     return OutboundRouter(plane)
 

@@ -1,4 +1,4 @@
-"""Control-plane wiring: file source → store → push → gRPC stream server, plus the debug server.
+"""Control-plane wiring: sources → store → push (views) → gRPC stream server, plus the debug server.
 
 The only place that builds the control plane's long-lived objects; everything else receives them.
 """
@@ -9,11 +9,9 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
-import json
 import logging
 import os
 import secrets
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +29,10 @@ from controlplane.certs import (
 from controlplane.debug import build_app
 from controlplane.injection.webhook import WebhookSettings, run_webhook
 from controlplane.metrics import ControlPlaneMetrics
-from controlplane.push import Pusher
-from controlplane.registry import LocalRegistry
-from controlplane.snapshots import SnapshotCache
+from controlplane.push.pusher import Pusher
 from controlplane.sources.files import DirectorySource
 from controlplane.sources.kube import KubeSource
+from controlplane.sources.registry import LocalRegistry, RegistrySource
 from controlplane.status import StatusWriter
 from controlplane.store import Store
 from controlplane.xds.server import ConfigDiscovery
@@ -44,7 +41,9 @@ from lightmesh.v1 import discovery_pb2_grpc
 
 log = logging.getLogger("controlplane")
 
-REGISTRY_SOURCE = "local-registry"
+# grpc cancels a call the application has not picked up within this time (its default is 30 s):
+# a herd of reconnecting sidecars must wait for admission, not be cancelled and retry.
+_UNREQUESTED_CALL_TIMEOUT = 600
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,7 +62,16 @@ class Settings:
     debug_port: int = 15014
     state_dir: Path | None = None  # where the local registry persists; None: not persisted
     debounce: float = 0.1
+    max_debounce: float = 1.0
+    # Restored registrations expire this long after the last restored sidecar reconnected (the
+    # herd is over), and at most `registry_max_wait` after the restart.
     registry_grace: float = 15.0
+    registry_max_wait: float = 300.0
+    # Istio's defaultServiceExportTo (also the default of VirtualServices and DestinationRules).
+    default_export_to: tuple[str, ...] = ("*",)
+    # Concurrent pushes: a stream's first (large) ones, and updates.
+    initial_pushes: int = 32
+    update_pushes: int = 256
     poll_interval: float = 0.1
     webhook: WebhookSettings | None = None  # the sidecar injector; None: not served
     trust_domain: str = "cluster.local"
@@ -79,62 +87,35 @@ class Settings:
     plaintext: bool = False  # serve the config stream without TLS (debugging only)
 
 
-class _RegistryKeeper:
-    """Feeds the local registry into the store and persists it (atomically) on every change."""
-
-    def __init__(self, registry: LocalRegistry, store: Store, state_file: Path | None) -> None:
-        self.registry = registry
-        self._store = store
-        self._state_file = state_file
-        self.persist = True  # turned off at shutdown so closing streams do not erase the state
-
-    def changed(self) -> None:
-        self._store.replace_services(REGISTRY_SOURCE, self.registry.services())
-        if self.persist and self._state_file is not None:
-            tmp = self._state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.registry.dump()))
-            os.replace(tmp, self._state_file)
-
-    def restore(self) -> None:
-        if self._state_file is None or not self._state_file.exists():
-            return
-        try:
-            saved = json.loads(self._state_file.read_text())
-        except (OSError, ValueError) as error:
-            log.warning("ignoring unreadable registry state: %s", error)
-            return
-        self.registry.restore(saved, now=time.monotonic())
-        self.changed()
-        log.info("restored %d registrations", len(saved), extra={"event": "registry_restored"})
-
-    async def expire_loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-            if self.registry.expire(now=time.monotonic()):
-                self.changed()
-
-
 async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Run the control plane until `stop` is set or SIGINT/SIGTERM arrives."""
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
 
     metrics = ControlPlaneMetrics.create()
-    store = Store()
-    cache = SnapshotCache()
-    pusher = Pusher(store, cache, debounce=settings.debounce)
+    store = Store(default_export_to=settings.default_export_to)
+    pusher = Pusher(
+        store,
+        metrics=metrics,
+        debounce=settings.debounce,
+        max_delay=settings.max_debounce,
+        initial_pushes=settings.initial_pushes,
+        update_pushes=settings.update_pushes,
+    )
     state_file = settings.state_dir / "registry.json" if settings.state_dir else None
     if settings.state_dir:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-    keeper = _RegistryKeeper(LocalRegistry(grace=settings.registry_grace), store, state_file)
+    registry = LocalRegistry(grace=settings.registry_grace, max_wait=settings.registry_max_wait)
+    keeper = RegistrySource(registry, store, state_file)
     keeper.restore()
 
     api = _kube_api_client(settings) if settings.kubeconfig or settings.in_cluster else None
     ca, authenticator = _identity(settings, api)
     store.set_trust_bundle(ca.root_pem.decode("ascii"))  # sidecars verify peers against it
     store.set_trust_domain(ca.trust_domain)
-    server = grpc.aio.server()
+    server = grpc.aio.server(
+        options=[("grpc.server_max_unrequested_time_in_server", _UNREQUESTED_CALL_TIMEOUT)]
+    )
     discovery_pb2_grpc.add_CertificateServiceServicer_to_server(
         CertificateService(
             ca,
@@ -143,15 +124,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         ),
         server,
     )
-    discovery_pb2_grpc.add_ConfigDiscoveryServicer_to_server(
-        ConfigDiscovery(
-            pusher=pusher,
-            cache=cache,
-            registry=keeper.registry,
-            on_registry_change=keeper.changed,
-            metrics=metrics,
-        ),
-        server,
+    server.add_generic_rpc_handlers(
+        (ConfigDiscovery(pusher=pusher, registry=keeper, metrics=metrics).handler(),)
     )
     address = f"{settings.host}:{settings.port}"
     if _serves_tls(settings):
@@ -162,9 +136,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     if bound == 0:
         raise OSError(f"cannot listen on {settings.host}:{settings.port}")
 
-    runner = web.AppRunner(
-        build_app(store=store, pusher=pusher, cache=cache, metrics=metrics), access_log=None
-    )
+    runner = web.AppRunner(build_app(store=store, pusher=pusher, metrics=metrics), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.debug_port)
 
@@ -192,7 +164,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         tasks.create_task(pusher.run(stop), name="push")
         if kube is not None and status is not None:
             tasks.create_task(_refresh_status_on_leadership(kube, status, stop), name="status")
-        tasks.create_task(keeper.expire_loop(stop), name="registry-expiry")
+        tasks.create_task(keeper.run(stop), name="registry")
         if settings.webhook is not None:
             tasks.create_task(
                 run_webhook(settings.webhook, ca=ca, api=api, stop=stop), name="webhook"
@@ -213,6 +185,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         )
         await stop.wait()
         log.info("stopping", extra={"event": "stopping"})
+        keeper.flush()
         keeper.persist = False
         await server.stop(grace=1.0)
         await runner.cleanup()

@@ -12,32 +12,45 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.openmetrics import exposition as openmetrics
 
 from controlplane.metrics import ControlPlaneMetrics
-from controlplane.push import Pusher
-from controlplane.snapshots import SnapshotCache
+from controlplane.push.pusher import Pusher
 from controlplane.store import Store
 from controlplane.xds.protocol import SyncState
 from lightmesh.types import PUSH_ORDER, SHORT_NAMES
 
 
-def proxy_status(pusher: Pusher, cache: SnapshotCache, *, now: float) -> list[dict[str, Any]]:
-    """Per connected sidecar and resource type: SYNCED / STALE / NACKED and the versions involved."""
+def proxy_status(pusher: Pusher, *, now: float) -> list[dict[str, Any]]:
+    """Per connected sidecar and resource type: SYNCED / STALE / NACKED, the digest of the set it
+    should hold (`latest`) and of what it ACKed (`acked`), and the resource count."""
     rows = []
     for node_id in sorted(pusher.connections):
         conn = pusher.connections[node_id]
-        latest = cache.versions(node_id)
+        sets = conn.sets()
         types: dict[str, Any] = {}
         for type_url in PUSH_ORDER:
+            resource_set = sets[type_url]
+            latest_tag = resource_set.current.tag
+            sync = conn.protocol.sync_state(type_url, latest_tag)
+            latest = resource_set.digest()
+            entry: dict[str, Any] = {
+                "state": sync.value,
+                "latest": latest,
+                "resources": len(resource_set.current.versions),
+            }
             state = conn.protocol.types.get(type_url)
-            sync = conn.protocol.sync_state(type_url, latest.get(type_url))
-            entry: dict[str, Any] = {"state": sync.value, "latest": latest.get(type_url, "")}
+            if state is not None and sync is not SyncState.STALE:
+                # What it holds (cheap when SYNCED; a digest of its resources when NACKED; left
+                # out while STALE, which would cost O(resources) per sidecar mid-push).
+                entry["acked"] = conn.protocol.held_digest(type_url, latest_tag, latest)
             if state is not None:
-                entry["acked"] = state.acked_version
-                entry["sent"] = state.sent_version
                 if sync is SyncState.STALE and state.sent_at:
                     entry["pending_seconds"] = round(now - state.sent_at, 3)
-                if state.nack_message:
+                if state.rejected:
                     entry["nack"] = state.nack_message
-                    entry["nacked_version"] = state.nacked_version
+                    entry["nacked_version"] = ",".join(
+                        f"{name}@{version}" for name, version in sorted(state.rejected.items())
+                    )
+                if state.names:
+                    entry["subscribed"] = sorted(state.names)
             types[SHORT_NAMES[type_url]] = entry
         rows.append(
             {
@@ -45,20 +58,23 @@ def proxy_status(pusher: Pusher, cache: SnapshotCache, *, now: float) -> list[di
                 "workload": conn.node.workload,
                 "namespace": conn.node.namespace,
                 "connected_since": conn.connected_at,
+                "scope": {
+                    "namespace": conn.view.scope.namespace,
+                    "sidecar": str(conn.view.scope.sidecar.key) if conn.view.scope.sidecar else "",
+                    "on_demand": sorted(conn.view.scope.extra_hosts),
+                },
                 "types": types,
             }
         )
     return rows
 
 
-def build_app(
-    *, store: Store, pusher: Pusher, cache: SnapshotCache, metrics: ControlPlaneMetrics
-) -> web.Application:
+def build_app(*, store: Store, pusher: Pusher, metrics: ControlPlaneMetrics) -> web.Application:
     """The aiohttp application serving the debug endpoints."""
 
     async def proxies(_: web.Request) -> web.Response:
         return web.json_response(
-            {"proxies": proxy_status(pusher, cache, now=time.monotonic())}, dumps=_dumps
+            {"proxies": proxy_status(pusher, now=time.monotonic())}, dumps=_dumps
         )
 
     async def problems(_: web.Request) -> web.Response:
@@ -76,16 +92,23 @@ def build_app(
 
     async def config(request: web.Request) -> web.Response:
         node_id = request.match_info["node"]
-        snapshots = cache.get(node_id)
-        if not snapshots:
+        conn = pusher.connections.get(node_id)
+        if conn is None:
             raise web.HTTPNotFound(text=f"no connected proxy {node_id!r}\n")
-        body = {
-            SHORT_NAMES[t]: {
-                "version": s.version,
-                "resources": [MessageToDict(r) for r in s.resources],
+        body = {}
+        for type_url, resource_set in conn.sets().items():
+            snapshot = resource_set.current
+            body[SHORT_NAMES[type_url]] = {
+                "version": resource_set.digest(),
+                "resources": [
+                    {
+                        "name": name,
+                        "version": snapshot.versions[name],
+                        **MessageToDict(snapshot.resources[name].decode()),
+                    }
+                    for name in sorted(snapshot.resources)
+                ],
             }
-            for t, s in snapshots.items()
-        }
         return web.json_response(body, dumps=_dumps)
 
     async def prometheus(request: web.Request) -> web.Response:

@@ -128,6 +128,14 @@ class VirtualService:
     key: ResourceKey
     hosts: tuple[str, ...]
     http: tuple[HTTPRoute, ...] = ()
+    # Istio's exportTo: namespaces whose sidecars see it ("." its own, "*" all); () = the default.
+    export_to: tuple[str, ...] = ()
+
+    def destination_hosts(self) -> frozenset[str]:
+        """Every host its routes and mirrors send to (their clusters must reach the same sidecars)."""
+        hosts = {d.host for route in self.http for d in route.destinations}
+        hosts.update(route.mirror.host for route in self.http if route.mirror is not None)
+        return frozenset(hosts)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -184,6 +192,46 @@ class DestinationRule:
     host: str
     policy: TrafficPolicy = field(default_factory=TrafficPolicy)
     subsets: tuple[Subset, ...] = ()
+    export_to: tuple[str, ...] = ()  # as VirtualService.export_to
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EgressHost:
+    """One `spec.egress[].hosts` entry of a Sidecar: `namespace/host`. The namespace is "*", a
+    name, or "." (the sidecar's own namespace, also in a mesh-wide Sidecar); the host is "*",
+    "*.suffix", a FQDN, or a short name (resolved in the namespace it is looked up for)."""
+
+    namespace: str
+    host: str
+
+    def matches(self, host: str, namespace: str, viewer: str) -> bool:
+        """Whether a host defined in `namespace` (a service's, or a VirtualService's) is selected
+        for sidecars of `viewer`."""
+        space = viewer if self.namespace == "." else self.namespace
+        if space not in ("*", namespace):
+            return False
+        if self.host == "*":
+            return True
+        if self.host.startswith("*."):
+            return host.endswith(self.host[1:])
+        if "." not in self.host:
+            return host == resolve_host(self.host, namespace)
+        return host == self.host
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sidecar:
+    """Istio's Sidecar (egress part): narrows what the selected sidecars receive to the listed hosts
+    (intersected with what is exported to their namespace)."""
+
+    key: ResourceKey
+    selector: tuple[tuple[str, str], ...] | None  # workloadSelector.labels; None: whole namespace
+    egress: tuple[EgressHost, ...]
+
+    def selects(self, host: str, namespace: str, viewer: str) -> bool:
+        """Whether a host (defined in `namespace`) is in this Sidecar's egress for sidecars of
+        `viewer`."""
+        return any(e.matches(host, namespace, viewer) for e in self.egress)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -215,7 +263,9 @@ class AuthorizationPolicy:
     rules: tuple[AuthorizationRule, ...]
 
 
-Resource: TypeAlias = VirtualService | DestinationRule | PeerAuthentication | AuthorizationPolicy
+Resource: TypeAlias = (
+    VirtualService | DestinationRule | PeerAuthentication | AuthorizationPolicy | Sidecar
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -244,6 +294,8 @@ class Service:
     addresses: tuple[str, ...] = ()
     # Service ports declared non-HTTP (see `is_tcp_port`): spliced as raw TCP, never parsed.
     tcp_ports: tuple[int, ...] = ()
+    # The `networking.istio.io/exportTo` annotation; () = the mesh default.
+    export_to: tuple[str, ...] = ()
 
     @property
     def fqdn(self) -> str:
@@ -263,6 +315,15 @@ def is_tcp_port(name: str, app_protocol: str) -> bool:
         # Kubernetes' standard names are prefixed ("kubernetes.io/h2c"); "https" is TLS: raw TCP.
         return app_protocol.lower().removeprefix("kubernetes.io/") not in HTTP_APP_PROTOCOLS
     return name.lower().startswith(TCP_PORT_NAME_PREFIXES)
+
+
+def visible(export_to: tuple[str, ...], *, owner: str, viewer: str) -> bool:
+    """Istio's exportTo rule: whether something defined in namespace `owner` with `export_to`
+    (already defaulted) is seen by sidecars of namespace `viewer`."""
+    for entry in export_to:
+        if entry == "*" or entry == viewer or (entry == "." and owner == viewer):
+            return True
+    return False
 
 
 def resolve_host(host: str, namespace: str) -> str:

@@ -173,9 +173,16 @@ _HTTP_ROUTE = _obj(
     },
 )
 
+_EXPORT_TO = _arr(
+    _str(),
+    desc='Namespaces whose sidecars see this resource: "." (its own), "*" (all) or names; '
+    "omitted: the control plane's --default-export-to.",
+)
+
 VIRTUAL_SERVICE_SPEC = _obj(
     {
         "hosts": _arr(_str()),
+        "exportTo": _EXPORT_TO,
         "http": _arr(_HTTP_ROUTE, desc="Ordered routes; the first match wins.", max_items=512),
     },
     required=["hosts"],
@@ -242,6 +249,7 @@ _TRAFFIC_POLICY = _obj(
 DESTINATION_RULE_SPEC = _obj(
     {
         "host": _str(),
+        "exportTo": _EXPORT_TO,
         "trafficPolicy": _TRAFFIC_POLICY,
         "subsets": _arr(
             _obj(
@@ -313,12 +321,37 @@ AUTHORIZATION_POLICY_SPEC = _obj(
     }
 )
 
+SIDECAR_SPEC = _obj(
+    {
+        "workloadSelector": _obj(
+            {"labels": _STRING_MAP},
+            desc="The workloads of the Sidecar's namespace it applies to; omit for the whole "
+            "namespace (the whole mesh in lightmesh-system).",
+        ),
+        "egress": _arr(
+            _obj(
+                {
+                    "hosts": _arr(
+                        _str(),
+                        desc='"namespace/host": namespace "*", "." or a name; host "*", '
+                        '"*.suffix" or a service name (short names resolve in that namespace).',
+                    )
+                },
+                required=["hosts"],
+            ),
+            desc="The hosts the selected sidecars receive config for (besides what routes to).",
+        ),
+    },
+    required=["egress"],
+)
+
 # kind -> extra printer columns for `kubectl get` (name, JSONPath)
 _COLUMNS: dict[str, list[tuple[str, str]]] = {
     "VirtualService": [("Hosts", ".spec.hosts")],
     "DestinationRule": [("Host", ".spec.host")],
     "PeerAuthentication": [("Mode", ".spec.mtls.mode")],
     "AuthorizationPolicy": [("Action", ".spec.action")],
+    "Sidecar": [("Egress", ".spec.egress[*].hosts")],
 }
 
 # kind -> (plural, short names, spec schema)
@@ -327,6 +360,7 @@ KINDS: dict[str, tuple[str, list[str], Schema]] = {
     "DestinationRule": ("destinationrules", ["dr"], DESTINATION_RULE_SPEC),
     "PeerAuthentication": ("peerauthentications", ["pa"], PEER_AUTHENTICATION_SPEC),
     "AuthorizationPolicy": ("authorizationpolicies", ["ap"], AUTHORIZATION_POLICY_SPEC),
+    "Sidecar": ("sidecars", [], SIDECAR_SPEC),
 }
 
 _TYPE_CHECKS: dict[str, tuple[type | tuple[type, ...], str]] = {

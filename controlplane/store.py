@@ -1,37 +1,55 @@
-"""The store: the control plane's single, versioned world state, fed by any number of sources.
+"""The store: the control plane's versioned world state, fed key by key by any number of sources.
 
-Sources replace their own slice (resources with the problems found, or services) and the store
-notifies its listeners; the push stage reads an immutable `World` whenever it is ready. Pure apart
-from calling the listeners it was given.
+Each source sets or deletes its own keys (`update`); where two sources hold the same key, the
+first source by name wins. Every key has its own version (the store revision at which its value
+last changed), and each accepted update tells the subscribers a `Change`: the keys whose value
+changed, the hosts whose translation inputs changed, and when the source saw it (the start of
+convergence). An update that changes nothing tells nobody. Pure apart from calling its listeners.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 
-from controlplane.model import DestinationRule, Resource, ResourceKey, Service, VirtualService
-from controlplane.security import AuthorizationPolicy, PeerAuthentication
+from controlplane.model import ResourceKey
 from controlplane.validate import Problem
-from controlplane.world import World
+from controlplane.world import TRUST_BUNDLE, TRUST_DOMAIN, Value, World
 
-Listener = Callable[[int], None]
+MESH_SOURCE = "mesh"  # the CA's trust bundle and domain
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Change:
+    """What one accepted update (or a debounced burst of them) changed."""
+
+    keys: frozenset[ResourceKey]
+    hosts: frozenset[str]
+    at: float  # monotonic time the source observed the first of these changes
+
+    def merge(self, other: Change) -> Change:
+        """Both changes as one."""
+        return Change(
+            keys=self.keys | other.keys, hosts=self.hosts | other.hosts, at=min(self.at, other.at)
+        )
+
+
+Listener = Callable[[Change], None]
 
 
 class Store:
-    """Holds resources and services by source; every accepted change bumps the revision."""
+    """Values by source and key; the merged view is `world`."""
 
-    def __init__(self) -> None:
-        self._resources: dict[str, Mapping[ResourceKey, Resource]] = {}
-        self._problems: dict[str, tuple[Problem, ...]] = {}
-        self._services: dict[str, Mapping[str, Service]] = {}
+    def __init__(self, *, default_export_to: tuple[str, ...] = ("*",)) -> None:
+        self._layers: dict[str, dict[ResourceKey, Value]] = {}
+        self._versions: dict[ResourceKey, int] = {}
+        self._problems: dict[str, dict[str, tuple[Problem, ...]]] = {}
         self._revision = 0
-        self._trust_bundle = ""
-        self._trust_domain = "cluster.local"
-        self._world = World()
+        self._world = World(default_export_to=default_export_to)
         self._listeners: list[Listener] = []
 
     def subscribe(self, listener: Listener) -> None:
-        """Call `listener(revision)` after every change."""
+        """Call `listener(change)` after every update that changed something."""
         self._listeners.append(listener)
 
     @property
@@ -39,69 +57,92 @@ class Store:
         """Revision of the latest change."""
         return self._revision
 
-    def replace_resources(
+    @property
+    def world(self) -> World:
+        """The merged, indexed state (changed in place by updates; read it, never change it)."""
+        return self._world
+
+    def version(self, key: ResourceKey) -> int:
+        """Revision at which `key`'s value last changed (0: never set)."""
+        return self._versions.get(key, 0)
+
+    def update(
+        self, source: str, changes: Mapping[ResourceKey, Value | None], *, at: float
+    ) -> Change | None:
+        """Set (or, with None, delete) keys of `source`; notify and return what changed."""
+        layer = self._layers.setdefault(source, {})
+        keys: set[ResourceKey] = set()
+        hosts: set[str] = set()
+        for key, value in changes.items():
+            before = self._merged(key)
+            if value is None:
+                layer.pop(key, None)
+            else:
+                layer[key] = value
+            after = self._merged(key)
+            if after == before:
+                continue
+            keys.add(key)
+            hosts |= self._world.put(key, after)
+        if not keys:
+            return None
+        self._revision += 1
+        for key in keys:
+            self._versions[key] = self._revision
+        change = Change(keys=frozenset(keys), hosts=frozenset(hosts), at=at)
+        for listener in self._listeners:
+            listener(change)
+        return change
+
+    def replace(
         self,
         source: str,
-        resources: Mapping[ResourceKey, Resource],
-        problems: tuple[Problem, ...] = (),
-    ) -> None:
-        """Replace everything `source` contributes; a no-op change does not bump the revision."""
-        self._problems[source] = problems
-        if self._resources.get(source) == resources:
-            return
-        self._resources[source] = dict(resources)
-        self._changed()
+        values: Mapping[ResourceKey, Value],
+        *,
+        kinds: Collection[str],
+        at: float,
+    ) -> Change | None:
+        """Make `source`'s keys of `kinds` exactly `values` (a relist); only differences count."""
+        layer = self._layers.get(source, {})
+        gone = {k: None for k in layer if k.kind in kinds and k not in values}
+        return self.update(source, {**gone, **values}, at=at)
 
-    def replace_services(self, source: str, services: Mapping[str, Service]) -> None:
-        """Replace the services (by FQDN) that `source` knows of."""
-        if self._services.get(source) == services:
-            return
-        self._services[source] = dict(services)
-        self._changed()
+    def keys(self, source: str) -> set[ResourceKey]:
+        """The keys `source` holds."""
+        return set(self._layers.get(source, {}))
+
+    def _merged(self, key: ResourceKey) -> Value | None:
+        for source in sorted(self._layers):
+            value = self._layers[source].get(key)
+            if value is not None:
+                return value
+        return None
+
+    # --- problems (reported by sources per origin: a file, a Kubernetes object) ---
+
+    def set_problems(self, source: str, origin: str, problems: tuple[Problem, ...]) -> None:
+        """Replace the problems `source` reports for one origin (empty: none)."""
+        mine = self._problems.setdefault(source, {})
+        if problems:
+            mine[origin] = problems
+        else:
+            mine.pop(origin, None)
 
     def problems(self) -> list[Problem]:
         """Current problems of every source."""
-        return [p for problems in self._problems.values() for p in problems]
+        return [
+            p
+            for source in sorted(self._problems)
+            for origin in sorted(self._problems[source])
+            for p in self._problems[source][origin]
+        ]
 
-    def set_trust_domain(self, domain: str) -> None:
+    # --- the CA's settings ---
+
+    def set_trust_domain(self, domain: str, *, at: float = 0.0) -> None:
         """The CA's trust domain (the SPIFFE IDs sidecars expect of their upstreams)."""
-        if domain != self._trust_domain:
-            self._trust_domain = domain
-            self._changed()
+        self.update(MESH_SOURCE, {TRUST_DOMAIN: domain}, at=at)
 
-    def set_trust_bundle(self, pem: str) -> None:
+    def set_trust_bundle(self, pem: str, *, at: float = 0.0) -> None:
         """The CA's trust roots, sent to every sidecar (both roots while one is rotated out)."""
-        if pem != self._trust_bundle:
-            self._trust_bundle = pem
-            self._changed()
-
-    def world(self) -> World:
-        """The current world (cached until the next change)."""
-        if self._world.revision != self._revision:
-            merged: dict[ResourceKey, Resource] = {}
-            for source in sorted(self._resources):
-                for key, resource in self._resources[source].items():
-                    merged.setdefault(key, resource)
-            ordered = [merged[k] for k in sorted(merged)]
-            services: dict[str, Service] = {}
-            for source in sorted(self._services):
-                for host, service in self._services[source].items():
-                    services.setdefault(host, service)
-            self._world = World(
-                revision=self._revision,
-                virtual_services=tuple(r for r in ordered if isinstance(r, VirtualService)),
-                destination_rules=tuple(r for r in ordered if isinstance(r, DestinationRule)),
-                peer_authentications=tuple(r for r in ordered if isinstance(r, PeerAuthentication)),
-                authorization_policies=tuple(
-                    r for r in ordered if isinstance(r, AuthorizationPolicy)
-                ),
-                services=services,
-                trust_bundle=self._trust_bundle,
-                trust_domain=self._trust_domain,
-            )
-        return self._world
-
-    def _changed(self) -> None:
-        self._revision += 1
-        for listener in self._listeners:
-            listener(self._revision)
+        self.update(MESH_SOURCE, {TRUST_BUNDLE: pem}, at=at)

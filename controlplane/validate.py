@@ -8,13 +8,14 @@ problem names the origin (file or Kubernetes object), the resource and the field
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from controlplane.model import (
     ConsistentHash,
     DestinationRule,
+    EgressHost,
     Fault,
     HeaderOps,
     HTTPMatch,
@@ -28,6 +29,7 @@ from controlplane.model import (
     Retries,
     Rewrite,
     RouteDestination,
+    Sidecar,
     StringMatch,
     Subset,
     TlsMode,
@@ -36,7 +38,12 @@ from controlplane.model import (
     resolve_host,
 )
 from controlplane.schema import API_VERSION, KINDS, validate_schema
-from controlplane.security import SpecError, authorization_policy, peer_authentication
+from controlplane.security import (
+    ROOT_NAMESPACE,
+    SpecError,
+    authorization_policy,
+    peer_authentication,
+)
 from lightmesh.durations import parse_duration
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -343,11 +350,38 @@ def _http_route(
     )
 
 
+def parse_export_to(values: list[str], path: str) -> tuple[str, ...]:
+    """Istio's exportTo: ".", "*" or namespace names; "*" alone; no repeats. Raises ValueError
+    with "path: text"."""
+    seen: set[str] = set()
+    for index, value in enumerate(values):
+        if value not in (".", "*") and not _DNS_LABEL.match(value):
+            raise ValueError(f"{path}[{index}]: {value!r} is not '.', '*' or a namespace name")
+        if value in seen:
+            raise ValueError(f"{path}[{index}]: {value!r} is listed twice")
+        seen.add(value)
+    if "*" in seen and len(seen) > 1:
+        raise ValueError(f"{path}: '*' exports to every namespace; list nothing else with it")
+    return tuple(values)
+
+
+def _export_to(spec: Mapping[str, Any]) -> tuple[str, ...]:
+    if "exportTo" not in spec:
+        return ()
+    if not spec["exportTo"]:
+        raise _Invalid("spec.exportTo: give at least one namespace, '.' or '*' (or omit it)")
+    try:
+        return parse_export_to(spec["exportTo"], "spec.exportTo")
+    except ValueError as error:
+        raise _Invalid(str(error)) from None
+
+
 def _virtual_service(key: ResourceKey, spec: dict[str, Any], warnings: list[str]) -> VirtualService:
     if not spec["hosts"]:
         raise _Invalid("spec.hosts: at least one host is required")
     return VirtualService(
         key=key,
+        export_to=_export_to(spec),
         hosts=tuple(resolve_host(h, key.namespace) for h in spec["hosts"]),
         http=tuple(
             _http_route(raw, f"spec.http[{index}]", key.namespace, warnings)
@@ -429,6 +463,7 @@ def _destination_rule(
         )
     return DestinationRule(
         key=key,
+        export_to=_export_to(spec),
         host=resolve_host(spec["host"], key.namespace),
         policy=_traffic_policy(spec.get("trafficPolicy"), "spec.trafficPolicy"),
         subsets=tuple(subsets),
@@ -451,12 +486,89 @@ def _authorization_policy(key: ResourceKey, spec: dict[str, Any], warnings: list
         raise _Invalid(str(exc)) from exc
 
 
+def _egress_host(value: str, namespace: str, path: str) -> EgressHost:
+    del namespace  # "." means the namespace of the sidecar it applies to, resolved at lookup
+    space, slash, host = value.partition("/")
+    if not slash or not space or not host:
+        raise _Invalid(f"{path}: {value!r} must be 'namespace/host' (e.g. './*', '*/catalog.shop')")
+    if space not in ("*", ".") and not _DNS_LABEL.match(space):
+        raise _Invalid(f"{path}: {space!r} is not '*', '.' or a namespace name")
+    host = host.lower().rstrip(".")
+    pattern = host[2:] if host.startswith("*.") else host
+    if host != "*" and (not pattern or "*" in pattern or not _DNS_SUBDOMAIN.match(pattern)):
+        raise _Invalid(f"{path}: {host!r} is not '*', '*.suffix' or a host name")
+    if host != "*" and not host.startswith("*.") and space == "*" and "." not in host:
+        raise _Invalid(
+            f"{path}: short name {host!r} needs a namespace (write 'ns/{host}' or the FQDN)"
+        )
+    if host != "*" and not host.startswith("*.") and "." in host:
+        host = resolve_host(host, "")  # name.namespace[.svc[.cluster.local]]: the FQDN
+    return EgressHost(namespace=space, host=host)
+
+
+def _sidecar(key: ResourceKey, spec: dict[str, Any], warnings: list[str]) -> Resource:
+    del warnings
+    selector = None
+    if "workloadSelector" in spec:
+        labels = spec["workloadSelector"].get("labels") or {}
+        if not labels:
+            raise _Invalid("spec.workloadSelector.labels: give at least one label, or omit it")
+        selector = tuple(sorted(labels.items()))
+    if selector is not None and key.namespace == ROOT_NAMESPACE:
+        raise _Invalid(
+            f"spec.workloadSelector: a Sidecar in {ROOT_NAMESPACE} is the mesh-wide default and "
+            "cannot select workloads"
+        )
+    if not spec["egress"]:
+        raise _Invalid("spec.egress: at least one egress entry is required")
+    egress = []
+    for i, entry in enumerate(spec["egress"]):
+        if not entry["hosts"]:
+            raise _Invalid(f"spec.egress[{i}].hosts: at least one host is required")
+        egress += [
+            _egress_host(value, key.namespace, f"spec.egress[{i}].hosts[{j}]")
+            for j, value in enumerate(entry["hosts"])
+        ]
+    return Sidecar(key=key, selector=selector, egress=tuple(egress))
+
+
 _BUILDERS: dict[str, Callable[[ResourceKey, dict[str, Any], list[str]], Resource]] = {
     "VirtualService": _virtual_service,
     "DestinationRule": _destination_rule,
     "PeerAuthentication": _peer_authentication,
     "AuthorizationPolicy": _authorization_policy,
+    "Sidecar": _sidecar,
 }
+
+
+def subset_references(vs: VirtualService) -> list[tuple[str, RouteDestination]]:
+    """Every (field path, destination) of a VirtualService that names a subset."""
+    used = [
+        (f"spec.http[{i}].route[{j}].destination.subset", dest)
+        for i, route in enumerate(vs.http)
+        for j, dest in enumerate(route.destinations)
+    ] + [
+        (f"spec.http[{i}].mirror.subset", route.mirror)
+        for i, route in enumerate(vs.http)
+        if route.mirror is not None
+    ]
+    return [(path, dest) for path, dest in used if dest.subset]
+
+
+def missing_subsets(
+    vs: VirtualService, *, origin: str, defined: Callable[[str], Collection[str]]
+) -> tuple[Problem, ...]:
+    """A problem for each subset the VirtualService routes to that `defined(host)` lacks."""
+    return tuple(
+        Problem(
+            origin=origin,
+            resource=str(vs.key),
+            path=path,
+            message=f"subset {dest.subset!r} of {dest.host} is not defined by a DestinationRule",
+        )
+        for path, dest in subset_references(vs)
+        if dest.subset not in defined(dest.host)
+    )
 
 
 def check_references(
@@ -472,24 +584,8 @@ def check_references(
     for key, resource in resources.items():
         if not isinstance(resource, VirtualService):
             continue
-        used = [
-            (f"spec.http[{i}].route[{j}].destination.subset", dest)
-            for i, route in enumerate(resource.http)
-            for j, dest in enumerate(route.destinations)
-        ] + [
-            (f"spec.http[{i}].mirror.subset", route.mirror)
-            for i, route in enumerate(resource.http)
-            if route.mirror is not None
-        ]
-        problems = tuple(
-            Problem(
-                origin=origin(key),
-                resource=str(key),
-                path=path,
-                message=f"subset {dest.subset!r} of {dest.host} is not defined by a DestinationRule",
-            )
-            for path, dest in used
-            if dest.subset and dest.subset not in subsets.get(dest.host, set())
+        problems = missing_subsets(
+            resource, origin=origin(key), defined=lambda host: subsets.get(host, set())
         )
         if problems:
             found[key] = problems

@@ -10,10 +10,15 @@ _PREFIX = "type.googleapis.com/lightmesh.v1."
 
 CLUSTER = _PREFIX + "Cluster"
 ENDPOINTS = _PREFIX + "ClusterLoadAssignment"
-ROUTES = _PREFIX + "RouteConfiguration"
+# One VirtualHost resource per host (named by the host).
+ROUTES = _PREFIX + "VirtualHost"
 # Last: who may call this workload (mTLS mode, authorization) does not depend on routes, and
 # sending it after them keeps the order of the older types unchanged.
 INBOUND = _PREFIX + "InboundPolicy"
+# The name of the one InboundPolicy resource each sidecar receives.
+INBOUND_NAME = "inbound"
+# Subscribing to this name means: every resource of the type in the sidecar's scope.
+WILDCARD = "*"
 
 PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINTS, ROUTES, INBOUND)
 

@@ -13,17 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "tests" / "unit"
 
-# Laid out before this rule, in code that issue 12 (branch cp-scale) is rewriting; they move
-# when that lands: test file -> the module it tests.
-PENDING = {
-    "controlplane/test_files.py": "controlplane/sources/files.py",
-    "controlplane/test_injection.py": "controlplane/injection/",
-    "controlplane/test_kube_index.py": "controlplane/sources/kube_index.py",
-    "controlplane/test_protocol.py": "controlplane/xds/protocol.py",
-    "controlplane/test_tcp_ports.py": "controlplane/translate.py",
-    "controlplane/test_traffic_examples.py": "examples/traffic/",
-    "sidecar/test_config.py": "sidecar/config/",
-}
+# Test files that do not mirror one module (none now): test file -> what it tests.
+PENDING: dict[str, str] = {}
 
 
 def source_of(test: Path) -> Path | None:

@@ -2,9 +2,10 @@
 
 One worker thread per kind runs the (synchronous) `kubernetes` client: it lists, then watches from
 the list's resourceVersion with bookmarks, and relists on 410 Gone or any error (with backoff);
-a relist replaces the kind's objects wholesale, and the store ignores results equal to what it
-has, so a relist causes no spurious push. Events are handed to the event loop, which owns the
-index and the store. The threads stay out of the loop, and the loop never blocks on the API.
+a relist replaces the kind's objects, and only objects that differ are re-evaluated, so a relist
+causes no spurious push. Events are handed to the event loop, which owns the index and the store,
+and each one changes only the keys it touches. The threads stay out of the loop, and the loop
+never blocks on the API.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
@@ -21,13 +23,15 @@ from typing import Any
 
 from controlplane.sources.kube_index import (
     KINDS,
-    MESH_KINDS,
+    ORIGIN,
+    Delta,
     KubeIndex,
     Obj,
     StatusUpdate,
     collection_path,
 )
 from controlplane.store import Store
+from controlplane.world import service_key
 
 log = logging.getLogger("controlplane.sources.kube")
 
@@ -155,7 +159,9 @@ class KubeSource:
             body = json.loads(response.data)
         finally:
             response.release_conn()
-        self._deliver(partial(self._on_list, kind, scope, body.get("items") or []))
+        self._deliver(
+            partial(self._on_list, kind, scope, body.get("items") or [], time.monotonic())
+        )
         version: str = body["metadata"]["resourceVersion"]
         return version
 
@@ -179,7 +185,8 @@ class KubeSource:
                 version = obj.get("metadata", {}).get("resourceVersion", version)
                 if kind_of_event in ("ADDED", "MODIFIED", "DELETED"):
                     deleted = kind_of_event == "DELETED"
-                    self._deliver(partial(self._on_event, kind, obj, deleted=deleted))
+                    seen = time.monotonic()
+                    self._deliver(partial(self._on_event, kind, obj, deleted=deleted, at=seen))
         finally:
             response.release_conn()
         return version
@@ -190,31 +197,52 @@ class KubeSource:
 
     # --- on the event loop ---
 
-    def _on_list(self, kind: str, scope: str | None, items: list[Obj]) -> None:
-        self._index.replace(kind, items, namespace=scope)
+    def _on_list(self, kind: str, scope: str | None, items: list[Obj], at: float) -> None:
+        delta = self._index.replace(kind, items, namespace=scope)
+        was_synced = self._all_synced.is_set()
         self._synced.add((kind, scope))
         if len(self._synced) == len(KINDS) * len(self._scopes):
             self._all_synced.set()
-        self._publish(kind)
-
-    def _on_event(self, kind: str, obj: Obj, *, deleted: bool) -> None:
-        if deleted:
-            self._index.delete(kind, obj)
-        else:
-            self._index.apply(kind, obj)
-        self._publish(kind)
-
-    def _publish(self, kind: str) -> None:
         if not self._all_synced.is_set():
             return  # a partial world would push partial config; wait for every first list
-        resources, problems = self._index.resources()
-        if kind in MESH_KINDS:
-            for problem in problems:
-                log.warning("resource rejected: %s", problem, extra={"event": "resource_rejected"})
-        self._store.replace_resources(SOURCE, resources, problems)
-        if kind in MESH_KINDS:
-            self._on_status(self._index.status_updates())
-        self._store.replace_services(SOURCE, self._index.services())
+        if not was_synced:
+            # Every kind is listed: publish the whole index once.
+            resources, _ = self._index.resources()
+            self._store.update(
+                SOURCE,
+                {**resources, **{service_key(s): s for s in self._index.services().values()}},
+                at=at,
+            )
+            self._report(self._index.status_updates())
+            return
+        self._publish(delta, at)
+
+    def _on_event(self, kind: str, obj: Obj, *, deleted: bool, at: float) -> None:
+        delta = self._index.delete(kind, obj) if deleted else self._index.apply(kind, obj)
+        if self._all_synced.is_set():
+            self._publish(delta, at)
+
+    def _publish(self, delta: Delta, at: float) -> None:
+        self._store.update(SOURCE, {**delta.resources, **delta.services}, at=at)
+        if delta.evaluated:
+            self._report(self._index.status_updates(delta.evaluated))
+        elif delta.services:
+            self._store.set_problems(SOURCE, ORIGIN, self._index.problems())
+
+    def _report(self, updates: list[StatusUpdate]) -> None:
+        for update in updates:
+            if not update.accepted:
+                log.warning(
+                    "resource rejected: %s %s/%s: %s",
+                    update.kind,
+                    update.namespace,
+                    update.name,
+                    update.message,
+                    extra={"event": "resource_rejected"},
+                )
+        if updates:
+            self._on_status(updates)
+        self._store.set_problems(SOURCE, ORIGIN, self._index.problems())
 
 
 def _lines(response: Any) -> Any:

@@ -1,15 +1,17 @@
-"""Index of watched Kubernetes objects → validated resources and services. Pure.
+"""Index of watched Kubernetes objects → validated resources and services, one object at a time.
+Pure.
 
-Objects arrive as plain JSON mappings (list items and watch events). A resource whose new version
-is invalid keeps its last accepted version serving, exactly as in the file source; services are
-built from Service objects, their EndpointSlices (ready endpoints only) and the Pods those
-endpoints point at (labels select subsets).
+Objects arrive as plain JSON mappings (list items and watch events). Each `apply`/`delete`
+validates only that object (the shared `Ledger` re-checks what references it) and rebuilds only
+the services it feeds: a Service, the service of an EndpointSlice, or the services whose endpoints
+point at a Pod (labels select subsets). A resource whose new version is invalid keeps its last
+accepted version serving, exactly as in the file source. The returned `Delta` says what changed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.model import (
@@ -18,10 +20,11 @@ from controlplane.model import (
     Service,
     ServiceEndpoint,
     is_tcp_port,
-    resolve_host,
 )
 from controlplane.schema import API_VERSION
-from controlplane.validate import Parsed, Problem, check_references, parse_document
+from controlplane.sources.ledger import REJECTED, Ledger
+from controlplane.validate import Problem, parse_document, parse_export_to
+from controlplane.world import SERVICE
 
 ORIGIN = "kubernetes"
 
@@ -31,11 +34,20 @@ KINDS: dict[str, tuple[str, str]] = {
     "DestinationRule": (API_VERSION, f"/apis/{API_VERSION}/destinationrules"),
     "PeerAuthentication": (API_VERSION, f"/apis/{API_VERSION}/peerauthentications"),
     "AuthorizationPolicy": (API_VERSION, f"/apis/{API_VERSION}/authorizationpolicies"),
+    "Sidecar": (API_VERSION, f"/apis/{API_VERSION}/sidecars"),
     "Service": ("v1", "/api/v1/services"),
     "EndpointSlice": ("discovery.k8s.io/v1", "/apis/discovery.k8s.io/v1/endpointslices"),
     "Pod": ("v1", "/api/v1/pods"),
 }
-MESH_KINDS = ("VirtualService", "DestinationRule", "PeerAuthentication", "AuthorizationPolicy")
+MESH_KINDS = (
+    "VirtualService",
+    "DestinationRule",
+    "PeerAuthentication",
+    "AuthorizationPolicy",
+    "Sidecar",
+)
+# Istio's annotation on a Service: the namespaces whose sidecars see it.
+EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
 # The annotation the injector puts on pods that got a sidecar (they can terminate mutual TLS).
 INJECTED_ANNOTATION = "lightmesh.io/status"
 
@@ -72,87 +84,161 @@ def _key(obj: Obj) -> ObjKey:
     return meta.get("namespace", ""), meta.get("name", "")
 
 
+@dataclass(slots=True, kw_only=True)
+class Delta:
+    """What one object (or a relist) changed."""
+
+    resources: dict[ResourceKey, Resource | None] = field(default_factory=dict)
+    services: dict[ResourceKey, Service | None] = field(default_factory=dict)
+    evaluated: set[ResourceKey] = field(default_factory=set)  # mesh keys whose status may change
+
+    def merge(self, other: Delta) -> None:
+        """Add `other` into this one."""
+        self.resources.update(other.resources)
+        self.services.update(other.services)
+        self.evaluated |= other.evaluated
+
+
 class KubeIndex:
     """The latest version of every watched object, and what the mesh makes of them."""
 
     def __init__(self) -> None:
         self._objects: dict[str, dict[ObjKey, Obj]] = {kind: {} for kind in KINDS}
-        self._good: dict[ResourceKey, Resource] = {}
+        self._ledger = Ledger()
+        self._slices_of: dict[ObjKey, set[ObjKey]] = {}  # service -> its EndpointSlices
+        self._service_of: dict[ObjKey, ObjKey] = {}  # EndpointSlice -> its service
+        self._pods_of: dict[ObjKey, set[ObjKey]] = {}  # EndpointSlice -> pods it targets
+        self._services_of_pod: dict[ObjKey, set[ObjKey]] = {}  # pod -> services it backs
+        self._service_problems: dict[ObjKey, Problem] = {}
 
-    def replace(self, kind: str, objects: Iterable[Obj], namespace: str | None = None) -> None:
+    def replace(self, kind: str, objects: Iterable[Obj], namespace: str | None = None) -> Delta:
         """Replace every object of `kind` (after a list or relist), or only those of one
         namespace when watching namespace by namespace."""
+        fresh = {_key(o): o for o in objects}
         current = self._objects[kind]
-        kept = {k: o for k, o in current.items() if namespace is not None and k[0] != namespace}
-        self._objects[kind] = kept | {_key(o): o for o in objects}
+        gone = [
+            o
+            for k, o in current.items()
+            if (namespace is None or k[0] == namespace) and k not in fresh
+        ]
+        delta = Delta()
+        for obj in gone:
+            delta.merge(self._change(kind, obj, deleted=True, commit=False))
+        for obj in fresh.values():
+            if current.get(_key(obj)) != obj:
+                delta.merge(self._change(kind, obj, deleted=False, commit=False))
         if kind in MESH_KINDS:
-            present = {ResourceKey(kind, *k) for k in self._objects[kind]}
-            for key in [k for k in self._good if k.kind == kind and k not in present]:
-                del self._good[key]
+            committed = self._ledger.commit()
+            delta.resources.update(committed.served)
+            delta.evaluated |= committed.evaluated
+        return delta
 
-    def apply(self, kind: str, obj: Obj) -> None:
+    def apply(self, kind: str, obj: Obj) -> Delta:
         """An object was added or modified."""
-        self._objects[kind][_key(obj)] = obj
+        return self._change(kind, obj, deleted=False, commit=True)
 
-    def delete(self, kind: str, obj: Obj) -> None:
+    def delete(self, kind: str, obj: Obj) -> Delta:
         """An object was deleted."""
-        self._objects[kind].pop(_key(obj), None)
+        return self._change(kind, obj, deleted=True, commit=True)
+
+    def _change(self, kind: str, obj: Obj, *, deleted: bool, commit: bool) -> Delta:
+        key = _key(obj)
+        if deleted:
+            self._objects[kind].pop(key, None)
+        else:
+            self._objects[kind][key] = obj
+        delta = Delta()
         if kind in MESH_KINDS:
-            self._good.pop(ResourceKey(kind, *_key(obj)), None)
+            parsed = None
+            if not deleted:
+                document = {**obj, "apiVersion": KINDS[kind][0], "kind": kind}
+                parsed = parse_document(document, origin=ORIGIN)
+            self._ledger.submit(ResourceKey(kind, *key), parsed, origin=ORIGIN)
+            if commit:
+                committed = self._ledger.commit()
+                delta.resources.update(committed.served)
+                delta.evaluated |= committed.evaluated
+            return delta
+        services: set[ObjKey] = set()
+        if kind == "Service":
+            services.add(key)
+        elif kind == "EndpointSlice":
+            services |= self._index_slice(key, None if deleted else obj)
+        elif kind == "Pod":
+            services |= self._services_of_pod.get(key, set())
+        for service in services:
+            delta.services[ResourceKey(SERVICE, *service)] = self._service(service)
+        return delta
 
-    def _evaluate(self) -> list[tuple[str, ObjKey, Obj, Parsed]]:
-        """Every mesh object validated (schema, semantics, then references), in a stable order.
+    def _index_slice(self, key: ObjKey, obj: Obj | None) -> set[ObjKey]:
+        """Re-index one EndpointSlice; return the services it fed before and feeds now."""
+        touched: set[ObjKey] = set()
+        old_service = self._service_of.pop(key, None)
+        if old_service is not None:
+            touched.add(old_service)
+            _drop(self._slices_of, old_service, key)
+        for pod in self._pods_of.pop(key, set()):
+            if old_service is not None:
+                _drop(self._services_of_pod, pod, old_service)
+        if obj is None:
+            return touched
+        namespace = key[0]
+        name = (obj.get("metadata", {}).get("labels") or {}).get("kubernetes.io/service-name")
+        if not name:
+            return touched
+        service = (namespace, name)
+        touched.add(service)
+        self._service_of[key] = service
+        self._slices_of.setdefault(service, set()).add(key)
+        pods = {
+            (namespace, (e.get("targetRef") or {}).get("name", ""))
+            for e in obj.get("endpoints") or []
+            if (e.get("targetRef") or {}).get("kind") == "Pod"
+        }
+        self._pods_of[key] = pods
+        for pod in pods:
+            self._services_of_pod.setdefault(pod, set()).add(service)
+        # The slices of one service can share pods: re-add the service for the others' pods.
+        for other in self._slices_of.get(service, set()):
+            for pod in self._pods_of.get(other, set()):
+                self._services_of_pod.setdefault(pod, set()).add(service)
+        return touched
 
-        A resource whose references do not resolve comes back without a resource, like an
-        invalid one: it is reported and not served.
-        """
-        parsed = [
-            (
-                kind,
-                key,
-                obj,
-                parse_document({**obj, "apiVersion": KINDS[kind][0], "kind": kind}, origin=ORIGIN),
-            )
-            for kind in MESH_KINDS
-            for key, obj in sorted(self._objects[kind].items())
-        ]
-        candidates = {p.key: p.resource for *_, p in parsed if p.key and p.resource is not None}
-        broken = check_references(candidates, origin=lambda _: ORIGIN)
-        return [
-            (kind, key, obj, Parsed(key=p.key, resource=None, problems=broken[p.key]))
-            if p.key in broken
-            else (kind, key, obj, p)
-            for kind, key, obj, p in parsed
-        ]
+    # --- mesh resources ---
 
     def resources(self) -> tuple[dict[ResourceKey, Resource], tuple[Problem, ...]]:
         """Accepted resources (last good version where the current one is invalid) and problems."""
-        problems: list[Problem] = []
-        for _, _, _, parsed in self._evaluate():
-            problems += parsed.problems
-            if parsed.key is not None and parsed.resource is not None:
-                self._good[parsed.key] = parsed.resource
-            elif parsed.key in self._good:
-                problems.append(
-                    Problem(
-                        origin=ORIGIN,
-                        resource=str(parsed.key),
-                        path="",
-                        message="rejected; the last accepted version keeps serving",
-                    )
-                )
-        return dict(self._good), tuple(problems)
+        return self._ledger.served(), self.problems()
 
-    def status_updates(self) -> list[StatusUpdate]:
-        """Mesh resources whose `Accepted` condition is missing or out of date."""
+    def problems(self) -> tuple[Problem, ...]:
+        """Current problems of mesh resources and Services."""
+        return (
+            *self._ledger.problems(),
+            *(self._service_problems[k] for k in sorted(self._service_problems)),
+        )
+
+    def status_updates(self, keys: Iterable[ResourceKey] | None = None) -> list[StatusUpdate]:
+        """Mesh resources (of `keys`, or all) whose `Accepted` condition is missing or out of
+        date."""
+        chosen = (
+            sorted(keys)
+            if keys is not None
+            else sorted(ResourceKey(k, *o) for k in MESH_KINDS for o in self._objects[k])
+        )
         updates = []
-        for kind, (namespace, name), obj, parsed in self._evaluate():
-            accepted = parsed.resource is not None
+        for key in chosen:
+            obj = self._objects.get(key.kind, {}).get((key.namespace, key.name))
+            verdict = self._ledger.verdict(key)
+            if obj is None or verdict is None:
+                continue
+            accepted, problems = verdict
             message = (
                 "accepted"
                 if accepted
                 else "; ".join(
-                    ": ".join(x for x in (p.path, p.message) if x) for p in parsed.problems
+                    ": ".join(x for x in (p.path, p.message) if x)
+                    for p in problems
+                    if p.message != REJECTED
                 )
             )
             generation = int(obj.get("metadata", {}).get("generation") or 0)
@@ -168,9 +254,9 @@ class KubeIndex:
                 continue
             updates.append(
                 StatusUpdate(
-                    kind=kind,
-                    namespace=namespace,
-                    name=name,
+                    kind=key.kind,
+                    namespace=key.namespace,
+                    name=key.name,
                     generation=generation,
                     accepted=accepted,
                     message=message,
@@ -178,16 +264,26 @@ class KubeIndex:
             )
         return updates
 
+    # --- services ---
+
     def services(self) -> dict[str, Service]:
         """Services by FQDN with their ready endpoints."""
+        found = (self._service(k) for k in sorted(self._objects["Service"]))
+        return {s.fqdn: s for s in found if s is not None}
+
+    def _service(self, key: ObjKey) -> Service | None:
+        """One service with its ready endpoints (None: no such Service)."""
+        obj = self._objects["Service"].get(key)
+        if obj is None:
+            self._service_problems.pop(key, None)
+            return None
+        namespace, name = key
         pods = self._objects["Pod"]
-        endpoints: dict[ObjKey, list[ServiceEndpoint]] = {}
-        for slice_obj in self._objects["EndpointSlice"].values():
-            namespace = slice_obj.get("metadata", {}).get("namespace", "")
-            labels = slice_obj.get("metadata", {}).get("labels") or {}
-            service = labels.get("kubernetes.io/service-name")
+        found: list[ServiceEndpoint] = []
+        for slice_key in sorted(self._slices_of.get(key, ())):
+            slice_obj = self._objects["EndpointSlice"].get(slice_key) or {}
             ports = slice_obj.get("ports") or []
-            if not service or not ports or ports[0].get("port") is None:
+            if not ports or ports[0].get("port") is None:
                 continue
             port = int(ports[0]["port"])
             for endpoint in slice_obj.get("endpoints") or []:
@@ -202,7 +298,7 @@ class KubeIndex:
                 pod_meta = (pod or {}).get("metadata", {})
                 pod_labels = pod_meta.get("labels") or {}
                 annotations = pod_meta.get("annotations") or {}
-                endpoints.setdefault((namespace, service), []).append(
+                found.append(
                     ServiceEndpoint(
                         address=endpoint["addresses"][0],
                         port=port,
@@ -217,22 +313,50 @@ class KubeIndex:
                         ),
                     )
                 )
-        services = {}
-        for (namespace, name), obj in sorted(self._objects["Service"].items()):
-            found = sorted(endpoints.get((namespace, name), []), key=lambda e: (e.address, e.port))
-            spec = obj.get("spec") or {}
-            ips = spec.get("clusterIPs") or [spec.get("clusterIP")]
-            services[resolve_host(name, namespace)] = Service(
-                name=name,
-                namespace=namespace,
-                endpoints=tuple(found),
-                # A headless service ("None") has no virtual IP: its pods are dialled directly.
-                addresses=tuple(ip for ip in ips if ip and ip != "None"),
-                tcp_ports=tuple(
-                    int(port["port"])
-                    for port in spec.get("ports") or []
-                    if port.get("port") is not None
-                    and is_tcp_port(str(port.get("name") or ""), str(port.get("appProtocol") or ""))
-                ),
+        found.sort(key=lambda e: (e.address, e.port))
+        spec = obj.get("spec") or {}
+        ips = spec.get("clusterIPs") or [spec.get("clusterIP")]
+        return Service(
+            name=name,
+            namespace=namespace,
+            endpoints=tuple(found),
+            # A headless service ("None") has no virtual IP: its pods are dialled directly.
+            addresses=tuple(ip for ip in ips if ip and ip != "None"),
+            tcp_ports=tuple(
+                int(port["port"])
+                for port in spec.get("ports") or []
+                if port.get("port") is not None
+                and is_tcp_port(str(port.get("name") or ""), str(port.get("appProtocol") or ""))
+            ),
+            export_to=self._export_to(key, obj),
+        )
+
+    def _export_to(self, key: ObjKey, obj: Obj) -> tuple[str, ...]:
+        annotations = obj.get("metadata", {}).get("annotations") or {}
+        raw = annotations.get(EXPORT_TO_ANNOTATION)
+        self._service_problems.pop(key, None)
+        if raw is None:
+            return ()
+        path = f"metadata.annotations[{EXPORT_TO_ANNOTATION}]"
+        values = [v.strip() for v in str(raw).split(",") if v.strip()]
+        try:
+            if not values:
+                raise ValueError(f"{path}: give '.', '*' or namespace names")
+            return parse_export_to(values, path)
+        except ValueError as error:
+            where, _, message = str(error).partition(": ")
+            self._service_problems[key] = Problem(
+                origin=ORIGIN,
+                resource=f"Service {key[0]}/{key[1]}",
+                path=where,
+                message=f"{message} (the mesh default applies)",
             )
-        return services
+            return ()
+
+
+def _drop(index: dict[ObjKey, set[ObjKey]], at: ObjKey, value: ObjKey) -> None:
+    values = index.get(at)
+    if values is not None:
+        values.discard(value)
+        if not values:
+            del index[at]

@@ -1,32 +1,47 @@
 """gRPC config stream server: drives one `StreamProtocol` per sidecar stream.
 
-Each stream has a reader task feeding a bounded queue and a loop that, after every request or
-snapshot change, sends the types whose version the sidecar does not have yet.
+A reader task interprets each request as it arrives (ACK, NACK, subscriptions) and wakes the
+stream; the stream's own loop, once it holds a push slot, plans each type in push order and writes
+the responses. Responses are assembled from the resources' pre-serialized bytes (`wire`) and
+written as bytes: nothing is serialized per sidecar.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Literal
+from typing import Any, Protocol
 
 import grpc
 
 from controlplane.metrics import ControlPlaneMetrics
-from controlplane.push import Connection, Pusher
-from controlplane.registry import LocalRegistry, Registration
-from controlplane.snapshots import SnapshotCache
+from controlplane.push.pusher import Connection, Pusher
+from controlplane.snapshots import wire
+from controlplane.sources.registry import Registration
 from controlplane.world import NodeInfo
-from controlplane.xds.protocol import Acked, Ignored, Nacked, Outcome, Subscribed
-from lightmesh.types import SHORT_NAMES
+from controlplane.xds.protocol import Acked, Ignored, Nacked, Outcome, Subscribed, Target
+from lightmesh.types import PUSH_ORDER, SHORT_NAMES
 from lightmesh.v1 import discovery_pb2 as pb
-from lightmesh.v1 import discovery_pb2_grpc
 
 log = logging.getLogger("controlplane.xds")
 
-_QUEUE_SIZE = 64
+SERVICE = "lightmesh.v1.ConfigDiscovery"
+# How long a new stream may hold its initial push slot waiting for its ACKs.
+INITIAL_HOLD = 10.0
+METHOD = "DeltaConfig"
+
+
+class Registrations(Protocol):
+    """Where local-mode sidecars' service registrations go."""
+
+    def connect(self, node_id: str, registrations: tuple[Registration, ...]) -> None:
+        """A sidecar's stream opened with these registrations."""
+
+    def disconnect(self, node_id: str) -> None:
+        """Its stream closed."""
 
 
 def node_info(node: pb.Node) -> NodeInfo:
@@ -57,27 +72,34 @@ def registrations(node: pb.Node) -> tuple[Registration, ...]:
     )
 
 
-class ConfigDiscovery(discovery_pb2_grpc.ConfigDiscoveryServicer):  # type: ignore[misc]
+class ConfigDiscovery:
     """The `lightmesh.v1.ConfigDiscovery` service."""
 
     def __init__(
         self,
         *,
         pusher: Pusher,
-        cache: SnapshotCache,
-        registry: LocalRegistry,
-        on_registry_change: Callable[[], None],
+        registry: Registrations,
         metrics: ControlPlaneMetrics,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pusher = pusher
-        self._cache = cache
         self._registry = registry
-        self._on_registry_change = on_registry_change
         self._metrics = metrics
+        self._clock = clock
 
-    async def StreamConfig(
-        self, request_iterator: AsyncIterator[pb.DiscoveryRequest], context: Any
-    ) -> AsyncIterator[pb.DiscoveryResponse]:
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The generic handler to add to a grpc.aio server (responses are written as bytes)."""
+        method = grpc.stream_stream_rpc_method_handler(
+            self.delta_config,
+            request_deserializer=pb.DeltaDiscoveryRequest.FromString,
+            response_serializer=None,
+        )
+        return grpc.method_handlers_generic_handler(SERVICE, {METHOD: method})
+
+    async def delta_config(
+        self, request_iterator: AsyncIterator[pb.DeltaDiscoveryRequest], context: Any
+    ) -> AsyncIterator[bytes]:
         """Serve one sidecar's stream until it closes."""
         try:
             first = await anext(request_iterator)
@@ -88,122 +110,171 @@ class ConfigDiscovery(discovery_pb2_grpc.ConfigDiscoveryServicer):  # type: igno
                 grpc.StatusCode.INVALID_ARGUMENT, "first request must carry node.id"
             )
             return
-        conn = self._pusher.open(node_info(first.node))
-        if self._registry.connect(first.node.id, registrations(first.node)):
-            self._on_registry_change()
+        conn = await self._pusher.open(node_info(first.node))
+        self._registry.connect(first.node.id, registrations(first.node))
         self._metrics.connected.inc()
         log.info(
             "sidecar connected",
             extra={"event": "stream_open", "node": first.node.id, "peer": context.peer()},
         )
-        queue: asyncio.Queue[pb.DiscoveryRequest | None] = asyncio.Queue(_QUEUE_SIZE)
-        reader = asyncio.create_task(_read(request_iterator, queue), name=f"read {first.node.id}")
+        ended = asyncio.Event()
+        reader = asyncio.create_task(
+            self._read(conn, request_iterator, ended), name=f"read {first.node.id}"
+        )
         try:
-            self._handle(conn, first)
+            await self._handle(conn, first)
+            # Admission: the first pushes hold one of the few initial slots until every type is
+            # ACKed (or INITIAL_HOLD passed), so the large responses buffered at once stay bounded
+            # and a herd is admitted in FIFO order.
+            async with self._pusher.gate.initial:
+                deadline = self._clock() + INITIAL_HOLD
+                while not self._synced_once(conn) and self._clock() < deadline:
+                    async for response in self._serve(conn, ended, deadline=deadline):
+                        yield response
+                    if conn.closed or ended.is_set():
+                        return
+            self._pusher.first_pushed(conn)
             while True:
-                for response in self._due(conn):
-                    yield response
-                if self._pusher.connections.get(conn.node.id) is not conn:
-                    return  # replaced by a newer stream of the same sidecar
-                event, request = await _next_event(queue, conn.wake)
-                if event == "end":
+                await conn.wake.wait()
+                if conn.closed or ended.is_set():
                     return
-                if request is not None:
-                    self._handle(conn, request)
+                async with self._pusher.gate.updates:
+                    async for response in self._serve(conn, ended, deadline=None):
+                        yield response
         finally:
             reader.cancel()
             self._metrics.connected.dec()
-            if self._pusher.connections.get(conn.node.id) is conn:
+            if not conn.closed:
                 self._pusher.close(conn)
-                if self._registry.disconnect(conn.node.id):
-                    self._on_registry_change()
+                self._registry.disconnect(conn.node.id)
             log.info("sidecar disconnected", extra={"event": "stream_close", "node": conn.node.id})
 
-    def _handle(self, conn: Connection, request: pb.DiscoveryRequest) -> None:
-        error = request.error_detail.message if request.HasField("error_detail") else None
-        outcome = conn.protocol.on_request(
-            type_url=request.type_url,
-            version=request.version_info,
-            nonce=request.response_nonce,
-            error=error,
-            now=time.monotonic(),
-        )
-        self._record(conn, outcome)
+    @staticmethod
+    def _synced_once(conn: Connection) -> bool:
+        states = conn.protocol.types
+        return all(t in states and states[t].acked_at for t in PUSH_ORDER)
 
-    def _record(self, conn: Connection, outcome: Outcome) -> None:
+    async def _serve(
+        self, conn: Connection, ended: asyncio.Event, *, deadline: float | None
+    ) -> AsyncIterator[bytes]:
+        """Wait for a wake-up (until `deadline`), then send what is due."""
+        if deadline is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(conn.wake.wait(), timeout=max(0.0, deadline - self._clock()))
+        if not conn.wake.is_set() or conn.closed or ended.is_set():
+            return
+        conn.wake.clear()
+        started = self._clock()
+        self._metrics.queue_seconds.observe(started - conn.woken_at)
+        for response in self._round(conn):
+            yield response
+        self._pusher.served(conn)
+        self._metrics.send_seconds.observe(self._clock() - started)
+
+    async def _read(
+        self,
+        conn: Connection,
+        requests: AsyncIterator[pb.DeltaDiscoveryRequest],
+        ended: asyncio.Event,
+    ) -> None:
+        try:
+            async for request in requests:
+                await self._handle(conn, request)
+        except grpc.RpcError:
+            pass  # the stream broke; the stream loop notices below
+        finally:
+            ended.set()
+            conn.wake.set()
+
+    async def _handle(self, conn: Connection, request: pb.DeltaDiscoveryRequest) -> None:
+        now = self._clock()
+        resource_set = conn.sets().get(request.type_url)
+        target = digest = None
+        if resource_set is not None:
+            target = Target(tag=resource_set.current.tag, versions=resource_set.current.versions)
+            if request.initial_resources_digest:
+                digest = resource_set.digest()
+        outcomes = conn.protocol.on_request(
+            type_url=request.type_url,
+            subscribe=request.resource_names_subscribe,
+            unsubscribe=request.resource_names_unsubscribe,
+            initial=request.initial_resource_versions,
+            initial_digest=request.initial_resources_digest,
+            target_digest=digest or "",
+            target=target,
+            nonce=request.response_nonce,
+            error=request.error_detail.message if request.HasField("error_detail") else None,
+            now=now,
+        )
+        resubscribe = False
+        for outcome in outcomes:
+            self._record(conn, outcome, now)
+            if isinstance(outcome, Subscribed) and (outcome.added or outcome.removed):
+                resubscribe = True
+        if resubscribe:
+            await self._pusher.resubscribe(conn)
+        conn.notify(now)
+
+    def _record(self, conn: Connection, outcome: Outcome, now: float) -> None:
         short = SHORT_NAMES.get(outcome.type_url, outcome.type_url)
         extra: dict[str, object] = {"node": conn.node.id, "type": short}
         match outcome:
-            case Acked(version=version):
+            case Acked(nonce=nonce, since=since, resources=count):
                 self._metrics.acks.labels(short).inc()
-                observed = conn.changed_at.pop(outcome.type_url, None)
-                if observed is not None and version == self._cache.versions(conn.node.id).get(
-                    outcome.type_url
-                ):
-                    self._metrics.convergence.labels(short).observe(time.monotonic() - observed)
-                log.debug("ack", extra={**extra, "event": "ack", "version": version})
-            case Nacked(version=version, kept_version=kept, message=message):
+                if since is not None and count:
+                    self._metrics.convergence.labels(short).observe(max(0.0, now - since))
+                log.debug("ack", extra={**extra, "event": "ack", "nonce": nonce})
+            case Nacked(nonce=nonce, rejected=rejected, message=message):
                 self._metrics.nacks.labels(short).inc()
-                conn.changed_at.pop(outcome.type_url, None)
                 log.warning(
                     "sidecar rejected config: %s",
                     message,
-                    extra={**extra, "event": "nack", "version": version, "kept_version": kept},
+                    extra={**extra, "event": "nack", "nonce": nonce, "rejected": list(rejected)},
                 )
-            case Subscribed(held_version=held):
-                log.debug("subscribe", extra={**extra, "event": "subscribe", "held": held})
+            case Subscribed(wildcard=wildcard, added=added, held=held):
+                log.debug(
+                    "subscribe",
+                    extra={
+                        **extra,
+                        "event": "subscribe",
+                        "wildcard": wildcard,
+                        "names": list(added),
+                        "held": held,
+                    },
+                )
             case Ignored(reason=reason):
                 log.debug("ignored request: %s", reason, extra={**extra, "event": "ignored"})
 
-    def _due(self, conn: Connection) -> list[pb.DiscoveryResponse]:
-        snapshots = self._cache.get(conn.node.id)
-        versions = {t: s.version for t, s in snapshots.items()}
-        responses = []
-        for type_url in conn.protocol.due(versions):
-            snapshot = snapshots[type_url]
-            nonce = conn.protocol.mark_sent(type_url, snapshot.version, now=time.monotonic())
-            self._metrics.pushes.labels(SHORT_NAMES[type_url]).inc()
-            responses.append(
-                pb.DiscoveryResponse(
-                    type_url=type_url,
-                    version_info=snapshot.version,
-                    nonce=nonce,
-                    resources=snapshot.resources,
-                )
+    def _round(self, conn: Connection) -> list[bytes]:
+        """The responses to send now, in push order (make before break)."""
+        protocol = conn.protocol
+        sets = conn.sets()
+        now = self._clock()
+        out = []
+        for type_url in PUSH_ORDER:
+            resource_set = sets[type_url]
+            snapshot = resource_set.current
+            if protocol.in_flight(type_url):
+                if protocol.behind(type_url, snapshot.tag):
+                    break  # later types wait until this one's newer resources can go first
+                continue
+            plan = protocol.plan(
+                type_url,
+                Target(tag=snapshot.tag, versions=snapshot.versions),
+                changed=resource_set.changed_since,
+                now=now,
             )
-        return responses
-
-
-async def _read(
-    requests: AsyncIterator[pb.DiscoveryRequest], queue: asyncio.Queue[pb.DiscoveryRequest | None]
-) -> None:
-    try:
-        async for request in requests:
-            await queue.put(request)
-    except grpc.RpcError:
-        pass  # the stream broke; the finally below tells the stream loop
-    finally:
-        # Wake the stream loop so it notices the end; never block here.
-        if not queue.full():
-            queue.put_nowait(None)
-
-
-async def _next_event(
-    queue: asyncio.Queue[pb.DiscoveryRequest | None], wake: asyncio.Event
-) -> tuple[Literal["request", "end", "wake"], pb.DiscoveryRequest | None]:
-    """The next request, or "wake" when the snapshot changed, or "end" when the reader ended."""
-    if queue.empty():
-        get = asyncio.ensure_future(queue.get())
-        woke = asyncio.ensure_future(wake.wait())
-        try:
-            await asyncio.wait({get, woke}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            get.cancel()
-            woke.cancel()
-        wake.clear()
-        if not get.done() or get.cancelled():
-            return "wake", None
-        request = get.result()
-    else:
-        request = queue.get_nowait()
-    return ("end", None) if request is None else ("request", request)
+            if plan is None:
+                continue
+            if plan.full:
+                entries = resource_set.full_entries()
+            else:
+                entries = b"".join(snapshot.resources[name].entry for name in plan.send)
+            body = wire.response(
+                type_url=type_url, entries=entries, removed=plan.remove, nonce=plan.nonce
+            )
+            short = SHORT_NAMES[type_url]
+            self._metrics.pushes.labels(short).inc()
+            self._metrics.sent_bytes.labels(short).inc(len(body))
+            out.append(body)
+        return out

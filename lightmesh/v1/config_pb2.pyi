@@ -43,14 +43,6 @@ MTLS_DISABLE: MtlsMode
 AUTHZ_ALLOW: AuthzAction
 AUTHZ_DENY: AuthzAction
 
-class RouteConfiguration(_message.Message):
-    __slots__ = ("name", "virtual_hosts")
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    VIRTUAL_HOSTS_FIELD_NUMBER: _ClassVar[int]
-    name: str
-    virtual_hosts: _containers.RepeatedCompositeFieldContainer[VirtualHost]
-    def __init__(self, name: _Optional[str] = ..., virtual_hosts: _Optional[_Iterable[_Union[VirtualHost, _Mapping]]] = ...) -> None: ...
-
 class VirtualHost(_message.Message):
     __slots__ = ("name", "domains", "routes", "origin", "tcp_routes")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -50,31 +50,56 @@ class ErrorDetail(_message.Message):
     message: str
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
-class DiscoveryRequest(_message.Message):
-    __slots__ = ("node", "type_url", "version_info", "response_nonce", "error_detail")
+class DeltaDiscoveryRequest(_message.Message):
+    __slots__ = ("node", "type_url", "resource_names_subscribe", "resource_names_unsubscribe", "initial_resource_versions", "response_nonce", "error_detail", "initial_resources_digest")
+    class InitialResourceVersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NODE_FIELD_NUMBER: _ClassVar[int]
     TYPE_URL_FIELD_NUMBER: _ClassVar[int]
-    VERSION_INFO_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_NAMES_SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_NAMES_UNSUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_RESOURCE_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_NONCE_FIELD_NUMBER: _ClassVar[int]
     ERROR_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_RESOURCES_DIGEST_FIELD_NUMBER: _ClassVar[int]
     node: Node
     type_url: str
-    version_info: str
+    resource_names_subscribe: _containers.RepeatedScalarFieldContainer[str]
+    resource_names_unsubscribe: _containers.RepeatedScalarFieldContainer[str]
+    initial_resource_versions: _containers.ScalarMap[str, str]
     response_nonce: str
     error_detail: ErrorDetail
-    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., type_url: _Optional[str] = ..., version_info: _Optional[str] = ..., response_nonce: _Optional[str] = ..., error_detail: _Optional[_Union[ErrorDetail, _Mapping]] = ...) -> None: ...
+    initial_resources_digest: str
+    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., type_url: _Optional[str] = ..., resource_names_subscribe: _Optional[_Iterable[str]] = ..., resource_names_unsubscribe: _Optional[_Iterable[str]] = ..., initial_resource_versions: _Optional[_Mapping[str, str]] = ..., response_nonce: _Optional[str] = ..., error_detail: _Optional[_Union[ErrorDetail, _Mapping]] = ..., initial_resources_digest: _Optional[str] = ...) -> None: ...
 
-class DiscoveryResponse(_message.Message):
-    __slots__ = ("type_url", "version_info", "nonce", "resources")
-    TYPE_URL_FIELD_NUMBER: _ClassVar[int]
-    VERSION_INFO_FIELD_NUMBER: _ClassVar[int]
-    NONCE_FIELD_NUMBER: _ClassVar[int]
+class Resource(_message.Message):
+    __slots__ = ("version", "resource", "name")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    resource: _any_pb2.Any
+    name: str
+    def __init__(self, version: _Optional[str] = ..., resource: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., name: _Optional[str] = ...) -> None: ...
+
+class DeltaDiscoveryResponse(_message.Message):
+    __slots__ = ("system_version_info", "resources", "type_url", "nonce", "removed_resources")
+    SYSTEM_VERSION_INFO_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    TYPE_URL_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    system_version_info: str
+    resources: _containers.RepeatedCompositeFieldContainer[Resource]
     type_url: str
-    version_info: str
     nonce: str
-    resources: _containers.RepeatedCompositeFieldContainer[_any_pb2.Any]
-    def __init__(self, type_url: _Optional[str] = ..., version_info: _Optional[str] = ..., nonce: _Optional[str] = ..., resources: _Optional[_Iterable[_Union[_any_pb2.Any, _Mapping]]] = ...) -> None: ...
+    removed_resources: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, system_version_info: _Optional[str] = ..., resources: _Optional[_Iterable[_Union[Resource, _Mapping]]] = ..., type_url: _Optional[str] = ..., nonce: _Optional[str] = ..., removed_resources: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CertificateRequest(_message.Message):
     __slots__ = ("csr_pem", "validity_seconds", "namespace", "service_account")

@@ -34,17 +34,17 @@ class ConfigDiscoveryStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.StreamConfig = channel.stream_stream(
-                '/lightmesh.v1.ConfigDiscovery/StreamConfig',
-                request_serializer=lightmesh_dot_v1_dot_discovery__pb2.DiscoveryRequest.SerializeToString,
-                response_deserializer=lightmesh_dot_v1_dot_discovery__pb2.DiscoveryResponse.FromString,
+        self.DeltaConfig = channel.stream_stream(
+                '/lightmesh.v1.ConfigDiscovery/DeltaConfig',
+                request_serializer=lightmesh_dot_v1_dot_discovery__pb2.DeltaDiscoveryRequest.SerializeToString,
+                response_deserializer=lightmesh_dot_v1_dot_discovery__pb2.DeltaDiscoveryResponse.FromString,
                 _registered_method=True)
 
 
 class ConfigDiscoveryServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def StreamConfig(self, request_iterator, context):
+    def DeltaConfig(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -53,10 +53,10 @@ class ConfigDiscoveryServicer:
 
 def add_ConfigDiscoveryServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'StreamConfig': grpc.stream_stream_rpc_method_handler(
-                    servicer.StreamConfig,
-                    request_deserializer=lightmesh_dot_v1_dot_discovery__pb2.DiscoveryRequest.FromString,
-                    response_serializer=lightmesh_dot_v1_dot_discovery__pb2.DiscoveryResponse.SerializeToString,
+            'DeltaConfig': grpc.stream_stream_rpc_method_handler(
+                    servicer.DeltaConfig,
+                    request_deserializer=lightmesh_dot_v1_dot_discovery__pb2.DeltaDiscoveryRequest.FromString,
+                    response_serializer=lightmesh_dot_v1_dot_discovery__pb2.DeltaDiscoveryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -70,7 +70,7 @@ class ConfigDiscovery:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def StreamConfig(request_iterator,
+    def DeltaConfig(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -83,9 +83,9 @@ class ConfigDiscovery:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/lightmesh.v1.ConfigDiscovery/StreamConfig',
-            lightmesh_dot_v1_dot_discovery__pb2.DiscoveryRequest.SerializeToString,
-            lightmesh_dot_v1_dot_discovery__pb2.DiscoveryResponse.FromString,
+            '/lightmesh.v1.ConfigDiscovery/DeltaConfig',
+            lightmesh_dot_v1_dot_discovery__pb2.DeltaDiscoveryRequest.SerializeToString,
+            lightmesh_dot_v1_dot_discovery__pb2.DeltaDiscoveryResponse.FromString,
             options,
             channel_credentials,
             insecure,

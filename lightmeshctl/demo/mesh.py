@@ -230,7 +230,7 @@ class LocalMesh:
         if wait:
             wait_for(
                 lambda: http_get(f"{self.debug_url}/healthz", timeout=1).status == 200,
-                timeout=20,
+                timeout=60,  # a hang guard: a loaded 2-core CI machine took > 20 s once
                 what="control plane /healthz",
             )
         return self.control_plane

@@ -53,6 +53,26 @@ def add_arguments(cp: argparse.ArgumentParser) -> None:
         help="DNS name sidecars use to reach the control plane (repeatable)",
     )
     cp.add_argument("--plaintext", action="store_true", help="serve the config stream without TLS")
+    cp.add_argument(
+        "--default-export-to",
+        default="*",
+        help="namespaces a Service, VirtualService or DestinationRule without exportTo is seen "
+        "from: '*' (all, Istio's default), '.' (its own) or names, comma-separated",
+    )
+    cp.add_argument(
+        "--registry-grace",
+        type=float,
+        default=15.0,
+        help="local mode: restored registrations expire this many seconds after the last "
+        "restored sidecar reconnected",
+    )
+    cp.add_argument(
+        "--initial-pushes",
+        type=int,
+        default=32,
+        help="at most this many new streams get their first (full) push at once; the rest queue "
+        "(FIFO)",
+    )
     cp.add_argument("--log-level", default="info")
     cp.add_argument(
         "--webhook-port", type=int, default=0, help="serve the sidecar injector here (0: off)"
@@ -113,6 +133,9 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         workload_cert_ttl=args.workload_cert_ttl,
         server_names=("localhost", *args.server_name),
         plaintext=args.plaintext,
+        default_export_to=_export_to(args.default_export_to),
+        registry_grace=args.registry_grace,
+        initial_pushes=args.initial_pushes,
         webhook=WebhookSettings(
             port=args.webhook_port,
             host=args.host,
@@ -127,3 +150,11 @@ def from_arguments(args: argparse.Namespace) -> Settings:
     if settings.config_dir is not None and not settings.config_dir.is_dir():
         raise ValueError(f"--config-dir {args.config_dir}: not a directory")
     return settings
+
+
+def _export_to(value: str) -> tuple[str, ...]:
+    from controlplane.validate import parse_export_to
+
+    return parse_export_to(
+        [v.strip() for v in value.split(",") if v.strip()], "--default-export-to"
+    )

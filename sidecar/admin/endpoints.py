@@ -112,7 +112,7 @@ class Admin:
             return LocalResponse(status=503, headers=_TEXT, body=b"draining\n")
         if not self._client.protocol.complete:
             missing = [
-                SHORT_NAMES[t] for t, h in self._client.protocol.held.items() if not h.version
+                SHORT_NAMES[t] for t, h in self._client.protocol.held.items() if not h.received
             ]
             text = f"waiting for first config: {', '.join(missing)}\n"
             return LocalResponse(status=503, headers=_TEXT, body=text.encode())
@@ -151,7 +151,11 @@ class Admin:
         """Applied config, versions and last rejection per type."""
         versions: dict[str, Any] = {}
         for type_url, held in self._client.protocol.held.items():
-            entry: dict[str, Any] = {"version": held.version, "applied_at": held.applied_at}
+            entry: dict[str, Any] = {
+                "version": held.version,
+                "applied_at": held.applied_at,
+                "resources": dict(sorted(held.versions.items())),
+            }
             if held.nack_message:
                 entry["last_nack"] = {
                     "version": held.nacked_version,

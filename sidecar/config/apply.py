@@ -1,14 +1,16 @@
-"""Applying config responses to the running data plane.
+"""Applying config responses to the running data plane, resource by resource.
 
-Each type is decoded and checked completely before anything is swapped in, so a response either
-applies whole or raises `ConfigError` (→ NACK) and changes nothing. Requests already routed keep
-the objects they were routed with.
+A delta response (resources of one type to add or replace, names to remove) is decoded and checked
+completely before anything is swapped in, so it applies whole or raises `ConfigError` (→ NACK) and
+changes nothing. Only what changed is rebuilt: the clusters named, the endpoints of the clusters
+named, the virtual hosts named (the route table is reassembled from the compiled hosts). Requests
+already routed keep the objects they were routed with.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from google.protobuf.any_pb2 import Any as AnyPb
@@ -23,7 +25,7 @@ from sidecar.cluster.outlier import DEFAULT as DEFAULT_OUTLIER
 from sidecar.cluster.outlier import OutlierConfig
 from sidecar.errors import ConfigError
 from sidecar.routing.destinations import Destinations, build_destinations
-from sidecar.routing.table import RouteTable, compile_routes
+from sidecar.routing.table import CompiledHost, RouteTable, compile_host, route_table
 from sidecar.security.inbound import InboundPolicy, decode
 
 _KNOWN_LB = set(pb.LbPolicy.values())
@@ -46,85 +48,138 @@ class DataPlane:
         self.routes = RouteTable({})
         # Which intercepted connections are HTTP, raw TCP to a cluster, or passed through.
         self.destinations = Destinations()
-        self._route_config = pb.RouteConfiguration()
         self.clusters: dict[str, Cluster] = {}
         self._endpoints: dict[str, tuple[Endpoint, ...]] = {}
+        self._vhosts: dict[str, pb.VirtualHost] = {}
+        self._compiled: dict[str, CompiledHost] = {}
         self._max_regex = max_regex_length
         self._rng = rng or random.Random()
-        self._raw: dict[str, list[dict[str, Any]]] = {}
+        self._raw: dict[str, dict[str, Message]] = {}
         self.inbound = InboundPolicy()
         # Called with each newly applied inbound policy (the sidecar feeds the trust bundle to
         # its TLS contexts).
         self.on_inbound: Callable[[InboundPolicy], None] = lambda policy: None
 
     def apply(self, type_url: str, resources: Sequence[AnyPb]) -> None:
-        """Apply the complete set of resources of one type, or raise ConfigError."""
+        """Make the resources of one type exactly `resources` (all of them), or raise
+        ConfigError. Names come from the resources themselves."""
+        decoded = [(_name(type_url, r), r) for r in resources]
+        held = self._raw.get(type_url, {})
+        new = {name for name, _ in decoded}
+        self.apply_delta(type_url, decoded, [n for n in held if n not in new])
+
+    def apply_delta(
+        self, type_url: str, updated: Sequence[tuple[str, AnyPb]], removed: Iterable[str]
+    ) -> None:
+        """Add or replace `updated` (name, resource) and drop `removed`, or raise ConfigError."""
+        removed = [n for n in removed if n not in {name for name, _ in updated}]
+        decoded: dict[str, Message]
         if type_url == types.CLUSTER:
-            clusters = [_unpack(r, pb.Cluster) for r in resources]
-            self._apply_clusters(clusters)
-            decoded: list[Message] = list(clusters)
+            clusters = {name: _unpack(r, pb.Cluster) for name, r in updated}
+            self._apply_clusters(clusters, removed)
+            decoded = dict(clusters)
         elif type_url == types.ENDPOINTS:
-            assignments = [_unpack(r, pb.ClusterLoadAssignment) for r in resources]
-            self._apply_endpoints(assignments)
-            decoded = list(assignments)
+            assignments = {name: _unpack(r, pb.ClusterLoadAssignment) for name, r in updated}
+            self._apply_endpoints(assignments, removed)
+            decoded = dict(assignments)
         elif type_url == types.ROUTES:
-            configs = [_unpack(r, pb.RouteConfiguration) for r in resources]
-            if len(configs) != 1:
-                raise ConfigError(f"expected one RouteConfiguration, got {len(configs)}")
-            self.routes = compile_routes(configs[0], max_regex=self._max_regex)
-            self._route_config = configs[0]
-            self._update_destinations()
-            decoded = list(configs)
+            vhosts = {name: _unpack(r, pb.VirtualHost) for name, r in updated}
+            self._apply_routes(vhosts, removed)
+            decoded = dict(vhosts)
         elif type_url == types.INBOUND:
-            inbound = [_unpack(r, pb.InboundPolicy) for r in resources]
-            if len(inbound) != 1:
-                raise ConfigError(f"expected one InboundPolicy, got {len(inbound)}")
-            self.inbound = decode(inbound[0])
+            policies = {name: _unpack(r, pb.InboundPolicy) for name, r in updated}
+            if set(policies) - {types.INBOUND_NAME}:
+                raise ConfigError(f"unexpected InboundPolicy names {sorted(policies)}")
+            decoded = dict(policies)
+            policy = policies.get(types.INBOUND_NAME)
+            if policy is not None:
+                self.inbound = decode(policy)
+            elif types.INBOUND_NAME in removed:
+                self.inbound = InboundPolicy()
             self.on_inbound(self.inbound)
-            decoded = list(inbound)
         else:
             raise ConfigError(f"unsupported resource type {type_url}")
-        self._raw[type_url] = [MessageToDict(m) for m in decoded]
+        raw = dict(self._raw.get(type_url, {}))
+        raw.update(decoded)
+        for name in removed:
+            raw.pop(name, None)
+        self._raw[type_url] = raw
 
-    def _apply_clusters(self, clusters: list[pb.Cluster]) -> None:
-        for cluster in clusters:
-            if cluster.lb_policy not in _KNOWN_LB:
+    def _apply_clusters(self, configs: Mapping[str, pb.Cluster], removed: Sequence[str]) -> None:
+        for config in configs.values():
+            if config.lb_policy not in _KNOWN_LB:
                 raise ConfigError(
-                    f"cluster {cluster.name}: load balancer policy {cluster.lb_policy} is not "
+                    f"cluster {config.name}: load balancer policy {config.lb_policy} is not "
                     "supported by this sidecar version"
                 )
-        new: dict[str, Cluster] = {}
-        for config in clusters:
+        new = dict(self.clusters)
+        for name in removed:
+            new.pop(name, None)
+        for name, config in configs.items():
             state = Cluster(config, rng=self._rng, default_outlier=self._default_outlier)
-            old = self.clusters.get(config.name)
+            old = self.clusters.get(name)
             if old is not None:
                 # Keeps in-flight counts, latency estimates, ejections, round-robin position.
                 state.carry_over(old)
             else:
-                state.set_endpoints(self._endpoints.get(config.name, ()))
-            new[config.name] = state
+                state.set_endpoints(self._endpoints.get(name, ()))
+            new[name] = state
         self.clusters = new
 
-    def _apply_endpoints(self, assignments: list[pb.ClusterLoadAssignment]) -> None:
-        endpoints = {
-            a.cluster_name: tuple(
+    def _apply_endpoints(
+        self, assignments: Mapping[str, pb.ClusterLoadAssignment], removed: Sequence[str]
+    ) -> None:
+        endpoints = dict(self._endpoints)
+        for name in removed:
+            endpoints.pop(name, None)
+        for name, assignment in assignments.items():
+            endpoints[name] = tuple(
                 Endpoint(address=e.address, port=e.port, workload=e.workload, weight=e.weight or 1)
-                for e in a.endpoints
+                for e in assignment.endpoints
             )
-            for a in assignments
-        }
-        for name, cluster in self.clusters.items():
-            cluster.set_endpoints(endpoints.get(name, ()))
+        for name in [*assignments, *removed]:
+            cluster = self.clusters.get(name)
+            if cluster is not None:
+                cluster.set_endpoints(endpoints.get(name, ()))
         self._endpoints = endpoints
+        self._update_destinations()
+
+    def _apply_routes(self, vhosts: Mapping[str, pb.VirtualHost], removed: Sequence[str]) -> None:
+        compiled = {
+            name: compile_host(vhost, max_regex=self._max_regex) for name, vhost in vhosts.items()
+        }
+        hosts = dict(self._compiled)
+        sources = dict(self._vhosts)
+        for name in removed:
+            hosts.pop(name, None)
+            sources.pop(name, None)
+        hosts.update(compiled)
+        sources.update(vhosts)
+        self.routes = route_table((sources[n], hosts[n]) for n in sorted(hosts))
+        self._compiled, self._vhosts = hosts, sources
         self._update_destinations()
 
     def _update_destinations(self) -> None:
         addresses = {name: [e.address for e in found] for name, found in self._endpoints.items()}
-        self.destinations = build_destinations(self._route_config, addresses)
+        self.destinations = build_destinations(self._vhosts.values(), addresses)
 
     def dump(self) -> dict[str, list[dict[str, Any]]]:
         """Applied resources by short type name, as JSON-ready mappings."""
-        return {types.SHORT_NAMES[t]: v for t, v in self._raw.items()}
+        return {
+            types.SHORT_NAMES[t]: [MessageToDict(held[n]) for n in sorted(held)]
+            for t, held in self._raw.items()
+        }
+
+
+def _name(type_url: str, resource: AnyPb) -> str:
+    """The name of a resource from its content (for state-of-the-world `apply`)."""
+    if type_url == types.CLUSTER:
+        return _unpack(resource, pb.Cluster).name
+    if type_url == types.ENDPOINTS:
+        return _unpack(resource, pb.ClusterLoadAssignment).cluster_name
+    if type_url == types.ROUTES:
+        return _unpack(resource, pb.VirtualHost).name
+    return types.INBOUND_NAME
 
 
 def _unpack(resource: AnyPb, message_type: type[_M]) -> _M:

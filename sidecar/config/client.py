@@ -1,4 +1,4 @@
-"""The config stream client: subscribes, applies, ACKs/NACKs, and reconnects with backoff.
+"""The config stream client: subscribes, applies deltas, ACKs/NACKs, reconnects with backoff.
 
 The last applied config keeps serving while the control plane is away; on reconnect the versions
 held are announced so the control plane sends only what changed meanwhile.
@@ -23,7 +23,7 @@ from sidecar.errors import ConfigError
 
 log = logging.getLogger("sidecar.config")
 
-METHOD = "/lightmesh.v1.ConfigDiscovery/StreamConfig"
+METHOD = "/lightmesh.v1.ConfigDiscovery/DeltaConfig"
 
 
 class Backoff:
@@ -97,11 +97,16 @@ class ConfigClient:
         async with open_channel(self._target, self._ca_bundle) as channel:
             call = channel.stream_stream(
                 METHOD,
-                request_serializer=pb.DiscoveryRequest.SerializeToString,
-                response_deserializer=pb.DiscoveryResponse.FromString,
+                request_serializer=pb.DeltaDiscoveryRequest.SerializeToString,
+                response_deserializer=pb.DeltaDiscoveryResponse.FromString,
             )()
-            for index, (type_url, version) in enumerate(self.protocol.subscriptions()):
-                request = pb.DiscoveryRequest(type_url=type_url, version_info=version)
+            for index, sub in enumerate(self.protocol.subscriptions()):
+                request = pb.DeltaDiscoveryRequest(
+                    type_url=sub.type_url,
+                    resource_names_subscribe=sub.subscribe,
+                    initial_resource_versions=sub.initial,
+                    initial_resources_digest=sub.digest,
+                )
                 if index == 0:
                     request.node.CopyFrom(self._node)
                 await call.write(request)
@@ -126,40 +131,34 @@ class ConfigClient:
             finally:
                 stopped.cancel()
 
-    def _handle(self, response: pb.DiscoveryResponse) -> pb.DiscoveryRequest:
+    def _handle(self, response: pb.DeltaDiscoveryResponse) -> pb.DeltaDiscoveryRequest:
         short = SHORT_NAMES.get(response.type_url, response.type_url)
+        updated = [(r.name, r.resource) for r in response.resources]
         try:
-            self._dataplane.apply(response.type_url, response.resources)
+            self._dataplane.apply_delta(response.type_url, updated, response.removed_resources)
             error = None
         except ConfigError as rejected:
             error = str(rejected)
         reply = self.protocol.on_response(
             type_url=response.type_url,
-            version=response.version_info,
+            updated={r.name: r.version for r in response.resources},
+            removed=response.removed_resources,
             nonce=response.nonce,
             error=error,
             now=time.time(),
         )
+        extra = {
+            "type": short,
+            "resources": len(response.resources),
+            "removed": len(response.removed_resources),
+            "version": self.protocol.held[response.type_url].version,
+        }
         if error is None:
-            log.info(
-                "applied config",
-                extra={"event": "applied", "type": short, "version": response.version_info},
-            )
+            log.info("applied config", extra={"event": "applied", **extra})
             self._on_applied()
         else:
-            log.warning(
-                "rejected config: %s",
-                error,
-                extra={
-                    "event": "nack",
-                    "type": short,
-                    "version": response.version_info,
-                    "kept_version": reply.version,
-                },
-            )
-        request = pb.DiscoveryRequest(
-            type_url=reply.type_url, version_info=reply.version, response_nonce=reply.nonce
-        )
+            log.warning("rejected config: %s", error, extra={"event": "nack", **extra})
+        request = pb.DeltaDiscoveryRequest(type_url=reply.type_url, response_nonce=reply.nonce)
         if reply.error is not None:
             request.error_detail.code = StatusCode.INVALID_ARGUMENT
             request.error_detail.message = reply.error

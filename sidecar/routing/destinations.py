@@ -41,13 +41,13 @@ class Destinations:
 
 
 def build_destinations(
-    config: pb.RouteConfiguration, endpoint_addresses: Mapping[str, Iterable[str]]
+    vhosts: Iterable[pb.VirtualHost], endpoint_addresses: Mapping[str, Iterable[str]]
 ) -> Destinations:
-    """The table from the route configuration (IP domains, TCP routes) and the endpoints' IPs
-    (by cluster)."""
+    """The table from the virtual hosts (IP domains, TCP routes) and the endpoints' IPs (by
+    cluster)."""
     mesh = {address for addresses in endpoint_addresses.values() for address in addresses}
     tcp: dict[tuple[str, int], str] = {}
-    for vhost in config.virtual_hosts:
+    for vhost in vhosts:
         addresses = [d for d in vhost.domains if _is_ip(d)]
         mesh.update(addresses)
         for route in vhost.tcp_routes:

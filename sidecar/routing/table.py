@@ -1,16 +1,17 @@
-"""Route table compiled from a `RouteConfiguration`: regexes compiled once, lookups by domain.
+"""Route table compiled from `VirtualHost`s: regexes compiled once per host, lookups by domain.
 
 Each route carries its compiled action: where to send (weighted clusters) or a redirect, and the
 edits (rewrite, header edits, fault, retry policy, mirror) the router applies to a matching request.
 
-`compile_routes` raises `ConfigError` for anything this sidecar cannot apply, which the config
-client turns into a NACK. Pure: no I/O.
+`compile_host` compiles one virtual host (so an update recompiles only the hosts it changed) and
+raises `ConfigError` for anything this sidecar cannot apply, which the config client turns into a
+NACK; `route_table` indexes compiled hosts by domain. Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
@@ -214,21 +215,27 @@ class RouteTable:
         return sorted(self._by_domain)
 
 
-def compile_routes(config: pb.RouteConfiguration, *, max_regex: int) -> RouteTable:
-    """Compile a route configuration, or raise ConfigError naming the offending field."""
+def compile_host(vh: pb.VirtualHost, *, max_regex: int) -> CompiledHost:
+    """Compile one virtual host, or raise ConfigError naming the offending field."""
+    where = f"route {vh.origin or vh.name}"
+    routes = tuple(
+        _compile_route(route, f"{where} {route.name}", max_regex=max_regex) for route in vh.routes
+    )
+    return CompiledHost(name=vh.name, routes=routes, needs_query=any(r.needs_query for r in routes))
+
+
+def route_table(hosts: Iterable[tuple[pb.VirtualHost, CompiledHost]]) -> RouteTable:
+    """Index compiled hosts by their domains (the first host listing a domain wins)."""
     by_domain: dict[str, CompiledHost] = {}
-    for vh in config.virtual_hosts:
-        where = f"route {vh.origin or vh.name}"
-        routes = tuple(
-            _compile_route(route, f"{where} {route.name}", max_regex=max_regex)
-            for route in vh.routes
-        )
-        host = CompiledHost(
-            name=vh.name, routes=routes, needs_query=any(r.needs_query for r in routes)
-        )
+    for vh, host in hosts:
         for domain in vh.domains:
             by_domain.setdefault(domain.lower(), host)
     return RouteTable(by_domain)
+
+
+def compile_routes(vhosts: Iterable[pb.VirtualHost], *, max_regex: int) -> RouteTable:
+    """Compile a whole set of virtual hosts into one table."""
+    return route_table((vh, compile_host(vh, max_regex=max_regex)) for vh in vhosts)
 
 
 _META = frozenset(".^$*+?{}[]\\|()")

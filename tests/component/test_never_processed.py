@@ -97,7 +97,7 @@ class Rig:
         )
         route = pb.Route(name="r", clusters=[pb.WeightedCluster(cluster=CLUSTER, weight=100)])
         host = pb.VirtualHost(name="catalog", domains=["catalog"], routes=[route])
-        self.plane.apply(types.ROUTES, pack(pb.RouteConfiguration(virtual_hosts=[host])))
+        self.plane.apply(types.ROUTES, pack(host))
 
 
 async def start_server(app_port: int) -> Server:

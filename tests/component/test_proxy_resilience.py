@@ -107,7 +107,7 @@ class Mesh:
         if route is not None:
             base.MergeFrom(route)
         host = pb.VirtualHost(name="catalog", domains=["catalog"], routes=[base])
-        self.plane.apply(types.ROUTES, pack(pb.RouteConfiguration(virtual_hosts=[host])))
+        self.plane.apply(types.ROUTES, pack(host))
 
     def last(self) -> Completed:
         return self.records[-1]

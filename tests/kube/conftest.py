@@ -49,6 +49,7 @@ CRDS = (
     "destinationrules.lightmesh.io",
     "peerauthentications.lightmesh.io",
     "authorizationpolicies.lightmesh.io",
+    "sidecars.lightmesh.io",
 )
 
 

@@ -299,3 +299,54 @@ def test_changes_made_after_an_api_server_restart_arrive(
     kube.kubectl("delete", "endpointslice", "catalog-v2", "-n", namespace)
     gone = f"502:no healthy upstream in outbound|v2|catalog.{namespace}.svc.cluster.local"
     wait_for(lambda: versions(shop, 2) == Counter({gone: 2}), timeout=30, what="v2's endpoint gone")
+
+
+def routed_hosts(mesh: LocalMesh) -> list[str]:
+    dump = http_get(f"{mesh.workloads['frontend'].admin}/config_dump").json()
+    return sorted(dump["versions"]["ROUTES"]["resources"])
+
+
+def sidecar_accepted(kube: KubeCluster, namespace: str) -> dict[str, Any] | None:
+    obj = kube.kubectl_json("get", "sidecars.lightmesh.io", "narrow", "-n", namespace)
+    for condition in obj.get("status", {}).get("conditions", []):
+        if condition["type"] == "Accepted":
+            return condition  # type: ignore[no-any-return]
+    return None
+
+
+def test_export_to_and_sidecar_narrow_what_a_sidecar_receives(
+    shop: LocalMesh, kube: KubeCluster, namespace: str
+) -> None:
+    """Istio's visibility from the cluster: a Service's exportTo annotation, then a Sidecar
+    resource (validated and given a status like the other kinds)."""
+    catalog = f"catalog.{namespace}.svc.cluster.local"
+    wait_for(lambda: catalog in routed_hosts(shop), timeout=20, what="catalog routed")
+    annotation = "networking.istio.io/exportTo"
+    kube.kubectl("annotate", "service", "catalog", "-n", namespace, f"{annotation}=elsewhere")
+    wait_for(lambda: catalog not in routed_hosts(shop), timeout=20, what="catalog hidden")
+    kube.kubectl(
+        "annotate", "--overwrite", "service", "catalog", "-n", namespace, f"{annotation}=."
+    )
+    wait_for(lambda: catalog in routed_hosts(shop), timeout=20, what="catalog back")
+    bad = f"""
+apiVersion: lightmesh.io/v1alpha1
+kind: Sidecar
+metadata: {{name: narrow, namespace: {namespace}}}
+spec:
+  egress: [{{hosts: [catalog]}}]
+"""
+    kube.kubectl("apply", "-f", "-", input=bad)
+    condition = wait_for(
+        lambda: (c := sidecar_accepted(kube, namespace)) and c["status"] == "False" and c,
+        timeout=30,
+        what="the invalid Sidecar's Accepted=False condition",
+    )
+    assert "spec.egress[0].hosts[0]" in condition["message"], condition
+    assert catalog in routed_hosts(shop)  # an invalid Sidecar narrows nothing
+    kube.kubectl("apply", "-f", "-", input=bad.replace("[catalog]", "[elsewhere/*]"))
+    wait_for(lambda: catalog not in routed_hosts(shop), timeout=20, what="the Sidecar to narrow")
+    wait_for(
+        lambda: (c := sidecar_accepted(kube, namespace)) and c["status"] == "True",
+        timeout=30,
+        what="the Sidecar accepted",
+    )

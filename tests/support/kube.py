@@ -41,7 +41,8 @@ BINARIES = ("etcd", "kube-apiserver", "kubectl")
 READY_TIMEOUT = 60.0  # etcd healthy + apiserver /readyz + namespace "default", on 2 cores
 STOP_TIMEOUT = 20.0
 LOG_TAIL_LINES = 40
-SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+# Room for the 1,000+ ClusterIP services `bench controlplane` creates (a /24 holds 254).
+SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/16"
 # Used as --advertise-address when the machine has no non-loopback IPv4 address (TEST-NET-1:
 # nothing ever connects to it here); the endpoint reconciler is then switched off.
 FALLBACK_ADVERTISE_ADDRESS = "192.0.2.10"

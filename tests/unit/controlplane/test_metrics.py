@@ -21,9 +21,12 @@ def samples(metrics: ControlPlaneMetrics) -> dict[tuple[str, tuple[tuple[str, st
 def test_resources_by_kind_and_validity_and_watch_restarts() -> None:
     store = Store()
     key = ResourceKey("VirtualService", "default", "catalog")
-    store.replace_resources(
+    store.update(
+        "files", {key: VirtualService(key=key, hosts=("catalog.default.svc.cluster.local",))}, at=0
+    )
+    store.set_problems(
         "files",
-        {key: VirtualService(key=key, hosts=("catalog.default.svc.cluster.local",))},
+        "dir",
         (
             Problem(origin="a.yaml", resource="VirtualService default/bad", path="spec.http",
                     message="x"),

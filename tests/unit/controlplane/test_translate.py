@@ -13,7 +13,8 @@ from controlplane.model import (
     TrafficPolicy,
     VirtualService,
 )
-from controlplane.snapshots import SnapshotCache, version_of
+from controlplane.snapshots.resources import make_resource
+from controlplane.snapshots.sets import ResourceSet
 from controlplane.translate import translate
 from controlplane.world import NodeInfo, World
 from lightmesh import types
@@ -82,9 +83,8 @@ def test_service_without_rules_gets_one_cluster_and_a_default_route() -> None:
         pb.PEAK_EWMA,
         10_000,
     )
-    (routes,) = config[types.ROUTES]
-    assert isinstance(routes, pb.RouteConfiguration)
-    (vhost,) = routes.virtual_hosts
+    (vhost,) = config[types.ROUTES]
+    assert isinstance(vhost, pb.VirtualHost)
     assert list(vhost.domains) == [CATALOG, "catalog.shop.svc", "catalog.shop", "catalog"]
     assert [(c.cluster, c.weight) for c in vhost.routes[0].clusters] == [
         (f"outbound||{CATALOG}", 100)
@@ -93,9 +93,9 @@ def test_service_without_rules_gets_one_cluster_and_a_default_route() -> None:
 
 def test_short_name_only_for_sidecars_in_the_same_namespace() -> None:
     other = NodeInfo(id="x.other", workload="x", namespace="other")
-    (routes,) = translate(world(), other)[types.ROUTES]
-    assert isinstance(routes, pb.RouteConfiguration)
-    assert "catalog" not in routes.virtual_hosts[0].domains
+    (vhost,) = translate(world(), other)[types.ROUTES]
+    assert isinstance(vhost, pb.VirtualHost)
+    assert "catalog" not in vhost.domains
 
 
 def test_subsets_select_endpoints_by_label_and_inherit_policy() -> None:
@@ -116,9 +116,8 @@ def test_subsets_select_endpoints_by_label_and_inherit_policy() -> None:
 
 
 def test_virtual_service_routes_in_order_with_weights_and_timeout() -> None:
-    (routes,) = translate(world(RULE, SPLIT), NODE)[types.ROUTES]
-    assert isinstance(routes, pb.RouteConfiguration)
-    (vhost,) = routes.virtual_hosts
+    (vhost,) = translate(world(RULE, SPLIT), NODE)[types.ROUTES]
+    assert isinstance(vhost, pb.VirtualHost)
     assert vhost.origin == "VirtualService shop/catalog"
     first, second = vhost.routes
     assert first.name == "jason"
@@ -131,20 +130,35 @@ def test_virtual_service_routes_in_order_with_weights_and_timeout() -> None:
     assert (second.name, second.timeout_ms) == ("http[1]", 2000)
 
 
+def versions(config: dict[str, list[object]]) -> dict[str, dict[str, str]]:
+    out = {}
+    for type_url, messages in config.items():
+        resources = [make_resource(type_url, str(i), m) for i, m in enumerate(messages)]  # type: ignore[arg-type]
+        out[type_url] = {r.name: r.version for r in resources}
+    return out
+
+
 def test_versions_are_content_hashes_stable_across_translations() -> None:
-    a = translate(world(RULE, SPLIT), NODE)
-    b = translate(world(RULE, SPLIT), NODE)
-    assert {t: version_of(r) for t, r in a.items()} == {t: version_of(r) for t, r in b.items()}
-    c = translate(world(RULE), NODE)
-    assert version_of(c[types.ROUTES]) != version_of(a[types.ROUTES])
-    assert version_of(c[types.CLUSTER]) == version_of(a[types.CLUSTER])
+    a = versions(translate(world(RULE, SPLIT), NODE))  # type: ignore[arg-type]
+    assert a == versions(translate(world(RULE, SPLIT), NODE))  # type: ignore[arg-type]
+    c = versions(translate(world(RULE), NODE))  # type: ignore[arg-type]
+    assert c[types.ROUTES] != a[types.ROUTES]
+    assert c[types.CLUSTER] == a[types.CLUSTER]
 
 
-def test_snapshot_cache_reports_only_changed_types() -> None:
-    cache = SnapshotCache()
-    assert set(cache.set(NODE.id, translate(world(RULE), NODE))) == set(types.PUSH_ORDER)
-    assert cache.set(NODE.id, translate(world(RULE), NODE)) == []
-    assert cache.set(NODE.id, translate(world(RULE, SPLIT), NODE)) == [types.ROUTES]
+def test_resource_set_versions_each_resource_and_logs_only_what_changed() -> None:
+    routes = ResourceSet(types.ROUTES)
+    (plain,) = translate(world(RULE), NODE)[types.ROUTES]
+    (split,) = translate(world(RULE, SPLIT), NODE)[types.ROUTES]
+    first = make_resource(types.ROUTES, CATALOG, plain)
+    assert routes.update({CATALOG: first}, at=1.0)
+    start = routes.current.tag
+    assert not routes.update({CATALOG: make_resource(types.ROUTES, CATALOG, plain)}, at=2.0)
+    assert routes.update({CATALOG: make_resource(types.ROUTES, CATALOG, split)}, at=3.0)
+    assert routes.changed_since(start) == ({CATALOG}, 3.0)
+    assert routes.current.versions[CATALOG] != first.version
+    assert routes.changed_since(routes.current.tag) == (set(), None)
+    assert routes.changed_since((routes.id + 1, 0)) is None  # another set: compare everything
 
 
 def test_service_virtual_ips_are_domains_of_its_virtual_host() -> None:
@@ -163,6 +177,6 @@ def test_service_virtual_ips_are_domains_of_its_virtual_host() -> None:
             )
         },
     )
-    (routes,) = translate(with_ips, NODE)[types.ROUTES]
-    assert isinstance(routes, pb.RouteConfiguration)
-    assert list(routes.virtual_hosts[0].domains)[-2:] == ["10.0.0.12", "fd00::12"]
+    (vhost,) = translate(with_ips, NODE)[types.ROUTES]
+    assert isinstance(vhost, pb.VirtualHost)
+    assert list(vhost.domains)[-2:] == ["10.0.0.12", "fd00::12"]

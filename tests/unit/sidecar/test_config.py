@@ -5,6 +5,7 @@ from google.protobuf.any_pb2 import Any as AnyPb
 
 from lightmesh import types
 from lightmesh.v1 import config_pb2 as pb
+from lightmesh.versions import set_version
 from sidecar.cluster.balancers import Endpoint
 from sidecar.config.apply import DataPlane
 from sidecar.config.client import Backoff
@@ -21,31 +22,70 @@ def packed(*messages: object) -> list[AnyPb]:
     return out
 
 
-def test_ack_records_version_and_nack_keeps_the_last_good_one() -> None:
+def test_ack_records_versions_and_nack_keeps_the_last_good_ones() -> None:
+    """Playbook: responses in, replies out; what is held is announced on reconnect."""
     protocol = ClientProtocol()
-    assert protocol.subscriptions() == [(t, "") for t in types.PUSH_ORDER]
-    reply = protocol.on_response(type_url=types.ROUTES, version="a", nonce="1", error=None, now=1)
-    assert (reply.version, reply.nonce, reply.error) == ("a", "1", None)
-    reply = protocol.on_response(type_url=types.ROUTES, version="b", nonce="2", error="bad", now=2)
-    assert (reply.version, reply.nonce, reply.error) == ("a", "2", "bad")
+    first = protocol.subscriptions()
+    assert [(s.type_url, s.subscribe, dict(s.initial)) for s in first] == [
+        (t, ("*",), {}) for t in types.PUSH_ORDER
+    ]
+    reply = protocol.on_response(
+        type_url=types.ROUTES,
+        updated={"a": "1", "b": "1"},
+        removed=(),
+        nonce="1",
+        error=None,
+        now=1,
+    )
+    assert (reply.nonce, reply.error) == ("1", None)
+    reply = protocol.on_response(
+        type_url=types.ROUTES, updated={"a": "2"}, removed=("b",), nonce="2", error="bad", now=2
+    )
+    assert (reply.nonce, reply.error) == ("2", "bad")
     held = protocol.held[types.ROUTES]
-    assert (held.version, held.nacked_version, held.nack_message) == ("a", "b", "bad")
-    assert dict(protocol.subscriptions())[types.ROUTES] == "a"  # announced on reconnect
+    assert held.versions == {"a": "1", "b": "1"}  # nothing of the rejected response applied
+    assert (held.nacked_version, held.nack_message) == ("a@2", "bad")
+    again = {s.type_url: s for s in protocol.subscriptions()}[types.ROUTES]
+    assert dict(again.initial) == {"a": "1", "b": "1"}  # announced on reconnect
+    assert again.digest == held.version == set_version({"a": "1", "b": "1"})
+    protocol.on_response(
+        type_url=types.ROUTES, updated={}, removed=("b",), nonce="3", error=None, now=3
+    )
+    assert held.versions == {"a": "1"}
     assert not protocol.complete
+    assert protocol.subscribe(types.ROUTES, ["x.example", "x.example"]) == ("x.example",)
+    assert protocol.subscribe(types.ROUTES, ["x.example"]) == ()
+
+
+def vhost(name: str, *, regex: str = "") -> pb.VirtualHost:
+    route = pb.Route(name="r", clusters=[pb.WeightedCluster(cluster="x", weight=100)])
+    if regex:
+        route.matches.add().uri.regex = regex
+    return pb.VirtualHost(name=name, domains=[name], routes=[route])
 
 
 def test_rejected_routes_leave_the_serving_table_untouched() -> None:
     dataplane = DataPlane(max_regex_length=5)
-    good = pb.RouteConfiguration(virtual_hosts=[pb.VirtualHost(
-        name="c", domains=["c"], routes=[pb.Route(name="r", clusters=[pb.WeightedCluster(cluster="x", weight=100)])])])  # fmt: skip
-    dataplane.apply(types.ROUTES, packed(good))
+    dataplane.apply(types.ROUTES, packed(vhost("c")))
     serving = dataplane.routes
-    bad = pb.RouteConfiguration()
-    bad.CopyFrom(good)
-    bad.virtual_hosts[0].routes[0].matches.add().uri.regex = "a" * 6
     with pytest.raises(ConfigError, match="limit of 5"):
-        dataplane.apply(types.ROUTES, packed(bad))
+        # One bad host among good ones: none of the response applies.
+        dataplane.apply_delta(
+            types.ROUTES,
+            [("d", packed(vhost("d"))[0]), ("c", packed(vhost("c", regex="a" * 6))[0])],
+            [],
+        )
     assert dataplane.routes is serving
+
+
+def test_a_delta_recompiles_only_the_hosts_it_names() -> None:
+    dataplane = DataPlane()
+    dataplane.apply(types.ROUTES, packed(vhost("c"), vhost("d")))
+    compiled_d = dataplane._compiled["d"]
+    dataplane.apply_delta(types.ROUTES, [("c", packed(vhost("c", regex="/x"))[0])], [])
+    assert dataplane._compiled["d"] is compiled_d
+    dataplane.apply_delta(types.ROUTES, [], ["d"])
+    assert dataplane.routes.domains == ["c"]
 
 
 def test_unknown_load_balancer_policy_is_rejected() -> None:

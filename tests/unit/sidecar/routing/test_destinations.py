@@ -12,16 +12,14 @@ from sidecar.routing.router import OutboundRouter
 
 WEB = "outbound||web.shop.svc.cluster.local"
 DB = "outbound||db.shop.svc.cluster.local"
-CONFIG = pb.RouteConfiguration(
-    virtual_hosts=[
-        pb.VirtualHost(name="web.shop.svc.cluster.local", domains=["web", "10.0.0.10"]),
-        pb.VirtualHost(
-            name="db.shop.svc.cluster.local",
-            domains=["db", "10.0.0.20", "fd00::20"],
-            tcp_routes=[pb.TcpRoute(port=5432, cluster=DB)],
-        ),
-    ]
-)
+CONFIG = [
+    pb.VirtualHost(name="web.shop.svc.cluster.local", domains=["web", "10.0.0.10"]),
+    pb.VirtualHost(
+        name="db.shop.svc.cluster.local",
+        domains=["db", "10.0.0.20", "fd00::20"],
+        tcp_routes=[pb.TcpRoute(port=5432, cluster=DB)],
+    ),
+]
 
 
 def test_classify_original_destinations() -> None:
@@ -39,9 +37,7 @@ def test_classify_original_destinations() -> None:
 
 
 def test_empty_config_passes_everything_through() -> None:
-    assert build_destinations(pb.RouteConfiguration(), {}).classify(("10.0.0.1", 80)) == (
-        PASSTHROUGH
-    )
+    assert build_destinations([], {}).classify(("10.0.0.1", 80)) == (PASSTHROUGH)
 
 
 def pack(*messages: Message) -> list[AnyPb]:
@@ -60,7 +56,7 @@ def dataplane(db_endpoints: list[pb.Endpoint]) -> DataPlane:
         pb.ClusterLoadAssignment(cluster_name=WEB, endpoints=[pb.Endpoint(address="10.1.0.5", port=15006)]),
         pb.ClusterLoadAssignment(cluster_name=DB, endpoints=db_endpoints),
     ))  # fmt: skip
-    plane.apply(types.ROUTES, pack(CONFIG))
+    plane.apply(types.ROUTES, pack(*CONFIG))
     return plane
 
 

@@ -29,9 +29,9 @@ def dataplane(*ports: int) -> DataPlane:
     )
     plane.apply(types.ENDPOINTS, pack(pb.ClusterLoadAssignment(
         cluster_name=CLUSTER, endpoints=[pb.Endpoint(address="127.0.0.1", port=p) for p in ports])))  # fmt: skip
-    plane.apply(types.ROUTES, pack(pb.RouteConfiguration(virtual_hosts=[pb.VirtualHost(
+    plane.apply(types.ROUTES, pack(pb.VirtualHost(
         name="catalog", domains=["catalog"], routes=[pb.Route(
-            name="r", timeout_ms=1500, clusters=[pb.WeightedCluster(cluster=CLUSTER, weight=100)])])])))  # fmt: skip
+            name="r", timeout_ms=1500, clusters=[pb.WeightedCluster(cluster=CLUSTER, weight=100)])])))  # fmt: skip
     return plane
 
 

@@ -40,8 +40,8 @@ def setup(
     plane.apply(types.CLUSTER, pack(pb.Cluster(name=CLUSTER, **cluster)))  # type: ignore[arg-type]
     plane.apply(types.ENDPOINTS, pack(pb.ClusterLoadAssignment(
         cluster_name=CLUSTER, endpoints=[pb.Endpoint(address="127.0.0.1", port=p) for p in ports])))  # fmt: skip
-    plane.apply(types.ROUTES, pack(pb.RouteConfiguration(virtual_hosts=[pb.VirtualHost(
-        name="catalog", domains=["catalog"], routes=routes)])))  # fmt: skip
+    plane.apply(types.ROUTES, pack(pb.VirtualHost(
+        name="catalog", domains=["catalog"], routes=routes)))  # fmt: skip
     clock = Clock()
     return OutboundRouter(plane, clock=clock, rng=random.Random(3)), plane, clock
 

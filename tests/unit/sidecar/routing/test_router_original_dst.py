@@ -26,9 +26,9 @@ def dataplane() -> DataPlane:
     plane.apply(types.CLUSTER, pack(pb.Cluster(name=CLUSTER)))
     plane.apply(types.ENDPOINTS, pack(pb.ClusterLoadAssignment(
         cluster_name=CLUSTER, endpoints=[pb.Endpoint(address="127.0.0.9", port=8080)])))  # fmt: skip
-    plane.apply(types.ROUTES, pack(pb.RouteConfiguration(virtual_hosts=[pb.VirtualHost(
+    plane.apply(types.ROUTES, pack(pb.VirtualHost(
         name="catalog", domains=["catalog", SERVICE_IP], routes=[pb.Route(
-            name="r", clusters=[pb.WeightedCluster(cluster=CLUSTER, weight=100)])])])))  # fmt: skip
+            name="r", clusters=[pb.WeightedCluster(cluster=CLUSTER, weight=100)])])))  # fmt: skip
     return plane
 
 

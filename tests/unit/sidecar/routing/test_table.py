@@ -25,10 +25,8 @@ def head(
 
 
 def table(*routes: pb.Route, max_regex: int = 1024) -> object:
-    config = pb.RouteConfiguration(
-        virtual_hosts=[pb.VirtualHost(name="catalog.default.svc.cluster.local",
-                                      domains=["catalog", "catalog.default"], routes=routes)]
-    )  # fmt: skip
+    config = [pb.VirtualHost(name="catalog.default.svc.cluster.local",
+                             domains=["catalog", "catalog.default"], routes=routes)]  # fmt: skip
     return compile_routes(config, max_regex=max_regex)
 
 

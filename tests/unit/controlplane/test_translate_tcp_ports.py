@@ -53,9 +53,9 @@ def test_declared_tcp_ports_become_tcp_routes_on_the_service_addresses() -> None
     db = services["db.shop.svc.cluster.local"]
     assert db.tcp_ports == (5432, 9000)
     world = World(revision=1, virtual_services=(), destination_rules=(), services=services)
-    (routes,) = translate(world, NODE)[types.ROUTES]
-    assert isinstance(routes, pb.RouteConfiguration)
-    by_name = {v.name: v for v in routes.virtual_hosts}
+    by_name = {
+        v.name: v for v in translate(world, NODE)[types.ROUTES] if isinstance(v, pb.VirtualHost)
+    }
     assert [(r.port, r.cluster) for r in by_name["db.shop.svc.cluster.local"].tcp_routes] == [
         (5432, "outbound||db.shop.svc.cluster.local"),
         (9000, "outbound||db.shop.svc.cluster.local"),

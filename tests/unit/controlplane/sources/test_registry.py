@@ -2,7 +2,7 @@
 
 from dataclasses import replace
 
-from controlplane.registry import LocalRegistry, Registration
+from controlplane.sources.registry import LocalRegistry, Registration
 
 
 def reg(node: str, port: int, version: str = "v1") -> Registration:
@@ -55,3 +55,29 @@ def test_endpoints_keep_their_sidecars_service_account_across_a_restore() -> Non
     registry.restore(old.dump(), now=0)
     (endpoint,) = registry.services()["catalog.default.svc.cluster.local"].endpoints
     assert endpoint.service_account == "catalog"
+
+
+def test_a_slow_reconnect_herd_keeps_restored_endpoints_until_it_is_over() -> None:
+    """Expiry waits `grace` after the last restored sidecar came back, not after the restart."""
+    old = LocalRegistry()
+    for n in range(5):
+        old.connect(f"n{n}", (reg(f"n{n}", n),))
+    registry = LocalRegistry(grace=10, max_wait=100)
+    registry.restore(old.dump(), now=0)
+    for n in range(4):  # one sidecar every 8 s: longer than the grace in total
+        assert registry.connect(f"n{n}", (reg(f"n{n}", n),), now=8.0 * (n + 1)) == set()
+        assert registry.expire(now=8.0 * (n + 1) + 9) == set()
+    assert registry.expire(now=42) == {("default", "catalog")}  # n4 never came back
+    assert len(registry.services()["catalog.default.svc.cluster.local"].endpoints) == 4
+
+
+def test_restored_entries_expire_by_max_wait_even_while_a_herd_trickles_in() -> None:
+    old = LocalRegistry()
+    for n in range(50):
+        old.connect(f"n{n}", (reg(f"n{n}", n),))
+    registry = LocalRegistry(grace=10, max_wait=30)
+    registry.restore(old.dump(), now=0)
+    for n in range(40):
+        registry.connect(f"n{n}", (reg(f"n{n}", n),), now=float(n))
+    assert registry.expire(now=29) == set()
+    assert registry.expire(now=30) == {("default", "catalog")}

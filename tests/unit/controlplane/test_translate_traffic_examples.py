@@ -53,9 +53,9 @@ def config(*names: str) -> tuple[dict[str, pb.Cluster], list[pb.Route]]:
     )
     out = translate(world, NODE)
     clusters = {c.name: c for c in out[types.CLUSTER] if isinstance(c, pb.Cluster)}
-    (routes,) = out[types.ROUTES]
-    assert isinstance(routes, pb.RouteConfiguration)
-    host = next(vh for vh in routes.virtual_hosts if vh.name == CATALOG)
+    host = next(
+        vh for vh in out[types.ROUTES] if isinstance(vh, pb.VirtualHost) and vh.name == CATALOG
+    )
     return clusters, list(host.routes)
 
 

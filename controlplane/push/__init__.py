@@ -1,0 +1,1 @@
+"""Push: store changes → debounced flushes → refreshed views → woken streams (bounded, fair)."""

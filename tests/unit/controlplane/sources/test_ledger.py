@@ -1,0 +1,55 @@
+"""The ledger both sources share: last known good, references re-checked only where they can
+change, deletions."""
+
+from controlplane.model import ResourceKey
+from controlplane.sources.ledger import REJECTED, Ledger
+from controlplane.validate import parse_document
+
+DR = {"apiVersion": "lightmesh.io/v1alpha1", "kind": "DestinationRule",
+      "metadata": {"name": "catalog", "namespace": "shop"},
+      "spec": {"host": "catalog", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}}  # fmt: skip
+VS = {"apiVersion": "lightmesh.io/v1alpha1", "kind": "VirtualService",
+      "metadata": {"name": "catalog", "namespace": "shop"},
+      "spec": {"hosts": ["catalog"], "http": [{"route": [{"destination": {"host": "catalog", "subset": "v1"}}]}]}}  # fmt: skip
+DR_KEY = ResourceKey("DestinationRule", "shop", "catalog")
+VS_KEY = ResourceKey("VirtualService", "shop", "catalog")
+
+
+def submit(ledger: Ledger, doc: dict[str, object]) -> None:
+    parsed = parse_document(doc, origin="f.yaml")
+    assert parsed.key is not None
+    ledger.submit(parsed.key, parsed, origin="f.yaml")
+
+
+def test_a_routed_subset_needs_its_destination_rule_and_a_removal_keeps_last_good() -> None:
+    ledger = Ledger()
+    submit(ledger, VS)
+    committed = ledger.commit()
+    assert committed.served == {}  # subset v1 is not defined yet
+    assert "not defined by a DestinationRule" in ledger.problems()[0].message
+    submit(ledger, DR)
+    committed = ledger.commit()  # the rule arrives: the VirtualService is re-checked and served
+    assert set(committed.served) == {DR_KEY, VS_KEY}
+    assert ledger.problems() == ()
+    bad = {**VS, "spec": {"hosts": ["catalog"], "http": [{"route": [{"destination": {"host": "catalog", "subset": "v9"}}]}]}}  # fmt: skip
+    submit(ledger, bad)
+    committed = ledger.commit()
+    assert committed.served == {}  # the last good version keeps serving
+    assert [p.message for p in ledger.problems()][-1] == REJECTED
+    ledger.submit(VS_KEY, None, origin="f.yaml")
+    assert ledger.commit().served == {VS_KEY: None}
+
+
+def test_commit_evaluates_only_what_the_submission_can_affect() -> None:
+    ledger = Ledger()
+    submit(ledger, DR)
+    submit(ledger, VS)
+    ledger.commit()
+    other = {**DR, "metadata": {"name": "other", "namespace": "shop"}, "spec": {"host": "other"}}
+    submit(ledger, other)
+    assert ledger.commit().evaluated == {ResourceKey("DestinationRule", "shop", "other")}
+    submit(
+        ledger,
+        {**DR, "spec": {**DR["spec"], "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}}}},
+    )  # type: ignore[dict-item]
+    assert ledger.commit().evaluated == {DR_KEY, VS_KEY}  # catalog's subsets: its router re-checked
