@@ -6,7 +6,34 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit component integration kube k8s-bins cluster cluster-bins cluster-images node-tools netns netns-tools prometheus-bin proto crds check-demo clean bench bench-quick bench-tools bench-telemetry bench-controlplane bench-controlplane-quick
+# One target per line, so branches that add targets do not collide here.
+.PHONY: demo
+.PHONY: test
+.PHONY: lint
+.PHONY: typecheck
+.PHONY: unit
+.PHONY: component
+.PHONY: integration
+.PHONY: kube
+.PHONY: k8s-bins
+.PHONY: cluster
+.PHONY: cluster-bins
+.PHONY: cluster-images
+.PHONY: node-tools
+.PHONY: netns
+.PHONY: netns-tools
+.PHONY: prometheus-bin
+.PHONY: proto
+.PHONY: crds
+.PHONY: check-demo
+.PHONY: clean
+.PHONY: bench
+.PHONY: bench-quick
+.PHONY: bench-tools
+.PHONY: bench-telemetry
+.PHONY: bench-controlplane
+.PHONY: bench-controlplane-quick
+.PHONY: bench-chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -98,6 +125,12 @@ bench-controlplane: $(STAMP) k8s-bins
 # A couple of minutes: files 100x100, one change, short churn; figures to /tmp only.
 bench-controlplane-quick: $(STAMP)
 	$(BIN)/python -m bench controlplane --quick --json /tmp/lightmesh-controlplane.json
+
+# The chaos suite (bench/chaos.py): a local mesh on default config under load while instances,
+# sidecars and the control plane die, config and certificates change, and clients misbehave.
+# About 9 minutes; under the shared benchmark lock.
+bench-chaos: $(STAMP)
+	flock /tmp/lightmesh-bench.lock $(BIN)/python -m bench chaos --json docs/chaos.json --markdown docs/reliability.md
 
 bench-quick: bench-tools
 	$(BIN)/python -m bench dataplane --quick --json /tmp/lightmesh-dataplane.json

@@ -34,9 +34,7 @@ def _controlplane(args: argparse.Namespace) -> int:
 
 
 def _sidecar(args: argparse.Namespace) -> int:
-    # gRPC's fork handlers only matter to children that use gRPC; ours (key generation) do not,
-    # and with them on every spawn logs a warning. Must be set before grpc is imported.
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    # The sidecar imports no grpcio (sidecar/config/channel.py speaks gRPC itself).
     from lightmeshctl.flags.sidecar import from_arguments
     from sidecar.app import run
 

@@ -7,30 +7,35 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
 from google.protobuf.json_format import MessageToDict
-from prometheus_client import CollectorRegistry
 
 import lightmesh
 from lightmesh.runtime import stop_on_signals
 from lightmesh.v1 import discovery_pb2 as pb
 from sidecar.admin.endpoints import Admin
 from sidecar.admin.server import start_local_server
+from sidecar.cluster.app_health import AppHealth
+from sidecar.cluster.outlier import DEFAULT as DEFAULT_OUTLIER
 from sidecar.config.apply import DataPlane
 from sidecar.config.client import ConfigClient
 from sidecar.contract import Completed
 from sidecar.identity.manager import CertificateManager
 from sidecar.identity.tls import MeshTLS
 from sidecar.listeners.engine import start_proxy
+from sidecar.memory import return_freed_memory
 from sidecar.routing.router import InboundRouter, OutboundRouter
 from sidecar.settings import Settings
 from sidecar.telemetry import wiring
+from sidecar.telemetry.exposition import Registry
 from sidecar.telemetry.hooks import wrap_recorder, wrap_resolver
 from sidecar.telemetry.resilience import ResilienceCollector
 from sidecar.telemetry.state import SidecarState
 from sidecar.telemetry.tcp_metrics import TcpCollector, TcpMetrics
+from sidecar.upstream.app_probe import run_probes
 
 log = logging.getLogger("sidecar")
 
@@ -84,11 +89,14 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
 
-    dataplane = DataPlane(max_regex_length=settings.max_regex_length)
+    dataplane = DataPlane(
+        max_regex_length=settings.max_regex_length,
+        default_outlier=DEFAULT_OUTLIER if settings.default_ejection else None,
+    )
     mesh_tls = MeshTLS()  # no certificate until the manager installs one: plaintext meanwhile
     dataplane.on_inbound = lambda policy: mesh_tls.set_roots(policy.trust_bundle)
-    outbound_router = OutboundRouter(dataplane)
-    registry = CollectorRegistry()
+    outbound_router = OutboundRouter(dataplane, default_retries=settings.default_retries)
+    registry = Registry()
     telemetry = wiring.build(settings, registry)
     # Intercepted connections that are not HTTP: counted once each, when they close.
     tcp_metrics = TcpMetrics(
@@ -112,18 +120,27 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         tcp_recorder=record_tcp,
     )
     inbound = None
+    app_health = AppHealth() if settings.app_port and settings.app_health else None
     if settings.app_port:
         inbound_router = InboundRouter(
             app_host=settings.app_host,
             app_port=settings.app_port,
             dataplane=dataplane,
             own_identity=lambda: mesh_tls.identity,
+            app_health=app_health,
         )
+
+        def app_finished(done: Completed) -> None:
+            if app_health is not None:
+                app_health.finished(done, time.monotonic())
+
         inbound = await start_proxy(
             settings.bind,
             settings.inbound_port,
             resolver=wrap_resolver(inbound_router.resolve, telemetry.inbound),
-            recorder=wrap_recorder(telemetry.inbound, outbound=False),
+            recorder=wrap_recorder(
+                telemetry.inbound, outbound=False, then=app_finished if app_health else None
+            ),
             listener="inbound",
             inbound_tls=mesh_tls,
             mtls_mode=lambda: dataplane.inbound.mode,
@@ -164,6 +181,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         certificates=certificates,
         mesh_tls=mesh_tls,
         quit=stop.set,  # POST /quitquitquit: drain and exit, as on SIGTERM
+        app_health=app_health,
     )
     admin_server = await start_local_server(settings.bind, settings.admin_port, admin.handle)
     admin_port = admin_server.sockets[0].getsockname()[1]
@@ -184,6 +202,14 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         asyncio.create_task(certificates.run(stop), name="certificates") if certificates else None
     )
     telemetry_task = asyncio.create_task(telemetry.run(stop), name="telemetry")
+    memory_task = asyncio.create_task(return_freed_memory(stop), name="memory")
+    probes_task = (
+        asyncio.create_task(
+            run_probes(app_health, settings.app_host, settings.app_port, stop), name="app-probes"
+        )
+        if app_health is not None
+        else None
+    )
     await stop.wait()
     draining = True  # /ready answers 503 from now on
     log.info(
@@ -205,6 +231,9 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     if certs_task is not None:
         await certs_task
     await telemetry_task
+    if probes_task is not None:
+        await probes_task
+    await memory_task
     await telemetry.close()  # the spans of requests that finished while draining
     admin_server.close()
     await admin_server.wait_closed()

@@ -78,6 +78,12 @@ class Forward:
     # Secure naming: the SPIFFE IDs the cluster's endpoints run as; a mutual-TLS server presenting
     # another is refused (connect failure). Empty: any identity the trust bundle vouches for.
     tls_identities: frozenset[str] = frozenset()
+    # The endpoint is a mesh sidecar (the control plane says so): a 503 it marks never-processed
+    # is believed over plaintext too (over mutual TLS its verified identity says so already).
+    meshed: bool = False
+    # An inbound forward to the local app: a connect failure before any request byte was written
+    # is answered with the never-processed mark (the calling sidecar may send it elsewhere).
+    mark_unprocessed: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,9 +116,12 @@ class Retrier(Protocol):
     def retry_backoff(self, retry: int) -> float:
         """Seconds to wait before retry number `retry` (1 = the first retry)."""
 
-    def attempt_finished(self, target: Forward, *, status: int, duration: float) -> None:
+    def attempt_finished(
+        self, target: Forward, *, status: int, duration: float, local_origin: bool = False
+    ) -> None:
         """An attempt that is being retried ended (its endpoint's in-flight slot and outlier
-        record); the exchange's last attempt is reported through `Completed` instead."""
+        record; `local_origin`: the endpoint never processed it, refused or marked so); the
+        exchange's last attempt is reported through `Completed` instead."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -47,3 +47,13 @@ class Settings:
     zipkin_url: str = ""  # Zipkin v2 endpoint (http://host:port/api/v2/spans); "": no tracing
     trace_sampling: float = 1.0  # percent of new traces sampled (an incoming decision wins)
     access_log: str = ""  # "-": stdout, a path: that file, "": off
+    # The inbound listener watches its app: while the app refuses connections, requests are
+    # answered at once as never delivered (503 UF, marked for the calling sidecar) and, once the
+    # app has answered since start, /ready says 503 (docs/reliability.md).
+    app_health: bool = True
+    # Clusters eject endpoints that refuse connections or whose sidecar reports its app gone
+    # (local-origin failures), briefly, on top of any DestinationRule outlierDetection.
+    default_ejection: bool = True
+    # Routes without VirtualService retries retry requests no app saw (connect failures, and
+    # 503s a server-side sidecar marked never-processed), twice, on other endpoints, any method.
+    default_retries: bool = True

@@ -131,6 +131,7 @@ def _cluster(
         idle_timeout_ms=ms(policy.idle_timeout),
         tls=pb.MESH_MUTUAL if mode == "MESH_MUTUAL" else pb.TLS_DISABLE,
         tls_identities=identities if mode == "MESH_MUTUAL" else [],
+        meshed=meshed,
     )
     if policy.consistent_hash is not None:
         ch = policy.consistent_hash

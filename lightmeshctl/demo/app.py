@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
@@ -40,16 +41,30 @@ def build_app(
     outbound: str,
     fail_first: int = 0,
     delay: float = 0.0,
+    record: str = "",
 ) -> web.Application:
     """The demo service's web application.
 
     `fail_first`: answer 503 to the first N requests (a flaky instance, for outlier detection);
-    `delay`: wait this many seconds before answering (a slow instance, for circuit breaking).
+    `delay`: wait this many seconds before answering (a slow instance, for circuit breaking);
+    `record`: append "METHOD x-request-id" to this file for every request, as it arrives (one
+    write each, so a SIGKILL loses none: what the chaos suite counts re-sent requests with).
+    Per request, `?delay=S` waits S seconds more and `?bytes=N` answers N bytes of body, streamed
+    (a large download for slow readers).
     """
     session: dict[str, ClientSession] = {}
     served = [0]
+    record_fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) if record else -1
 
-    async def handle(request: web.Request) -> web.Response:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if record_fd >= 0:
+            seen = f"{request.method} {request.headers.get('x-request-id', '-')}\n"
+            os.write(record_fd, seen.encode("latin-1", "replace"))
+        extra_delay = float(request.query.get("delay", "0") or 0)
+        if extra_delay:
+            await asyncio.sleep(extra_delay)
+        if "bytes" in request.query:
+            return await _download(request, int(request.query["bytes"]))
         body: dict[str, Any] = {
             "service": name,
             "version": version,
@@ -95,6 +110,18 @@ def build_app(
     return app
 
 
+async def _download(request: web.Request, size: int) -> web.StreamResponse:
+    """`size` bytes of body in 256 KiB writes, each awaited (the client's pace sets ours)."""
+    response = web.StreamResponse()
+    response.content_length = size
+    await response.prepare(request)
+    block = b"x" * (256 * 1024)
+    for offset in range(0, size, len(block)):
+        await response.write(block[: size - offset])
+    await response.write_eof()
+    return response
+
+
 def main() -> None:
     """`python -m lightmeshctl.demo.app --name catalog --version v1 --port 9001 ...`."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -107,6 +134,7 @@ def main() -> None:
     parser.add_argument("--outbound", default="", help="host:port of this app's sidecar outbound")
     parser.add_argument("--fail-first", type=int, default=0, help="answer 503 to the first N")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--record", default="", help="append each request's method and id here")
     args = parser.parse_args()
     app = build_app(
         name=args.name,
@@ -116,6 +144,7 @@ def main() -> None:
         outbound=args.outbound,
         fail_first=args.fail_first,
         delay=args.delay,
+        record=args.record,
     )
     web.run_app(
         app,

@@ -89,6 +89,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="percent of new traces to sample, 0-100 (default 1)",
     )
     add("--access-log", default=_env("ACCESS_LOG", ""), help="JSON access log: '-' or a path")
+    switches = {
+        "app-health": "while the app refuses connections, answer its requests as never delivered "
+        "and report /ready 503",
+        "default-ejection": "eject, for a second or more, endpoints that refuse connections or "
+        "whose sidecar reports its app unreachable",
+        "default-retries": "on routes without VirtualService retries, retry (twice, elsewhere) "
+        "requests no app saw: connect failures and never-processed 503s, any method",
+    }
+    for name, text in switches.items():
+        env = name.upper().replace("-", "_")
+        add(
+            f"--{name}",
+            action=argparse.BooleanOptionalAction,
+            default=_env(env, "true") == "true",
+            help=f"{text} (default on; LIGHTMESH_{env}=false turns it off)",
+        )
 
 
 def from_arguments(args: argparse.Namespace) -> Settings:
@@ -123,6 +139,9 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         zipkin_url=_zipkin_url(args.zipkin_url),
         trace_sampling=_sampling(args.trace_sampling),
         access_log=args.access_log,
+        app_health=args.app_health,
+        default_ejection=args.default_ejection,
+        default_retries=args.default_retries,
     )
 
 

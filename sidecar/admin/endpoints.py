@@ -8,16 +8,21 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.openmetrics import exposition as openmetrics
-
 from lightmesh.types import SHORT_NAMES
 from sidecar.admin.server import LocalResponse
+from sidecar.cluster.app_health import AppHealth
 from sidecar.config.apply import DataPlane
 from sidecar.config.client import ConfigClient
 from sidecar.contract import RequestHead
 from sidecar.identity.manager import CertificateManager
 from sidecar.identity.tls import MeshTLS
+from sidecar.telemetry.exposition import (
+    OPENMETRICS_CONTENT_TYPE,
+    TEXT_CONTENT_TYPE,
+    Registry,
+    render_openmetrics,
+    render_text,
+)
 
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 _JSON = [(b"content-type", b"application/json")]
@@ -32,12 +37,14 @@ class Admin:
         node: dict[str, Any],
         client: ConfigClient,
         dataplane: DataPlane,
-        registry: CollectorRegistry,
+        registry: Registry,
         draining: Callable[[], bool],
         certificates: CertificateManager | None = None,
         quit: Callable[[], None] | None = None,
         mesh_tls: MeshTLS | None = None,
+        app_health: AppHealth | None = None,
     ) -> None:
+        self._app_health = app_health
         self._certificates = certificates
         self._mesh_tls = mesh_tls
         self._node = node
@@ -91,11 +98,11 @@ class Admin:
         # OpenMetrics only when the scraper asks for it (Prometheus does), text format otherwise.
         accept = head.header(b"accept") or b""
         if b"application/openmetrics-text" in accept:
-            body = openmetrics.generate_latest(self._registry)  # type: ignore[no-untyped-call]
-            content_type = openmetrics.CONTENT_TYPE_LATEST
+            body = render_openmetrics(self._registry)
+            content_type = OPENMETRICS_CONTENT_TYPE
         else:
-            body = generate_latest(self._registry)
-            content_type = CONTENT_TYPE_LATEST
+            body = render_text(self._registry)
+            content_type = TEXT_CONTENT_TYPE
         return LocalResponse(
             status=200, headers=[(b"content-type", content_type.encode())], body=body
         )
@@ -115,6 +122,10 @@ class Admin:
             # terminate it (as Envoy waits for its secrets). A refused certificate request does
             # not hold readiness back: we then serve plaintext, which PERMISSIVE peers accept.
             return LocalResponse(status=503, headers=_TEXT, body=b"waiting for a certificate\n")
+        health = self._app_health
+        if health is not None and not health.ready:
+            # So a cluster's EndpointSlices stop listing this pod while its app is gone.
+            return LocalResponse(status=503, headers=_TEXT, body=b"app not accepting connections\n")
         return LocalResponse(status=200, headers=_TEXT, body=b"ready\n")
 
     def certs(self) -> dict[str, Any]:

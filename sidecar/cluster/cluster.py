@@ -7,11 +7,13 @@ was, so a push does not reset what the sidecar has learnt. Pure apart from the i
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.cluster.balancers import VNODES, Balancer, Endpoint, LoadStats, make_balancer
+from sidecar.cluster.outlier import DEFAULT as DEFAULT_OUTLIER
 from sidecar.cluster.outlier import OutlierConfig, OutlierDetector, filter_available
 from sidecar.policies.retry import RetryBudget
 
@@ -19,7 +21,13 @@ from sidecar.policies.retry import RetryBudget
 class Cluster:
     """A cluster's config plus its live state."""
 
-    def __init__(self, config: pb.Cluster, *, rng: random.Random) -> None:
+    def __init__(
+        self,
+        config: pb.Cluster,
+        *,
+        rng: random.Random,
+        default_outlier: OutlierConfig | None = DEFAULT_OUTLIER,
+    ) -> None:
         self.name = config.name
         self.service = config.service
         self.subset = config.subset
@@ -34,16 +42,14 @@ class Cluster:
         self.tls_server_name = config.service if config.tls == pb.MESH_MUTUAL else ""
         # Secure naming: who the endpoints may be (see Forward.tls_identities).
         self.tls_identities = frozenset(config.tls_identities)
+        # Every endpoint has a sidecar: their never-processed marks may be believed.
+        self.meshed = config.meshed
         self.hash = pb.ConsistentHash()
         self.hash.CopyFrom(config.hash)
         self._rng = rng
         self.stats = LoadStats()
         self.balancer: Balancer = self._new_balancer()
-        self.outlier = (
-            OutlierDetector(OutlierConfig.from_proto(config.outlier))
-            if config.HasField("outlier")
-            else None
-        )
+        self.outlier = _outlier(config, default_outlier)
         self.endpoints: tuple[Endpoint, ...] = ()
         self.available: tuple[Endpoint, ...] = ()
         self.overflows = 0  # requests refused by circuit breaking (flag UO)
@@ -127,9 +133,36 @@ class Cluster:
             self.retries += 1
         return endpoint
 
-    def finished(self, upstream: str, *, status: int, duration: float, now: float) -> None:
-        """An exchange picked by `pick` ended (`upstream` is its endpoint's key)."""
+    def finished(
+        self,
+        upstream: str,
+        *,
+        status: int,
+        duration: float,
+        now: float,
+        local_origin: bool = False,
+    ) -> None:
+        """An exchange (or attempt) picked by `pick` ended (`upstream` is its endpoint's key);
+        `local_origin`: the endpoint never processed it (refused, or its app unreachable)."""
         # Proxy-made failures (status 0: the client went away) carry no latency information.
-        self.stats.finished(upstream, rtt=duration if status else None, now=now)
-        if self.outlier is not None and status and self.outlier.record(upstream, status, now):
+        self.stats.finished(
+            upstream, rtt=duration if status and not local_origin else None, now=now
+        )
+        outlier = self.outlier
+        if (
+            outlier is not None
+            and status
+            and outlier.record(upstream, status, now, local_origin=local_origin)
+        ):
             self._update_available()
+
+
+def _outlier(config: pb.Cluster, default: OutlierConfig | None) -> OutlierDetector | None:
+    """The cluster's detector: its outlierDetection (local-origin ejection included unless the
+    defaults are off), else the default one, else none."""
+    if not config.HasField("outlier"):
+        return OutlierDetector(default) if default is not None else None
+    configured = OutlierConfig.from_proto(config.outlier)
+    if default is None:
+        configured = dataclasses.replace(configured, consecutive_local_origin=0)
+    return OutlierDetector(configured)

@@ -12,6 +12,19 @@ are ejected. Semantics follow Envoy/Istio:
   (as Envoy does), so a two-endpoint cluster can still shed its bad half.
 - Panic: when fewer than `min_health_percent` of the endpoints (or none at all) are healthy, the
   balancer is given every endpoint — a degraded answer beats certain failure.
+
+Local-origin failures (Envoy's term) are those where the endpoint never processed the request:
+the connection was refused or failed, or the endpoint's own sidecar answered that it could not
+reach its app (the mesh's never-processed mark). They are unambiguous, so they eject at once
+(`consecutive_local_origin`, default 1), and briefly: `local_base_ejection` doubling with every
+ejection that follows without an answer in between, capped at `local_max_ejection`. When the time
+is up the endpoint is admitted again, and its next request is the probe: another local-origin
+failure ejects it again (for twice as long), any answer (even a 5xx: the app answered) returns it
+for good and resets the doubling. The same bookkeeping of ejections applies (the percentage cap,
+panic). Local-origin failures that are proxy-made 5xx still count toward `consecutive_5xx` too.
+
+`DEFAULT` is the detector of a cluster that configures no outlierDetection: local-origin
+ejection only, at most half the endpoints at once.
 """
 
 from __future__ import annotations
@@ -38,6 +51,9 @@ class OutlierConfig:
     max_ejection: float = 300.0
     max_ejection_percent: int = 10
     min_health_percent: int = 0
+    consecutive_local_origin: int = 1  # 0: local-origin failures never eject
+    local_base_ejection: float = 1.0
+    local_max_ejection: float = 10.0
 
     @classmethod
     def from_proto(cls, message: pb.OutlierDetection) -> OutlierConfig:
@@ -59,6 +75,12 @@ class _Host:
     ejections: int = 0  # the multiplier of the next ejection time
     ejected_until: float | None = None
     healthy_since: float = 0.0
+    local_failures: int = 0  # local-origin failures in a row
+    local_ejections: int = 0  # local-origin ejections since the endpoint last answered
+
+
+# A cluster without outlierDetection: eject only endpoints that refuse or report their app gone.
+DEFAULT = OutlierConfig(consecutive_5xx=0, consecutive_gateway=0, max_ejection_percent=50)
 
 
 class OutlierDetector:
@@ -83,14 +105,23 @@ class OutlierDetector:
         self._ejected &= keep
         self._schedule()
 
-    def record(self, key: str, status: int, now: float) -> bool:
-        """One finished exchange with `key`; True when this ejected it."""
+    def record(self, key: str, status: int, now: float, *, local_origin: bool = False) -> bool:
+        """One finished exchange (or attempt) with `key`; True when this ejected it.
+
+        `local_origin`: the endpoint never processed the request (see the module docstring).
+        """
         host = self._hosts.get(key)
         if host is None:
             return False  # an endpoint removed meanwhile
+        ejected = False
+        if local_origin:
+            host.local_failures += 1
+            ejected = self._eject_local(key, host, now)
+        else:
+            host.local_failures = host.local_ejections = 0  # it answered
         if status < 500:
             host.errors_5xx = host.errors_gateway = 0
-            return False
+            return ejected
         host.errors_5xx += 1
         if status in _GATEWAY:
             host.errors_gateway += 1
@@ -99,15 +130,32 @@ class OutlierDetector:
             config.consecutive_gateway and host.errors_gateway >= config.consecutive_gateway
         )
         if not tripped or key in self._ejected or not self._may_eject():
-            return False
+            return ejected
         host.errors_5xx = host.errors_gateway = 0
         host.ejections += 1
-        ejection = min(config.base_ejection * host.ejections, config.max_ejection)
-        host.ejected_until = now + ejection
+        self._eject(
+            key, host, now + min(config.base_ejection * host.ejections, config.max_ejection)
+        )
+        return True
+
+    def _eject_local(self, key: str, host: _Host, now: float) -> bool:
+        config = self.config
+        threshold = config.consecutive_local_origin
+        if not threshold or host.local_failures < threshold:
+            return False
+        if key in self._ejected or not self._may_eject():
+            return False
+        host.local_failures = 0
+        host.local_ejections += 1
+        seconds = config.local_base_ejection * 2 ** min(host.local_ejections - 1, 30)
+        self._eject(key, host, now + min(seconds, config.local_max_ejection))
+        return True
+
+    def _eject(self, key: str, host: _Host, until: float) -> None:
+        host.ejected_until = until
         self._ejected.add(key)
         self.ejections_total += 1
         self._schedule()
-        return True
 
     def _may_eject(self) -> bool:
         allowed = max(1, len(self._hosts) * self.config.max_ejection_percent // 100)

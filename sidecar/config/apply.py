@@ -21,6 +21,8 @@ from lightmesh import types
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.cluster.balancers import Endpoint
 from sidecar.cluster.cluster import Cluster
+from sidecar.cluster.outlier import DEFAULT as DEFAULT_OUTLIER
+from sidecar.cluster.outlier import OutlierConfig
 from sidecar.errors import ConfigError
 from sidecar.routing.destinations import Destinations, build_destinations
 from sidecar.routing.table import CompiledHost, RouteTable, compile_host, route_table
@@ -33,7 +35,16 @@ _M = TypeVar("_M", bound=Message)
 class DataPlane:
     """The config currently serving: route table and clusters (with endpoints)."""
 
-    def __init__(self, *, max_regex_length: int = 1024, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_regex_length: int = 1024,
+        rng: random.Random | None = None,
+        default_outlier: OutlierConfig | None = DEFAULT_OUTLIER,
+    ) -> None:
+        # Outlier detection of clusters without outlierDetection (None: none, and no
+        # local-origin ejection in those with one either).
+        self._default_outlier = default_outlier
         self.routes = RouteTable({})
         # Which intercepted connections are HTTP, raw TCP to a cluster, or passed through.
         self.destinations = Destinations()
@@ -105,7 +116,7 @@ class DataPlane:
         for name in removed:
             new.pop(name, None)
         for name, config in configs.items():
-            state = Cluster(config, rng=self._rng)
+            state = Cluster(config, rng=self._rng, default_outlier=self._default_outlier)
             old = self.clusters.get(name)
             if old is not None:
                 # Keeps in-flight counts, latency estimates, ejections, round-robin position.

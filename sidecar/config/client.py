@@ -14,12 +14,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import grpc
-
 from lightmesh.types import SHORT_NAMES
 from lightmesh.v1 import discovery_pb2 as pb
 from sidecar.config.apply import DataPlane
-from sidecar.config.channel import open_channel
+from sidecar.config.channel import EOF, RpcError, StatusCode, open_channel
 from sidecar.config.protocol import ClientProtocol
 from sidecar.errors import ConfigError
 
@@ -75,7 +73,7 @@ class ConfigClient:
         while not stop.is_set():
             try:
                 await self._stream(stop)
-            except grpc.aio.AioRpcError as error:
+            except RpcError as error:
                 log.warning(
                     "config stream failed: %s %s",
                     error.code().name,
@@ -122,7 +120,7 @@ class ConfigClient:
                         call.cancel()
                         return
                     response = read.result()
-                    if response is grpc.aio.EOF:
+                    if response is EOF:
                         log.warning("control plane closed the stream", extra={"event": "eof"})
                         return
                     if not self.connected:
@@ -162,6 +160,6 @@ class ConfigClient:
             log.warning("rejected config: %s", error, extra={"event": "nack", **extra})
         request = pb.DeltaDiscoveryRequest(type_url=reply.type_url, response_nonce=reply.nonce)
         if reply.error is not None:
-            request.error_detail.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            request.error_detail.code = StatusCode.INVALID_ARGUMENT
             request.error_detail.message = reply.error
         return request

@@ -28,8 +28,15 @@ MAX_HEADERS = 100
 # Transfer codings a request may list before its final "chunked" (RFC 9110 8.4.1, RFC 9112 7).
 KNOWN_CODINGS = frozenset({b"chunked", b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress"})
 
-# Connection-scoped headers (RFC 9110 7.6.1) that a proxy must not forward. Proxy-Authorization is
-# deliberately absent: in the mesh it is end-to-end. Transfer-Encoding is re-framed by the engine.
+# The mesh's never-processed mark: a server-side sidecar sets it on its own 503 when it could not
+# deliver the request to its app (nothing reached the app), and the client-side sidecar that
+# reads it may send the request to another endpoint whatever its method. It is hop-by-hop between
+# two sidecars: no sidecar forwards it, either way, so an app can neither send nor receive it.
+UNPROCESSED = b"x-lightmesh-unprocessed"
+
+# Connection-scoped headers (RFC 9110 7.6.1) that a proxy must not forward, and the mesh's own
+# hop-by-hop mark. Proxy-Authorization is deliberately absent: in the mesh it is end-to-end.
+# Transfer-Encoding is re-framed by the engine.
 HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -39,6 +46,7 @@ HOP_BY_HOP = frozenset(
         b"trailer",
         b"transfer-encoding",
         b"upgrade",
+        UNPROCESSED,
     }
 )
 

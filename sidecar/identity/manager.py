@@ -24,10 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from lightmesh.v1 import discovery_pb2 as pb
-from sidecar.config.channel import open_channel
+from sidecar.config.channel import RpcError, open_channel
 from sidecar.config.client import Backoff
 from sidecar.identity.rotation import renewal_delay
 
@@ -123,6 +121,7 @@ class CertificateManager:
         self.rotations = 0
         self.failures = 0
         self.ready = asyncio.Event()
+        self._spare: asyncio.Future[tuple[str, str]] | None = None  # the next key and CSR
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep a valid certificate until `stop` is set."""
@@ -130,10 +129,10 @@ class CertificateManager:
         while not stop.is_set():
             try:
                 identity = await self.renew()
-            except (grpc.aio.AioRpcError, OSError, RuntimeError, ValueError) as exc:
+            except (RpcError, OSError, RuntimeError, ValueError) as exc:
                 self.failures += 1
                 delay = backoff.next_delay()
-                detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+                detail = exc.details() if isinstance(exc, RpcError) else str(exc)
                 log.warning(
                     "certificate request failed: %s",
                     detail,
@@ -149,10 +148,19 @@ class CertificateManager:
                 )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            # Let the child finish (it exits by itself in well under a second), so it is reaped.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(spare, timeout=5)
 
     async def renew(self) -> Identity:
         """One round: key, CSR, signature, files, callback."""
-        key_pem, csr_pem = await generate_key_and_csr()
+        # The key of this renewal was made in advance (right after the last one was installed):
+        # a key-generation child can take seconds on a busy machine, which must not eat into the
+        # short margin between renewal and expiry.
+        spare, self._spare = self._spare, None
+        key_pem, csr_pem = await (spare if spare is not None else generate_key_and_csr())
         token = self._token_file.read_text().strip()  # re-read: projected tokens rotate
         request = pb.CertificateRequest(
             csr_pem=csr_pem,
@@ -187,6 +195,7 @@ class CertificateManager:
         self.rotations += 1
         self._on_rotated(identity)
         self.ready.set()
+        self._spare = asyncio.ensure_future(generate_key_and_csr())
         log.info(
             "certificate installed",
             extra={

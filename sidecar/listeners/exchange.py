@@ -29,6 +29,7 @@ a whole response in one read stays a single write of the upstream's bytes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import TYPE_CHECKING, Protocol
 
@@ -44,6 +45,7 @@ from sidecar.errors import (
 )
 from sidecar.http.http1 import (
     HOP_BY_HOP,
+    UNPROCESSED,
     BodyKind,
     Data,
     EndOfMessage,
@@ -67,7 +69,7 @@ from sidecar.http.messages import (
 )
 from sidecar.listeners.splice import DOWN, Splice
 from sidecar.listeners.state import PAUSE_UNSENT, PAUSE_UPSTREAM_FULL, ListenerState
-from sidecar.policies.retry import Failure
+from sidecar.policies.retry import IDEMPOTENT, Failure
 from sidecar.upstream.pool import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -132,6 +134,7 @@ class Exchange:
         "request_data",
         "responding",
         "response_bytes",
+        "sent_upstream",
         "start",
         "start_time",
         "started",
@@ -167,6 +170,8 @@ class Exchange:
         self.pending_reply: LocalReply | None = None  # a local reply waiting for the body's end
         self.continue_sent = False
         self.responding = False  # a response head has gone downstream
+        # Request bytes were written to some upstream connection: an app may have seen them.
+        self.sent_upstream = False
         self.finished = False
         self.keep_alive = False
         self.upstream_keep_alive = False
@@ -429,7 +434,17 @@ class Exchange:
             self.backoff = None
         # Flags noted along the way (URX, DI) are said in the reply's flags header too.
         also, self.extra_flags = self.extra_flags, ""
-        self.reply(rescue(error, also=also))
+        reply = rescue(error, also=also)
+        target = self.target
+        if (
+            target is not None
+            and target.mark_unprocessed
+            and not self.sent_upstream
+            and isinstance(error, UpstreamConnectFailure)
+        ):
+            # Nothing reached the app: say so to the calling sidecar (hop-by-hop mark).
+            reply = dataclasses.replace(reply, headers=(*reply.headers, (UNPROCESSED, b"1")))
+        self.reply(reply)
 
     def attempt_failed(self, attempt: Attempt, error: UpstreamError, failure: Failure) -> None:
         """The current attempt got no response head: retry if the policy allows, else answer."""
@@ -467,7 +482,12 @@ class Exchange:
         new = retrier.retry_target(target, tried=tried, now=now)
         if new is None:
             return False  # the retry budget is spent
-        retrier.attempt_finished(target, status=status, duration=now - self.attempt_started)
+        retrier.attempt_finished(
+            target,
+            status=status,
+            duration=now - self.attempt_started,
+            local_origin=failure is Failure.CONNECT or failure is Failure.REFUSED,
+        )
         self.target = new
         self.drop_attempt()
         loop = asyncio.get_running_loop()
@@ -503,6 +523,9 @@ class Exchange:
             and attempt.received == 0
             and self.replay is not None
             and self.failure is None
+            # An app may have read it before the connection broke: only a request that may be
+            # repeated is sent again (never a POST an app may have seen).
+            and self.start.method in IDEMPOTENT
         )
         if stale:
             # The upstream closed an idle connection under us before reading the request: the
@@ -518,13 +541,12 @@ class Exchange:
 
     def relay(self, attempt: Attempt, events: list[ResponseEvent], data: bytes = b"") -> None:
         """Response events of one upstream read (`data`), sent downstream in one write."""
-        if (
-            self.inspect
-            and self.framing is None
-            and type(events[0]) is ResponseStart
-            and self.inspect_head(attempt, events[0])
-        ):
-            return
+        first = events[0]
+        if self.framing is None and type(first) is ResponseStart:
+            if first.status == 503 and self.never_processed(attempt, first):
+                return
+            if self.inspect and self.inspect_head(attempt, first):
+                return
         if (
             self.framing is None
             and self.edits is None
@@ -559,6 +581,23 @@ class Exchange:
                 return
         if out:
             self.down.transport.write(b"".join(out))
+
+    def never_processed(self, attempt: Attempt, head: ResponseStart) -> bool:
+        """A 503 that the endpoint's sidecar marked never-processed (its app refused the
+        connection): retried like a refused stream, whatever the method (True: retried).
+
+        Believed only from a mesh sidecar: over mutual TLS (a verified mesh identity), or from a
+        cluster the control plane says is all sidecars. The mark is hop-by-hop, so it is dropped
+        from what the client gets when the response is relayed after all.
+        """
+        target = self.target
+        conn = attempt.conn
+        if target is None or conn is None or not (conn.tls or target.meshed):
+            return False
+        for name, value in head.headers:
+            if name == UNPROCESSED:
+                return value.strip() == b"1" and self.retry(Failure.REFUSED, head.status)
+        return False
 
     def inspect_head(self, attempt: Attempt, head: ResponseStart) -> bool:
         """Before a response head is relayed: retry on its status (True: the attempt was given
@@ -803,6 +842,7 @@ class Attempt:
         if parser is None or not parser.reset(method):
             parser = conn.parser = ResponseParser(method)
         self.parser = parser
+        exchange.sent_upstream = True
         conn.write(exchange.request_so_far(retry=self.retry))
         if exchange.down.write_paused:
             conn.pause_reading()

@@ -3,8 +3,8 @@
 `InboundAccept` is the protocol of every accepted inbound connection. The first bytes decide:
 0x16 (a TLS handshake record, the ClientHello) starts server-side TLS, anything else is plaintext.
 The policy pushed by the control plane says which are allowed: PERMISSIVE both, STRICT only TLS
-(plaintext is closed and counted), DISABLE only plaintext (TLS bytes then go to the HTTP parser,
-which rejects them). Once decided, the transport is handed to a `DownstreamConnection`, directly
+(plaintext is closed and counted), DISABLE only plaintext. A ClientHello that cannot be answered
+(DISABLE, or no certificate yet) is closed at once and counted as a failed handshake. Once decided, the transport is handed to a `DownstreamConnection`, directly
 (plaintext: the hot path is then exactly the plain listener's) or through a `TLSServerLayer`.
 
 `TLSServerLayer` runs TLS in memory (`ssl.MemoryBIO`) over the accepted transport, because the
@@ -88,10 +88,17 @@ class InboundAccept(asyncio.Protocol):
         self._state.clients.discard(self)  # whoever takes the connection over registers itself
         mode = self._mode()
         context = self._tls.server
-        if data[0] == _HANDSHAKE and mode != "DISABLE" and context is not None:
-            layer = TLSServerLayer(transport, context, self._state, self._tls)
-            transport.set_protocol(layer)
-            layer.data_received(data)
+        if data[0] == _HANDSHAKE:
+            if mode != "DISABLE" and context is not None:
+                layer = TLSServerLayer(transport, context, self._state, self._tls)
+                transport.set_protocol(layer)
+                layer.data_received(data)
+                return
+            # A ClientHello we cannot answer (no certificate yet, or mTLS DISABLE): close at once,
+            # so the client's handshake fails now (a connect failure it may retry elsewhere)
+            # instead of waiting out its handshake timeout while the HTTP parser waits for a head.
+            self._tls.failed_handshakes += 1
+            transport.abort()
             return
         if mode == "STRICT":
             self._tls.refused_plaintext += 1

@@ -11,8 +11,10 @@ Rules (from the lightmesh issue, after Envoy/Istio and Linkerd):
   retried only when the upstream answered with a status code the user listed explicitly in
   `retry_on` (e.g. "503": the upstream itself says it did not process it). Failures before the
   request was sent (connect failure, refused stream) are always safe to retry.
-- Default with no `retries` on the route: one retry, only when the request never reached the
-  upstream (connect-failure, refused-stream) — never a silent re-send of a POST.
+- Default with no `retries` on the route (`DEFAULT_RETRY`): two retries, only of requests that
+  never reached an app — connect failure, or refused-stream, which is also what the engine makes
+  of a server-side sidecar's never-processed mark (its app refused the connection) — whatever
+  the method, since no app saw them; never a silent re-send of a request an app may have seen.
 - Exponential backoff with full jitter: base 25 ms doubling per attempt, capped at 250 ms (Envoy's
   defaults), uniformly drawn in [0, cap].
 """
@@ -136,8 +138,9 @@ class RetryPolicy:
         return failure is Failure.STATUS and status in self.status_codes
 
 
-# Used when a route sets no retries: only what never reached the upstream, once.
-DEFAULT_RETRY = RetryPolicy(attempts=1, on_connect=True, on_refused=True)
+# Used when a route sets no retries: only what never reached an app, at most twice (Istio's
+# default count; its conditions also re-send any 503, POSTs included, which this one never does).
+DEFAULT_RETRY = RetryPolicy(attempts=2, on_connect=True, on_refused=True)
 
 
 def backoff(attempt: int, rng: random.Random) -> float:

@@ -23,9 +23,11 @@ from typing import Protocol
 from lightmesh.response_flags import ResponseFlag
 from lightmesh.spiffe import principal_of
 from lightmesh.v1 import config_pb2 as pb
+from sidecar.cluster.app_health import AppHealth
 from sidecar.cluster.cluster import Cluster
 from sidecar.contract import Completed, Decision, Forward, LocalReply, RequestHead
-from sidecar.policies.retry import backoff
+from sidecar.http.http1 import UNPROCESSED
+from sidecar.policies.retry import DEFAULT_RETRY, RetryPolicy, backoff
 from sidecar.routing.destinations import PASSTHROUGH, Destinations
 from sidecar.routing.table import CompiledRoute, Redirect, RouteTable
 from sidecar.security.authz import Peer, evaluate
@@ -63,10 +65,13 @@ class OutboundRouter:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        default_retries: bool = True,
     ) -> None:
         self._dataplane = dataplane
         self._clock = clock
         self._rng = rng or random.Random()
+        # Off: a route without retries of its own never retries (DEFAULT_RETRY is not applied).
+        self._default_retries = default_retries
 
     def resolve(self, head: RequestHead) -> Decision:
         """Pick the destination of one request, or say why there is none."""
@@ -120,13 +125,16 @@ class OutboundRouter:
                 status=503, body=f"no healthy upstream in {cluster.name}", flags=ResponseFlag.UH
             )
         _edit_request(route, head)
+        retry: RetryPolicy | None = route.retry
+        if retry is DEFAULT_RETRY and not self._default_retries:
+            retry = None
         return Forward(
             address=endpoint.address,
             port=endpoint.port,
             cluster=cluster.name,
             timeout=route.timeout,
             connect_timeout=cluster.connect_timeout,
-            retry=route.retry,
+            retry=retry,
             retrier=self,
             retry_budget=cluster.retry_budget,
             delay=delay,
@@ -136,6 +144,7 @@ class OutboundRouter:
             idle_timeout=cluster.idle_timeout,
             tls_server_name=cluster.tls_server_name,
             tls_identities=cluster.tls_identities,
+            meshed=cluster.meshed,
         )
 
     def divert(self, original_dst: tuple[str, int]) -> Forward | LocalReply | None:
@@ -202,12 +211,20 @@ class OutboundRouter:
         """Full-jitter exponential backoff (sidecar/policies/retry.py)."""
         return backoff(retry, self._rng)
 
-    def attempt_finished(self, target: Forward, *, status: int, duration: float) -> None:
+    def attempt_finished(
+        self, target: Forward, *, status: int, duration: float, local_origin: bool = False
+    ) -> None:
         """A retried attempt ended: release its endpoint, feed latency and outlier detection."""
         cluster = self._dataplane.clusters.get(target.cluster)
         if cluster is not None:
             key = f"{target.address}:{target.port}"
-            cluster.finished(key, status=status, duration=duration, now=self._clock())
+            cluster.finished(
+                key,
+                status=status,
+                duration=duration,
+                now=self._clock(),
+                local_origin=local_origin,
+            )
 
     def finished(self, completed: Completed) -> None:
         """Release the in-flight slot taken by `resolve`; feed latency and outlier detection."""
@@ -219,6 +236,8 @@ class OutboundRouter:
                     status=completed.status,
                     duration=completed.duration,
                     now=self._clock(),
+                    # This sidecar could not connect (or the server was not who it should be).
+                    local_origin=_UF in completed.flags,
                 )
 
 
@@ -270,11 +289,23 @@ def _hash_key(hashing: pb.ConsistentHash, head: RequestHead) -> bytes | None:
 
 
 _XFCC = b"x-forwarded-client-cert"
+_UF = ResponseFlag.UF.value
+
+
+# The inbound answer while the app refuses connections: nothing was delivered, and the caller's
+# sidecar may say so to nobody but itself (the mark is hop-by-hop; see sidecar/http/http1.py).
+APP_UNREACHABLE = LocalReply(
+    status=503,
+    body="upstream connect error: the app is not accepting connections",
+    flags=ResponseFlag.UF,
+    headers=((UNPROCESSED, b"1"),),
+)
 
 
 class InboundRouter:
     """Everything arriving on the inbound listener goes to the application, unless an
-    AuthorizationPolicy denies it (403, flag RBAC, as Envoy's RBAC filter answers).
+    AuthorizationPolicy denies it (403, flag RBAC, as Envoy's RBAC filter answers), or the app is
+    known to refuse connections (`app_health.down`: 503 UF marked never-processed, at once).
 
     The caller's verified identity (mutual TLS) is what policies see, and what the app is told in
     `x-forwarded-client-cert` (Envoy's format: `By=<us>;URI=<caller>`); a header of that name
@@ -288,10 +319,14 @@ class InboundRouter:
         app_port: int,
         dataplane: DataPlane | None = None,
         own_identity: Callable[[], str] = lambda: "",
+        app_health: AppHealth | None = None,
     ) -> None:
-        self._forward = Forward(address=app_host, port=app_port, cluster=f"inbound|{app_port}")
+        self._forward = Forward(
+            address=app_host, port=app_port, cluster=f"inbound|{app_port}", mark_unprocessed=True
+        )
         self._dataplane = dataplane
         self._own_identity = own_identity
+        self._app_health = app_health
 
     def resolve(self, head: RequestHead) -> Decision:
         """The app, or a denial."""
@@ -310,4 +345,7 @@ class InboundRouter:
             )
             if not verdict.allowed:
                 return LocalReply(status=403, body="RBAC: access denied", flags=ResponseFlag.RBAC)
+        health = self._app_health
+        if health is not None and health.down:
+            return APP_UNREACHABLE
         return self._forward

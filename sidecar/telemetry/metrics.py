@@ -17,11 +17,14 @@ import re
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector
-
 from lightmesh.spiffe import namespace_of, principal_of
 from sidecar.contract import Completed
+from sidecar.telemetry.exposition import (
+    Collector,
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 # Seconds, from 0.5 ms (a hop on loopback) to 30 s (the longest sensible timeout).
 DURATION_BUCKETS = (

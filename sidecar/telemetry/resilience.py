@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
 from sidecar.cluster.cluster import Cluster
+from sidecar.telemetry.exposition import Collector, CounterMetricFamily, GaugeMetricFamily, Metric
 from sidecar.upstream.mirror import Mirrors
 
 _LABELS = ["destination_service", "destination_subset"]

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
 from lightmesh.types import SHORT_NAMES
 from sidecar.config.protocol import ClientProtocol
+from sidecar.telemetry.exposition import Collector, CounterMetricFamily, GaugeMetricFamily, Metric
 from sidecar.telemetry.zipkin import ZipkinExporter
 
 

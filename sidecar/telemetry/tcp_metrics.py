@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.registry import Collector
-
 from sidecar.contract import Completed
+from sidecar.telemetry.exposition import Collector, CounterMetricFamily, Metric
 from sidecar.telemetry.metrics import split_cluster
 
 TCP_LABELS = (

@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry
-
 from sidecar.settings import Settings
 from sidecar.telemetry.accesslog import AccessLog
+from sidecar.telemetry.exposition import Registry
 from sidecar.telemetry.hooks import Telemetry
 from sidecar.telemetry.metrics import RequestCollector, RequestMetrics, peer_value
 from sidecar.telemetry.propagation import Tracer
@@ -38,7 +37,7 @@ class SidecarTelemetry:
             self.access_log.close()
 
 
-def build(settings: Settings, registry: CollectorRegistry) -> SidecarTelemetry:
+def build(settings: Settings, registry: Registry) -> SidecarTelemetry:
     """Telemetry as configured; request metrics are registered on `registry`."""
     labels = dict(settings.labels)
     local_service = settings.services[0] if settings.services else settings.workload

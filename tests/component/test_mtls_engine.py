@@ -178,11 +178,39 @@ async def test_strict_closes_plaintext_permissive_serves_it(pair: Pair) -> None:
 
 async def test_disable_serves_plaintext_only(pair: Pair) -> None:
     pair.mode[0] = "DISABLE"
-    # TLS is not terminated: the ClientHello reaches the HTTP parser, the outbound side sees its
+    # TLS is not terminated: the ClientHello is closed at once, the outbound side sees its
     # handshake fail (503), and plaintext is served.
     assert (await get(pair.outbound.port)).startswith(b"HTTP/1.1 503")
     assert (await get(pair.inbound.port)).startswith(b"HTTP/1.1 200")
     assert pair.server.handshakes == 0
+    assert pair.server.failed_handshakes == 1
+
+
+async def test_a_client_hello_before_our_first_certificate_is_closed_at_once(pair: Pair) -> None:
+    # A sidecar is an endpoint as soon as it connects to the control plane, before its
+    # certificate arrives: a mutual-TLS peer must fail fast (a connect failure, retried
+    # elsewhere), not wait out its handshake timeout against an HTTP parser waiting for a head.
+    unready = MeshTLS()
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", _echo)
+    async with serving(app) as app_port:
+        router = InboundRouter(app_host="127.0.0.1", app_port=app_port, dataplane=DataPlane())
+        inbound = await start_proxy(
+            "127.0.0.1", 0, resolver=router.resolve, recorder=_ignore, listener="inbound",
+            inbound_tls=unready,
+        )  # fmt: skip
+        try:
+            pair.target[0] = Forward(
+                address="127.0.0.1", port=inbound.port, cluster="c", tls_server_name=SNI,
+                connect_timeout=3600.0,
+            )  # fmt: skip
+            reply = await asyncio.wait_for(get(pair.outbound.port), BOUND)
+            assert reply.startswith(b"HTTP/1.1 503")
+            assert b"x-lightmesh-response-flags: UF" in reply
+            assert unready.failed_handshakes == 1
+            assert (await get(inbound.port)).startswith(b"HTTP/1.1 200")  # plaintext meanwhile
+        finally:
+            await inbound.close(drain_timeout=1.0)
 
 
 async def test_a_foreign_ca_is_refused_at_the_handshake(pair: Pair) -> None:

@@ -7,7 +7,6 @@ Timing is never asserted: the tests check statuses, flags, attempts and what the
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -15,8 +14,6 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 from aiohttp import web
-from google.protobuf.any_pb2 import Any as AnyPb
-from google.protobuf.message import Message
 
 from lightmesh import types
 from lightmesh.v1 import config_pb2 as pb
@@ -24,7 +21,8 @@ from sidecar.config.apply import DataPlane
 from sidecar.contract import Completed
 from sidecar.listeners.engine import EngineSettings, ProxyListener, start_proxy
 from sidecar.routing.router import OutboundRouter
-from tests.support.servers import serving
+from tests.support.config import pack
+from tests.support.servers import closed_port, serving
 
 DEADLINE = 10.0  # bound on every wait; never reached when things work
 CLUSTER = "outbound||catalog.default.svc.cluster.local"
@@ -65,22 +63,6 @@ class Upstream:
 
 
 Start = Callable[..., Awaitable[Upstream]]
-
-
-def closed_port() -> int:
-    """A port nobody listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def pack(*messages: Message) -> list[AnyPb]:
-    items = []
-    for message in messages:
-        item = AnyPb()
-        item.Pack(message)
-        items.append(item)
-    return items
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 import contextlib
 import hashlib
+import socket
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -47,3 +48,10 @@ async def download_pattern(request: web.Request, *, chunked: bool = False) -> we
         await response.write(PATTERN_BLOCK[: size - offset])
     await response.write_eof()
     return response
+
+
+def closed_port() -> int:
+    """A port nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

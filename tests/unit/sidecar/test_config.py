@@ -1,7 +1,6 @@
 """The sidecar's side of the stream and the all-or-nothing application of config."""
 
 import pytest
-from google.protobuf.any_pb2 import Any as AnyPb
 
 from lightmesh import types
 from lightmesh.v1 import config_pb2 as pb
@@ -11,15 +10,7 @@ from sidecar.config.apply import DataPlane
 from sidecar.config.client import Backoff
 from sidecar.config.protocol import ClientProtocol
 from sidecar.errors import ConfigError
-
-
-def packed(*messages: object) -> list[AnyPb]:
-    out = []
-    for message in messages:
-        item = AnyPb()
-        item.Pack(message)
-        out.append(item)
-    return out
+from tests.support.config import pack as packed
 
 
 def test_ack_records_versions_and_nack_keeps_the_last_good_ones() -> None:

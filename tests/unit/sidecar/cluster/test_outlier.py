@@ -1,6 +1,6 @@
 """Outlier detection state machine, driven by explicit timestamps (no clock, no sleeps)."""
 
-from sidecar.cluster.outlier import OutlierConfig, OutlierDetector, filter_available
+from sidecar.cluster.outlier import DEFAULT, OutlierConfig, OutlierDetector, filter_available
 
 KEYS = ["a:1", "b:1", "c:1", "d:1"]
 
@@ -80,3 +80,67 @@ def test_removed_endpoints_forget_their_state() -> None:
     d.set_endpoints(["b:1", "c:1"])
     assert d.ejected == frozenset()
     assert not d.record("a:1", 500, 1.0)
+
+
+# --- local-origin failures: refused connections, or the endpoint's sidecar saying its app is gone
+
+
+def local(d: OutlierDetector, key: str, now: float) -> bool:
+    return d.record(key, 503, now, local_origin=True)
+
+
+def test_one_local_origin_failure_ejects_at_once_for_a_second() -> None:
+    d = detector(consecutive_5xx=0)
+    assert local(d, "a:1", 0.0)
+    assert d.ejected == {"a:1"}
+    assert not d.refresh(0.99) and d.ejected == {"a:1"}
+    assert d.refresh(1.0) and d.ejected == frozenset()
+
+
+def test_a_failed_probe_doubles_the_ejection_and_an_answer_resets_it() -> None:
+    d = detector(consecutive_5xx=0, local_base_ejection=1.0, local_max_ejection=3.0)
+    local(d, "a:1", 0.0)
+    d.refresh(1.0)  # admitted again: its next request is the probe
+    assert local(d, "a:1", 1.0)  # still refusing: 2 s this time
+    assert not d.refresh(2.99) and d.refresh(3.0)
+    assert local(d, "a:1", 3.0)  # 4 s, capped at 3 s
+    assert not d.refresh(5.99) and d.refresh(6.0)
+    d.record("a:1", 200, 6.0)  # it answers again: back for good, doubling forgotten
+    assert local(d, "a:1", 7.0)
+    assert not d.refresh(7.99) and d.refresh(8.0)
+
+
+def test_an_app_5xx_is_an_answer_not_a_local_origin_failure() -> None:
+    d = detector(consecutive_5xx=0)
+    local(d, "a:1", 0.0)
+    d.refresh(1.0)
+    d.record("a:1", 503, 1.0)  # the app itself said 503: it is there
+    assert d.ejected == frozenset()
+    assert local(d, "a:1", 2.0)
+    assert d.refresh(3.0)  # one second again: the answer reset the doubling
+
+
+def test_local_origin_failures_respect_the_ejection_cap_and_count_as_5xx() -> None:
+    d = detector(consecutive_5xx=2, max_ejection_percent=25)  # one of four at most
+    assert local(d, "a:1", 0.0)
+    assert not local(d, "b:1", 0.0)  # the cap: b stays in rotation
+    assert d.ejected == {"a:1"}
+    assert d.record("b:1", 503, 0.0, local_origin=True) is False  # second 5xx, cap still full
+    d.refresh(1.0)
+    assert d.record("b:1", 500, 1.0)  # a third 5xx in a row: 5xx ejection (30 s)
+    assert d.ejected == {"b:1"}
+
+
+def test_local_origin_ejection_can_be_turned_off() -> None:
+    d = detector(consecutive_5xx=0, consecutive_local_origin=0)
+    assert not local(d, "a:1", 0.0)
+    assert d.ejected == frozenset()
+
+
+def test_default_config_ejects_only_local_origin_failures_at_most_half() -> None:
+    d = OutlierDetector(DEFAULT)
+    d.set_endpoints(KEYS)
+    assert not any(d.record("a:1", 503, 0.0) for _ in range(20))  # app 503s: never ejected
+    assert local(d, "a:1", 0.0) and local(d, "b:1", 0.0)
+    assert not local(d, "c:1", 0.0)  # half of four
+    assert d.ejected == {"a:1", "b:1"}

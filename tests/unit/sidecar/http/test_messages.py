@@ -9,6 +9,7 @@ import pytest
 from sidecar.http.http1 import (
     CHUNKED,
     NO_BODY,
+    UNPROCESSED,
     UNTIL_CLOSE,
     BodyKind,
     Data,
@@ -126,6 +127,22 @@ def test_relayed_response_head_reframes_and_states_connection() -> None:
     assert b"transfer-encoding: chunked\r\n" in wire
     assert b"connection: close\r\n" in wire
     assert b"x-kept: 2\r\n" in wire
+
+
+def test_the_never_processed_mark_never_passes_a_sidecar_either_way() -> None:
+    # An app can neither forge it toward a client sidecar nor send it upstream.
+    start = start_of(b"POST / HTTP/1.1\r\nHost: a\r\nX-Lightmesh-Unprocessed: 1\r\n\r\n")
+    assert forwarded_head(start, peer="127.0.0.1").header(UNPROCESSED) is None
+    head = ResponseStart(
+        status=503,
+        reason=b"Service Unavailable",
+        http_version="1.1",
+        headers=[(b"content-length", b"0"), (UNPROCESSED, b"1")],
+        keep_alive=True,
+        framing=Framing(BodyKind.LENGTH, 0),
+    )
+    wire = relayed_response_head(head, Framing(BodyKind.LENGTH, 0), keep_alive=True, http11=True)
+    assert UNPROCESSED not in wire.lower()
 
 
 def test_local_reply_for_head_has_no_body() -> None:

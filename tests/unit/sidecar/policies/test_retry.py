@@ -68,7 +68,8 @@ def test_default_retries_only_what_never_reached_the_upstream() -> None:
         attempt=1, failure=Failure.STATUS, status=503, method="GET", sent=True
     )
     assert not d.should_retry(attempt=1, failure=Failure.RESET, method="GET", sent=True)
-    assert not d.should_retry(attempt=2, failure=Failure.CONNECT, method="GET", sent=False)
+    assert d.should_retry(attempt=2, failure=Failure.REFUSED, method="POST", sent=True)
+    assert not d.should_retry(attempt=3, failure=Failure.CONNECT, method="GET", sent=False)
 
 
 def test_unknown_condition_is_an_error() -> None:

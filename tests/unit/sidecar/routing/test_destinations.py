@@ -1,14 +1,12 @@
 """The accept-time decision for intercepted connections: HTTP, TCP to a cluster, or passthrough."""
 
-from google.protobuf.any_pb2 import Any as AnyPb
-from google.protobuf.message import Message
-
 from lightmesh import types
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.config.apply import DataPlane
 from sidecar.contract import Forward, LocalReply
 from sidecar.routing.destinations import PASSTHROUGH, build_destinations
 from sidecar.routing.router import OutboundRouter
+from tests.support.config import pack
 
 WEB = "outbound||web.shop.svc.cluster.local"
 DB = "outbound||db.shop.svc.cluster.local"
@@ -38,15 +36,6 @@ def test_classify_original_destinations() -> None:
 
 def test_empty_config_passes_everything_through() -> None:
     assert build_destinations([], {}).classify(("10.0.0.1", 80)) == (PASSTHROUGH)
-
-
-def pack(*messages: Message) -> list[AnyPb]:
-    items = []
-    for message in messages:
-        item = AnyPb()
-        item.Pack(message)
-        items.append(item)
-    return items
 
 
 def dataplane(db_endpoints: list[pb.Endpoint]) -> DataPlane:

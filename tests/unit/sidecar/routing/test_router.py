@@ -124,3 +124,54 @@ def test_backoff_is_jittered_within_the_cap() -> None:
     waits = [router.retry_backoff(n) for n in (1, 2, 3, 10) for _ in range(50)]
     assert all(0.0 <= w <= 0.25 for w in waits)
     assert len(set(waits)) > 100
+
+
+def test_default_retries_can_be_turned_off_but_a_route_s_own_retries_stay() -> None:
+    off = OutboundRouter(dataplane(1), default_retries=False)
+    decision = off.resolve(head())
+    assert isinstance(decision, Forward) and decision.retry is None
+    on = OutboundRouter(dataplane(1))
+    decision = on.resolve(head())
+    assert isinstance(decision, Forward) and decision.retry is DEFAULT_RETRY
+
+
+def test_refusing_endpoints_are_ejected_briefly_and_return_when_they_answer() -> None:
+    plane = dataplane(1, 2)
+    now = [0.0]
+    router = OutboundRouter(plane, clock=lambda: now[0])
+    first = router.resolve(head())
+    assert isinstance(first, Forward)
+    # The attempt was refused (or marked never-processed by its sidecar): retried elsewhere.
+    second = router.retry_target(first, tried=[f"{first.address}:{first.port}"], now=0.0)
+    assert second is not None
+    router.attempt_finished(first, status=503, duration=0.001, local_origin=True)
+    router.finished(done(second))
+    picks = set()
+    for _ in range(6):
+        decision = router.resolve(head())
+        assert isinstance(decision, Forward)
+        picks.add(decision.port)
+        router.finished(done(decision))
+    assert picks == {second.port}  # the refusing endpoint is out
+    now[0] = 1.0  # its second is up: admitted again, it answers, it stays
+    seen = set()
+    for _ in range(6):
+        decision = router.resolve(head())
+        assert isinstance(decision, Forward)
+        seen.add(decision.port)
+        router.finished(done(decision))
+    assert seen == {1, 2}
+
+
+def test_this_sidecar_s_own_connect_failures_eject_too() -> None:
+    plane = dataplane(1, 2)
+    router = OutboundRouter(plane)
+    decision = router.resolve(head())
+    assert isinstance(decision, Forward)
+    failed = Completed(
+        method="GET", host="catalog", cluster=CLUSTER, status=503, flags="UF", duration=0.001,
+        request_bytes=0, response_bytes=0, upstream=f"{decision.address}:{decision.port}",
+    )  # fmt: skip
+    router.finished(failed)
+    outlier = plane.clusters[CLUSTER].outlier
+    assert outlier is not None and outlier.ejected == {f"{decision.address}:{decision.port}"}

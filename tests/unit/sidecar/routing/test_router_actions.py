@@ -4,25 +4,14 @@ fault abort, circuit breaking, consistent hashing and outlier ejection (time pas
 import random
 from collections import Counter
 
-from google.protobuf.any_pb2 import Any as AnyPb
-from google.protobuf.message import Message
-
 from lightmesh import types
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.config.apply import DataPlane
 from sidecar.contract import Completed, Forward, LocalReply, RequestHead
 from sidecar.routing.router import OutboundRouter
+from tests.support.config import pack
 
 CLUSTER = "outbound||catalog.default.svc.cluster.local"
-
-
-def pack(*messages: Message) -> list[AnyPb]:
-    out = []
-    for message in messages:
-        item = AnyPb()
-        item.Pack(message)
-        out.append(item)
-    return out
 
 
 class Clock:

@@ -3,13 +3,12 @@ resolver/recorder wrappers, on hand-built exchanges."""
 
 import json
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.contract import Completed, Forward, RequestHead
 from sidecar.telemetry.accesslog import entry
+from sidecar.telemetry.exposition import Registry, render_openmetrics, render_text
 from sidecar.telemetry.hooks import Telemetry, wrap_recorder, wrap_resolver
 from sidecar.telemetry.metrics import (
     LABELS,
@@ -63,10 +62,10 @@ def destination() -> RequestMetrics:
 def scrape(
     *metrics: RequestMetrics, istio: bool = False
 ) -> dict[str, list[tuple[dict[str, str], float]]]:
-    registry = CollectorRegistry()
+    registry = Registry()
     registry.register(RequestCollector(*metrics, istio=istio))
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+    for family in text_string_to_metric_families(render_text(registry).decode()):
         for sample in family.samples:
             out.setdefault(sample.name, []).append((sample.labels, sample.value))
     return out
@@ -163,11 +162,11 @@ def test_both_directions_render_as_one_family_each_also_in_openmetrics() -> None
     out, inb = source(), destination()
     out.record(done())
     inb.record(done())
-    registry = CollectorRegistry()
+    registry = Registry()
     registry.register(RequestCollector(out, inb))
-    text = generate_latest(registry).decode()
+    text = render_text(registry).decode()
     assert text.count("# TYPE lightmesh_requests_total counter") == 1
-    families = {f.name: f for f in parse_om(generate_openmetrics(registry).decode())}
+    families = {f.name: f for f in parse_om(render_openmetrics(registry).decode())}
     reporters = {s.labels["reporter"] for s in families["lightmesh_requests"].samples}
     assert reporters == {"source", "destination"}
     assert set(LABELS) <= set(families["lightmesh_requests"].samples[0].labels)

@@ -1,19 +1,19 @@
 """Resilience counters read at scrape time: retries, overflows, ejections, mirror copies."""
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.contract import Forward
 from sidecar.routing.router import OutboundRouter
+from sidecar.telemetry.exposition import Registry, render_text
 from sidecar.telemetry.resilience import ResilienceCollector
 from sidecar.upstream.mirror import Mirrors
 from tests.unit.sidecar.routing.test_router import CLUSTER, dataplane, head
 
 
 def scrape(collector: ResilienceCollector) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    registry = CollectorRegistry()
+    registry = Registry()
     registry.register(collector)
-    text = generate_latest(registry).decode()
+    text = render_text(registry).decode()
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
