@@ -9,8 +9,13 @@
 - Streams are woken, not written to: each stream plans and sends its own response through the
   `PushGate`, which bounds concurrent pushes (initial ones apart: they are large) in FIFO order.
 - Herds first: while more new streams wait for their first push than the gate admits at once (a
-  cold start, a restart, a failover), flushes are held back (at most `herd_delay` after the first
-  pending change). Otherwise every registration of the herd would push to every stream already
+  cold start, a restart, a failover), or more than that many streams opened within the last
+  `HERD_WINDOW` seconds and some still wait, flushes are held back (at most `herd_delay` after
+  the first pending change). The second test matters when the control plane accepts streams
+  more slowly than they arrive (thousands of TLS connections on a busy loop): few streams are
+  then waiting *inside* the process at any moment, yet the herd goes on; counted only by those,
+  a 2,000-proxy herd flushed every second to every stream already in (measured: 30 flushes of
+  ~50 changed clusters to up to 1,600 streams, 2.4 GB sent, instead of 0.8 GB). Otherwise every registration of the herd would push to every stream already
   in, O(n²) pushes that starve the first pushes; held back, the herd gets in at full speed and
   one flush then sends everyone what changed meanwhile.
 - Backpressure (Istio's one push at a time): the next flush waits until the streams the last one
@@ -24,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -45,6 +51,7 @@ from lightmesh import types
 log = logging.getLogger("controlplane.push")
 
 BATCH = 100  # hosts refreshed between two yields to the loop
+HERD_WINDOW = 1.0  # seconds over which stream arrivals are counted (herd detection)
 _POLICY_KINDS = frozenset({"PeerAuthentication", "AuthorizationPolicy"})
 
 
@@ -106,6 +113,7 @@ class Pusher:
         self._initial_pushes = initial_pushes
         self._herd_delay = herd_delay
         self.awaiting_first = 0  # open streams not yet sent their first push
+        self._opened: deque[float] = deque()  # clock() of the streams opened in HERD_WINDOW
         self._herd = False
         self._unserved: set[Connection] = set()  # woken by the last flush, not served yet
         self._served = asyncio.Event()
@@ -142,6 +150,7 @@ class Pusher:
             previous.wake.set()
         self.connections[node.id] = conn
         self.awaiting_first += 1
+        self._opened.append(self._clock())
         return conn
 
     def served(self, conn: Connection) -> None:
@@ -322,8 +331,14 @@ class Pusher:
         )
 
     def _in_herd(self) -> bool:
-        # A herd starts when more streams wait than the gate admits and lasts until none waits.
-        if self.awaiting_first > self._initial_pushes:
+        # A herd starts when more streams wait than the gate admits, or arrive within
+        # HERD_WINDOW while some wait (see the module docstring), and lasts until none waits.
+        horizon = self._clock() - HERD_WINDOW
+        while self._opened and self._opened[0] < horizon:
+            self._opened.popleft()
+        if self.awaiting_first > self._initial_pushes or (
+            self.awaiting_first and len(self._opened) > self._initial_pushes
+        ):
             self._herd = True
         elif self.awaiting_first == 0:
             self._herd = False

@@ -98,3 +98,25 @@ async def test_herd_and_backpressure_bookkeeping() -> None:
     assert not pusher._served.is_set()  # the next flush waits until `a` was served
     pusher.served(a)
     assert pusher._served.is_set()
+
+
+async def test_a_herd_the_process_accepts_slowly_is_still_a_herd() -> None:
+    # Streams arriving faster than the gate admits, though few wait inside the process at once
+    # (the control plane accepts them more slowly than they connect), hold flushes back too.
+    store = store_with(service("web", "shop"))
+    now = [0.0]
+    pusher = Pusher(store, initial_pushes=2, clock=lambda: now[0])
+    nodes = [NodeInfo(id=f"n{i}", workload="w", namespace="shop") for i in range(4)]
+    conns = []
+    for node in nodes:
+        conns.append(await pusher.open(node))
+        now[0] += 0.1
+    for conn in conns[:3]:
+        pusher.first_pushed(conn)  # each is served soon after it arrived
+    assert pusher.awaiting_first == 1 and pusher._in_herd()  # 4 arrivals within the window
+    pusher.first_pushed(conns[3])
+    assert not pusher._in_herd()  # none waits: over
+    now[0] += 5
+    late = await pusher.open(NodeInfo(id="late", workload="w", namespace="shop"))
+    assert pusher.awaiting_first == 1 and not pusher._in_herd()  # one arrival is no herd
+    pusher.close(late)
