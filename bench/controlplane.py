@@ -102,7 +102,7 @@ class Plan:
     cap: float
     workers: int  # 0: by scale
     # The simulated proxies' channel: the sidecar's own (h2) or grpcio's (bench/cp_client.py).
-    client: str = "sidecar"
+    client: str = "grpcio"
     # Who must ACK a VirtualService change: every proxy (the VirtualService is visible mesh-wide,
     # as Istio's default exportTo "*"), or only its namespace's when scoping says so.
     vs_audience: str = "mesh"
@@ -813,8 +813,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--client",
         choices=CLIENTS,
-        default="sidecar",
-        help="the simulated proxies' channel: the sidecar's own (default) or grpcio's",
+        default="grpcio",
+        help="the simulated proxies' channel: grpcio's (default) or the sidecar's own (h2)",
     )
     parser.add_argument(
         "--vs-audience",

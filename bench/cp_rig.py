@@ -253,7 +253,7 @@ class Simulator:
         workers: int,
         target: str,
         ca: Path,
-        client: str = "sidecar",
+        client: str = "grpcio",
     ) -> None:
         """Spawn `workers` processes for these proxies (round-robin) and wait until ready."""
         shares: list[dict[int, NodeSpec]] = [{} for _ in range(workers)]

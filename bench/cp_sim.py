@@ -114,7 +114,7 @@ class Worker:
     def __init__(self, spec: dict[str, object]) -> None:
         self._ca = Path(str(spec["ca"]))
         self._target = str(spec["target"])
-        self._client_kind = str(spec.get("client") or "sidecar")
+        self._client_kind = str(spec.get("client") or "grpcio")
         # grpcio's credentials are shared by the worker's channels (built once).
         self._credentials = (
             channel_credentials(self._ca.read_bytes()) if self._client_kind == "grpcio" else None
