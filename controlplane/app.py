@@ -72,6 +72,8 @@ class Settings:
     # Concurrent pushes: a stream's first (large) ones, and updates.
     initial_pushes: int = 32
     update_pushes: int = 256
+    # Bytes of responses sent and not yet ACKed, over every stream (PushGate's ByteBudget).
+    push_bytes: int = 64 << 20
     poll_interval: float = 0.1
     webhook: WebhookSettings | None = None  # the sidecar injector; None: not served
     trust_domain: str = "cluster.local"
@@ -101,6 +103,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         max_delay=settings.max_debounce,
         initial_pushes=settings.initial_pushes,
         update_pushes=settings.update_pushes,
+        push_bytes=settings.push_bytes,
     )
     state_file = settings.state_dir / "registry.json" if settings.state_dir else None
     if settings.state_dir:

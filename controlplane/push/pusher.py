@@ -67,6 +67,7 @@ class Connection:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     woken_at: float = 0.0  # loop time of the first wake not yet served (queue time)
     pushed: bool = False  # whether its first (initial) push was sent
+    unanswered: dict[str, int] = field(default_factory=dict)  # type -> bytes in the gate's budget
     closed: bool = False
 
     def sets(self) -> dict[str, ResourceSet]:
@@ -80,13 +81,72 @@ class Connection:
             self.wake.set()
 
 
+class ByteBudget:
+    """Bytes of responses handed to gRPC and not yet ACKed (or NACKed), bounded, FIFO.
+
+    Counting streams is not enough: a stream leaves its initial slot after `INITIAL_HOLD` even
+    when its sidecar is slow to read, and a herd flush wakes every stream at once, so without a
+    byte bound thousands of full responses (serialized, then copied into gRPC's buffers) were
+    held at once (2.8-3 GB of RSS at 5,000 proxies). A response larger than the whole budget is
+    let through when nothing else is in flight."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def _fits(self, size: int) -> bool:
+        return self.used == 0 or self.used + size <= self.limit
+
+    async def acquire(self, size: int) -> None:
+        """Wait (behind earlier waiters) until `size` more bytes fit."""
+        if not self._waiters and self._fits(size):
+            self.used += size
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((size, waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(size)  # granted, then cancelled before it resumed
+            else:
+                waiter.cancel()
+                self._wake()
+            raise
+
+    def release(self, size: int) -> None:
+        """`size` bytes were ACKed, NACKed or their stream ended."""
+        self.used = max(0, self.used - size)
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            size, waiter = self._waiters[0]
+            if waiter.done():
+                self._waiters.popleft()
+                continue
+            if not self._fits(size):
+                return
+            self._waiters.popleft()
+            self.used += size
+            waiter.set_result(None)
+
+    @property
+    def waiting(self) -> int:
+        """Responses waiting for room."""
+        return sum(1 for _, waiter in self._waiters if not waiter.done())
+
+
 class PushGate:
     """Bounds concurrent pushes, each in FIFO order: `initial` is held by a new stream from its
-    first push until it ACKed every type; `updates` by a stream while it sends one round."""
+    first push until it ACKed every type; `updates` by a stream while it sends one round; and
+    `bytes` bounds the bytes of every response sent and not yet answered (`ByteBudget`)."""
 
-    def __init__(self, *, initial: int, updates: int) -> None:
+    def __init__(self, *, initial: int, updates: int, max_bytes: int = 64 << 20) -> None:
         self.initial = asyncio.Semaphore(initial)
         self.updates = asyncio.Semaphore(updates)
+        self.bytes = ByteBudget(max_bytes)
 
 
 class Pusher:
@@ -101,6 +161,7 @@ class Pusher:
         max_delay: float = 1.0,
         initial_pushes: int = 32,
         update_pushes: int = 256,
+        push_bytes: int = 64 << 20,
         herd_delay: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -109,7 +170,7 @@ class Pusher:
         self._clock = clock
         self.cache = TranslationCache()
         self.translator = Translator(store.world, store.version, self.cache)
-        self.gate = PushGate(initial=initial_pushes, updates=update_pushes)
+        self.gate = PushGate(initial=initial_pushes, updates=update_pushes, max_bytes=push_bytes)
         self._initial_pushes = initial_pushes
         self._herd_delay = herd_delay
         self.awaiting_first = 0  # open streams not yet sent their first push

@@ -1,8 +1,10 @@
 """The push stage without sockets: shared views, moves on Sidecar changes, named subscriptions
 (the control plane's side of on-demand discovery), herds and backpressure bookkeeping."""
 
+import asyncio
+
 from controlplane.model import EgressHost, ResourceKey, Service, ServiceEndpoint, Sidecar
-from controlplane.push.pusher import Pusher
+from controlplane.push.pusher import ByteBudget, Pusher
 from controlplane.store import Store
 from controlplane.world import NodeInfo, service_key
 from controlplane.xds.protocol import Target
@@ -120,3 +122,24 @@ async def test_a_herd_the_process_accepts_slowly_is_still_a_herd() -> None:
     late = await pusher.open(NodeInfo(id="late", workload="w", namespace="shop"))
     assert pusher.awaiting_first == 1 and not pusher._in_herd()  # one arrival is no herd
     pusher.close(late)
+
+
+async def test_the_byte_budget_admits_in_order_and_lets_one_oversized_response_through() -> None:
+    budget = ByteBudget(100)
+    await budget.acquire(60)
+    second = asyncio.ensure_future(budget.acquire(60))
+    third = asyncio.ensure_future(budget.acquire(10))  # fits, but waits behind `second` (FIFO)
+    await asyncio.sleep(0)
+    assert not second.done() and not third.done() and budget.waiting == 2
+    budget.release(60)
+    await asyncio.sleep(0)
+    assert second.done() and third.done() and budget.used == 70
+    budget.release(70)
+    await budget.acquire(500)  # larger than the budget: alone in flight, it goes
+    assert budget.used == 500
+    blocked = asyncio.ensure_future(budget.acquire(1))
+    await asyncio.sleep(0)
+    blocked.cancel()  # a stream that ends while waiting gives its place up
+    await asyncio.sleep(0)
+    budget.release(500)
+    assert budget.used == 0 and budget.waiting == 0
