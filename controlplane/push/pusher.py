@@ -86,9 +86,9 @@ class ByteBudget:
 
     Counting streams is not enough: a stream leaves its initial slot after `INITIAL_HOLD` even
     when its sidecar is slow to read, and a herd flush wakes every stream at once, so without a
-    byte bound thousands of full responses (serialized, then copied into gRPC's buffers) were
-    held at once (2.8-3 GB of RSS at 5,000 proxies). A response larger than the whole budget is
-    let through when nothing else is in flight."""
+    byte bound any number of full responses (serialized, then copied into gRPC's buffers) could
+    be held at once. A response larger than the whole budget is let through when nothing else
+    is in flight."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
