@@ -28,10 +28,9 @@ checked, which is enough to measure what the control plane sends and when.
 
 The channel is grpc.aio's (one channel per stream, the local subchannel pool) unless
 `client="sidecar"`: the sidecar's own (`sidecar/config/channel.py`, HTTP/2 on `h2`), what real
-sidecars connect with since they dropped grpcio. Both see the same stream errors in a herd (a
-burst of CANCELLED before the control plane's handler ran; with grpcio, a write racing that
-cancellation fails as INTERNAL "Internal error from Core"), so grpcio stays the default: its
-figures compare with the earlier runs'.
+sidecars connect with since they dropped grpcio. grpcio stays the default so that figures compare
+with earlier runs. A stream error's details (and grpcio's debug string) go with its event, so the
+workers can log why streams fail.
 """
 
 from __future__ import annotations
