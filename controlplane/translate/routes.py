@@ -135,4 +135,5 @@ def _match(match: HTTPMatch) -> pb.RouteMatch:
         query_params=[
             pb.QueryParamMatch(name=n, value=_string_match(v)) for n, v in match.query_params
         ],
+        port=match.port or 0,
     )
