@@ -101,6 +101,10 @@ def parse_document(doc: Any, *, origin: str, default_namespace: str = "default")
         return problem("", "document must be a mapping with apiVersion, kind, metadata and spec")
     kind = doc.get("kind")
     version = doc.get("apiVersion")
+    if kind not in KINDS and isinstance(version, str) and not _mesh_group(version):
+        # A Kubernetes object (Service, Deployment, ...) in a manifest that also holds mesh
+        # resources, as Istio's samples do: not ours to validate (kubectl applies it).
+        return Parsed(key=None, resource=None)
     if version not in _API_VERSIONS:
         return problem(
             "apiVersion",
@@ -156,6 +160,12 @@ def parse_document(doc: Any, *, origin: str, default_namespace: str = "default")
 
 _TOP_LEVEL = {"apiVersion", "kind", "metadata", "spec", "status"}
 _API_VERSIONS = frozenset(v for kind in KINDS for v in api_versions(kind))
+
+
+def _mesh_group(api_version: str) -> bool:
+    """Whether an apiVersion is in our group or one of Istio's (where every kind must be known)."""
+    group = api_version.rpartition("/")[0]
+    return group == API_VERSION.partition("/")[0] or group.endswith(".istio.io")
 
 
 class _Invalid(Exception):

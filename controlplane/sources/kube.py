@@ -22,13 +22,13 @@ from functools import partial
 from typing import Any
 
 from controlplane.sources.kube_index import (
-    KINDS,
     ORIGIN,
     Delta,
     KubeIndex,
     Obj,
     StatusUpdate,
     collection_path,
+    watched_kinds,
 )
 from controlplane.store import Store
 from controlplane.world import service_key
@@ -53,8 +53,11 @@ class KubeSource:
         *,
         on_status: Callable[[list[StatusUpdate]], None],
         namespaces: tuple[str, ...] = (),
+        istio: bool = False,
     ) -> None:
         self._on_status = on_status
+        # Also Istio's groups (networking.istio.io, security.istio.io): their CRDs must exist.
+        self._kinds = watched_kinds(istio=istio)
         # Empty: watch cluster-wide. Otherwise one watch per kind and namespace, so a control
         # plane can run with namespaced RBAC only.
         self._scopes: tuple[str | None, ...] = namespaces or (None,)
@@ -72,7 +75,7 @@ class KubeSource:
     def start(self) -> None:
         """Start one list/watch thread per kind (and namespace, when scoped)."""
         self._loop = asyncio.get_running_loop()
-        for kind in KINDS:
+        for kind in self._kinds:
             for scope in self._scopes:
                 thread = threading.Thread(
                     target=self._run,
@@ -201,7 +204,7 @@ class KubeSource:
         delta = self._index.replace(kind, items, namespace=scope)
         was_synced = self._all_synced.is_set()
         self._synced.add((kind, scope))
-        if len(self._synced) == len(KINDS) * len(self._scopes):
+        if len(self._synced) == len(self._kinds) * len(self._scopes):
             self._all_synced.set()
         if not self._all_synced.is_set():
             return  # a partial world would push partial config; wait for every first list

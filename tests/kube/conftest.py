@@ -50,6 +50,8 @@ CRDS = (
     "peerauthentications.lightmesh.io",
     "authorizationpolicies.lightmesh.io",
     "sidecars.lightmesh.io",
+    "gateways.lightmesh.io",
+    "serviceentries.lightmesh.io",
 )
 
 

@@ -77,15 +77,17 @@ def test_relist_drops_resources_that_disappeared() -> None:
     assert list(index.resources()[0]) == [RULE_KEY]
 
 
-def test_route_to_undefined_subset_is_not_accepted() -> None:
+def test_route_to_undefined_subset_is_accepted_with_a_warning_in_its_status() -> None:
     index = KubeIndex()
     index.replace("VirtualService", [vs(60)])
     resources, problems = index.resources()
-    assert resources == {}
-    assert "spec.http[0].route[0].destination.subset: subset 'v1'" in str(problems[0])
+    assert list(resources) == [ResourceKey("VirtualService", "shop", "catalog")]
+    assert "spec.http[0].route[0].destination.subset: warning: subset 'v1'" in str(problems[0])
     (update,) = index.status_updates()
-    assert not update.accepted
-    assert update.message.startswith("spec.http[0].route[0].destination.subset: subset 'v1' of")
+    assert update.accepted
+    assert update.message.startswith(
+        "accepted with warnings: spec.http[0].route[0].destination.subset: subset 'v1' of"
+    )
 
 
 def test_services_carry_their_cluster_ips_except_headless() -> None:
