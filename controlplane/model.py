@@ -50,6 +50,13 @@ class HTTPMatch:
     query_params: tuple[tuple[str, StringMatch], ...] = ()
     # Istio's `port`: the service port the request was addressed to.
     port: int | None = None
+    # Istio's match `gateways` (resolved like VirtualService.gateways); () = the VirtualService's.
+    gateways: tuple[str, ...] = ()
+
+    @property
+    def for_mesh(self) -> bool:
+        """Whether sidecars evaluate this entry (its own `gateways`, when set, must list mesh)."""
+        return not self.gateways or MESH in self.gateways
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -140,6 +140,10 @@ _HTTP_MATCH = _obj(
             **_int(minimum=1, maximum=65535),
             "description": "The service port the request was addressed to.",
         },
+        "gateways": _arr(
+            _str(),
+            desc='Where this match applies, over spec.gateways: "mesh" and/or Gateway names.',
+        ),
     }
 )
 

@@ -216,7 +216,7 @@ def _header_matches(
     return tuple(out)
 
 
-def _http_match(raw: Mapping[str, Any], path: str) -> HTTPMatch:
+def _http_match(raw: Mapping[str, Any], path: str, namespace: str) -> HTTPMatch:
     params = tuple(
         (name, _string_match(value, f"{path}.queryParams.{name}", presence=True))
         for name, value in sorted(raw.get("queryParams", {}).items())
@@ -228,6 +228,7 @@ def _http_match(raw: Mapping[str, Any], path: str) -> HTTPMatch:
         without_headers=_header_matches(raw.get("withoutHeaders", {}), f"{path}.withoutHeaders"),
         query_params=params,
         port=raw.get("port"),
+        gateways=_gateways(raw, namespace, f"{path}.gateways") if "gateways" in raw else (),
     )
 
 
@@ -391,7 +392,8 @@ def _http_route(
     return HTTPRoute(
         name=raw.get("name", ""),
         matches=tuple(
-            _http_match(m, f"{path}.match[{i}]") for i, m in enumerate(raw.get("match", []))
+            _http_match(m, f"{path}.match[{i}]", namespace)
+            for i, m in enumerate(raw.get("match", []))
         ),
         destinations=_destinations(raw["route"], f"{path}.route", namespace) if has_route else (),
         redirect=redirect,
@@ -434,16 +436,18 @@ def _export_to(spec: Mapping[str, Any]) -> tuple[str, ...]:
         raise _Invalid(str(error)) from None
 
 
-def _gateways(spec: Mapping[str, Any], namespace: str) -> tuple[str, ...]:
+def _gateways(
+    spec: Mapping[str, Any], namespace: str, path: str = "spec.gateways"
+) -> tuple[str, ...]:
     """Istio's `gateways`: omitted means the mesh only; otherwise MESH and Gateways as
     "namespace/name" (a bare name is in the VirtualService's namespace)."""
     if "gateways" not in spec:
         return (MESH,)
     if not spec["gateways"]:
-        raise _Invalid("spec.gateways: give 'mesh' and/or Gateway names (or omit it for the mesh)")
+        raise _Invalid(f"{path}: give 'mesh' and/or Gateway names (or omit it)")
     out: list[str] = []
     for index, value in enumerate(spec["gateways"]):
-        path = f"spec.gateways[{index}]"
+        where = f"{path}[{index}]"
         if value == MESH:
             resolved = MESH
         else:
@@ -451,11 +455,11 @@ def _gateways(spec: Mapping[str, Any], namespace: str) -> tuple[str, ...]:
             space = space if slash else namespace
             if not _DNS_LABEL.match(space) or not _DNS_SUBDOMAIN.match(name):
                 raise _Invalid(
-                    f"{path}: {value!r} is not 'mesh', a Gateway name or 'namespace/name'"
+                    f"{where}: {value!r} is not 'mesh', a Gateway name or 'namespace/name'"
                 )
             resolved = f"{space}/{name}"
         if resolved in out:
-            raise _Invalid(f"{path}: {value!r} is listed twice")
+            raise _Invalid(f"{where}: {value!r} is listed twice")
         out.append(resolved)
     return tuple(out)
 

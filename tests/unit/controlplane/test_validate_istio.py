@@ -336,3 +336,15 @@ def test_every_document_of_every_istio_sample_is_accepted_as_written(sample: str
         assert not [p for p in parsed.problems if p.severity == "error"], parsed.problems
         if doc["apiVersion"].partition("/")[0].endswith("istio.io"):
             assert parsed.resource is not None
+
+
+def test_match_gateways_resolve_like_the_virtual_services() -> None:
+    http = [{**ROUTE, "match": [{"gateways": ["edge", "mesh"]}, {"uri": {"prefix": "/"}}]}]
+    service, _ = accepted(vs({"hosts": ["catalog"], "http": http}))
+    assert isinstance(service, VirtualService)
+    first, second = service.http[0].matches
+    assert (first.gateways, first.for_mesh, second.for_mesh) == (("shop/edge", MESH), True, True)
+    http = [{**ROUTE, "match": [{"gateways": ["a/b/c"]}]}]
+    assert errors(vs({"hosts": ["catalog"], "http": http})) == [
+        "spec.http[0].match[0].gateways[0]: 'a/b/c' is not 'mesh', a Gateway name or 'namespace/name'"
+    ]
