@@ -519,27 +519,21 @@ def _tls_mode(raw: Mapping[str, Any], path: str, warnings: list[str]) -> TlsMode
 
 def _outlier(od: Mapping[str, Any], path: str, warnings: list[str]) -> OutlierDetection:
     defaults = OutlierDetection()
-    consecutive_5xx = od.get("consecutive5xxErrors", defaults.consecutive_5xx)
-    consecutive_gateway = od.get("consecutiveGatewayErrors", defaults.consecutive_gateway)
-    if "consecutiveErrors" in od:
+    consecutive_5xx, consecutive_gateway = defaults.consecutive_5xx, defaults.consecutive_gateway
+    if od.get("consecutiveErrors"):
+        # Istio's meaning of the deprecated field: only 502, 503 and 504 count (gateway errors)
+        # and the 5xx detector is off; the current fields, when set, override it field by field.
         errors = od["consecutiveErrors"]
-        if "consecutive5xxErrors" in od or "consecutiveGatewayErrors" in od:
-            warnings.append(
-                f"{path}.consecutiveErrors: deprecated and ignored, consecutive5xxErrors or "
-                "consecutiveGatewayErrors is set"
-            )
-        else:
-            # Istio's meaning of the deprecated field: only 502, 503 and 504 count (gateway
-            # errors), and the 5xx detector is off.
-            warnings.append(
-                f"{path}.consecutiveErrors: deprecated; read as consecutiveGatewayErrors: "
-                f"{errors} with consecutive5xxErrors: 0 (Istio's meaning: 502, 503 and 504 "
-                "count); write those"
-            )
-            consecutive_5xx, consecutive_gateway = 0, errors
+        consecutive_5xx, consecutive_gateway = 0, errors
+        overridden = [f for f in ("consecutive5xxErrors", "consecutiveGatewayErrors") if f in od]
+        warnings.append(
+            f"{path}.consecutiveErrors: deprecated; read as consecutiveGatewayErrors: {errors} "
+            "with consecutive5xxErrors: 0 (Istio's meaning: 502, 503 and 504 count)"
+            + (f", then {' and '.join(overridden)} as set" if overridden else "; write those")
+        )
     return OutlierDetection(
-        consecutive_5xx=consecutive_5xx,
-        consecutive_gateway=consecutive_gateway,
+        consecutive_5xx=od.get("consecutive5xxErrors", consecutive_5xx),
+        consecutive_gateway=od.get("consecutiveGatewayErrors", consecutive_gateway),
         interval=_optional_duration(od, "interval") or defaults.interval,
         base_ejection=_optional_duration(od, "baseEjectionTime") or defaults.base_ejection,
         max_ejection_percent=od.get("maxEjectionPercent", defaults.max_ejection_percent),
@@ -739,8 +733,6 @@ def _gateway_server(raw: Mapping[str, Any], path: str) -> GatewayServer:
             )
         if mode == "MUTUAL" and not tls.get("credentialName") and "caCertificates" not in tls:
             raise _Invalid(f"{path}.tls.caCertificates: mode MUTUAL needs the client CA")
-    if mode == "PASSTHROUGH" and protocol != "TLS":
-        raise _Invalid(f"{path}.tls.mode: PASSTHROUGH needs protocol TLS, not {protocol}")
     return GatewayServer(
         port=port["number"],
         protocol=protocol,
