@@ -2,6 +2,8 @@
 every Istio sample applied with kubectl as it is written, and the control plane (--istio-api)
 routing by Istio-group resources applied in any order."""
 
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,6 +145,13 @@ def test_istio_group_resources_route_in_any_apply_order(
     condition = wait_for(lambda: istio_accepted(kube, namespace), timeout=30, what="status")
     assert condition["status"] == "True" and "subset 'v3'" in condition["message"], condition
     # ... until the DestinationRule (another Istio version, ISTIO_MUTUAL) arrives.
+    found = subprocess.run(
+        [sys.executable, "-m", "lightmeshctl.cli", "analyze", "--cluster",
+         "--kubeconfig", str(kube.kubeconfig), "-n", namespace],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert "warning: subset 'v3' of catalog." in found.stdout
     kube.kubectl("apply", "-f", "-", input=istio_rule(namespace))
     routed_to(istio_shop, "v2")
     wait_for(
