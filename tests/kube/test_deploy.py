@@ -39,7 +39,12 @@ SA = "system:serviceaccount:lightmesh-system:lightmesh-controlplane"
     ],
 )
 def test_rbac_is_least_privilege(
-    kube: KubeCluster, crds: None, deployed: None, args: tuple[str, ...], allowed: bool
+    kube: KubeCluster,
+    crds: None,
+    istio_crds: None,
+    deployed: None,
+    args: tuple[str, ...],
+    allowed: bool,
 ) -> None:
     result = kube.kubectl("auth", "can-i", *args, f"--as={SA}", check=False)
     assert result.stdout.strip() == ("yes" if allowed else "no"), result.stdout + result.stderr

@@ -13,27 +13,13 @@ import pytest
 import yaml
 
 from lightmeshctl.demo.mesh import LocalMesh, wait_for
+from tests.kube.conftest import ISTIO_CRDS
 from tests.kube.test_kube_source import _shop, routed_to, versions
 from tests.support.kube import REPO, KubeCluster
 
 pytestmark = pytest.mark.kube
 
 SAMPLES = REPO / "tests" / "data" / "istio-samples"
-ISTIO_CRDS = tuple(
-    sorted(
-        yaml.safe_load(p.read_text())["metadata"]["name"]
-        for p in (REPO / "crds/istio").glob("*.yaml")
-    )
-)
-
-
-@pytest.fixture(scope="session")
-def istio_crds(kube: KubeCluster) -> None:
-    """crds/istio/, applied with kubectl as the README says, and Established."""
-    kube.kubectl("apply", "-f", "crds/istio/")
-    kube.kubectl(
-        "wait", "--for=condition=Established", "--timeout=30s", *(f"crd/{n}" for n in ISTIO_CRDS)
-    )
 
 
 def test_istio_crds_serve_every_group_and_version(kube: KubeCluster, istio_crds: None) -> None:
