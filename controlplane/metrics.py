@@ -171,7 +171,8 @@ class _StoreCollector(Collector):
         if self._watch_restarts is not None:
             restarts = CounterMetricFamily(
                 "lightmesh_controlplane_watch_restarts",
-                "Kubernetes list/watch restarts, by kind and reason (expired: 410 Gone; error).",
+                "Kubernetes list/watch restarts, by kind and reason (expired: 410 Gone; missing: "
+                "404, CRD not installed; error).",
                 labels=["kind", "reason"],
             )
             for (kind, reason), count in sorted(self._watch_restarts().items()):
