@@ -197,7 +197,12 @@ def test_match_port_routes_by_the_port_the_request_was_sent_to(
     (config_dir / "dr.yaml").write_text(RULE)
     (config_dir / "vs.yaml").write_text(PORT_ROUTES)
     proxy = start(mesh)
-    wait_for(lambda: version(get_port(proxy, 8080)) == "v2", timeout=15, what="the port route")
+    # Until the DestinationRule's subsets reach the sidecar, its routes may answer 503 NC.
+    wait_for(
+        lambda: (r := get_port(proxy, 8080)).status == 200 and r.json()["version"] == "v2",
+        timeout=30,
+        what="the port route",
+    )
     assert Counter(version(get_port(proxy, 8080)) for _ in range(10)) == Counter({"v2": 10})
     assert Counter(version(get_port(proxy, 9090)) for _ in range(10)) == Counter({"v1": 10})
     # No port in the Host: HTTP's 80.
