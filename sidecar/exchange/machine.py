@@ -116,18 +116,33 @@ MAX_DRAIN_BYTES = 256 * 1024
 _CHUNKED = BodyKind.CHUNKED
 
 
-class Phase(enum.Enum):
-    """Where the exchange is (the response side; the request side is `request_complete`)."""
+class Phase:
+    """Where the exchange is (the response side; the request side is `request_complete`).
 
-    RESOLVE = "resolve"  # the head is in, nothing decided yet
-    DRAIN = "drain"  # a local reply waits for the request body's end
-    DELAY = "delay"  # fault injection holds the request
-    CONNECT = "connect"  # the current attempt waits for its upstream connection
-    WAIT = "wait"  # the request is (being) sent; no response head yet
-    BACKOFF = "backoff"  # between two attempts
-    RELAY = "relay"  # a response head went downstream; its body follows
-    TUNNEL = "tunnel"  # after a 101: bytes spliced both ways by the driver
-    DONE = "done"  # finished; every event is ignored
+    Plain singletons rather than an Enum: an Enum member hashes in Python, and every phase
+    change looks its successors up (`next`, from TRANSITIONS).
+    """
+
+    __slots__ = ("name", "next")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.next: frozenset[Phase] = frozenset()
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+RESOLVE = Phase("RESOLVE")  # the head is in, nothing decided yet
+DRAIN = Phase("DRAIN")  # a local reply waits for the request body's end
+DELAY = Phase("DELAY")  # fault injection holds the request
+CONNECT = Phase("CONNECT")  # the current attempt waits for its upstream connection
+WAIT = Phase("WAIT")  # the request is (being) sent; no response head yet
+BACKOFF = Phase("BACKOFF")  # between two attempts
+RELAY = Phase("RELAY")  # a response head went downstream; its body follows
+TUNNEL = Phase("TUNNEL")  # after a 101: bytes spliced both ways by the driver
+DONE = Phase("DONE")  # finished; every event is ignored
+PHASES = (RESOLVE, DRAIN, DELAY, CONNECT, WAIT, BACKOFF, RELAY, TUNNEL, DONE)
 
 
 class Timer(enum.IntEnum):
@@ -138,9 +153,6 @@ class Timer(enum.IntEnum):
     TRY = 2  # the retry policy's per-try timeout (the current attempt)
     BACKOFF = 3  # the wait before the next attempt
 
-
-RESOLVE, DRAIN, DELAY, CONNECT, WAIT, BACKOFF, RELAY, TUNNEL, DONE = Phase
-_ENDS = frozenset({DRAIN, DONE})  # where a local reply leads
 
 # phase -> the phases it may go to; `_go` checks every change against it.
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
@@ -154,6 +166,8 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     TUNNEL: frozenset({DONE}),
     DONE: frozenset(),
 }
+for _phase, _next in TRANSITIONS.items():
+    _phase.next = _next
 
 
 class StateError(AssertionError):
@@ -420,7 +434,7 @@ class ExchangeMachine:
         return attempt == self.attempt and self.phase is CONNECT
 
     def _go(self, phase: Phase) -> None:
-        if phase not in TRANSITIONS[self.phase]:
+        if phase not in self.phase.next:
             raise StateError(f"exchange: {self.phase.name} -> {phase.name} is not a transition")
         self.phase = phase
 

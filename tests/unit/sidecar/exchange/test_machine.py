@@ -13,6 +13,9 @@ from sidecar.config.apply import DataPlane
 from sidecar.contract import Decision, Forward, LocalReply, RequestHead
 from sidecar.exchange.machine import (
     DONE,
+    PHASES,
+    RELAY,
+    RESOLVE,
     RESUME_DOWN,
     TRANSITIONS,
     CloseUp,
@@ -20,7 +23,6 @@ from sidecar.exchange.machine import (
     ExchangeMachine,
     Finish,
     Mirror,
-    Phase,
     ReadDown,
     Timer,
     Tunnel,
@@ -535,19 +537,19 @@ def test_a_chunked_request_body_is_re_chunked_upstream() -> None:
 
 
 def test_every_phase_is_in_the_table_and_done_is_final() -> None:
-    assert set(TRANSITIONS) == set(Phase)
+    assert set(TRANSITIONS) == set(PHASES)
     assert TRANSITIONS[DONE] == frozenset()
-    reachable = {Phase.RESOLVE}
-    frontier = [Phase.RESOLVE]
+    reachable = {RESOLVE}
+    frontier = [RESOLVE]
     while frontier:
         for nxt in TRANSITIONS[frontier.pop()]:
             if nxt not in reachable:
                 reachable.add(nxt)
                 frontier.append(nxt)
-    assert reachable == set(Phase)
+    assert reachable == set(PHASES)
 
 
 def test_a_transition_outside_the_table_is_a_bug() -> None:
     m = machine(mesh())
     with pytest.raises(AssertionError, match="RESOLVE -> RELAY"):
-        m._go(Phase.RELAY)
+        m._go(RELAY)
