@@ -220,7 +220,7 @@ class Connect(Action):
 
     __slots__ = ("attempt", "fresh", "target")
 
-    def __init__(self, target: Forward, *, fresh: bool, attempt: int) -> None:
+    def __init__(self, target: Forward, fresh: bool, attempt: int) -> None:
         self.target = target
         self.fresh = fresh
         self.attempt = attempt
@@ -232,7 +232,7 @@ class CloseUp(Action):
 
     __slots__ = ("idle_timeout", "reuse")
 
-    def __init__(self, *, reuse: bool, idle_timeout: float | None = None) -> None:
+    def __init__(self, reuse: bool, idle_timeout: float | None = None) -> None:
         self.reuse = reuse
         self.idle_timeout = idle_timeout
 
@@ -252,7 +252,7 @@ class ReadDown(Action):
 
     __slots__ = ("on",)
 
-    def __init__(self, *, on: bool) -> None:
+    def __init__(self, on: bool) -> None:
         self.on = on
 
 
@@ -287,7 +287,7 @@ class Finish(Action):
     __slots__ = ("abort", "completed", "hand_back", "keep_alive")
 
     def __init__(
-        self, completed: Completed, *, keep_alive: bool, abort: bool, hand_back: bool
+        self, completed: Completed, keep_alive: bool, abort: bool, hand_back: bool
     ) -> None:
         self.completed = completed
         self.keep_alive = keep_alive
@@ -295,8 +295,11 @@ class Finish(Action):
         self.hand_back = hand_back
 
 
-PAUSE_DOWN = ReadDown(on=False)
-RESUME_DOWN = ReadDown(on=True)
+PAUSE_DOWN = ReadDown(False)
+RESUME_DOWN = ReadDown(True)
+# The common CloseUps, made once (a cluster idle timeout makes its own).
+CLOSE_UP = CloseUp(False)
+RELEASE_UP = CloseUp(True)
 
 
 class Shared(Protocol):
@@ -513,7 +516,7 @@ class ExchangeMachine:
     # --- events of the upstream side ---
 
     def upstream_connected(
-        self, attempt: int, parser: ResponseParser, *, tls: bool, reused: bool, requests: int
+        self, attempt: int, parser: ResponseParser, tls: bool, reused: bool, requests: int
     ) -> list[Action]:
         """Attempt `attempt` has its connection (`requests` sent on it, this one included; the
         driver resets `parser`, the connection's HTTP/1 codec, for this request)."""
@@ -689,7 +692,7 @@ class ExchangeMachine:
         policy = target.retry
         if policy is not None and policy.per_try_timeout is not None:
             self._wake(Timer.TRY, policy.per_try_timeout)
-        self.out.append(Connect(target, fresh=fresh, attempt=self.attempt))
+        self.out.append(Connect(target, fresh, self.attempt))
 
     def _wake(self, timer: Timer, delay: float) -> None:
         self.timers |= 1 << timer
@@ -765,7 +768,7 @@ class ExchangeMachine:
             self._cancel(Timer.TRY)
         if self.live:
             self.live = False
-            self.out.append(CloseUp(reuse=False))
+            self.out.append(CLOSE_UP)
         # Body held for a connection that will not come; a retry re-sends from `replay`.
         self._clear_unsent()
 
@@ -959,7 +962,7 @@ class ExchangeMachine:
             or not head.keep_alive
             or not start.keep_alive
             or self.shared.draining
-            or self._trailing_data()
+            or (self.parser is not None and self.parser.trailing_data)
         ):
             return False
         keep_alive_named = False
@@ -973,8 +976,8 @@ class ExchangeMachine:
         head_end = len(data) - framing.length
         if head_end < 4 or data.find(b"\r\n\r\n") != head_end - 4:
             return False
-        self._head_arrived()
-        self._go(RELAY)
+        if self.timers:
+            self._head_arrived()
         self.status = head.status
         self.keep_alive = True
         self.upstream_keep_alive = True
@@ -1003,23 +1006,25 @@ class ExchangeMachine:
         out.append(relayed_response_head(head, framing, keep_alive=keep, http11=http11))
         return framing
 
-    def _trailing_data(self) -> bool:
-        """Whether the upstream sent bytes beyond the response (never reuse it then)."""
-        return self.parser is not None and self.parser.trailing_data
-
     def _response_complete(self) -> None:
         """The response is relayed: pool the connection if it is clean, end the exchange."""
         request_done = self.request_complete and self.failure is None
         target = self.target
         if target is not None:
             limit = target.max_requests_per_connection
+            parser = self.parser
+            # Bytes beyond the response: the connection is out of sync, never reuse it.
             reuse = (
                 self.upstream_keep_alive
                 and request_done
-                and not self._trailing_data()
+                and not (parser is not None and parser.trailing_data)
                 and not (limit and self.conn_requests >= limit)
             )
-            self.out.append(CloseUp(reuse=reuse, idle_timeout=target.idle_timeout))
+            idle = target.idle_timeout
+            if idle is None:
+                self.out.append(RELEASE_UP if reuse else CLOSE_UP)
+            else:
+                self.out.append(CloseUp(reuse, idle))
         self.live = False  # let go above: nothing for `_finish` to drop
         # An upstream that answered before reading the whole request: close the client too.
         self._finish(flags="", keep=self.keep_alive and request_done)
@@ -1039,7 +1044,8 @@ class ExchangeMachine:
         """Record the exchange and hand the downstream connection back; runs once."""
         if self.phase is DONE:
             return
-        self._drop_attempt()
+        if self.live or self.unsent:
+            self._drop_attempt()
         if self.timers:
             for timer in Timer:
                 self._cancel(timer)
@@ -1069,9 +1075,9 @@ class ExchangeMachine:
                     attempts=self.attempts,
                     upstream_tls=self.upstream_tls,
                 ),
-                keep_alive=keep and not shared.draining,
-                abort=abort,
-                hand_back=self.status != 101,
+                keep and not shared.draining,  # keep_alive
+                abort,
+                self.status != 101,  # hand_back
             )
         )
 

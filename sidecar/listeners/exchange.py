@@ -133,21 +133,19 @@ class Exchange:
             return
         self.running = True
         try:
-            i = 0
-            while i < len(actions):
-                action = actions[i]
-                i += 1
+            # A list iterator sees what is appended while it runs (events fed meanwhile).
+            for action in actions:
                 if type(action) is WriteDown:
                     self.down.transport.write(action.data)
                 elif type(action) is WriteUp:
                     if self.conn is not None:
                         self.conn.write(action.data)
-                elif type(action) is Connect:
-                    self.connect(action)
-                elif type(action) is CloseUp:
-                    self.close_up(action)
                 elif type(action) is Finish:
                     self.finish(action)
+                elif type(action) is CloseUp:
+                    self.close_up(action)
+                elif type(action) is Connect:
+                    self.connect(action)
                 elif type(action) is Wake:
                     self.wake(action)
                 elif type(action) is ReadDown:
@@ -224,11 +222,11 @@ class Exchange:
             parser = conn.parser = ResponseParser(method)
         if self.down.write_paused:
             conn.pause_reading()
-        self.run(
-            self.machine.upstream_connected(
-                attempt, parser, tls=conn.tls, reused=conn.reused, requests=conn.requests
-            )
+        actions = self.machine.upstream_connected(
+            attempt, parser, conn.tls, conn.reused, conn.requests
         )
+        if not self.running:  # else the running loop takes them
+            self.run(actions)
 
     def close_up(self, action: CloseUp) -> None:
         """Stop connecting; pool the connection (clean) or close it."""
