@@ -117,6 +117,11 @@ def machine(
     return ExchangeMachine(start, listener, complete=complete, peer="10.0.0.9")
 
 
+def forwarded(m: ExchangeMachine) -> Playbook:
+    """A script past the plain start: resolved, connected (attempt 1), the request written."""
+    return Playbook(m) >> begin() << Like(Connect, attempt=1) >> connected(1) << Like(WriteUp)
+
+
 POST = b"POST /orders HTTP/1.1\r\nhost: catalog\r\ncontent-length: 3\r\n\r\n"
 
 
@@ -320,11 +325,7 @@ def test_a_retriable_status_is_retried_and_the_retried_attempt_accounted() -> No
     policy = pb.RetryPolicy(attempts=1, retry_on=["5xx"])
     m = machine(mesh(route(retries=policy)))
     assert (
-        Playbook(m)
-        >> begin()
-        << Like(Connect, attempt=1)
-        >> connected(1)
-        << Like(WriteUp)
+        forwarded(m)
         >> upstream(b"HTTP/1.1 500 Oops\r\ncontent-length: 0\r\n\r\n")
         << CloseUp(reuse=False)
         << Like(Wake, timer=Timer.BACKOFF)
@@ -442,11 +443,7 @@ def test_a_101_to_an_upgrade_request_becomes_a_tunnel() -> None:
 def test_an_unasked_101_is_a_protocol_error() -> None:
     m = machine(mesh())
     assert (
-        Playbook(m)
-        >> begin()
-        << Like(Connect)
-        >> connected(1)
-        << Like(WriteUp)
+        forwarded(m)
         >> upstream(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n")
         << CloseUp(reuse=False)
         << Like(WriteDown, data=starts(b"HTTP/1.1 502"))
@@ -457,11 +454,7 @@ def test_an_unasked_101_is_a_protocol_error() -> None:
 def test_the_client_lost_mid_response_closes_the_upstream() -> None:
     m = machine(mesh())
     assert (
-        Playbook(m)
-        >> begin()
-        << Like(Connect)
-        >> connected(1)
-        << Like(WriteUp)
+        forwarded(m)
         >> upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
         << Like(WriteDown, data=lambda d: d.endswith(b"abc"))
         >> client_lost()
@@ -473,11 +466,7 @@ def test_the_client_lost_mid_response_closes_the_upstream() -> None:
 def test_the_upstream_breaking_mid_response_resets_the_client() -> None:
     m = machine(mesh())
     assert (
-        Playbook(m)
-        >> begin()
-        << Like(Connect)
-        >> connected(1)
-        << Like(WriteUp)
+        forwarded(m)
         >> upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
         << Like(WriteDown)
         >> upstream_eof()
