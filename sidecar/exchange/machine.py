@@ -27,14 +27,16 @@ Rules:
 - The route timeout bounds all attempts and backoffs together; the per-try timeout one attempt;
   both stop at the response head. A fault delay holds the request before the first attempt.
 - Nothing is written downstream after a response head except that response's body. `finish` runs
-  once; FINISH is the last action of an exchange.
+  once; `Finish` is the last action of an exchange.
 - The plain path pays for no policy: retry bookkeeping (`Policies`) is made at the first retry,
   mirror/edits/delay state only for a route that has them, the replay buffer only for a body; the
   relay of a whole response in one read is a single write of the upstream's own bytes.
 
-HTTP/1 framing (chunking the request body, the response head, local replies) is confined to the
-functions marked "HTTP/1 framing" below; the response arrives as the codec's events
-(`ResponseStart`, `Data`, `EndOfMessage`) through `response_events`.
+HTTP/1 framing is confined to a few seams an HTTP/2 stream replaces with its own: the client-side
+bytes (`_local_reply`, `_response_head`, `_chunk` and `end_of_body` of the relayed body, the
+`CONTINUE` interim, and the verbatim relay of a whole response) and the request body's chunking
+upstream. The upstream response arrives as the codec's events (`ResponseStart`, `Data`,
+`EndOfMessage`) through `response_events`; `upstream_data` is the HTTP/1 parser in front of it.
 
 Phases and transitions (`TRANSITIONS` is the checked table):
 
