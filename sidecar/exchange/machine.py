@@ -347,11 +347,8 @@ class ExchangeMachine:
         "inspect",
         "keep_alive",
         "live",
-        "original_dst",
         "out",
         "parser",
-        "peer",
-        "peer_identity",
         "pending_reply",
         "phase",
         "policies",
@@ -377,21 +374,23 @@ class ExchangeMachine:
         "whole",
     )
 
-    def __init__(
-        self,
-        start: RequestStart,
-        shared: Shared,
-        *,
-        complete: bool,
-        peer: str = "",
-        peer_identity: str = "",
-        original_dst: tuple[str, int] | None = None,
-    ) -> None:
+    # Set where they start to matter, not here (each assignment costs on every request): the
+    # attempt's fields by `_start_attempt` and `upstream_connected`, the response's at its head.
+    pending_reply: LocalReply | None  # a local reply waiting for the body's end (DRAIN)
+    request_data: bytes  # the serialised upstream request head
+    inspect: bool  # look at the response head before relaying it
+    unsent_bytes: int  # the size of `unsent`
+    fresh: bool  # the attempt's connection is new and gets the request from `replay`
+    parser: ResponseParser | None  # the HTTP/1 codec of the attempt's connection
+    received: int  # response bytes on it
+    reused: bool  # its connection came out of the idle pool
+    conn_requests: int  # requests sent on its connection, this one included
+    keep_alive: bool  # the client's connection is kept after the response
+    upstream_keep_alive: bool  # the upstream's too
+
+    def __init__(self, start: RequestStart, shared: Shared, complete: bool) -> None:
         self.start = start
         self.shared = shared
-        self.peer = peer
-        self.peer_identity = peer_identity  # verified SPIFFE ID of a mutual-TLS client
-        self.original_dst = original_dst  # where an intercepted connection was going
         self.started = shared.clock()
         self.start_time = time.time()
         self.out: list[Action] = []  # actions not yet taken by the driver
@@ -401,32 +400,21 @@ class ExchangeMachine:
         self.head: RequestHead | None = None
         self.target: Forward | None = None
         self.policies: Policies | None = None
-        self.pending_reply: LocalReply | None = None  # a local reply waiting for the body's end
         self.continue_sent = False
         # Request bytes were written to some upstream connection: an app may have seen them.
         self.sent_upstream = False
         self.request_bytes = 0
         self.response_bytes = 0
         self.status = 0
-        self.keep_alive = False
-        self.upstream_keep_alive = False
         self.framing: Framing | None = None  # downstream framing of the response body
-        self.request_data = b""  # the serialised upstream request head
         self.whole = True  # the body as sent so far is held in `replay`
         self.replay: bytearray | None = None  # made at the first body byte
         self.unsent: list[bytes] | None = None  # body bytes waiting for a connection
-        self.unsent_bytes = 0
-        self.inspect = False  # look at the response head before relaying it
         self.timers = 0  # bits of the Timer kinds armed
         # The current attempt (numbered from 1; 0: none yet).
         self.attempts = 0  # attempts started (a stale-connection replacement is not one)
         self.attempt = 0
         self.live = False  # it holds (or is getting) a connection
-        self.fresh = False  # a new connection, replaying the request from `replay`
-        self.parser: ResponseParser | None = None  # the HTTP/1 codec of its connection
-        self.received = 0  # response bytes on it
-        self.reused = False  # its connection came out of the idle pool
-        self.conn_requests = 0  # requests sent on its connection, this one included
         self.upstream_tls = False  # the last bound upstream connection was mutual TLS
 
     @property
@@ -440,20 +428,26 @@ class ExchangeMachine:
 
     def _go(self, phase: Phase) -> None:
         if phase not in self.phase.next:
-            raise StateError(f"exchange: {self.phase.name} -> {phase.name} is not a transition")
+            self._refuse(phase)
         self.phase = phase
+
+    def _refuse(self, phase: Phase) -> None:
+        raise StateError(f"exchange: {self.phase.name} -> {phase.name} is not a transition")
 
     # --- events of the request side ---
 
-    def begin(self) -> list[Action]:
-        """The request head (event): resolve it, then answer or forward."""
+    def begin(
+        self, peer: str = "", peer_identity: str = "", original_dst: tuple[str, int] | None = None
+    ) -> list[Action]:
+        """The request head (event) from `peer` (its verified SPIFFE ID with mutual TLS; where an
+        intercepted connection was going): resolve it, then answer or forward."""
         try:
-            head = forwarded_head(self.start, peer=self.peer)
+            head = forwarded_head(self.start, peer=peer)
         except ParseError as error:
             self._answer(rescue(error), keep=False)
             return self.out
-        head.peer_identity = self.peer_identity
-        head.original_dst = self.original_dst
+        head.peer_identity = peer_identity
+        head.original_dst = original_dst
         self.head = head
         decision = self.shared.resolve(head)
         if isinstance(decision, LocalReply):
@@ -524,7 +518,7 @@ class ExchangeMachine:
         driver resets `parser`, the connection's HTTP/1 codec, for this request)."""
         if attempt != self.attempt or self.phase is not CONNECT:
             return self.out  # stale: the driver pools the connection again
-        self._go(WAIT)
+        self.phase = WAIT  # `_go`: CONNECT -> WAIT is a transition
         self.parser = parser
         self.upstream_tls = tls
         self.reused = reused
@@ -560,10 +554,9 @@ class ExchangeMachine:
     def upstream_eof(self) -> list[Action]:
         """The upstream closed its half: ends a close-delimited body, else the exchange broke."""
         phase = self.phase
-        parser = self.parser
-        if (phase is WAIT or phase is RELAY) and parser is not None:
+        if (phase is WAIT or phase is RELAY) and self.parser is not None:
             try:
-                events = parser.feed_eof()
+                events = self.parser.feed_eof()
             except ParseError as exc:
                 self._upstream_broke(UpstreamReset(str(exc)))
             else:
@@ -661,10 +654,9 @@ class ExchangeMachine:
             self._wake(Timer.ROUTE, target.timeout)
         edits = target.response_headers
         policy = target.retry
-        if edits is not None or (policy is not None and _retries_on_status(policy)):
-            self.inspect = True
-            if edits is not None:
-                self._policies().edits = edits
+        self.inspect = edits is not None or (policy is not None and _retries_on_status(policy))
+        if edits is not None:
+            self._policies().edits = edits
         self._start_attempt(fresh=False)
         if target.mirror is not None:
             policies = self._policies()
@@ -690,7 +682,9 @@ class ExchangeMachine:
         self.live = True
         self.parser = None
         self.received = 0
-        self._go(CONNECT)
+        if CONNECT not in self.phase.next:  # `_go`, inlined on the hot path
+            self._refuse(CONNECT)
+        self.phase = CONNECT
         policy = target.retry
         if policy is not None and policy.per_try_timeout is not None:
             self._wake(Timer.TRY, policy.per_try_timeout)
@@ -736,6 +730,7 @@ class ExchangeMachine:
         unsent = self.unsent
         if unsent is None:
             unsent = self.unsent = []
+            self.unsent_bytes = 0
         unsent.append(piece)
         before = self.unsent_bytes
         self.unsent_bytes += len(piece)
@@ -748,7 +743,8 @@ class ExchangeMachine:
             body = bytes(self.replay) if self.replay is not None else b""
         else:
             body = b"".join(self.unsent) if self.unsent else b""
-        self._clear_unsent()
+        if self.unsent:
+            self._clear_unsent()
         return self.request_data + body if body else self.request_data
 
     def _clear_unsent(self) -> None:
@@ -1051,7 +1047,9 @@ class ExchangeMachine:
         if self.timers:
             for timer in Timer:
                 self._cancel(timer)
-        self._go(DONE)
+        if DONE not in self.phase.next:  # `_go`, inlined on the hot path
+            self._refuse(DONE)
+        self.phase = DONE
         self.pending_reply = None
         policies = self.policies
         if policies is not None and policies.flags:

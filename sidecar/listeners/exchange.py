@@ -70,14 +70,7 @@ class Exchange:
     ) -> None:
         self.down = down
         self.state = state
-        self.machine = ExchangeMachine(
-            start,
-            state,
-            complete=complete,
-            peer=down.peer,
-            peer_identity=down.peer_identity,
-            original_dst=down.original_dst,
-        )
+        self.machine = ExchangeMachine(start, state, complete)
         self.conn: UpstreamConnection | None = None  # the current attempt's connection
         self.connecting: asyncio.Task[None] | None = None
         self.timers: list[asyncio.TimerHandle | None] | None = None  # per Timer, made on first use
@@ -98,7 +91,8 @@ class Exchange:
 
     def begin(self) -> None:
         """Resolve the request and answer or forward it."""
-        self.run(self.machine.begin())
+        down = self.down
+        self.run(self.machine.begin(down.peer, down.peer_identity, down.original_dst))
 
     def body(self, data: bytes) -> None:
         """A piece of the request body (de-chunked)."""

@@ -114,7 +114,7 @@ def machine(
     listener: Listener, raw: bytes = b"GET / HTTP/1.1\r\nhost: catalog\r\n\r\n"
 ) -> ExchangeMachine:
     start, complete = request(raw)
-    return ExchangeMachine(start, listener, complete=complete, peer="10.0.0.9")
+    return ExchangeMachine(start, listener, complete=complete)
 
 
 def forwarded(m: ExchangeMachine) -> Playbook:
