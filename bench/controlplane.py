@@ -53,7 +53,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from bench import cp_report
-from bench.cp_client import ENDPOINTS, ROUTES, TYPES
+from bench.cp_client import CLIENTS, ENDPOINTS, ROUTES, TYPES
 from bench.cp_mesh import (
     CHANGED_SERVICE,
     SCOPES,
@@ -101,6 +101,8 @@ class Plan:
     churn_seconds: float
     cap: float
     workers: int  # 0: by scale
+    # The simulated proxies' channel: the sidecar's own (h2) or grpcio's (bench/cp_client.py).
+    client: str = "grpcio"
     # Who must ACK a VirtualService change: every proxy (the VirtualService is visible mesh-wide,
     # as Istio's default exportTo "*"), or only its namespace's when scoping says so.
     vs_audience: str = "mesh"
@@ -594,6 +596,7 @@ class Run:
             "namespaces": self.mesh.namespaces,
             "timeout_s": self.timeout,
             "workers": self.plan.worker_count(self.mesh),
+            "client": self.plan.client,
             "vs_audience": self.plan.vs_audience,
             "scenarios": {},
         }
@@ -621,6 +624,7 @@ class Run:
                 workers=result["workers"],
                 target=f"127.0.0.1:{self.cp_port}",
                 ca=self.state / "root.pem",
+                client=self.plan.client,
             )
             self.log(f"  cold herd: {self.mesh.proxies} proxies (timeout {self.timeout:.0f} s)")
             scenarios["cold_herd"] = await self.cold_herd()
@@ -807,6 +811,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cap", type=float, help="cap of every scenario's timeout (300 s)")
     parser.add_argument("--workers", type=int, default=0, help="simulator processes (auto)")
     parser.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="grpcio",
+        help="the simulated proxies' channel: grpcio's (default) or the sidecar's own (h2)",
+    )
+    parser.add_argument(
         "--vs-audience",
         choices=SCOPES,
         default="mesh",
@@ -841,6 +851,7 @@ def main(argv: list[str] | None = None) -> int:
         churn_seconds=args.churn_seconds or (5.0 if args.quick else 20.0),
         cap=args.cap or (60.0 if args.quick else 300.0),
         workers=args.workers,
+        client=args.client,
         vs_audience=args.vs_audience,
     )
     label = args.label or _git("rev-parse", "--abbrev-ref", "HEAD") or "unlabelled"

@@ -201,7 +201,7 @@ def text(run: dict[str, Any]) -> str:
         f" MB, idle {steady.get('idle_cpu_cores', 0)} cores" + marks.get(_TARGET_OF["memory"], "")
     )
     lines.append(
-        f"   simulator {run['sim']['processes']} processes, {run['sim']['cpu_s']} CPU-s; harness "
+        f"   simulator {run['sim']['processes']} processes ({run.get('client', 'grpcio')} client), {run['sim']['cpu_s']} CPU-s; harness "
         f"{run['harness_cpu_s']} CPU-s; other work on the machine "
         f"{run.get('other_cores', '?')} cores on average"
     )

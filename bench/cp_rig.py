@@ -247,7 +247,13 @@ class Simulator:
         self.ready: list[int] = []
 
     async def start(
-        self, specs: dict[int, NodeSpec], *, workers: int, target: str, ca: Path
+        self,
+        specs: dict[int, NodeSpec],
+        *,
+        workers: int,
+        target: str,
+        ca: Path,
+        client: str = "grpcio",
     ) -> None:
         """Spawn `workers` processes for these proxies (round-robin) and wait until ready."""
         shares: list[dict[int, NodeSpec]] = [{} for _ in range(workers)]
@@ -262,6 +268,7 @@ class Simulator:
                     {
                         "target": target,
                         "ca": str(ca),
+                        "client": client,
                         "proxies": {str(i): spec_to_json(s) for i, s in share.items()},
                     }
                 )

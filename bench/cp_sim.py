@@ -26,8 +26,10 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import uvloop
@@ -42,6 +44,7 @@ from bench.cp_client import (
 )
 
 FLUSH_INTERVAL = 0.01
+ERRORS_LOGGED = 50  # the first stream errors go to stderr (the work directory's sim-N.log) as is
 
 
 def spec_to_json(spec: NodeSpec) -> dict[str, object]:
@@ -109,15 +112,20 @@ class Worker:
     """Runs the proxies of one process and reports what they see."""
 
     def __init__(self, spec: dict[str, object]) -> None:
-        ca = Path(str(spec["ca"])).read_bytes()
+        self._ca = Path(str(spec["ca"]))
         self._target = str(spec["target"])
-        self._credentials = channel_credentials(ca)
+        self._client_kind = str(spec.get("client") or "grpcio")
+        # grpcio's credentials are shared by the worker's channels (built once).
+        self._credentials = (
+            channel_credentials(self._ca.read_bytes()) if self._client_kind == "grpcio" else None
+        )
         proxies = spec["proxies"]
         assert isinstance(proxies, dict)  # noqa: S101
         self._specs = {int(i): spec_from_json(s) for i, s in proxies.items()}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._out: list[str] = []
         self._wake = asyncio.Event()
+        self._errors: Counter[str] = Counter()  # why streams failed (code: phase: details)
 
     def _emit(self, line: str) -> None:
         self._out.append(line)
@@ -128,15 +136,31 @@ class Worker:
             self._emit(response_line(index, response))
 
         def on_stream(event: StreamEvent) -> None:
+            if event.kind == "error":
+                self._error(index, event)
             self._emit(stream_line(index, event, time.monotonic()))
 
         return ProxyClient(
             self._specs[index],
             target=self._target,
+            ca=self._ca,
+            client=self._client_kind,
             credentials=self._credentials,
             on_response=on_response,
             on_stream=on_stream,
         )
+
+    def _error(self, index: int, event: StreamEvent) -> None:
+        """Keep why streams fail: the first ones as they come, all of them counted by kind."""
+        self._errors[re.sub(r"\d+", "N", f"{event.detail}: {event.message}")] += 1
+        if sum(self._errors.values()) <= ERRORS_LOGGED:
+            print(f"{time.monotonic():.3f} proxy {index} {event.detail}: {event.message}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+    def error_summary(self) -> None:
+        """Every distinct stream error and how often it happened, to stderr."""
+        for reason, count in self._errors.most_common():
+            print(f"stream errors: {count} x {reason}", file=sys.stderr, flush=True)
 
     def start(self, indices: list[int]) -> None:
         """Open the streams of these proxies (already running ones are left alone)."""
@@ -208,6 +232,7 @@ class Worker:
                 task.add_done_callback(background.discard)
             self._emit(f"D {seq} {time.monotonic():.6f}")
         await self.stop(list(self._tasks))
+        self.error_summary()
         await asyncio.sleep(2 * FLUSH_INTERVAL)
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -44,6 +44,14 @@ log = logging.getLogger("controlplane")
 # grpc cancels a call the application has not picked up within this time (its default is 30 s):
 # a herd of reconnecting sidecars must wait for admission, not be cancelled and retry.
 _UNREQUESTED_CALL_TIMEOUT = 600
+# grpc rejects new calls at random once more than `max_pending_requests` wait for the application
+# to pick them up, and all of them above the hard limit (defaults 1,000 and 3,000 in recent
+# grpc cores): the call ends at once with a bare CANCELLED, before any handler runs. grpc.aio's
+# server picks up one call per loop turn, so a herd of thousands of sidecars always has more
+# than that waiting: at 5,000 proxies half the streams of a cold herd were cancelled this way
+# (HTTP/2 trace: CANCEL right after RECV_INITIAL_METADATA, trailers-only) and reconnected.
+# Waiting calls cost little, and admission is PushGate's job.
+_MAX_PENDING_CALLS = 1 << 16
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,6 +83,8 @@ class Settings:
     # Concurrent pushes: a stream's first (large) ones, and updates.
     initial_pushes: int = 32
     update_pushes: int = 256
+    # Bytes of responses sent and not yet ACKed, over every stream (PushGate's ByteBudget).
+    push_bytes: int = 64 << 20
     poll_interval: float = 0.1
     webhook: WebhookSettings | None = None  # the sidecar injector; None: not served
     trust_domain: str = "cluster.local"
@@ -104,6 +114,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         max_delay=settings.max_debounce,
         initial_pushes=settings.initial_pushes,
         update_pushes=settings.update_pushes,
+        push_bytes=settings.push_bytes,
     )
     state_file = settings.state_dir / "registry.json" if settings.state_dir else None
     if settings.state_dir:
@@ -117,7 +128,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     store.set_trust_bundle(ca.root_pem.decode("ascii"))  # sidecars verify peers against it
     store.set_trust_domain(ca.trust_domain)
     server = grpc.aio.server(
-        options=[("grpc.server_max_unrequested_time_in_server", _UNREQUESTED_CALL_TIMEOUT)]
+        options=[
+            ("grpc.server_max_unrequested_time_in_server", _UNREQUESTED_CALL_TIMEOUT),
+            ("grpc.server.max_pending_requests", _MAX_PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", _MAX_PENDING_CALLS),
+        ]
     )
     discovery_pb2_grpc.add_CertificateServiceServicer_to_server(
         CertificateService(

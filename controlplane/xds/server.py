@@ -143,6 +143,8 @@ class ConfigDiscovery:
                         yield response
         finally:
             reader.cancel()
+            self._pusher.gate.bytes.release(sum(conn.unanswered.values()))
+            conn.unanswered.clear()
             self._metrics.connected.dec()
             if not conn.closed:
                 self._pusher.close(conn)
@@ -166,7 +168,11 @@ class ConfigDiscovery:
         conn.wake.clear()
         started = self._clock()
         self._metrics.queue_seconds.observe(started - conn.woken_at)
-        for response in self._round(conn):
+        budget = self._pusher.gate.bytes
+        for type_url, response in self._round(conn):
+            # Held until the sidecar answers this type (see `_handle`) or the stream ends.
+            await budget.acquire(len(response))
+            conn.unanswered[type_url] = conn.unanswered.get(type_url, 0) + len(response)
             yield response
         self._pusher.served(conn)
         self._metrics.send_seconds.observe(self._clock() - started)
@@ -209,6 +215,8 @@ class ConfigDiscovery:
         resubscribe = False
         for outcome in outcomes:
             self._record(conn, outcome, now)
+            if isinstance(outcome, Acked | Nacked):
+                self._pusher.gate.bytes.release(conn.unanswered.pop(outcome.type_url, 0))
             if isinstance(outcome, Subscribed) and (outcome.added or outcome.removed):
                 resubscribe = True
         if resubscribe:
@@ -245,7 +253,7 @@ class ConfigDiscovery:
             case Ignored(reason=reason):
                 log.debug("ignored request: %s", reason, extra={**extra, "event": "ignored"})
 
-    def _round(self, conn: Connection) -> list[bytes]:
+    def _round(self, conn: Connection) -> list[tuple[str, bytes]]:
         """The responses to send now, in push order (make before break)."""
         protocol = conn.protocol
         sets = conn.sets()
@@ -276,5 +284,5 @@ class ConfigDiscovery:
             short = SHORT_NAMES[type_url]
             self._metrics.pushes.labels(short).inc()
             self._metrics.sent_bytes.labels(short).inc(len(body))
-            out.append(body)
+            out.append((type_url, body))
         return out

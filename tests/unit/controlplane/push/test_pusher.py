@@ -1,8 +1,10 @@
 """The push stage without sockets: shared views, moves on Sidecar changes, named subscriptions
 (the control plane's side of on-demand discovery), herds and backpressure bookkeeping."""
 
+import asyncio
+
 from controlplane.model import EgressHost, ResourceKey, Service, ServiceEndpoint, Sidecar
-from controlplane.push.pusher import Pusher
+from controlplane.push.pusher import ByteBudget, Pusher
 from controlplane.store import Store
 from controlplane.world import NodeInfo, service_key
 from controlplane.xds.protocol import Target
@@ -98,3 +100,46 @@ async def test_herd_and_backpressure_bookkeeping() -> None:
     assert not pusher._served.is_set()  # the next flush waits until `a` was served
     pusher.served(a)
     assert pusher._served.is_set()
+
+
+async def test_a_herd_the_process_accepts_slowly_is_still_a_herd() -> None:
+    # Streams arriving faster than the gate admits, though few wait inside the process at once
+    # (the control plane accepts them more slowly than they connect), hold flushes back too.
+    store = store_with(service("web", "shop"))
+    now = [0.0]
+    pusher = Pusher(store, initial_pushes=2, clock=lambda: now[0])
+    nodes = [NodeInfo(id=f"n{i}", workload="w", namespace="shop") for i in range(4)]
+    conns = []
+    for node in nodes:
+        conns.append(await pusher.open(node))
+        now[0] += 0.1
+    for conn in conns[:3]:
+        pusher.first_pushed(conn)  # each is served soon after it arrived
+    assert pusher.awaiting_first == 1 and pusher._in_herd()  # 4 arrivals within the window
+    pusher.first_pushed(conns[3])
+    assert not pusher._in_herd()  # none waits: over
+    now[0] += 5
+    late = await pusher.open(NodeInfo(id="late", workload="w", namespace="shop"))
+    assert pusher.awaiting_first == 1 and not pusher._in_herd()  # one arrival is no herd
+    pusher.close(late)
+
+
+async def test_the_byte_budget_admits_in_order_and_lets_one_oversized_response_through() -> None:
+    budget = ByteBudget(100)
+    await budget.acquire(60)
+    second = asyncio.ensure_future(budget.acquire(60))
+    third = asyncio.ensure_future(budget.acquire(10))  # fits, but waits behind `second` (FIFO)
+    await asyncio.sleep(0)
+    assert not second.done() and not third.done() and budget.waiting == 2
+    budget.release(60)
+    await asyncio.sleep(0)
+    assert second.done() and third.done() and budget.used == 70
+    budget.release(70)
+    await budget.acquire(500)  # larger than the budget: alone in flight, it goes
+    assert budget.used == 500
+    blocked = asyncio.ensure_future(budget.acquire(1))
+    await asyncio.sleep(0)
+    blocked.cancel()  # a stream that ends while waiting gives its place up
+    await asyncio.sleep(0)
+    budget.release(500)
+    assert budget.used == 0 and budget.waiting == 0
