@@ -1,5 +1,6 @@
 """Admin endpoints of the sidecar: /ready, /healthz, /metrics, /config_dump, /certs,
-POST /quitquitquit."""
+POST /quitquitquit (the admin port, on loopback), and the subset the network may reach (the
+metrics port: /metrics, /ready, /healthz, nothing else)."""
 
 from __future__ import annotations
 
@@ -54,15 +55,34 @@ class Admin:
         self._draining = draining
         self._quit = quit
 
-    async def handle(self, head: RequestHead) -> LocalResponse:
-        """Dispatch one admin request."""
+    async def handle_public(self, head: RequestHead) -> LocalResponse:
+        """Dispatch one request on the metrics port: probes and Prometheus, nothing more."""
         path = head.path.partition("?")[0]
+        answer = self._public(path, head)
+        if answer is not None:
+            return answer
+        return LocalResponse(
+            status=404,
+            headers=_TEXT,
+            body=b"this port serves /metrics, /ready and /healthz only "
+            b"(the admin interface is on 127.0.0.1)\n",
+        )
+
+    def _public(self, path: str, head: RequestHead) -> LocalResponse | None:
         if path == "/ready":
             return self._ready()
         if path == "/healthz":
             return LocalResponse(status=200, headers=_TEXT, body=b"ok\n")
         if path == "/metrics":
             return self._metrics(head)
+        return None
+
+    async def handle(self, head: RequestHead) -> LocalResponse:
+        """Dispatch one admin request."""
+        path = head.path.partition("?")[0]
+        answer = self._public(path, head)
+        if answer is not None:
+            return answer
         if path == "/certs":
             return LocalResponse(
                 status=200, headers=_JSON, body=json.dumps(self.certs(), indent=2).encode()
@@ -82,8 +102,8 @@ class Admin:
     def _quitquitquit(self, head: RequestHead) -> LocalResponse:
         """Drain and exit: how a Job's app (or a preStop hook) lets its pod finish.
 
-        Only from inside the pod: the admin port is reachable from the network (probes,
-        Prometheus), and nobody else may stop a workload's proxy.
+        Only from inside the pod: the admin port listens on loopback, and this check stays as a
+        second line should it ever be bound elsewhere (nobody else may stop a workload's proxy).
         """
         if head.method != "POST":
             return LocalResponse(status=405, headers=[*_TEXT, (b"allow", b"POST")], body=b"POST\n")

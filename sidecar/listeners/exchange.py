@@ -34,7 +34,7 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from lightmesh.response_flags import ResponseFlag
-from sidecar.contract import Completed, Forward, LocalReply, RequestHead
+from sidecar.contract import MESH_HEADER_PREFIX, Completed, Forward, LocalReply, RequestHead
 from sidecar.errors import (
     UpstreamConnectFailure,
     UpstreamError,
@@ -280,20 +280,32 @@ class Exchange:
         self.pending_reply = None
         start = self.start
         payload = (reply.body + "\n").encode("utf-8")
+        flags, extra = reply.flags, reply.headers
+        if not self.says_mesh_headers():
+            flags = ""
+            extra = tuple(item for item in extra if not item[0].startswith(MESH_HEADER_PREFIX))
         self.down.transport.write(
             local_reply(
                 reply.status,
                 payload,
-                flags=reply.flags,
+                flags=flags,
                 keep_alive=keep,
                 http11=start.http_version == "1.1",
                 head_only=start.method == "HEAD",
-                extra=reply.headers,
+                extra=extra,
             )
         )
         self.status = reply.status
         self.response_bytes = len(payload)
         self.finish(flags=reply.flags, keep=keep)
+
+    def says_mesh_headers(self) -> bool:
+        """Whether a local reply may carry the mesh's headers: always on the outbound listener
+        (its client is this pod's app), on the inbound one only to a calling sidecar."""
+        if not self.state.hide_mesh_headers:
+            return True
+        head = self.head
+        return head is not None and bool(head.peer_identity or head.mesh_peer)
 
     # --- forwarding ---
 
@@ -636,11 +648,14 @@ class Exchange:
         ):
             return False
         keep_alive_named = False
+        hide = self.state.hide_mesh_headers
         for name, value in head.headers:
             if name in HOP_BY_HOP:
                 if name != b"connection" or value.strip().lower() != b"keep-alive":
                     return False
                 keep_alive_named = True
+            elif hide and name.startswith(MESH_HEADER_PREFIX):
+                return False  # to be dropped: not the upstream's bytes as they are
         if start.http_version != "1.1" and not keep_alive_named:
             return False
         head_end = len(data) - framing.length
@@ -673,7 +688,15 @@ class Exchange:
         self.keep_alive = keep
         self.upstream_keep_alive = head.keep_alive
         self.framing = framing
-        out.append(relayed_response_head(head, framing, keep_alive=keep, http11=http11))
+        out.append(
+            relayed_response_head(
+                head,
+                framing,
+                keep_alive=keep,
+                http11=http11,
+                hide_mesh=self.state.hide_mesh_headers,
+            )
+        )
         return framing
 
     def response_complete(self, attempt: Attempt) -> None:
