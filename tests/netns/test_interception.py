@@ -209,13 +209,15 @@ def test_admin_port_is_unreachable_from_another_pod_and_the_metrics_port_serves_
 def test_control_plane_debug_is_unreachable_from_another_pod_and_metrics_are_served(
     pods: NetnsPair,
 ) -> None:
+    """As the sidecar's own connections do (its UID is not redirected), from pod A."""
     a, b = pods.a, pods.b
     with pytest.raises(OSError, match=r"[Rr]efused"):
-        a.http(f"http://{b.address}:{DEBUG_PORT}/debug/proxies")
+        a.http(f"http://{b.address}:{DEBUG_PORT}/debug/proxies", uid=PROXY_UID)
     assert b.http(f"http://127.0.0.1:{DEBUG_PORT}/debug/proxies").status == 200  # in its pod
-    assert a.http(f"http://{b.address}:{CP_METRICS_PORT}/ready").status == 200
-    assert a.http(f"http://{b.address}:{CP_METRICS_PORT}/metrics").status == 200
-    assert a.http(f"http://{b.address}:{CP_METRICS_PORT}/debug/proxies").status == 404
+    public = f"http://{b.address}:{CP_METRICS_PORT}"
+    assert a.http(f"{public}/ready", uid=PROXY_UID).status == 200
+    assert a.http(f"{public}/metrics", uid=PROXY_UID).status == 200
+    assert a.http(f"{public}/debug/proxies", uid=PROXY_UID).status == 404
 
 
 def destination_callers(ns: Namespace) -> set[str]:
