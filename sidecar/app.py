@@ -185,6 +185,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         mesh_tls=mesh_tls,
         quit=stop.set,  # POST /quitquitquit: drain and exit, as on SIGTERM
         app_health=app_health,
+        logger=logging.getLogger(),
     )
     # Loopback only, whatever --bind says: the admin interface shows the whole config and stops
     # the proxy. What the network needs (probes, Prometheus) is on the metrics port.

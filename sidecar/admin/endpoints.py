@@ -1,4 +1,4 @@
-"""Admin endpoints of the sidecar: /ready, /healthz, /metrics, /config_dump, /certs,
+"""Admin endpoints of the sidecar: /ready, /healthz, /metrics, /config_dump, /certs, /logging,
 POST /quitquitquit (the admin port, on loopback), and the subset the network may reach (the
 metrics port: /metrics, /ready, /healthz, nothing else)."""
 
@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 from lightmesh.types import SHORT_NAMES
 from sidecar.admin.server import LocalResponse
@@ -44,7 +46,9 @@ class Admin:
         quit: Callable[[], None] | None = None,
         mesh_tls: MeshTLS | None = None,
         app_health: AppHealth | None = None,
+        logger: logging.Logger | None = None,
     ) -> None:
+        self._logger = logger  # whose level POST /logging?level= sets (the process's root)
         self._app_health = app_health
         self._certificates = certificates
         self._mesh_tls = mesh_tls
@@ -89,6 +93,8 @@ class Admin:
             )
         if path == "/quitquitquit":
             return self._quitquitquit(head)
+        if path == "/logging":
+            return self._logging(head)
         if path == "/config_dump":
             return LocalResponse(
                 status=200, headers=_JSON, body=json.dumps(self.config_dump(), indent=2).encode()
@@ -96,8 +102,28 @@ class Admin:
         return LocalResponse(
             status=404,
             headers=_TEXT,
-            body=b"try /ready, /healthz, /metrics, /config_dump, /certs, POST /quitquitquit\n",
+            body=b"try /ready, /healthz, /metrics, /config_dump, /certs, /logging, "
+            b"POST /quitquitquit\n",
         )
+
+    def _logging(self, head: RequestHead) -> LocalResponse:
+        """GET: the log level; POST ?level=debug|info|warning|error: change it (as Envoy's
+        /logging does), for a look at a live proxy without a restart."""
+        logger = self._logger
+        if logger is None:
+            return LocalResponse(status=501, headers=_TEXT, body=b"logging is not wired\n")
+        if head.method == "POST":
+            query = parse_qs(head.path.partition("?")[2])
+            level = (query.get("level") or [""])[0].upper()
+            if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+                text = b"level: give ?level=debug, info, warning or error\n"
+                return LocalResponse(status=400, headers=_TEXT, body=text)
+            logger.setLevel(level)
+        elif head.method != "GET":
+            allow = [(b"allow", b"GET, POST")]
+            return LocalResponse(status=405, headers=[*_TEXT, *allow], body=b"GET or POST\n")
+        level_name = logging.getLevelName(logger.getEffectiveLevel()).lower()
+        return LocalResponse(status=200, headers=_TEXT, body=f"level: {level_name}\n".encode())
 
     def _quitquitquit(self, head: RequestHead) -> LocalResponse:
         """Drain and exit: how a Job's app (or a preStop hook) lets its pod finish.

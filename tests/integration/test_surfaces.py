@@ -10,6 +10,8 @@ it, one bound to 0.0.0.0 does (tests/netns checks the same from another network 
 from __future__ import annotations
 
 import socket
+import urllib.error
+import urllib.request
 from typing import Any
 
 import pytest
@@ -28,6 +30,16 @@ def refused(host: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(2)
         return sock.connect_ex((host, port)) != 0
+
+
+def post(url: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, method="POST", data=b"")  # noqa: S310 - a test URL
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.read()
 
 
 def mesh_headers(headers: dict[str, Any]) -> list[str]:
@@ -59,11 +71,14 @@ def test_admin_and_debug_listen_on_loopback_and_metrics_ports_serve_only_metrics
     assert not refused(OTHER, catalog.inbound_port)
     assert refused(OTHER, catalog.admin_port)
     assert http_get(f"{catalog.admin}/config_dump").status == 200  # from inside "the pod"
+    assert http_get(f"{catalog.admin}/logging").body == b"level: info\n"
+    assert post(f"{catalog.admin}/logging?level=debug") == (200, b"level: debug\n")
+    assert post(f"{catalog.admin}/logging?level=loud")[0] == 400
     public = f"http://{OTHER}:{catalog.metrics_port}"
     assert http_get(f"{public}/ready").status == 200
     assert http_get(f"{public}/healthz").status == 200
     assert b"# TYPE lightmesh_requests_total counter" in http_get(f"{public}/metrics").body
-    for path in ("/config_dump", "/certs", "/quitquitquit", "/"):
+    for path in ("/config_dump", "/certs", "/quitquitquit", "/logging", "/"):
         assert http_get(f"{public}{path}").status == 404, path
     # The control plane: the debug port on 127.0.0.1 only, its metrics port on --host.
     assert refused(OTHER, mesh.cp_debug_port)
