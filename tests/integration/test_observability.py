@@ -142,7 +142,8 @@ def test_prometheus_scrapes_the_mesh_and_a_dead_collector_costs_nothing(
         )
         scraped = {t["labels"]["pod"]: t for t in prom.targets()}
         frontend = scraped["frontend-7d9f"]
-        assert frontend["scrapeUrl"] == f"{mesh.workloads['frontend'].admin}/metrics"
+        metrics_port = mesh.workloads["frontend"].metrics_port
+        assert frontend["scrapeUrl"] == f"http://127.0.0.1:{metrics_port}/metrics"
         assert (frontend["labels"]["namespace"], frontend["labels"]["app"]) == (
             "default",
             "frontend",
