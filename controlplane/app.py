@@ -59,6 +59,9 @@ class Settings:
     in_cluster: bool = False
     lease_namespace: str = "default"  # where the status-writer Lease lives
     watch_namespaces: tuple[str, ...] = ()  # empty: the whole cluster
+    # Also watch Istio's groups (networking.istio.io, security.istio.io): their CRDs must exist
+    # (Istio's, or crds/istio/ on a cluster without Istio).
+    istio_api: bool = False
     host: str = "127.0.0.1"
     port: int = 15010
     # The debug server (proxy status, problems, per-proxy config, and metrics/health too) listens
@@ -166,7 +169,13 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     status: StatusWriter | None = None
     if api is not None:
         status = StatusWriter(api, lease_namespace=settings.lease_namespace)
-        kube = KubeSource(store, api, on_status=status.submit, namespaces=settings.watch_namespaces)
+        kube = KubeSource(
+            store,
+            api,
+            on_status=status.submit,
+            namespaces=settings.watch_namespaces,
+            istio=settings.istio_api,
+        )
     metrics.observe_store(store, watch_restarts=(lambda: kube.watch_restarts) if kube else None)
     # Load every source before serving so the first sidecar gets the full config, not a partial one.
     if files is not None:

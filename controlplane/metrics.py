@@ -158,7 +158,8 @@ class _StoreCollector(Collector):
         resources.add_metric(["VirtualService", "true"], len(world.virtual_services))
         resources.add_metric(["DestinationRule", "true"], len(world.destination_rules))
         invalid: Tally[str] = Tally()
-        for name in {p.resource for p in self._store.problems()}:
+        # Warnings (a subset not defined yet, a deprecated field) do not make a resource invalid.
+        for name in {p.resource for p in self._store.problems() if p.severity == "error"}:
             invalid[name.partition(" ")[0] or "unknown"] += 1
         for kind in sorted({"VirtualService", "DestinationRule", *invalid}):
             resources.add_metric([kind, "false"], invalid[kind])
@@ -170,7 +171,8 @@ class _StoreCollector(Collector):
         if self._watch_restarts is not None:
             restarts = CounterMetricFamily(
                 "lightmesh_controlplane_watch_restarts",
-                "Kubernetes list/watch restarts, by kind and reason (expired: 410 Gone; error).",
+                "Kubernetes list/watch restarts, by kind and reason (expired: 410 Gone; missing: "
+                "404, CRD not installed; error).",
                 labels=["kind", "reason"],
             )
             for (kind, reason), count in sorted(self._watch_restarts().items()):

@@ -15,6 +15,8 @@ LbPolicyName = Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "PEAK_EWMA"]
 TlsMode = Literal["DISABLE", "MESH_MUTUAL"]
 MtlsMode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
 Action = Literal["ALLOW", "DENY"]
+# The `gateways` keyword of a VirtualService that means: the sidecars of the mesh.
+MESH = "mesh"
 
 
 class ResourceKey(NamedTuple):
@@ -46,6 +48,15 @@ class HTTPMatch:
     # Istio's `withoutHeaders`: each must NOT match; `present` there means "header is absent".
     without_headers: tuple[tuple[str, StringMatch], ...] = ()
     query_params: tuple[tuple[str, StringMatch], ...] = ()
+    # Istio's `port`: the service port the request was addressed to.
+    port: int | None = None
+    # Istio's match `gateways` (resolved like VirtualService.gateways); () = the VirtualService's.
+    gateways: tuple[str, ...] = ()
+
+    @property
+    def for_mesh(self) -> bool:
+        """Whether sidecars evaluate this entry (its own `gateways`, when set, must list mesh)."""
+        return not self.gateways or MESH in self.gateways
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,6 +141,14 @@ class VirtualService:
     http: tuple[HTTPRoute, ...] = ()
     # Istio's exportTo: namespaces whose sidecars see it ("." its own, "*" all); () = the default.
     export_to: tuple[str, ...] = ()
+    # Istio's `gateways`: MESH (the sidecars) and/or "namespace/name" of Gateways.
+    gateways: tuple[str, ...] = (MESH,)
+
+    @property
+    def for_mesh(self) -> bool:
+        """Whether the sidecars apply it (Istio: a VirtualService bound only to gateways does
+        not apply to sidecars)."""
+        return MESH in self.gateways
 
     def destination_hosts(self) -> frozenset[str]:
         """Every host its routes and mirrors send to (their clusters must reach the same sidecars)."""
@@ -173,6 +192,8 @@ class TrafficPolicy:
     outlier: OutlierDetection | None = None
     # None: mutual TLS when the destination's endpoints have sidecars, plaintext otherwise.
     tls_mode: TlsMode | None = None
+    # Istio's portLevelSettings: (port, policy) pairs, validated and kept; not yet applied.
+    port_level: tuple[tuple[int, TrafficPolicy], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -263,8 +284,81 @@ class AuthorizationPolicy:
     rules: tuple[AuthorizationRule, ...]
 
 
+GatewayProtocol = Literal["HTTP", "HTTPS", "HTTP2", "GRPC", "TCP", "TLS"]
+GatewayTlsMode = Literal["SIMPLE", "MUTUAL", "PASSTHROUGH", "ISTIO_MUTUAL"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayServer:
+    """One `servers` entry of a Gateway: a port, its protocol, the hosts it serves, its TLS."""
+
+    port: int
+    protocol: GatewayProtocol
+    port_name: str = ""
+    # "namespace/host" ("*" namespace: any); the host is a name, "*.suffix" or "*".
+    hosts: tuple[str, ...] = ()
+    tls_mode: GatewayTlsMode | None = None
+    credential_name: str = ""
+    https_redirect: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Gateway:
+    """Istio's Gateway: the ports an edge proxy selected by `selector` listens on. Validated and
+    served to the world (VirtualServices bind to it); no gateway proxy consumes it yet."""
+
+    key: ResourceKey
+    selector: tuple[tuple[str, str], ...]
+    servers: tuple[GatewayServer, ...]
+
+
+Location = Literal["MESH_EXTERNAL", "MESH_INTERNAL"]
+Resolution = Literal["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceEntryPort:
+    """A port of a ServiceEntry."""
+
+    number: int
+    name: str
+    protocol: str = ""
+    target_port: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceEntryEndpoint:
+    """An endpoint of a ServiceEntry (resolution STATIC or DNS)."""
+
+    address: str
+    ports: tuple[tuple[str, int], ...] = ()  # port name -> number
+    labels: tuple[tuple[str, str], ...] = ()
+    weight: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceEntry:
+    """Istio's ServiceEntry: hosts outside the registry the mesh may call. Validated and served to
+    the world; not yet turned into clusters (docs/istio.md)."""
+
+    key: ResourceKey
+    hosts: tuple[str, ...]
+    ports: tuple[ServiceEntryPort, ...] = ()
+    addresses: tuple[str, ...] = ()
+    location: Location = "MESH_EXTERNAL"
+    resolution: Resolution = "NONE"
+    endpoints: tuple[ServiceEntryEndpoint, ...] = ()
+    export_to: tuple[str, ...] = ()
+
+
 Resource: TypeAlias = (
-    VirtualService | DestinationRule | PeerAuthentication | AuthorizationPolicy | Sidecar
+    VirtualService
+    | DestinationRule
+    | PeerAuthentication
+    | AuthorizationPolicy
+    | Sidecar
+    | Gateway
+    | ServiceEntry
 )
 
 
@@ -333,6 +427,8 @@ def resolve_host(host: str, namespace: str) -> str:
     `catalog.shop.svc.cluster.local` name the same service; other dotted names are kept as they are.
     """
     host = host.lower().rstrip(".")
+    if host.startswith("*"):
+        return host  # "*" or "*.suffix": a pattern, not a service name
     parts = host.split(".")
     if len(parts) == 1:
         return f"{host}.{namespace}.svc.{CLUSTER_DOMAIN}"

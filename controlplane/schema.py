@@ -17,6 +17,27 @@ GROUP = "lightmesh.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
+# Istio's API groups, accepted as aliases of ours (docs/istio.md): kind -> (group, versions, the
+# version the optional CRDs in crds/istio/ store). The spec schema is the same in every group.
+_NETWORKING = ("networking.istio.io", ("v1alpha3", "v1beta1", "v1"), "v1")
+_SECURITY = ("security.istio.io", ("v1beta1", "v1"), "v1")
+ISTIO_GROUPS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "VirtualService": _NETWORKING,
+    "DestinationRule": _NETWORKING,
+    "Gateway": _NETWORKING,
+    "ServiceEntry": _NETWORKING,
+    "Sidecar": _NETWORKING,
+    "PeerAuthentication": _SECURITY,
+    "AuthorizationPolicy": _SECURITY,
+}
+
+
+def api_versions(kind: str) -> tuple[str, ...]:
+    """Every apiVersion a document of `kind` may carry: ours, then Istio's."""
+    group, versions, _ = ISTIO_GROUPS[kind]
+    return (API_VERSION, *(f"{group}/{version}" for version in versions))
+
+
 Schema = dict[str, Any]
 
 
@@ -97,6 +118,11 @@ _STRING_MATCH = _obj(
 _PERCENT: Schema = {"type": "number", "minimum": 0, "maximum": 100}
 _PERCENTAGE = _obj({"value": _PERCENT}, desc="Share of requests, 0-100 (fractions allowed).")
 _HEADER_NAMES = _arr(_str())
+# Istio's deprecated integer percentages (`percent`, `mirrorPercent`): accepted with a warning.
+_DEPRECATED_PERCENT: Schema = {
+    **_int(minimum=0, maximum=100),
+    "description": "Deprecated (Istio): an integer share; use the percentage form.",
+}
 
 _HTTP_MATCH = _obj(
     {
@@ -110,6 +136,14 @@ _HTTP_MATCH = _obj(
             "description": "Headers that must NOT match (an empty match {} means: absent).",
         },
         "queryParams": {"type": "object", "additionalProperties": _STRING_MATCH},
+        "port": {
+            **_int(minimum=1, maximum=65535),
+            "description": "The service port the request was addressed to.",
+        },
+        "gateways": _arr(
+            _str(),
+            desc='Where this match applies, over spec.gateways: "mesh" and/or Gateway names.',
+        ),
     }
 )
 
@@ -159,10 +193,19 @@ _HTTP_ROUTE = _obj(
         "fault": _obj(
             {
                 "delay": _obj(
-                    {"fixedDelay": _DURATION, "percentage": _PERCENTAGE}, required=["fixedDelay"]
+                    {
+                        "fixedDelay": _DURATION,
+                        "percentage": _PERCENTAGE,
+                        "percent": _DEPRECATED_PERCENT,
+                    },
+                    required=["fixedDelay"],
                 ),
                 "abort": _obj(
-                    {"httpStatus": _int(minimum=200, maximum=599), "percentage": _PERCENTAGE},
+                    {
+                        "httpStatus": _int(minimum=200, maximum=599),
+                        "percentage": _PERCENTAGE,
+                        "percent": _DEPRECATED_PERCENT,
+                    },
                     required=["httpStatus"],
                 ),
             }
@@ -170,6 +213,7 @@ _HTTP_ROUTE = _obj(
         "headers": _HEADERS,
         "mirror": _DESTINATION,
         "mirrorPercentage": _PERCENTAGE,
+        "mirrorPercent": _DEPRECATED_PERCENT,
     },
 )
 
@@ -183,65 +227,95 @@ VIRTUAL_SERVICE_SPEC = _obj(
     {
         "hosts": _arr(_str()),
         "exportTo": _EXPORT_TO,
+        "gateways": _arr(
+            _str(),
+            desc='Where the routes apply: "mesh" (the sidecars; the default when omitted) and/or '
+            'Gateways ("name" in this namespace, or "namespace/name").',
+        ),
         "http": _arr(_HTTP_ROUTE, desc="Ordered routes; the first match wins.", max_items=512),
     },
     required=["hosts"],
 )
 
+_POLICY_FIELDS: dict[str, Schema] = {
+    "loadBalancer": _obj(
+        {
+            "simple": _str(
+                enum=["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "PEAK_EWMA"],
+                desc="PEAK_EWMA (latency-aware P2C) when neither simple nor consistentHash is set.",
+            ),
+            "consistentHash": _obj(
+                {
+                    "httpHeaderName": _str(),
+                    "httpCookie": _obj({"name": _str(), "ttl": _DURATION}, required=["name"]),
+                    "useSourceIp": {"type": "boolean"},
+                },
+                desc="Exactly one of httpHeaderName, httpCookie, useSourceIp.",
+            ),
+        },
+    ),
+    "connectionPool": _obj(
+        {
+            "tcp": _obj(
+                {
+                    "maxConnections": _int(minimum=1),
+                    "connectTimeout": _DURATION,
+                    "idleTimeout": _DURATION,
+                }
+            ),
+            "http": _obj(
+                {
+                    "http1MaxPendingRequests": _int(minimum=0),
+                    "maxRequestsPerConnection": _int(minimum=0),
+                    "idleTimeout": _DURATION,
+                }
+            ),
+        }
+    ),
+    "outlierDetection": _obj(
+        {
+            "consecutive5xxErrors": _int(minimum=0),
+            "consecutiveGatewayErrors": _int(minimum=0),
+            "consecutiveErrors": {
+                **_int(minimum=0),
+                "description": "Deprecated (Istio): consecutive 502, 503 and 504 answers; "
+                "use consecutiveGatewayErrors.",
+            },
+            "interval": _DURATION,
+            "baseEjectionTime": _DURATION,
+            "maxEjectionPercent": _int(minimum=0, maximum=100),
+            "minHealthPercent": _int(minimum=0, maximum=100),
+        }
+    ),
+    "tls": _obj(
+        {
+            "mode": _str(
+                enum=["DISABLE", "MESH_MUTUAL", "ISTIO_MUTUAL", "SIMPLE", "MUTUAL"],
+                desc="MESH_MUTUAL (ISTIO_MUTUAL is a synonym; the default when the endpoints "
+                "have sidecars): mutual TLS with the workload certificates; DISABLE: "
+                "plaintext; SIMPLE and MUTUAL (TLS origination) are accepted, not applied.",
+            ),
+            "sni": _str(),
+            "credentialName": _str(),
+            "subjectAltNames": _arr(_str()),
+            "insecureSkipVerify": {"type": "boolean"},
+        }
+    ),
+}
+
 _TRAFFIC_POLICY = _obj(
     {
-        "loadBalancer": _obj(
-            {
-                "simple": _str(
-                    enum=["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "PEAK_EWMA"],
-                    desc="PEAK_EWMA (latency-aware P2C) when neither simple nor consistentHash is set.",
-                ),
-                "consistentHash": _obj(
-                    {
-                        "httpHeaderName": _str(),
-                        "httpCookie": _obj({"name": _str(), "ttl": _DURATION}, required=["name"]),
-                        "useSourceIp": {"type": "boolean"},
-                    },
-                    desc="Exactly one of httpHeaderName, httpCookie, useSourceIp.",
-                ),
-            },
-        ),
-        "connectionPool": _obj(
-            {
-                "tcp": _obj(
-                    {
-                        "maxConnections": _int(minimum=1),
-                        "connectTimeout": _DURATION,
-                        "idleTimeout": _DURATION,
-                    }
-                ),
-                "http": _obj(
-                    {
-                        "http1MaxPendingRequests": _int(minimum=0),
-                        "maxRequestsPerConnection": _int(minimum=0),
-                        "idleTimeout": _DURATION,
-                    }
-                ),
-            }
-        ),
-        "outlierDetection": _obj(
-            {
-                "consecutive5xxErrors": _int(minimum=0),
-                "consecutiveGatewayErrors": _int(minimum=0),
-                "interval": _DURATION,
-                "baseEjectionTime": _DURATION,
-                "maxEjectionPercent": _int(minimum=0, maximum=100),
-                "minHealthPercent": _int(minimum=0, maximum=100),
-            }
-        ),
-        "tls": _obj(
-            {
-                "mode": _str(
-                    enum=["DISABLE", "MESH_MUTUAL"],
-                    desc="MESH_MUTUAL (the default when the endpoints have sidecars): mutual TLS "
-                    "with the workload certificates; DISABLE: plaintext.",
-                )
-            }
+        **_POLICY_FIELDS,
+        "portLevelSettings": _arr(
+            _obj(
+                {
+                    "port": _obj({"number": _int(minimum=1, maximum=65535)}, required=["number"]),
+                    **_POLICY_FIELDS,
+                },
+                required=["port"],
+            ),
+            desc="Policies for one port of the destination, over the host-wide ones.",
+            max_items=64,
         ),
     }
 )
@@ -345,6 +419,106 @@ SIDECAR_SPEC = _obj(
     required=["egress"],
 )
 
+_PORT = _int(minimum=1, maximum=65535)
+
+GATEWAY_SPEC = _obj(
+    {
+        "selector": {
+            **_STRING_MAP,
+            "description": "Labels of the gateway workloads (in any namespace) that serve it.",
+        },
+        "servers": _arr(
+            _obj(
+                {
+                    "port": _obj(
+                        {
+                            "number": _PORT,
+                            "name": _str(),
+                            "protocol": _str(
+                                enum=["HTTP", "HTTPS", "HTTP2", "GRPC", "TCP", "TLS"],
+                            ),
+                            "targetPort": _PORT,
+                        },
+                        required=["number", "protocol"],
+                    ),
+                    "hosts": _arr(
+                        _str(),
+                        desc='Hosts served: "host", "*.suffix" or "*", optionally "namespace/" '
+                        '(or "./", "*/") to take VirtualServices of that namespace only.',
+                    ),
+                    "name": _str(),
+                    "bind": _str(),
+                    "defaultEndpoint": _str(),
+                    "tls": _obj(
+                        {
+                            "mode": _str(
+                                enum=["SIMPLE", "MUTUAL", "PASSTHROUGH", "ISTIO_MUTUAL"],
+                            ),
+                            "httpsRedirect": {"type": "boolean"},
+                            "credentialName": _str(
+                                desc="A Kubernetes TLS Secret (tls.crt, tls.key[, ca.crt])."
+                            ),
+                            "serverCertificate": _str(),
+                            "privateKey": _str(),
+                            "caCertificates": _str(),
+                            "subjectAltNames": _arr(_str()),
+                            "minProtocolVersion": _str(
+                                enum=["TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3"]
+                            ),
+                            "maxProtocolVersion": _str(
+                                enum=["TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3"]
+                            ),
+                        }
+                    ),
+                },
+                required=["port", "hosts"],
+            ),
+            max_items=128,
+        ),
+    },
+    required=["servers"],
+)
+
+SERVICE_ENTRY_SPEC = _obj(
+    {
+        "hosts": _arr(_str(), desc="DNS names (a wildcard prefix only with resolution NONE)."),
+        "addresses": _arr(_str(), desc="Virtual IPs or CIDR blocks of the hosts."),
+        "ports": _arr(
+            _obj(
+                {
+                    "number": _PORT,
+                    "protocol": _str(
+                        enum=["HTTP", "HTTPS", "HTTP2", "GRPC", "TCP", "TLS", "MONGO", "MYSQL"]
+                    ),
+                    "name": _str(),
+                    "targetPort": _PORT,
+                },
+                required=["number", "name"],
+            ),
+            max_items=64,
+        ),
+        "location": _str(enum=["MESH_EXTERNAL", "MESH_INTERNAL"]),
+        "resolution": _str(enum=["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"]),
+        "endpoints": _arr(
+            _obj(
+                {
+                    "address": _str(),
+                    "ports": {"type": "object", "additionalProperties": _PORT},
+                    "labels": _STRING_MAP,
+                    "network": _str(),
+                    "locality": _str(),
+                    "weight": _int(minimum=0),
+                    "serviceAccount": _str(),
+                }
+            ),
+            max_items=1024,
+        ),
+        "exportTo": _EXPORT_TO,
+        "subjectAltNames": _arr(_str()),
+    },
+    required=["hosts"],
+)
+
 # kind -> extra printer columns for `kubectl get` (name, JSONPath)
 _COLUMNS: dict[str, list[tuple[str, str]]] = {
     "VirtualService": [("Hosts", ".spec.hosts")],
@@ -352,6 +526,8 @@ _COLUMNS: dict[str, list[tuple[str, str]]] = {
     "PeerAuthentication": [("Mode", ".spec.mtls.mode")],
     "AuthorizationPolicy": [("Action", ".spec.action")],
     "Sidecar": [("Egress", ".spec.egress[*].hosts")],
+    "Gateway": [("Hosts", ".spec.servers[*].hosts")],
+    "ServiceEntry": [("Hosts", ".spec.hosts"), ("Resolution", ".spec.resolution")],
 }
 
 # kind -> (plural, short names, spec schema)
@@ -361,6 +537,8 @@ KINDS: dict[str, tuple[str, list[str], Schema]] = {
     "PeerAuthentication": ("peerauthentications", ["pa"], PEER_AUTHENTICATION_SPEC),
     "AuthorizationPolicy": ("authorizationpolicies", ["ap"], AUTHORIZATION_POLICY_SPEC),
     "Sidecar": ("sidecars", [], SIDECAR_SPEC),
+    "Gateway": ("gateways", ["gw"], GATEWAY_SPEC),
+    "ServiceEntry": ("serviceentries", ["se"], SERVICE_ENTRY_SPEC),
 }
 
 _TYPE_CHECKS: dict[str, tuple[type | tuple[type, ...], str]] = {
@@ -436,30 +614,37 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def crd_manifest(kind: str) -> dict[str, Any]:
-    """Return the CustomResourceDefinition for one kind, as a plain mapping ready for YAML."""
+def crd_manifest(kind: str, *, istio: bool = False) -> dict[str, Any]:
+    """Return the CustomResourceDefinition for one kind, as a plain mapping ready for YAML: in
+    lightmesh.io, or (`istio`) in Istio's group with every version Istio serves, for clusters
+    without Istio whose manifests say `networking.istio.io` or `security.istio.io`."""
     plural, short_names, spec = KINDS[kind]
     status: Schema = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    if istio:
+        group, versions, storage = ISTIO_GROUPS[kind]
+        categories = ["istio-io", group.replace(".", "-")]
+    else:
+        group, versions, storage, categories = GROUP, (VERSION,), VERSION, ["lightmesh"]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{GROUP}"},
+        "metadata": {"name": f"{plural}.{group}"},
         "spec": {
-            "group": GROUP,
+            "group": group,
             "names": {
                 "kind": kind,
                 "listKind": f"{kind}List",
                 "plural": plural,
                 "singular": kind.lower(),
                 "shortNames": short_names,
-                "categories": ["lightmesh"],
+                "categories": categories,
             },
             "scope": "Namespaced",
             "versions": [
                 {
-                    "name": VERSION,
+                    "name": version,
                     "served": True,
-                    "storage": True,
+                    "storage": version == storage,
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [
                         *({"name": n, "type": "string", "jsonPath": p} for n, p in _COLUMNS[kind]),
@@ -478,6 +663,7 @@ def crd_manifest(kind: str) -> dict[str, Any]:
                         }
                     },
                 }
+                for version in versions
             ],
         },
     }

@@ -18,7 +18,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from controlplane.schema import API_VERSION, KINDS
+from controlplane.schema import KINDS
 from controlplane.sources.kube_index import StatusUpdate
 
 log = logging.getLogger("controlplane.status")
@@ -156,7 +156,8 @@ class StatusWriter:
 
     def _patch(self, update: StatusUpdate) -> None:
         plural = KINDS[update.kind][0]
-        path = f"/apis/{API_VERSION}/namespaces/{update.namespace}/{plural}/{update.name}/status"
+        where = f"/apis/{update.api_version}/namespaces/{update.namespace}"
+        path = f"{where}/{plural}/{update.name}/status"
         condition = {
             "type": "Accepted",
             "status": "True" if update.accepted else "False",

@@ -7,28 +7,39 @@ problem names the origin (file or Kubernetes object), the resource and the field
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from controlplane.model import (
+    MESH,
     ConsistentHash,
     DestinationRule,
     EgressHost,
     Fault,
+    Gateway,
+    GatewayProtocol,
+    GatewayServer,
+    GatewayTlsMode,
     HeaderOps,
     HTTPMatch,
     HTTPRoute,
     LbPolicyName,
+    Location,
     MatchKind,
     OutlierDetection,
     Redirect,
+    Resolution,
     Resource,
     ResourceKey,
     Retries,
     Rewrite,
     RouteDestination,
+    ServiceEntry,
+    ServiceEntryEndpoint,
+    ServiceEntryPort,
     Sidecar,
     StringMatch,
     Subset,
@@ -37,7 +48,7 @@ from controlplane.model import (
     VirtualService,
     resolve_host,
 )
-from controlplane.schema import API_VERSION, KINDS, validate_schema
+from controlplane.schema import API_VERSION, KINDS, api_versions, validate_schema
 from controlplane.security import (
     ROOT_NAMESPACE,
     SpecError,
@@ -89,10 +100,23 @@ def parse_document(doc: Any, *, origin: str, default_namespace: str = "default")
     if not isinstance(doc, dict):
         return problem("", "document must be a mapping with apiVersion, kind, metadata and spec")
     kind = doc.get("kind")
-    if doc.get("apiVersion") != API_VERSION:
-        return problem("apiVersion", f"must be {API_VERSION}, got {doc.get('apiVersion')!r}")
+    version = doc.get("apiVersion")
+    if kind not in KINDS and isinstance(version, str) and not _mesh_group(version):
+        # A Kubernetes object (Service, Deployment, ...) in a manifest that also holds mesh
+        # resources, as Istio's samples do: not ours to validate (kubectl applies it).
+        return Parsed(key=None, resource=None)
+    if version not in _API_VERSIONS:
+        return problem(
+            "apiVersion",
+            f"must be {API_VERSION} (or Istio's networking.istio.io or security.istio.io), "
+            f"got {version!r}",
+        )
     if kind not in KINDS:
         return problem("kind", f"unknown kind {kind!r} (known: {', '.join(KINDS)})")
+    if version not in api_versions(kind):
+        return problem(
+            "apiVersion", f"{kind} is not in {version} (one of: {', '.join(api_versions(kind))})"
+        )
     meta = doc.get("metadata")
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
         return problem("metadata.name", "required string is missing")
@@ -135,6 +159,13 @@ def parse_document(doc: Any, *, origin: str, default_namespace: str = "default")
 
 
 _TOP_LEVEL = {"apiVersion", "kind", "metadata", "spec", "status"}
+_API_VERSIONS = frozenset(v for kind in KINDS for v in api_versions(kind))
+
+
+def _mesh_group(api_version: str) -> bool:
+    """Whether an apiVersion is in our group or one of Istio's (where every kind must be known)."""
+    group = api_version.rpartition("/")[0]
+    return group == API_VERSION.partition("/")[0] or group.endswith(".istio.io")
 
 
 class _Invalid(Exception):
@@ -185,7 +216,7 @@ def _header_matches(
     return tuple(out)
 
 
-def _http_match(raw: Mapping[str, Any], path: str) -> HTTPMatch:
+def _http_match(raw: Mapping[str, Any], path: str, namespace: str) -> HTTPMatch:
     params = tuple(
         (name, _string_match(value, f"{path}.queryParams.{name}", presence=True))
         for name, value in sorted(raw.get("queryParams", {}).items())
@@ -196,6 +227,8 @@ def _http_match(raw: Mapping[str, Any], path: str) -> HTTPMatch:
         headers=_header_matches(raw.get("headers", {}), f"{path}.headers"),
         without_headers=_header_matches(raw.get("withoutHeaders", {}), f"{path}.withoutHeaders"),
         query_params=params,
+        port=raw.get("port"),
+        gateways=_gateways(raw, namespace, f"{path}.gateways") if "gateways" in raw else (),
     )
 
 
@@ -279,14 +312,38 @@ def _retries(raw: Mapping[str, Any], path: str) -> Retries:
     )
 
 
-def _fault(raw: Mapping[str, Any]) -> Fault:
+def _percentage(
+    raw: Mapping[str, Any], path: str, warnings: list[str], *, new: str, old: str
+) -> float:
+    """Istio's `percentage: {value}` (default 100), or its deprecated integer form `old`, mapped
+    to it with a warning (the new form wins when both are set, as in Istio)."""
+    if old in raw:
+        if new in raw:
+            warnings.append(f"{path}.{old}: deprecated and ignored, {path}.{new} is set")
+        else:
+            warnings.append(
+                f"{path}.{old}: deprecated; read as {new}: {{value: {raw[old]}}} (write that)"
+            )
+            return float(raw[old])
+    return float(raw.get(new, {}).get("value", 100))
+
+
+def _fault(raw: Mapping[str, Any], path: str, warnings: list[str]) -> Fault:
     delay = raw.get("delay")
     abort = raw.get("abort")
     return Fault(
         delay=parse_duration(delay["fixedDelay"]) if delay else None,
-        delay_percent=float(delay.get("percentage", {}).get("value", 100)) if delay else 100.0,
+        delay_percent=(
+            _percentage(delay, f"{path}.delay", warnings, new="percentage", old="percent")
+            if delay
+            else 100.0
+        ),
         abort_status=abort["httpStatus"] if abort else None,
-        abort_percent=float(abort.get("percentage", {}).get("value", 100)) if abort else 100.0,
+        abort_percent=(
+            _percentage(abort, f"{path}.abort", warnings, new="percentage", old="percent")
+            if abort
+            else 100.0
+        ),
     )
 
 
@@ -335,18 +392,21 @@ def _http_route(
     return HTTPRoute(
         name=raw.get("name", ""),
         matches=tuple(
-            _http_match(m, f"{path}.match[{i}]") for i, m in enumerate(raw.get("match", []))
+            _http_match(m, f"{path}.match[{i}]", namespace)
+            for i, m in enumerate(raw.get("match", []))
         ),
         destinations=_destinations(raw["route"], f"{path}.route", namespace) if has_route else (),
         redirect=redirect,
         rewrite=rewrite,
         timeout=timeout,
         retries=retries,
-        fault=_fault(raw["fault"]) if "fault" in raw else None,
+        fault=_fault(raw["fault"], f"{path}.fault", warnings) if "fault" in raw else None,
         request_headers=_header_ops(headers.get("request"), f"{path}.headers.request"),
         response_headers=_header_ops(headers.get("response"), f"{path}.headers.response"),
         mirror=_destination(raw["mirror"], namespace) if "mirror" in raw else None,
-        mirror_percent=float(raw.get("mirrorPercentage", {}).get("value", 100)),
+        mirror_percent=_percentage(
+            raw, path, warnings, new="mirrorPercentage", old="mirrorPercent"
+        ),
     )
 
 
@@ -376,12 +436,55 @@ def _export_to(spec: Mapping[str, Any]) -> tuple[str, ...]:
         raise _Invalid(str(error)) from None
 
 
+def _gateways(
+    spec: Mapping[str, Any], namespace: str, path: str = "spec.gateways"
+) -> tuple[str, ...]:
+    """Istio's `gateways`: omitted means the mesh only; otherwise MESH and Gateways as
+    "namespace/name" (a bare name is in the VirtualService's namespace)."""
+    if "gateways" not in spec:
+        return (MESH,)
+    if not spec["gateways"]:
+        raise _Invalid(f"{path}: give 'mesh' and/or Gateway names (or omit it)")
+    out: list[str] = []
+    for index, value in enumerate(spec["gateways"]):
+        where = f"{path}[{index}]"
+        if value == MESH:
+            resolved = MESH
+        else:
+            space, slash, name = value.rpartition("/")
+            space = space if slash else namespace
+            if not _DNS_LABEL.match(space) or not _DNS_SUBDOMAIN.match(name):
+                raise _Invalid(
+                    f"{where}: {value!r} is not 'mesh', a Gateway name or 'namespace/name'"
+                )
+            resolved = f"{space}/{name}"
+        if resolved in out:
+            raise _Invalid(f"{where}: {value!r} is listed twice")
+        out.append(resolved)
+    return tuple(out)
+
+
 def _virtual_service(key: ResourceKey, spec: dict[str, Any], warnings: list[str]) -> VirtualService:
     if not spec["hosts"]:
         raise _Invalid("spec.hosts: at least one host is required")
+    gateways = _gateways(spec, key.namespace)
+    for index, host in enumerate(spec["hosts"]):
+        if not host.startswith("*") or MESH not in gateways:
+            continue
+        if host == "*":
+            # As Istio: sidecars cannot take every host; bind it to gateways only.
+            raise _Invalid(
+                f"spec.hosts[{index}]: '*' is not allowed for a VirtualService bound to the mesh "
+                "(set spec.gateways to the Gateways it is for)"
+            )
+        warnings.append(
+            f"spec.hosts[{index}]: sidecars route exact host names only; {host!r} applies to "
+            "gateways, not to the mesh"
+        )
     return VirtualService(
         key=key,
         export_to=_export_to(spec),
+        gateways=gateways,
         hosts=tuple(resolve_host(h, key.namespace) for h in spec["hosts"]),
         http=tuple(
             _http_route(raw, f"spec.http[{index}]", key.namespace, warnings)
@@ -394,7 +497,69 @@ def _optional_duration(raw: Mapping[str, Any], name: str) -> float | None:
     return parse_duration(raw[name]) if name in raw else None
 
 
-def _traffic_policy(raw: Mapping[str, Any] | None, path: str) -> TrafficPolicy:
+_TLS_MODES: dict[str, TlsMode | None] = {
+    "DISABLE": "DISABLE",
+    "MESH_MUTUAL": "MESH_MUTUAL",
+    "ISTIO_MUTUAL": "MESH_MUTUAL",  # Istio's name of the same mode
+}
+
+
+def _tls_mode(raw: Mapping[str, Any], path: str, warnings: list[str]) -> TlsMode | None:
+    mode = raw.get("mode")
+    if mode is None:
+        return None
+    if mode in _TLS_MODES:
+        return _TLS_MODES[mode]
+    warnings.append(
+        f"{path}.mode: {mode} (TLS origination) is accepted but not implemented; the mesh "
+        "default applies (mutual TLS to meshed endpoints, plaintext otherwise)"
+    )
+    return None
+
+
+def _outlier(od: Mapping[str, Any], path: str, warnings: list[str]) -> OutlierDetection:
+    defaults = OutlierDetection()
+    consecutive_5xx, consecutive_gateway = defaults.consecutive_5xx, defaults.consecutive_gateway
+    if od.get("consecutiveErrors"):
+        # Istio's meaning of the deprecated field: only 502, 503 and 504 count (gateway errors)
+        # and the 5xx detector is off; the current fields, when set, override it field by field.
+        errors = od["consecutiveErrors"]
+        consecutive_5xx, consecutive_gateway = 0, errors
+        overridden = [f for f in ("consecutive5xxErrors", "consecutiveGatewayErrors") if f in od]
+        warnings.append(
+            f"{path}.consecutiveErrors: deprecated; read as consecutiveGatewayErrors: {errors} "
+            "with consecutive5xxErrors: 0 (Istio's meaning: 502, 503 and 504 count)"
+            + (f", then {' and '.join(overridden)} as set" if overridden else "; write those")
+        )
+    return OutlierDetection(
+        consecutive_5xx=od.get("consecutive5xxErrors", consecutive_5xx),
+        consecutive_gateway=od.get("consecutiveGatewayErrors", consecutive_gateway),
+        interval=_optional_duration(od, "interval") or defaults.interval,
+        base_ejection=_optional_duration(od, "baseEjectionTime") or defaults.base_ejection,
+        max_ejection_percent=od.get("maxEjectionPercent", defaults.max_ejection_percent),
+        min_health_percent=od.get("minHealthPercent", defaults.min_health_percent),
+    )
+
+
+def _port_level(
+    raw: list[dict[str, Any]], path: str, warnings: list[str]
+) -> tuple[tuple[int, TrafficPolicy], ...]:
+    out: list[tuple[int, TrafficPolicy]] = []
+    for index, entry in enumerate(raw):
+        number = entry["port"]["number"]
+        if any(number == seen for seen, _ in out):
+            raise _Invalid(f"{path}[{index}].port.number: port {number} is listed twice")
+        policy = {k: v for k, v in entry.items() if k != "port"}
+        out.append((number, _traffic_policy(policy, f"{path}[{index}]", warnings)))
+    if out:
+        warnings.append(
+            f"{path}: accepted, not yet applied per port: the host-wide settings apply to every "
+            "port (docs/istio.md)"
+        )
+    return tuple(out)
+
+
+def _traffic_policy(raw: Mapping[str, Any] | None, path: str, warnings: list[str]) -> TrafficPolicy:
     if raw is None:
         return TrafficPolicy()
     lb = raw.get("loadBalancer", {})
@@ -418,16 +583,7 @@ def _traffic_policy(raw: Mapping[str, Any] | None, path: str) -> TrafficPolicy:
     http = raw.get("connectionPool", {}).get("http", {})
     outlier = None
     if "outlierDetection" in raw:
-        od = raw["outlierDetection"]
-        defaults = OutlierDetection()
-        outlier = OutlierDetection(
-            consecutive_5xx=od.get("consecutive5xxErrors", defaults.consecutive_5xx),
-            consecutive_gateway=od.get("consecutiveGatewayErrors", defaults.consecutive_gateway),
-            interval=_optional_duration(od, "interval") or defaults.interval,
-            base_ejection=_optional_duration(od, "baseEjectionTime") or defaults.base_ejection,
-            max_ejection_percent=od.get("maxEjectionPercent", defaults.max_ejection_percent),
-            min_health_percent=od.get("minHealthPercent", defaults.min_health_percent),
-        )
+        outlier = _outlier(raw["outlierDetection"], f"{path}.outlierDetection", warnings)
     idle = _optional_duration(http, "idleTimeout")
     return TrafficPolicy(
         lb_policy=cast(LbPolicyName | None, lb.get("simple")),
@@ -438,14 +594,16 @@ def _traffic_policy(raw: Mapping[str, Any] | None, path: str) -> TrafficPolicy:
         max_requests_per_connection=http.get("maxRequestsPerConnection"),
         idle_timeout=idle if idle is not None else _optional_duration(tcp, "idleTimeout"),
         outlier=outlier,
-        tls_mode=cast(TlsMode | None, raw.get("tls", {}).get("mode")),
+        tls_mode=_tls_mode(raw.get("tls", {}), f"{path}.tls", warnings),
+        port_level=_port_level(
+            raw.get("portLevelSettings", []), f"{path}.portLevelSettings", warnings
+        ),
     )
 
 
 def _destination_rule(
     key: ResourceKey, spec: dict[str, Any], warnings: list[str]
 ) -> DestinationRule:
-    del warnings  # no warnings for DestinationRules yet
     subsets = []
     seen: set[str] = set()
     for index, raw in enumerate(spec.get("subsets", [])):
@@ -457,7 +615,7 @@ def _destination_rule(
                 name=raw["name"],
                 labels=tuple(sorted(raw.get("labels", {}).items())),
                 policy=_traffic_policy(
-                    raw.get("trafficPolicy"), f"spec.subsets[{index}].trafficPolicy"
+                    raw.get("trafficPolicy"), f"spec.subsets[{index}].trafficPolicy", warnings
                 ),
             )
         )
@@ -465,7 +623,7 @@ def _destination_rule(
         key=key,
         export_to=_export_to(spec),
         host=resolve_host(spec["host"], key.namespace),
-        policy=_traffic_policy(spec.get("trafficPolicy"), "spec.trafficPolicy"),
+        policy=_traffic_policy(spec.get("trafficPolicy"), "spec.trafficPolicy", warnings),
         subsets=tuple(subsets),
     )
 
@@ -532,12 +690,173 @@ def _sidecar(key: ResourceKey, spec: dict[str, Any], warnings: list[str]) -> Res
     return Sidecar(key=key, selector=selector, egress=tuple(egress))
 
 
+def _gateway_host(value: str, path: str) -> str:
+    """A Gateway server host: "[namespace/]host", the namespace "*", "." or a name (omitted:
+    "*"), the host "*", "*.suffix" or a DNS name; returned as "namespace/host"."""
+    space, slash, host = value.rpartition("/")
+    space = space if slash else "*"
+    if space not in ("*", ".") and not _DNS_LABEL.match(space):
+        raise _Invalid(f"{path}: {space!r} is not '*', '.' or a namespace name")
+    host = host.lower().rstrip(".")
+    pattern = host[2:] if host.startswith("*.") else host
+    if host != "*" and (not pattern or "*" in pattern or not _DNS_SUBDOMAIN.match(pattern)):
+        raise _Invalid(f"{path}: {host!r} is not '*', '*.suffix' or a host name")
+    return f"{space}/{host}"
+
+
+_TLS_PROTOCOLS = ("HTTPS", "TLS")
+
+
+def _gateway_server(raw: Mapping[str, Any], path: str) -> GatewayServer:
+    port = raw["port"]
+    protocol: GatewayProtocol = port["protocol"]
+    if not raw["hosts"]:
+        raise _Invalid(f"{path}.hosts: at least one host is required")
+    hosts = tuple(_gateway_host(h, f"{path}.hosts[{i}]") for i, h in enumerate(raw["hosts"]))
+    tls = raw.get("tls")
+    mode: GatewayTlsMode | None = None
+    if protocol in _TLS_PROTOCOLS:
+        if tls is None:
+            raise _Invalid(f"{path}.tls: required for protocol {protocol}")
+        mode = tls.get("mode", "PASSTHROUGH")  # Istio's default mode
+    elif tls is not None and set(tls) - {"httpsRedirect"}:
+        raise _Invalid(
+            f"{path}.tls: a {protocol} server takes only tls.httpsRedirect (TLS settings need "
+            "protocol HTTPS or TLS)"
+        )
+    if tls is not None and mode in ("SIMPLE", "MUTUAL"):
+        files = "serverCertificate" in tls and "privateKey" in tls
+        if not tls.get("credentialName") and not files:
+            raise _Invalid(
+                f"{path}.tls: mode {mode} needs credentialName (a TLS Secret) or "
+                "serverCertificate and privateKey (files)"
+            )
+        if mode == "MUTUAL" and not tls.get("credentialName") and "caCertificates" not in tls:
+            raise _Invalid(f"{path}.tls.caCertificates: mode MUTUAL needs the client CA")
+    return GatewayServer(
+        port=port["number"],
+        protocol=protocol,
+        port_name=port.get("name", ""),
+        hosts=hosts,
+        tls_mode=mode,
+        credential_name=(tls or {}).get("credentialName", ""),
+        https_redirect=bool((tls or {}).get("httpsRedirect", False)),
+    )
+
+
+def _gateway(key: ResourceKey, spec: dict[str, Any], warnings: list[str]) -> Resource:
+    del warnings
+    if not spec["servers"]:
+        raise _Invalid("spec.servers: at least one server is required")
+    servers = []
+    names: dict[str, int] = {}
+    for index, raw in enumerate(spec["servers"]):
+        server = _gateway_server(raw, f"spec.servers[{index}]")
+        if server.port_name:
+            if server.port_name in names:
+                raise _Invalid(
+                    f"spec.servers[{index}].port.name: {server.port_name!r} is also the name of "
+                    f"spec.servers[{names[server.port_name]}]'s port"
+                )
+            names[server.port_name] = index
+        servers.append(server)
+    return Gateway(
+        key=key,
+        selector=tuple(sorted((spec.get("selector") or {}).items())),
+        servers=tuple(servers),
+    )
+
+
+def _address(value: str, path: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise _Invalid(f"{path}: {value!r} is not an IP address or CIDR block") from None
+    return value
+
+
+def _service_entry(key: ResourceKey, spec: dict[str, Any], warnings: list[str]) -> Resource:
+    del warnings
+    if not spec["hosts"]:
+        raise _Invalid("spec.hosts: at least one host is required")
+    resolution: Resolution = spec.get("resolution", "NONE")
+    location: Location = spec.get("location", "MESH_EXTERNAL")
+    hosts = []
+    for index, value in enumerate(spec["hosts"]):
+        host = value.lower().rstrip(".")
+        pattern = host[2:] if host.startswith("*.") else host
+        if host == "*" or not pattern or "*" in pattern or not _DNS_SUBDOMAIN.match(pattern):
+            raise _Invalid(f"spec.hosts[{index}]: {value!r} is not a host name or '*.suffix'")
+        dns = resolution in ("DNS", "DNS_ROUND_ROBIN")
+        if host.startswith("*") and dns and not spec.get("endpoints"):
+            raise _Invalid(
+                f"spec.hosts[{index}]: a wildcard host cannot be resolved by DNS; give "
+                "endpoints or use resolution NONE"
+            )
+        hosts.append(resolve_host(host, key.namespace))
+    ports: list[ServiceEntryPort] = []
+    for index, raw in enumerate(spec.get("ports", [])):
+        path = f"spec.ports[{index}]"
+        if any(p.number == raw["number"] for p in ports):
+            raise _Invalid(f"{path}.number: port {raw['number']} is listed twice")
+        if any(p.name == raw["name"] for p in ports):
+            raise _Invalid(f"{path}.name: {raw['name']!r} is listed twice")
+        ports.append(
+            ServiceEntryPort(
+                number=raw["number"],
+                name=raw["name"],
+                protocol=raw.get("protocol", ""),
+                target_port=raw.get("targetPort"),
+            )
+        )
+    endpoints = spec.get("endpoints", [])
+    if resolution == "STATIC" and not endpoints:
+        raise _Invalid("spec.endpoints: resolution STATIC needs at least one endpoint")
+    if resolution == "NONE" and endpoints:
+        raise _Invalid("spec.endpoints: not allowed with resolution NONE")
+    found = []
+    for index, raw in enumerate(endpoints):
+        path = f"spec.endpoints[{index}]"
+        address = raw.get("address", "")
+        if not address:
+            raise _Invalid(f"{path}.address: required field is missing")
+        if resolution == "STATIC":
+            _address(address, f"{path}.address")
+        elif not _DNS_SUBDOMAIN.match(address.lower()):
+            raise _Invalid(f"{path}.address: {address!r} is not a host name or IP address")
+        for name in raw.get("ports", {}):
+            if not any(p.name == name for p in ports):
+                raise _Invalid(f"{path}.ports.{name}: no port of spec.ports is named {name!r}")
+        found.append(
+            ServiceEntryEndpoint(
+                address=address,
+                ports=tuple(sorted(raw.get("ports", {}).items())),
+                labels=tuple(sorted(raw.get("labels", {}).items())),
+                weight=raw.get("weight", 0),
+            )
+        )
+    return ServiceEntry(
+        key=key,
+        hosts=tuple(hosts),
+        ports=tuple(ports),
+        addresses=tuple(
+            _address(a, f"spec.addresses[{i}]") for i, a in enumerate(spec.get("addresses", []))
+        ),
+        location=location,
+        resolution=resolution,
+        endpoints=tuple(found),
+        export_to=_export_to(spec),
+    )
+
+
 _BUILDERS: dict[str, Callable[[ResourceKey, dict[str, Any], list[str]], Resource]] = {
     "VirtualService": _virtual_service,
     "DestinationRule": _destination_rule,
     "PeerAuthentication": _peer_authentication,
     "AuthorizationPolicy": _authorization_policy,
     "Sidecar": _sidecar,
+    "Gateway": _gateway,
+    "ServiceEntry": _service_entry,
 }
 
 
@@ -558,13 +877,16 @@ def subset_references(vs: VirtualService) -> list[tuple[str, RouteDestination]]:
 def missing_subsets(
     vs: VirtualService, *, origin: str, defined: Callable[[str], Collection[str]]
 ) -> tuple[Problem, ...]:
-    """A problem for each subset the VirtualService routes to that `defined(host)` lacks."""
+    """A warning for each subset the VirtualService routes to that `defined(host)` lacks: as in
+    Istio, the VirtualService is accepted (apply order is free) and those routes answer 503 NC."""
     return tuple(
         Problem(
             origin=origin,
             resource=str(vs.key),
             path=path,
-            message=f"subset {dest.subset!r} of {dest.host} is not defined by a DestinationRule",
+            message=f"subset {dest.subset!r} of {dest.host} is not defined by a DestinationRule "
+            "(yet): its requests answer 503 (flag NC) until one defines it",
+            severity="warning",
         )
         for path, dest in subset_references(vs)
         if dest.subset not in defined(dest.host)
@@ -574,8 +896,8 @@ def missing_subsets(
 def check_references(
     resources: Mapping[ResourceKey, Resource], *, origin: Callable[[ResourceKey], str]
 ) -> dict[ResourceKey, tuple[Problem, ...]]:
-    """Cross-resource checks, per referring resource: every subset a VirtualService routes to is
-    defined by the DestinationRule of that host (otherwise its traffic could only fail)."""
+    """Cross-resource checks, per referring resource: a warning for every subset a VirtualService
+    routes to that the DestinationRule of that host does not define (its traffic fails, NC)."""
     subsets: dict[str, set[str]] = {}
     for resource in resources.values():
         if isinstance(resource, DestinationRule):

@@ -119,6 +119,8 @@ class World:
         key = resource.key
         self._by_namespace.setdefault((key.kind, key.namespace), set()).add(key)
         if isinstance(resource, VirtualService):
+            if not resource.for_mesh:
+                return set()  # bound to gateways only: no sidecar routes by it
             for host in resource.hosts:
                 self._vs_by_host.setdefault(host, set()).add(key)
             return set(resource.hosts)
@@ -131,6 +133,8 @@ class World:
         key = resource.key
         _discard(self._by_namespace, (key.kind, key.namespace), key)
         if isinstance(resource, VirtualService):
+            if not resource.for_mesh:
+                return set()
             for host in resource.hosts:
                 _discard(self._vs_by_host, host, key)
             return set(resource.hosts)

@@ -1,8 +1,9 @@
 """Kubernetes source: list-then-watch of the mesh kinds, Services, EndpointSlices and Pods.
 
 One worker thread per kind runs the (synchronous) `kubernetes` client: it lists, then watches from
-the list's resourceVersion with bookmarks, and relists on 410 Gone or any error (with backoff);
-a relist replaces the kind's objects, and only objects that differ are re-evaluated, so a relist
+the list's resourceVersion with bookmarks, and relists on 410 Gone or any error (with backoff); a
+collection that does not exist (404: its CRD is not installed) counts as empty and is looked for
+again every few seconds; a relist replaces the kind's objects, and only objects that differ are re-evaluated, so a relist
 causes no spurious push. Events are handed to the event loop, which owns the index and the store,
 and each one changes only the keys it touches. The threads stay out of the loop, and the loop
 never blocks on the API.
@@ -22,13 +23,13 @@ from functools import partial
 from typing import Any
 
 from controlplane.sources.kube_index import (
-    KINDS,
     ORIGIN,
     Delta,
     KubeIndex,
     Obj,
     StatusUpdate,
     collection_path,
+    watched_kinds,
 )
 from controlplane.store import Store
 from controlplane.world import service_key
@@ -43,6 +44,14 @@ class _Gone(Exception):
     """The watch's resourceVersion is too old (410): relist."""
 
 
+class _Missing(Exception):
+    """The API has no such collection (404): its CRD is not installed (yet)."""
+
+
+# How long to wait before looking again for a collection whose CRD is missing.
+MISSING_RETRY = 10.0
+
+
 class KubeSource:
     """Feeds the store from the Kubernetes API; `start()` spawns the watchers, `stop()` ends them."""
 
@@ -53,8 +62,11 @@ class KubeSource:
         *,
         on_status: Callable[[list[StatusUpdate]], None],
         namespaces: tuple[str, ...] = (),
+        istio: bool = False,
     ) -> None:
         self._on_status = on_status
+        # Also Istio's groups (networking.istio.io, security.istio.io): their CRDs must exist.
+        self._kinds = watched_kinds(istio=istio)
         # Empty: watch cluster-wide. Otherwise one watch per kind and namespace, so a control
         # plane can run with namespaced RBAC only.
         self._scopes: tuple[str | None, ...] = namespaces or (None,)
@@ -72,7 +84,7 @@ class KubeSource:
     def start(self) -> None:
         """Start one list/watch thread per kind (and namespace, when scoped)."""
         self._loop = asyncio.get_running_loop()
-        for kind in KINDS:
+        for kind in self._kinds:
             for scope in self._scopes:
                 thread = threading.Thread(
                     target=self._run,
@@ -111,6 +123,17 @@ class KubeSource:
                 backoff = 0.2
                 while not self._stop.is_set():
                     version = self._watch(kind, scope, version)
+            except _Missing:
+                # A CRD not installed (an older crds/, or Istio's groups without crds/istio/): the
+                # kind has no objects, so the first config need not wait for it; look again later.
+                self.watch_restarts[(kind, "missing")] += 1
+                log.warning(
+                    "no such collection (CRD not installed?); retrying in %.0fs",
+                    MISSING_RETRY,
+                    extra={"event": "watch_missing", "kind": kind, "namespace": scope or ""},
+                )
+                self._deliver(partial(self._on_list, kind, scope, [], time.monotonic()))
+                self._stop.wait(MISSING_RETRY)
             except _Gone:
                 self.watch_restarts[(kind, "expired")] += 1
                 log.info(
@@ -147,6 +170,9 @@ class KubeSource:
         if response.status == 410:
             response.release_conn()
             raise _Gone
+        if response.status == 404:
+            response.release_conn()
+            raise _Missing
         if response.status >= 400:
             text = response.data[:300].decode(errors="replace")
             response.release_conn()
@@ -201,7 +227,7 @@ class KubeSource:
         delta = self._index.replace(kind, items, namespace=scope)
         was_synced = self._all_synced.is_set()
         self._synced.add((kind, scope))
-        if len(self._synced) == len(KINDS) * len(self._scopes):
+        if len(self._synced) == len(self._kinds) * len(self._scopes):
             self._all_synced.set()
         if not self._all_synced.is_set():
             return  # a partial world would push partial config; wait for every first list

@@ -21,31 +21,65 @@ from controlplane.model import (
     ServiceEndpoint,
     is_tcp_port,
 )
-from controlplane.schema import API_VERSION
+from controlplane.schema import API_VERSION, ISTIO_GROUPS
+from controlplane.schema import KINDS as SCHEMA_KINDS
 from controlplane.sources.ledger import REJECTED, Ledger
 from controlplane.validate import Problem, parse_document, parse_export_to
 from controlplane.world import SERVICE
 
 ORIGIN = "kubernetes"
 
-# kind -> (apiVersion, API path of the cluster-wide collection)
-KINDS: dict[str, tuple[str, str]] = {
-    "VirtualService": (API_VERSION, f"/apis/{API_VERSION}/virtualservices"),
-    "DestinationRule": (API_VERSION, f"/apis/{API_VERSION}/destinationrules"),
-    "PeerAuthentication": (API_VERSION, f"/apis/{API_VERSION}/peerauthentications"),
-    "AuthorizationPolicy": (API_VERSION, f"/apis/{API_VERSION}/authorizationpolicies"),
-    "Sidecar": (API_VERSION, f"/apis/{API_VERSION}/sidecars"),
-    "Service": ("v1", "/api/v1/services"),
-    "EndpointSlice": ("discovery.k8s.io/v1", "/apis/discovery.k8s.io/v1/endpointslices"),
-    "Pod": ("v1", "/api/v1/pods"),
-}
-MESH_KINDS = (
+_OURS = (
     "VirtualService",
     "DestinationRule",
     "PeerAuthentication",
     "AuthorizationPolicy",
     "Sidecar",
+    "Gateway",
+    "ServiceEntry",
 )
+
+
+def istio_kind(kind: str) -> str:
+    """The watched kind of a mesh kind's Istio-group objects ("VirtualService.istio")."""
+    return f"{kind}.istio"
+
+
+def mesh_kind(watched: str) -> str:
+    """The mesh kind of a watched kind (itself, or the kind of an Istio-group one)."""
+    return watched.removesuffix(".istio")
+
+
+def _istio_api_version(kind: str) -> str:
+    group, _, storage = ISTIO_GROUPS[kind]
+    return f"{group}/{storage}"
+
+
+# watched kind -> (apiVersion, API path of the cluster-wide collection). Istio-group kinds
+# (".istio") are watched only when the control plane is told to (`--istio-api`: their CRDs, from
+# Istio or crds/istio/, must exist).
+KINDS: dict[str, tuple[str, str]] = {
+    **{kind: (API_VERSION, f"/apis/{API_VERSION}/{SCHEMA_KINDS[kind][0]}") for kind in _OURS},
+    **{
+        istio_kind(kind): (
+            _istio_api_version(kind),
+            f"/apis/{_istio_api_version(kind)}/{SCHEMA_KINDS[kind][0]}",
+        )
+        for kind in _OURS
+    },
+    "Service": ("v1", "/api/v1/services"),
+    "EndpointSlice": ("discovery.k8s.io/v1", "/apis/discovery.k8s.io/v1/endpointslices"),
+    "Pod": ("v1", "/api/v1/pods"),
+}
+MESH_KINDS = _OURS
+ISTIO_KINDS = tuple(istio_kind(kind) for kind in _OURS)
+
+
+def watched_kinds(*, istio: bool) -> tuple[str, ...]:
+    """The kinds a Kubernetes source lists and watches."""
+    return tuple(k for k in KINDS if istio or k not in ISTIO_KINDS)
+
+
 # Istio's annotation on a Service: the namespaces whose sidecars see it.
 EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
 # The annotation the injector puts on pods that got a sidecar (they can terminate mutual TLS).
@@ -74,6 +108,7 @@ class StatusUpdate:
     generation: int
     accepted: bool
     message: str
+    api_version: str = API_VERSION  # the object's group/version (Istio's for its groups)
 
 
 ObjKey = tuple[str, str]  # namespace, name
@@ -127,7 +162,7 @@ class KubeIndex:
         for obj in fresh.values():
             if current.get(_key(obj)) != obj:
                 delta.merge(self._change(kind, obj, deleted=False, commit=False))
-        if kind in MESH_KINDS:
+        if mesh_kind(kind) in MESH_KINDS:
             committed = self._ledger.commit()
             delta.resources.update(committed.served)
             delta.evaluated |= committed.evaluated
@@ -148,12 +183,15 @@ class KubeIndex:
         else:
             self._objects[kind][key] = obj
         delta = Delta()
-        if kind in MESH_KINDS:
+        if mesh_kind(kind) in MESH_KINDS:
+            resource_key = ResourceKey(mesh_kind(kind), *key)
+            served = self._serving(resource_key)
             parsed = None
-            if not deleted:
-                document = {**obj, "apiVersion": KINDS[kind][0], "kind": kind}
+            if served is not None:
+                watched, serving = served
+                document = {**serving, "apiVersion": KINDS[watched][0], "kind": resource_key.kind}
                 parsed = parse_document(document, origin=ORIGIN)
-            self._ledger.submit(ResourceKey(kind, *key), parsed, origin=ORIGIN)
+            self._ledger.submit(resource_key, parsed, origin=ORIGIN)
             if commit:
                 committed = self._ledger.commit()
                 delta.resources.update(committed.served)
@@ -169,6 +207,15 @@ class KubeIndex:
         for service in services:
             delta.services[ResourceKey(SERVICE, *service)] = self._service(service)
         return delta
+
+    def _serving(self, key: ResourceKey) -> tuple[str, Obj] | None:
+        """The object that defines a mesh resource, and its watched kind: ours (lightmesh.io)
+        when both groups hold one of that namespace and name, else Istio's."""
+        for watched in (key.kind, istio_kind(key.kind)):
+            obj = self._objects[watched].get((key.namespace, key.name))
+            if obj is not None:
+                return watched, obj
+        return None
 
     def _index_slice(self, key: ObjKey, obj: Obj | None) -> set[ObjKey]:
         """Re-index one EndpointSlice; return the services it fed before and feeds now."""
@@ -223,24 +270,31 @@ class KubeIndex:
         chosen = (
             sorted(keys)
             if keys is not None
-            else sorted(ResourceKey(k, *o) for k in MESH_KINDS for o in self._objects[k])
+            else sorted(
+                {
+                    ResourceKey(mesh_kind(k), *o)
+                    for k in (*MESH_KINDS, *ISTIO_KINDS)
+                    for o in self._objects[k]
+                }
+            )
         )
         updates = []
         for key in chosen:
-            obj = self._objects.get(key.kind, {}).get((key.namespace, key.name))
+            served = self._serving(key) if key.kind in MESH_KINDS else None
             verdict = self._ledger.verdict(key)
-            if obj is None or verdict is None:
+            if served is None or verdict is None:
                 continue
+            watched, obj = served
             accepted, problems = verdict
-            message = (
-                "accepted"
-                if accepted
-                else "; ".join(
-                    ": ".join(x for x in (p.path, p.message) if x)
-                    for p in problems
-                    if p.message != REJECTED
-                )
+            described = "; ".join(
+                ": ".join(x for x in (p.path, p.message) if x)
+                for p in problems
+                if p.message != REJECTED and (p.severity == "warning") == accepted
             )
+            if accepted:
+                message = f"accepted with warnings: {described}" if described else "accepted"
+            else:
+                message = described
             generation = int(obj.get("metadata", {}).get("generation") or 0)
             status = obj.get("status") or {}
             current: Mapping[str, Any] = next(
@@ -260,6 +314,7 @@ class KubeIndex:
                     generation=generation,
                     accepted=accepted,
                     message=message,
+                    api_version=KINDS[watched][0],
                 )
             )
         return updates

@@ -5,8 +5,10 @@ re-checks only what that can affect, the submitted keys and the VirtualServices 
 subsets of a host whose DestinationRule changed (linkerd's `IndexNamespacedResource::apply/delete`
 with receivers that change only when their own target does), and returns what to serve:
 - a valid resource whose references resolve is served (and becomes the last good one);
-- an invalid one, or one routing to a subset no DestinationRule defines, is reported and its last
-  good version keeps serving (none if there is none);
+- an invalid one is reported and its last good version keeps serving (none if there is none);
+- one routing to a subset no DestinationRule defines is served with a warning, as in Istio (apply
+  order is free; those routes answer 503 NC until the subset exists), re-checked when a
+  DestinationRule of that host changes;
 - a deleted one stops being served.
 The file and Kubernetes sources share it, so both behave the same.
 """
@@ -127,7 +129,8 @@ class Ledger:
         parsed = candidate.parsed
         problems = list(parsed.problems) + list(broken)
         good = self._good.get(key)
-        if parsed.resource is not None and not broken:
+        # Subsets not defined (yet) are warnings: served, those routes answer 503 NC.
+        if parsed.resource is not None and all(p.severity == "warning" for p in broken):
             self._good[key] = parsed.resource
             result: Resource | None = parsed.resource
             self._accepted[key] = True

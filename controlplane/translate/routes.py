@@ -26,7 +26,12 @@ def virtual_host(
         vhost = pb.VirtualHost(
             name=host,
             domains=_domains(host, namespace),
-            routes=[_route(route, index) for index, route in enumerate(vs.http)],
+            routes=[
+                _route(route, index)
+                for index, route in enumerate(vs.http)
+                # A route whose every match entry is for Gateways only never matches here.
+                if not route.matches or any(m.for_mesh for m in route.matches)
+            ],
             origin=str(vs.key),
         )
     if service is not None:
@@ -60,7 +65,7 @@ def _domains(host: str, namespace: str) -> list[str]:
 def _route(route: HTTPRoute, index: int) -> pb.Route:
     out = pb.Route(
         name=route.name or f"http[{index}]",
-        matches=[_match(m) for m in route.matches],
+        matches=[_match(m) for m in route.matches if m.for_mesh],
         clusters=[
             pb.WeightedCluster(cluster=cluster_name(d.host, d.subset), weight=d.weight)
             for d in route.destinations
@@ -135,4 +140,5 @@ def _match(match: HTTPMatch) -> pb.RouteMatch:
         query_params=[
             pb.QueryParamMatch(name=n, value=_string_match(v)) for n, v in match.query_params
         ],
+        port=match.port or 0,
     )

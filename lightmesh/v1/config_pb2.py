@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19lightmesh/v1/config.proto\x12\x0clightmesh.v1\"\x8d\x01\n\x0bVirtualHost\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x64omains\x18\x02 \x03(\t\x12#\n\x06routes\x18\x03 \x03(\x0b\x32\x13.lightmesh.v1.Route\x12\x0e\n\x06origin\x18\x04 \x01(\t\x12*\n\ntcp_routes\x18\x05 \x03(\x0b\x32\x16.lightmesh.v1.TcpRoute\")\n\x08TcpRoute\x12\x0c\n\x04port\x18\x01 \x01(\r\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\"\xb2\x03\n\x05Route\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x07matches\x18\x02 \x03(\x0b\x32\x18.lightmesh.v1.RouteMatch\x12/\n\x08\x63lusters\x18\x03 \x03(\x0b\x32\x1d.lightmesh.v1.WeightedCluster\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12(\n\x08redirect\x18\x05 \x01(\x0b\x32\x16.lightmesh.v1.Redirect\x12&\n\x07rewrite\x18\x06 \x01(\x0b\x32\x15.lightmesh.v1.Rewrite\x12\x30\n\x0frequest_headers\x18\x07 \x01(\x0b\x32\x17.lightmesh.v1.HeaderOps\x12\x31\n\x10response_headers\x18\x08 \x01(\x0b\x32\x17.lightmesh.v1.HeaderOps\x12*\n\x07retries\x18\t \x01(\x0b\x32\x19.lightmesh.v1.RetryPolicy\x12\"\n\x05\x66\x61ult\x18\n \x01(\x0b\x32\x13.lightmesh.v1.Fault\x12$\n\x06mirror\x18\x0b \x01(\x0b\x32\x14.lightmesh.v1.Mirror\"8\n\x08Redirect\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x11\n\tauthority\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\r\"6\n\x07Rewrite\x12\x10\n\x03uri\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x11\n\tauthority\x18\x02 \x01(\tB\x06\n\x04_uri\"*\n\x0bHeaderValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"k\n\tHeaderOps\x12&\n\x03set\x18\x01 \x03(\x0b\x32\x19.lightmesh.v1.HeaderValue\x12&\n\x03\x61\x64\x64\x18\x02 \x03(\x0b\x32\x19.lightmesh.v1.HeaderValue\x12\x0e\n\x06remove\x18\x03 \x03(\t\"M\n\x0bRetryPolicy\x12\x10\n\x08\x61ttempts\x18\x01 \x01(\r\x12\x1a\n\x12per_try_timeout_ms\x18\x02 \x01(\r\x12\x10\n\x08retry_on\x18\x03 \x03(\t\"]\n\x05\x46\x61ult\x12\x10\n\x08\x64\x65lay_ms\x18\x01 \x01(\r\x12\x15\n\rdelay_percent\x18\x02 \x01(\x01\x12\x14\n\x0c\x61\x62ort_status\x18\x03 \x01(\r\x12\x15\n\rabort_percent\x18\x04 \x01(\x01\"*\n\x06Mirror\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0f\n\x07percent\x18\x02 \x01(\x01\"\\\n\x0bStringMatch\x12\x0f\n\x05\x65xact\x18\x01 \x01(\tH\x00\x12\x10\n\x06prefix\x18\x02 \x01(\tH\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x12\x11\n\x07present\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind\"U\n\x0bHeaderMatch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.lightmesh.v1.StringMatch\x12\x0e\n\x06invert\x18\x03 \x01(\x08\"I\n\x0fQueryParamMatch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.lightmesh.v1.StringMatch\"\xc0\x01\n\nRouteMatch\x12&\n\x03uri\x18\x01 \x01(\x0b\x32\x19.lightmesh.v1.StringMatch\x12*\n\x07headers\x18\x02 \x03(\x0b\x32\x19.lightmesh.v1.HeaderMatch\x12)\n\x06method\x18\x03 \x01(\x0b\x32\x19.lightmesh.v1.StringMatch\x12\x33\n\x0cquery_params\x18\x04 \x03(\x0b\x32\x1d.lightmesh.v1.QueryParamMatch\"2\n\x0fWeightedCluster\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\r\"V\n\x0e\x43onsistentHash\x12\x0e\n\x06header\x18\x01 \x01(\t\x12\x0e\n\x06\x63ookie\x18\x02 \x01(\t\x12\x11\n\tsource_ip\x18\x03 \x01(\x08\x12\x11\n\tring_size\x18\x04 \x01(\r\"\xb1\x01\n\x10OutlierDetection\x12\x17\n\x0f\x63onsecutive_5xx\x18\x01 \x01(\r\x12\x1b\n\x13\x63onsecutive_gateway\x18\x02 \x01(\r\x12\x13\n\x0binterval_ms\x18\x03 \x01(\r\x12\x18\n\x10\x62\x61se_ejection_ms\x18\x04 \x01(\r\x12\x1c\n\x14max_ejection_percent\x18\x05 \x01(\r\x12\x1a\n\x12min_health_percent\x18\x06 \x01(\r\"\xa1\x03\n\x07\x43luster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0e\n\x06subset\x18\x03 \x01(\t\x12)\n\tlb_policy\x18\x04 \x01(\x0e\x32\x16.lightmesh.v1.LbPolicy\x12\x1a\n\x12\x63onnect_timeout_ms\x18\x05 \x01(\r\x12*\n\x04hash\x18\x06 \x01(\x0b\x32\x1c.lightmesh.v1.ConsistentHash\x12\x17\n\x0fmax_connections\x18\x07 \x01(\r\x12\x1c\n\x14max_pending_requests\x18\x08 \x01(\r\x12#\n\x1bmax_requests_per_connection\x18\t \x01(\r\x12\x17\n\x0fidle_timeout_ms\x18\n \x01(\r\x12/\n\x07outlier\x18\x0b \x01(\x0b\x32\x1e.lightmesh.v1.OutlierDetection\x12&\n\x03tls\x18\x0c \x01(\x0e\x32\x19.lightmesh.v1.UpstreamTls\x12\x16\n\x0etls_identities\x18\r \x03(\t\x12\x0e\n\x06meshed\x18\x0e \x01(\x08\"X\n\x15\x43lusterLoadAssignment\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12)\n\tendpoints\x18\x02 \x03(\x0b\x32\x16.lightmesh.v1.Endpoint\"\xae\x01\n\x08\x45ndpoint\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08workload\x18\x03 \x01(\t\x12\x32\n\x06labels\x18\x04 \x03(\x0b\x32\".lightmesh.v1.Endpoint.LabelsEntry\x12\x0e\n\x06weight\x18\x05 \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x85\x01\n\rInboundPolicy\x12)\n\tmtls_mode\x18\x01 \x01(\x0e\x32\x16.lightmesh.v1.MtlsMode\x12\x33\n\x08policies\x18\x02 \x03(\x0b\x32!.lightmesh.v1.AuthorizationPolicy\x12\x14\n\x0ctrust_bundle\x18\x03 \x01(\t\"~\n\x13\x41uthorizationPolicy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x19.lightmesh.v1.AuthzAction\x12.\n\x05rules\x18\x03 \x03(\x0b\x32\x1f.lightmesh.v1.AuthorizationRule\"[\n\x11\x41uthorizationRule\x12\x12\n\nprincipals\x18\x01 \x03(\t\x12\x12\n\nnamespaces\x18\x02 \x03(\t\x12\x0f\n\x07methods\x18\x03 \x03(\t\x12\r\n\x05paths\x18\x04 \x03(\t*X\n\x08LbPolicy\x12\x0f\n\x0bROUND_ROBIN\x10\x00\x12\x11\n\rLEAST_REQUEST\x10\x01\x12\n\n\x06RANDOM\x10\x02\x12\r\n\tPEAK_EWMA\x10\x03\x12\r\n\tRING_HASH\x10\x04*/\n\x0bUpstreamTls\x12\x0f\n\x0bTLS_DISABLE\x10\x00\x12\x0f\n\x0bMESH_MUTUAL\x10\x01*B\n\x08MtlsMode\x12\x13\n\x0fMTLS_PERMISSIVE\x10\x00\x12\x0f\n\x0bMTLS_STRICT\x10\x01\x12\x10\n\x0cMTLS_DISABLE\x10\x02*.\n\x0b\x41uthzAction\x12\x0f\n\x0b\x41UTHZ_ALLOW\x10\x00\x12\x0e\n\nAUTHZ_DENY\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19lightmesh/v1/config.proto\x12\x0clightmesh.v1\"\x8d\x01\n\x0bVirtualHost\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x64omains\x18\x02 \x03(\t\x12#\n\x06routes\x18\x03 \x03(\x0b\x32\x13.lightmesh.v1.Route\x12\x0e\n\x06origin\x18\x04 \x01(\t\x12*\n\ntcp_routes\x18\x05 \x03(\x0b\x32\x16.lightmesh.v1.TcpRoute\")\n\x08TcpRoute\x12\x0c\n\x04port\x18\x01 \x01(\r\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\"\xb2\x03\n\x05Route\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x07matches\x18\x02 \x03(\x0b\x32\x18.lightmesh.v1.RouteMatch\x12/\n\x08\x63lusters\x18\x03 \x03(\x0b\x32\x1d.lightmesh.v1.WeightedCluster\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12(\n\x08redirect\x18\x05 \x01(\x0b\x32\x16.lightmesh.v1.Redirect\x12&\n\x07rewrite\x18\x06 \x01(\x0b\x32\x15.lightmesh.v1.Rewrite\x12\x30\n\x0frequest_headers\x18\x07 \x01(\x0b\x32\x17.lightmesh.v1.HeaderOps\x12\x31\n\x10response_headers\x18\x08 \x01(\x0b\x32\x17.lightmesh.v1.HeaderOps\x12*\n\x07retries\x18\t \x01(\x0b\x32\x19.lightmesh.v1.RetryPolicy\x12\"\n\x05\x66\x61ult\x18\n \x01(\x0b\x32\x13.lightmesh.v1.Fault\x12$\n\x06mirror\x18\x0b \x01(\x0b\x32\x14.lightmesh.v1.Mirror\"8\n\x08Redirect\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x11\n\tauthority\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\r\"6\n\x07Rewrite\x12\x10\n\x03uri\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x11\n\tauthority\x18\x02 \x01(\tB\x06\n\x04_uri\"*\n\x0bHeaderValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"k\n\tHeaderOps\x12&\n\x03set\x18\x01 \x03(\x0b\x32\x19.lightmesh.v1.HeaderValue\x12&\n\x03\x61\x64\x64\x18\x02 \x03(\x0b\x32\x19.lightmesh.v1.HeaderValue\x12\x0e\n\x06remove\x18\x03 \x03(\t\"M\n\x0bRetryPolicy\x12\x10\n\x08\x61ttempts\x18\x01 \x01(\r\x12\x1a\n\x12per_try_timeout_ms\x18\x02 \x01(\r\x12\x10\n\x08retry_on\x18\x03 \x03(\t\"]\n\x05\x46\x61ult\x12\x10\n\x08\x64\x65lay_ms\x18\x01 \x01(\r\x12\x15\n\rdelay_percent\x18\x02 \x01(\x01\x12\x14\n\x0c\x61\x62ort_status\x18\x03 \x01(\r\x12\x15\n\rabort_percent\x18\x04 \x01(\x01\"*\n\x06Mirror\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0f\n\x07percent\x18\x02 \x01(\x01\"\\\n\x0bStringMatch\x12\x0f\n\x05\x65xact\x18\x01 \x01(\tH\x00\x12\x10\n\x06prefix\x18\x02 \x01(\tH\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x12\x11\n\x07present\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind\"U\n\x0bHeaderMatch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.lightmesh.v1.StringMatch\x12\x0e\n\x06invert\x18\x03 \x01(\x08\"I\n\x0fQueryParamMatch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.lightmesh.v1.StringMatch\"\xce\x01\n\nRouteMatch\x12&\n\x03uri\x18\x01 \x01(\x0b\x32\x19.lightmesh.v1.StringMatch\x12*\n\x07headers\x18\x02 \x03(\x0b\x32\x19.lightmesh.v1.HeaderMatch\x12)\n\x06method\x18\x03 \x01(\x0b\x32\x19.lightmesh.v1.StringMatch\x12\x33\n\x0cquery_params\x18\x04 \x03(\x0b\x32\x1d.lightmesh.v1.QueryParamMatch\x12\x0c\n\x04port\x18\x05 \x01(\r\"2\n\x0fWeightedCluster\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\r\"V\n\x0e\x43onsistentHash\x12\x0e\n\x06header\x18\x01 \x01(\t\x12\x0e\n\x06\x63ookie\x18\x02 \x01(\t\x12\x11\n\tsource_ip\x18\x03 \x01(\x08\x12\x11\n\tring_size\x18\x04 \x01(\r\"\xb1\x01\n\x10OutlierDetection\x12\x17\n\x0f\x63onsecutive_5xx\x18\x01 \x01(\r\x12\x1b\n\x13\x63onsecutive_gateway\x18\x02 \x01(\r\x12\x13\n\x0binterval_ms\x18\x03 \x01(\r\x12\x18\n\x10\x62\x61se_ejection_ms\x18\x04 \x01(\r\x12\x1c\n\x14max_ejection_percent\x18\x05 \x01(\r\x12\x1a\n\x12min_health_percent\x18\x06 \x01(\r\"\xa1\x03\n\x07\x43luster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0e\n\x06subset\x18\x03 \x01(\t\x12)\n\tlb_policy\x18\x04 \x01(\x0e\x32\x16.lightmesh.v1.LbPolicy\x12\x1a\n\x12\x63onnect_timeout_ms\x18\x05 \x01(\r\x12*\n\x04hash\x18\x06 \x01(\x0b\x32\x1c.lightmesh.v1.ConsistentHash\x12\x17\n\x0fmax_connections\x18\x07 \x01(\r\x12\x1c\n\x14max_pending_requests\x18\x08 \x01(\r\x12#\n\x1bmax_requests_per_connection\x18\t \x01(\r\x12\x17\n\x0fidle_timeout_ms\x18\n \x01(\r\x12/\n\x07outlier\x18\x0b \x01(\x0b\x32\x1e.lightmesh.v1.OutlierDetection\x12&\n\x03tls\x18\x0c \x01(\x0e\x32\x19.lightmesh.v1.UpstreamTls\x12\x16\n\x0etls_identities\x18\r \x03(\t\x12\x0e\n\x06meshed\x18\x0e \x01(\x08\"X\n\x15\x43lusterLoadAssignment\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12)\n\tendpoints\x18\x02 \x03(\x0b\x32\x16.lightmesh.v1.Endpoint\"\xae\x01\n\x08\x45ndpoint\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08workload\x18\x03 \x01(\t\x12\x32\n\x06labels\x18\x04 \x03(\x0b\x32\".lightmesh.v1.Endpoint.LabelsEntry\x12\x0e\n\x06weight\x18\x05 \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x85\x01\n\rInboundPolicy\x12)\n\tmtls_mode\x18\x01 \x01(\x0e\x32\x16.lightmesh.v1.MtlsMode\x12\x33\n\x08policies\x18\x02 \x03(\x0b\x32!.lightmesh.v1.AuthorizationPolicy\x12\x14\n\x0ctrust_bundle\x18\x03 \x01(\t\"~\n\x13\x41uthorizationPolicy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x19.lightmesh.v1.AuthzAction\x12.\n\x05rules\x18\x03 \x03(\x0b\x32\x1f.lightmesh.v1.AuthorizationRule\"[\n\x11\x41uthorizationRule\x12\x12\n\nprincipals\x18\x01 \x03(\t\x12\x12\n\nnamespaces\x18\x02 \x03(\t\x12\x0f\n\x07methods\x18\x03 \x03(\t\x12\r\n\x05paths\x18\x04 \x03(\t*X\n\x08LbPolicy\x12\x0f\n\x0bROUND_ROBIN\x10\x00\x12\x11\n\rLEAST_REQUEST\x10\x01\x12\n\n\x06RANDOM\x10\x02\x12\r\n\tPEAK_EWMA\x10\x03\x12\r\n\tRING_HASH\x10\x04*/\n\x0bUpstreamTls\x12\x0f\n\x0bTLS_DISABLE\x10\x00\x12\x0f\n\x0bMESH_MUTUAL\x10\x01*B\n\x08MtlsMode\x12\x13\n\x0fMTLS_PERMISSIVE\x10\x00\x12\x0f\n\x0bMTLS_STRICT\x10\x01\x12\x10\n\x0cMTLS_DISABLE\x10\x02*.\n\x0b\x41uthzAction\x12\x0f\n\x0b\x41UTHZ_ALLOW\x10\x00\x12\x0e\n\nAUTHZ_DENY\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,14 +33,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENDPOINT_LABELSENTRY']._loaded_options = None
   _globals['_ENDPOINT_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_LBPOLICY']._serialized_start=2967
-  _globals['_LBPOLICY']._serialized_end=3055
-  _globals['_UPSTREAMTLS']._serialized_start=3057
-  _globals['_UPSTREAMTLS']._serialized_end=3104
-  _globals['_MTLSMODE']._serialized_start=3106
-  _globals['_MTLSMODE']._serialized_end=3172
-  _globals['_AUTHZACTION']._serialized_start=3174
-  _globals['_AUTHZACTION']._serialized_end=3220
+  _globals['_LBPOLICY']._serialized_start=2981
+  _globals['_LBPOLICY']._serialized_end=3069
+  _globals['_UPSTREAMTLS']._serialized_start=3071
+  _globals['_UPSTREAMTLS']._serialized_end=3118
+  _globals['_MTLSMODE']._serialized_start=3120
+  _globals['_MTLSMODE']._serialized_end=3186
+  _globals['_AUTHZACTION']._serialized_start=3188
+  _globals['_AUTHZACTION']._serialized_end=3234
   _globals['_VIRTUALHOST']._serialized_start=44
   _globals['_VIRTUALHOST']._serialized_end=185
   _globals['_TCPROUTE']._serialized_start=187
@@ -68,25 +68,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERYPARAMMATCH']._serialized_start=1333
   _globals['_QUERYPARAMMATCH']._serialized_end=1406
   _globals['_ROUTEMATCH']._serialized_start=1409
-  _globals['_ROUTEMATCH']._serialized_end=1601
-  _globals['_WEIGHTEDCLUSTER']._serialized_start=1603
-  _globals['_WEIGHTEDCLUSTER']._serialized_end=1653
-  _globals['_CONSISTENTHASH']._serialized_start=1655
-  _globals['_CONSISTENTHASH']._serialized_end=1741
-  _globals['_OUTLIERDETECTION']._serialized_start=1744
-  _globals['_OUTLIERDETECTION']._serialized_end=1921
-  _globals['_CLUSTER']._serialized_start=1924
-  _globals['_CLUSTER']._serialized_end=2341
-  _globals['_CLUSTERLOADASSIGNMENT']._serialized_start=2343
-  _globals['_CLUSTERLOADASSIGNMENT']._serialized_end=2431
-  _globals['_ENDPOINT']._serialized_start=2434
-  _globals['_ENDPOINT']._serialized_end=2608
-  _globals['_ENDPOINT_LABELSENTRY']._serialized_start=2563
-  _globals['_ENDPOINT_LABELSENTRY']._serialized_end=2608
-  _globals['_INBOUNDPOLICY']._serialized_start=2611
-  _globals['_INBOUNDPOLICY']._serialized_end=2744
-  _globals['_AUTHORIZATIONPOLICY']._serialized_start=2746
-  _globals['_AUTHORIZATIONPOLICY']._serialized_end=2872
-  _globals['_AUTHORIZATIONRULE']._serialized_start=2874
-  _globals['_AUTHORIZATIONRULE']._serialized_end=2965
+  _globals['_ROUTEMATCH']._serialized_end=1615
+  _globals['_WEIGHTEDCLUSTER']._serialized_start=1617
+  _globals['_WEIGHTEDCLUSTER']._serialized_end=1667
+  _globals['_CONSISTENTHASH']._serialized_start=1669
+  _globals['_CONSISTENTHASH']._serialized_end=1755
+  _globals['_OUTLIERDETECTION']._serialized_start=1758
+  _globals['_OUTLIERDETECTION']._serialized_end=1935
+  _globals['_CLUSTER']._serialized_start=1938
+  _globals['_CLUSTER']._serialized_end=2355
+  _globals['_CLUSTERLOADASSIGNMENT']._serialized_start=2357
+  _globals['_CLUSTERLOADASSIGNMENT']._serialized_end=2445
+  _globals['_ENDPOINT']._serialized_start=2448
+  _globals['_ENDPOINT']._serialized_end=2622
+  _globals['_ENDPOINT_LABELSENTRY']._serialized_start=2577
+  _globals['_ENDPOINT_LABELSENTRY']._serialized_end=2622
+  _globals['_INBOUNDPOLICY']._serialized_start=2625
+  _globals['_INBOUNDPOLICY']._serialized_end=2758
+  _globals['_AUTHORIZATIONPOLICY']._serialized_start=2760
+  _globals['_AUTHORIZATIONPOLICY']._serialized_end=2886
+  _globals['_AUTHORIZATIONRULE']._serialized_start=2888
+  _globals['_AUTHORIZATIONRULE']._serialized_end=2979
 # @@protoc_insertion_point(module_scope)

@@ -188,16 +188,18 @@ class QueryParamMatch(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[_Union[StringMatch, _Mapping]] = ...) -> None: ...
 
 class RouteMatch(_message.Message):
-    __slots__ = ("uri", "headers", "method", "query_params")
+    __slots__ = ("uri", "headers", "method", "query_params", "port")
     URI_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     QUERY_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
     uri: StringMatch
     headers: _containers.RepeatedCompositeFieldContainer[HeaderMatch]
     method: StringMatch
     query_params: _containers.RepeatedCompositeFieldContainer[QueryParamMatch]
-    def __init__(self, uri: _Optional[_Union[StringMatch, _Mapping]] = ..., headers: _Optional[_Iterable[_Union[HeaderMatch, _Mapping]]] = ..., method: _Optional[_Union[StringMatch, _Mapping]] = ..., query_params: _Optional[_Iterable[_Union[QueryParamMatch, _Mapping]]] = ...) -> None: ...
+    port: int
+    def __init__(self, uri: _Optional[_Union[StringMatch, _Mapping]] = ..., headers: _Optional[_Iterable[_Union[HeaderMatch, _Mapping]]] = ..., method: _Optional[_Union[StringMatch, _Mapping]] = ..., query_params: _Optional[_Iterable[_Union[QueryParamMatch, _Mapping]]] = ..., port: _Optional[int] = ...) -> None: ...
 
 class WeightedCluster(_message.Message):
     __slots__ = ("cluster", "weight")

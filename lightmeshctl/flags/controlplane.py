@@ -28,6 +28,12 @@ def add_arguments(cp: argparse.ArgumentParser) -> None:
         default=[],
         help="watch only this namespace (repeatable; default: the whole cluster)",
     )
+    cp.add_argument(
+        "--istio-api",
+        action="store_true",
+        help="also watch resources in Istio's groups (networking.istio.io, security.istio.io); "
+        "their CRDs must be installed (Istio's, or crds/istio/)",
+    )
     cp.add_argument("--host", default="127.0.0.1")
     cp.add_argument("--port", type=int, default=15010, help="gRPC config stream port")
     cp.add_argument(
@@ -133,6 +139,7 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         in_cluster=args.in_cluster,
         lease_namespace=args.lease_namespace,
         watch_namespaces=tuple(args.watch_namespace),
+        istio_api=args.istio_api,
         host=args.host,
         port=args.port,
         debug_port=args.debug_port,

@@ -2,7 +2,7 @@
 
 Built on asyncio Protocols (uvloop in the sidecar, the stdlib loop elsewhere): each accepted
 connection is a `DownstreamConnection` (downstream.py) whose parser callbacks drive one
-`Exchange` (exchange.py) at a time; upstream connections are pooled `UpstreamConnection`s
+`Exchange` (exchange.py, the asyncio driver of the sans-IO sidecar/exchange/machine.py) at a time; upstream connections are pooled `UpstreamConnection`s
 (upstream/pool.py). No task runs per request: a connect is the only await on the path. One sweeper task
 per listener enforces the downstream timeouts and expires idle pooled connections and tunnels.
 """

@@ -49,6 +49,19 @@ def _string_matcher(match: pb.StringMatch, where: str, *, max_regex: int) -> Mat
     raise ConfigError(f"{where}: empty string match (a newer control plane?)")
 
 
+def request_port(head: RequestHead) -> int:
+    """The port a request was addressed to: the Host header's, else the intercepted connection's
+    original destination, else 80 (HTTP's default). Read only by routes that match on a port."""
+    host = head.header(b"host")
+    if host is not None:
+        _, colon, port = host.decode("latin-1").rpartition(":")
+        if colon and port.isdigit():
+            return int(port)
+    if head.original_dst is not None:
+        return head.original_dst[1]
+    return 80
+
+
 def _any(_: str) -> bool:
     return True
 
@@ -66,12 +79,16 @@ class CompiledMatch:
     uri_prefix: str | None = None
     # Every path this entry accepts starts with this ("" when unknown): a cheap pre-filter.
     literal: str = ""
+    # Istio's match.port (0: any port).
+    port: int = 0
 
     def matches(self, head: RequestHead, path: str, query: dict[str, str] | None) -> bool:
         """Whether the request satisfies this entry."""
         if self.uri is not None and not self.uri(path):
             return False
         if self.method is not None and not self.method(head.method):
+            return False
+        if self.port and request_port(head) != self.port:
             return False
         for name, matcher, invert in self.headers:
             value = head.header(name)
@@ -299,6 +316,7 @@ def _compile_route(route: pb.Route, where: str, *, max_regex: int) -> CompiledRo
                 ),
                 uri_prefix=match.uri.prefix if has_uri and match.uri.HasField("prefix") else None,
                 literal=literal_prefix(match.uri) if has_uri else "",
+                port=match.port,
             )
         )
     redirect = None

@@ -166,6 +166,10 @@ def install_mesh(cluster: NodeCluster) -> Iterator[Mesh]:
     mesh.readme("kubectl apply -f examples/kubernetes/shop.yaml")
     mesh.readme("kubectl apply -n shop -f examples/demo/")
     mesh.readme("kubectl -n shop wait --for=condition=Available deploy --all --timeout=180s")
+    # Ready pods are not yet reachable through their ClusterIP: kube-proxy programs a Service's
+    # endpoints after it sees the EndpointSlice (until then the ClusterIP refuses connections).
+    frontend = mesh.cluster_ip("shop", "frontend")
+    wait_until(lambda: mesh.get(f"http://{frontend}/")[0] == 200, "frontend's ClusterIP answers")
     mesh.timings["shop_ready"] = time.monotonic() - started
     try:
         yield mesh

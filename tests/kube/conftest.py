@@ -6,8 +6,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import yaml
 
-from tests.support.kube import KubeCluster, build_binaries
+from tests.support.kube import REPO, KubeCluster, build_binaries
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -50,6 +51,8 @@ CRDS = (
     "peerauthentications.lightmesh.io",
     "authorizationpolicies.lightmesh.io",
     "sidecars.lightmesh.io",
+    "gateways.lightmesh.io",
+    "serviceentries.lightmesh.io",
 )
 
 
@@ -59,4 +62,21 @@ def crds(kube: KubeCluster) -> None:
     kube.kubectl("apply", "-f", "crds/")
     kube.kubectl(
         "wait", "--for=condition=Established", "--timeout=30s", *(f"crd/{name}" for name in CRDS)
+    )
+
+
+ISTIO_CRDS = tuple(
+    sorted(
+        yaml.safe_load(p.read_text())["metadata"]["name"]
+        for p in (REPO / "crds" / "istio").glob("*.yaml")
+    )
+)
+
+
+@pytest.fixture(scope="session")
+def istio_crds(kube: KubeCluster) -> None:
+    """crds/istio/ (Istio's groups, for clusters without Istio), applied with kubectl, Established."""
+    kube.kubectl("apply", "-f", "crds/istio/")
+    kube.kubectl(
+        "wait", "--for=condition=Established", "--timeout=30s", *(f"crd/{n}" for n in ISTIO_CRDS)
     )

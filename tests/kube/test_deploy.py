@@ -17,6 +17,15 @@ SA = "system:serviceaccount:lightmesh-system:lightmesh-controlplane"
         (("list", "pods", "-n", "shop"), True),
         (("watch", "virtualservices.lightmesh.io", "--all-namespaces"), True),
         (("patch", "virtualservices.lightmesh.io", "--subresource=status", "-n", "shop"), True),
+        (("watch", "serviceentries.lightmesh.io", "--all-namespaces"), True),
+        (("watch", "gateways.networking.istio.io", "--all-namespaces"), True),
+        (("list", "authorizationpolicies.security.istio.io", "--all-namespaces"), True),
+        (
+            ("patch", "virtualservices.networking.istio.io", "--subresource=status", "-n", "shop"),
+            True,
+        ),
+        (("update", "virtualservices.networking.istio.io", "-n", "shop"), False),
+        (("delete", "peerauthentications.security.istio.io", "-n", "shop"), False),
         (("update", "leases.coordination.k8s.io", "-n", "lightmesh-system"), True),
         (("create", "secrets", "-n", "lightmesh-system"), True),
         (("create", "tokenreviews.authentication.k8s.io"), True),
@@ -30,7 +39,12 @@ SA = "system:serviceaccount:lightmesh-system:lightmesh-controlplane"
     ],
 )
 def test_rbac_is_least_privilege(
-    kube: KubeCluster, crds: None, deployed: None, args: tuple[str, ...], allowed: bool
+    kube: KubeCluster,
+    crds: None,
+    istio_crds: None,
+    deployed: None,
+    args: tuple[str, ...],
+    allowed: bool,
 ) -> None:
     result = kube.kubectl("auth", "can-i", *args, f"--as={SA}", check=False)
     assert result.stdout.strip() == ("yes" if allowed else "no"), result.stdout + result.stderr

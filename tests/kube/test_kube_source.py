@@ -92,6 +92,12 @@ endpoints:
 @pytest.fixture
 def shop(kube: KubeCluster, crds: None, namespace: str, tmp_path: Path) -> Iterator[LocalMesh]:
     """Control plane watching the API server; catalog v1/v2 apps; a frontend app with a sidecar."""
+    yield from _shop(kube, namespace, tmp_path, ())
+
+
+def _shop(
+    kube: KubeCluster, namespace: str, tmp_path: Path, extra_args: tuple[str, ...]
+) -> Iterator[LocalMesh]:
     address = advertise_address()
     assert address, "no non-loopback address on this machine for endpoint addresses"
     empty = tmp_path / "files"
@@ -116,7 +122,7 @@ spec:
             pod_and_slice(namespace, v, address, ports[v], ready=True) for v in ("v1", "v2")
         ]
         kube.kubectl("apply", "-f", "-", input="\n---\n".join(docs))
-        mesh.start_control_plane(extra_args=("--kubeconfig", str(kube.kubeconfig)))
+        mesh.start_control_plane(extra_args=("--kubeconfig", str(kube.kubeconfig), *extra_args))
         mesh.start_workload("frontend", service="frontend", call="catalog", namespace=namespace)
         mesh.wait_ready()
         mesh.shop_address = address  # type: ignore[attr-defined]
@@ -198,14 +204,19 @@ def test_kubectl_apply_routes_traffic_and_invalid_changes_keep_the_last_good(
     table = kube.kubectl("get", "vs", "-n", namespace).stdout.split()
     assert table[:5] == ["NAME", "HOSTS", "ACCEPTED", "AGE", "catalog"] and "False" in table
 
-    # A route to a subset no DestinationRule defines: stored, Accepted=False, never pushed.
+    # A route to a subset no DestinationRule defines (yet): as Istio, accepted with a warning in
+    # its status, and its requests answer 503 with flag NC until the subset exists.
     kube.kubectl("apply", "-f", "-", input=vs(namespace, ALL_V2.replace("v2", "v9")))
-    wait_for(
-        lambda: "subset 'v9'" in str(accepted_condition(kube, namespace, status="False")),
+    condition = wait_for(
+        lambda: accepted_condition(kube, namespace, status="True"),
         timeout=30,
-        what="Accepted=False naming the unknown subset",
+        what="Accepted=True with a warning naming the unknown subset",
     )
-    assert versions(shop, 10) == Counter({"v1": 10})
+    assert "subset 'v9'" in condition["message"], condition
+    assert condition["message"].startswith("accepted with warnings: "), condition
+    # The frontend app answers 502 when its call fails; the body is its sidecar's 503 NC reply.
+    missing = f"502:cluster 'outbound|v9|catalog.{namespace}.svc.cluster.local' not found"
+    wait_for(lambda: versions(shop, 4) == Counter({missing: 4}), timeout=30, what="503 NC")
 
     kube.kubectl("delete", "virtualservice", "catalog", "-n", namespace)
     wait_for(lambda: set(versions(shop, 8)) == {"v1", "v2"}, timeout=30, what="default route")

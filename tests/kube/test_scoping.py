@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lightmeshctl.demo.mesh import LocalMesh, http_get, wait_for
-from tests.kube.test_kube_source import rule, vs
+from tests.kube.test_kube_source import BAD_REGEX, rule, vs
 from tests.support.kube import KubeCluster
 
 pytestmark = pytest.mark.kube
@@ -42,14 +42,25 @@ def analyze(kube: KubeCluster, *args: str) -> subprocess.CompletedProcess[str]:
 def test_analyze_cluster_reports_what_the_control_plane_would_reject(
     kube: KubeCluster, crds: None, namespace: str, second_namespace: str
 ) -> None:
-    kube.kubectl("apply", "-f", "-", input=unknown_subset(namespace))
+    kube.kubectl(
+        "apply", "-f", "-", input=rule(namespace) + "---\n" + BAD_REGEX.format(namespace=namespace)
+    )
     found = analyze(kube, "-n", namespace)
     assert found.returncode == 1, found.stdout + found.stderr
     assert (
-        f"VirtualService {namespace}/catalog: spec.http[0].route[0].destination.subset: "
-        "subset 'v3' of catalog." in found.stdout
+        f"Error: kubernetes: VirtualService {namespace}/catalog: spec.http[0].match[0].uri.regex: "
+        in found.stdout
     )
     assert "1 resources accepted, 1 problems in 2 resources" in found.stdout
+    # A subset not defined (yet) is a warning, as in Istio: accepted, exit 0.
+    kube.kubectl("apply", "-f", "-", input=unknown_subset(namespace))
+    warned = analyze(kube, "-n", namespace)
+    assert warned.returncode == 0, warned.stdout + warned.stderr
+    assert (
+        f"VirtualService {namespace}/catalog: spec.http[0].route[0].destination.subset: "
+        "warning: subset 'v3' of catalog." in warned.stdout
+    )
+    assert "2 resources accepted, 0 problems in 2 resources" in warned.stdout
     clean = analyze(kube, "-n", second_namespace)
     assert clean.returncode == 0, clean.stdout + clean.stderr
 

@@ -34,6 +34,9 @@ def test_resources_by_kind_and_validity_and_watch_restarts() -> None:
                     message="y"),
             Problem(origin="b.yaml", resource="DestinationRule shop/reviews", path="spec",
                     message="z"),
+            # A warning: the resource is served, not counted invalid.
+            Problem(origin="c.yaml", resource="VirtualService default/early", path="spec.http",
+                    message="subset not defined yet", severity="warning"),
         ),
     )  # fmt: skip
     restarts = {("Pod", "expired"): 2}

@@ -149,7 +149,7 @@ ROUTE = {"route": [{"destination": {"host": "catalog"}}]}
         ([{**ROUTE, "match": [{"withoutHeaders": {"x": {"regex": "(["}}}]}],
          "spec.http[0].match[0].withoutHeaders.x.regex: '([' does not compile"),
         ([{**ROUTE, "match": [{"uri": {}}]}], "spec.http[0].match[0].uri: exactly one of"),
-        ([{**ROUTE, "mirrorPercent": 5}], "spec.http[0].mirrorPercent: unknown field"),
+        ([{**ROUTE, "mirrorPercentage": {"value": 101}}], "spec.http[0].mirrorPercentage.value: 101 is above"),
     ],
 )  # fmt: skip
 def test_invalid_route_fields_are_named(http: list[dict[str, Any]], expected: str) -> None:

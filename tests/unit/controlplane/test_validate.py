@@ -52,8 +52,8 @@ def test_unknown_field_is_named_with_its_path() -> None:
     spec = {**SPLIT, "http": [{**SPLIT["http"][0], "retriez": 3}]}  # type: ignore[dict-item]
     assert problems(vs(spec)) == [
         "f.yaml: VirtualService shop/catalog: spec.http[0].retriez: unknown field "
-        "(known fields: fault, headers, match, mirror, mirrorPercentage, name, redirect, retries, "
-        "rewrite, route, timeout)"
+        "(known fields: fault, headers, match, mirror, mirrorPercent, mirrorPercentage, name, "
+        "redirect, retries, rewrite, route, timeout)"
     ]
 
 
@@ -109,7 +109,9 @@ def test_header_names_must_be_lower_case() -> None:
     [
         ("text", "f.yaml: document must be a mapping"),
         ({"apiVersion": "v1", "kind": "VirtualService"}, "f.yaml: apiVersion: must be lightmesh.io/v1alpha1"),
-        ({"apiVersion": "lightmesh.io/v1alpha1", "kind": "Gateway"}, "f.yaml: kind: unknown kind 'Gateway'"),
+        ({"apiVersion": "lightmesh.io/v1alpha1", "kind": "Ingress"}, "f.yaml: kind: unknown kind 'Ingress'"),
+        ({"apiVersion": "security.istio.io/v1", "kind": "VirtualService"},
+         "f.yaml: apiVersion: VirtualService is not in security.istio.io/v1"),
         ({"apiVersion": "lightmesh.io/v1alpha1", "kind": "VirtualService", "metadata": {}},
          "f.yaml: metadata.name: required string is missing"),
     ],

@@ -35,3 +35,5 @@ def test_crds_match_the_schema_module() -> None:
         assert path.read_text() == render(kind), f"{path} is stale: run `make crds`"
         crd = yaml.safe_load(path.read_text())
         assert crd["spec"]["names"]["kind"] == kind
+        istio = ROOT / "crds" / "istio" / f"{plural}.yaml"
+        assert istio.read_text() == render(kind, istio=True), f"{istio} is stale: run `make crds`"

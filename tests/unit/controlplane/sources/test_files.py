@@ -66,19 +66,20 @@ spec: {host: catalog, subsets: [{name: v1, labels: {version: v1}}]}
 """
 
 
-def test_route_to_an_undefined_subset_is_rejected_and_the_last_good_serves() -> None:
+def test_route_to_an_undefined_subset_is_served_with_a_warning_until_its_rule_defines_it() -> None:
+    """As Istio: any apply order works; the route answers 503 NC until the subset exists."""
     files = FileSet()
-    to_v1 = GOOD.replace("{host: catalog}", "{host: catalog, subset: v1}")
-    accepted, problems = files.load({"vs.yaml": to_v1, "dr.yaml": RULE})
-    assert problems == ()
-    serving = accepted[KEY]
-    accepted, problems = files.load(
-        {"vs.yaml": to_v1.replace("subset: v1", "subset: v3"), "dr.yaml": RULE}
-    )
-    assert accepted[KEY] == serving
-    assert str(problems[0]) == (
+    to_v3 = GOOD.replace("{host: catalog}", "{host: catalog, subset: v3}")
+    accepted, problems = files.load({"vs.yaml": to_v3})  # new, and its rule not there yet
+    assert accepted[KEY].http[0].destinations[0].subset == "v3"  # type: ignore[union-attr]
+    (warning,) = problems
+    assert warning.severity == "warning"
+    assert str(warning) == (
         "vs.yaml: VirtualService default/catalog: spec.http[0].route[0].destination.subset: "
-        "subset 'v3' of catalog.default.svc.cluster.local is not defined by a DestinationRule"
+        "warning: subset 'v3' of catalog.default.svc.cluster.local is not defined by a "
+        "DestinationRule (yet): its requests answer 503 (flag NC) until one defines it"
     )
-    accepted, _ = FileSet().load({"vs.yaml": to_v1})  # new and broken: not accepted at all
-    assert KEY not in accepted
+    rule = RULE.replace("{name: v1, labels: {version: v1}}", "{name: v3, labels: {version: v3}}")
+    accepted, problems = files.load({"vs.yaml": to_v3, "dr.yaml": rule})
+    assert problems == ()
+    assert KEY in accepted

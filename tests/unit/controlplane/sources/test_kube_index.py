@@ -2,8 +2,8 @@
 
 from typing import Any
 
-from controlplane.model import ResourceKey
-from controlplane.sources.kube_index import KubeIndex
+from controlplane.model import DestinationRule, ResourceKey
+from controlplane.sources.kube_index import KubeIndex, collection_path, istio_kind, watched_kinds
 
 
 def vs(weight_v1: int) -> dict[str, Any]:
@@ -77,15 +77,17 @@ def test_relist_drops_resources_that_disappeared() -> None:
     assert list(index.resources()[0]) == [RULE_KEY]
 
 
-def test_route_to_undefined_subset_is_not_accepted() -> None:
+def test_route_to_undefined_subset_is_accepted_with_a_warning_in_its_status() -> None:
     index = KubeIndex()
     index.replace("VirtualService", [vs(60)])
     resources, problems = index.resources()
-    assert resources == {}
-    assert "spec.http[0].route[0].destination.subset: subset 'v1'" in str(problems[0])
+    assert list(resources) == [ResourceKey("VirtualService", "shop", "catalog")]
+    assert "spec.http[0].route[0].destination.subset: warning: subset 'v1'" in str(problems[0])
     (update,) = index.status_updates()
-    assert not update.accepted
-    assert update.message.startswith("spec.http[0].route[0].destination.subset: subset 'v1' of")
+    assert update.accepted
+    assert update.message.startswith(
+        "accepted with warnings: spec.http[0].route[0].destination.subset: subset 'v1' of"
+    )
 
 
 def test_services_carry_their_cluster_ips_except_headless() -> None:
@@ -155,3 +157,36 @@ def test_endpoints_carry_their_pods_service_account() -> None:
         ("10.0.0.2", "default"),  # what Kubernetes runs a pod without one as
         ("10.0.0.3", ""),
     ]
+
+
+def test_istio_group_objects_are_mesh_resources_and_ours_win_a_name_clash() -> None:
+    index = KubeIndex()
+    index.replace("DestinationRule", [])
+    index.replace(istio_kind("DestinationRule"), [RULE])
+    index.replace(istio_kind("VirtualService"), [vs(60)])
+    resources, problems = index.resources()
+    assert set(resources) == {RULE_KEY, ResourceKey("VirtualService", "shop", "catalog")}
+    assert problems == ()
+    updates = {u.kind: u for u in index.status_updates()}
+    assert updates["VirtualService"].api_version == "networking.istio.io/v1"
+    assert updates["VirtualService"].accepted
+    # A lightmesh.io object of the same namespace and name is the one served.
+    ours = {**RULE, "spec": {"host": "catalog", "subsets": [{"name": "v1"}, {"name": "v2"},
+                                                           {"name": "v3"}]}}  # fmt: skip
+    index.apply("DestinationRule", ours)
+    rule = index.resources()[0][RULE_KEY]
+    assert isinstance(rule, DestinationRule) and len(rule.subsets) == 3
+    (update,) = index.status_updates([RULE_KEY])
+    assert update.api_version == "lightmesh.io/v1alpha1"
+    index.delete("DestinationRule", ours)  # Istio's serves again
+    rule = index.resources()[0][RULE_KEY]
+    assert isinstance(rule, DestinationRule) and len(rule.subsets) == 2
+
+
+def test_istio_groups_are_watched_only_when_asked() -> None:
+    assert istio_kind("Gateway") not in watched_kinds(istio=False)
+    assert "Gateway" in watched_kinds(istio=False)
+    assert istio_kind("AuthorizationPolicy") in watched_kinds(istio=True)
+    assert collection_path(istio_kind("AuthorizationPolicy"), "shop") == (
+        "/apis/security.istio.io/v1/namespaces/shop/authorizationpolicies"
+    )

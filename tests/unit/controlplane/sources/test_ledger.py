@@ -21,20 +21,22 @@ def submit(ledger: Ledger, doc: dict[str, object]) -> None:
     ledger.submit(parsed.key, parsed, origin="f.yaml")
 
 
-def test_a_routed_subset_needs_its_destination_rule_and_a_removal_keeps_last_good() -> None:
+def test_a_route_to_an_undefined_subset_serves_with_a_warning_until_the_rule_arrives() -> None:
     ledger = Ledger()
     submit(ledger, VS)
     committed = ledger.commit()
-    assert committed.served == {}  # subset v1 is not defined yet
-    assert "not defined by a DestinationRule" in ledger.problems()[0].message
+    assert set(committed.served) == {VS_KEY}  # served; subset v1 answers 503 NC for now
+    (warning,) = ledger.problems()
+    assert warning.severity == "warning" and "not defined by a DestinationRule" in warning.message
     submit(ledger, DR)
-    committed = ledger.commit()  # the rule arrives: the VirtualService is re-checked and served
-    assert set(committed.served) == {DR_KEY, VS_KEY}
+    committed = ledger.commit()  # the rule arrives: the VirtualService is re-checked
+    assert set(committed.served) == {DR_KEY}
+    assert VS_KEY in committed.evaluated
     assert ledger.problems() == ()
-    bad = {**VS, "spec": {"hosts": ["catalog"], "http": [{"route": [{"destination": {"host": "catalog", "subset": "v9"}}]}]}}  # fmt: skip
+    bad = {**VS, "spec": {"hosts": ["catalog"], "http": [{"route": []}]}}
     submit(ledger, bad)
     committed = ledger.commit()
-    assert committed.served == {}  # the last good version keeps serving
+    assert committed.served == {}  # invalid: the last good version keeps serving
     assert [p.message for p in ledger.problems()][-1] == REJECTED
     ledger.submit(VS_KEY, None, origin="f.yaml")
     assert ledger.commit().served == {VS_KEY: None}

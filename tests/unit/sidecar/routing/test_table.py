@@ -1,5 +1,6 @@
 """Route table compilation and matching, weighted cluster choice, and what the sidecar rejects."""
 
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -9,7 +10,12 @@ from hypothesis import strategies as st
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.contract import RequestHead
 from sidecar.errors import ConfigError
-from sidecar.routing.table import WeightedClusters, compile_routes, literal_prefix
+from sidecar.routing.table import (
+    WeightedClusters,
+    compile_routes,
+    literal_prefix,
+    request_port,
+)
 
 
 def head(
@@ -155,3 +161,20 @@ def test_unknown_retry_condition_from_a_newer_control_plane_is_nacked() -> None:
     )
     with pytest.raises(ConfigError, match="retries: unknown retryOn condition 'cosmic-rays'"):
         table(route)
+
+
+def test_match_port_is_the_host_headers_port_else_the_intercepted_one_else_80() -> None:
+    """Istio's match.port: the port the request was addressed to."""
+
+    def sent_to(authority: str) -> RequestHead:
+        return dataclasses.replace(head(), headers=[(b"host", authority.encode())])
+
+    routes = table(to("admin", port=9090), to("web", port=80), to("rest"))
+    assert picked(routes, sent_to("catalog:9090")) == "admin"
+    assert picked(routes, sent_to("catalog")) == "web"  # no port in the Host: HTTP's 80
+    intercepted = dataclasses.replace(sent_to("catalog"), original_dst=("10.0.0.5", 9090))
+    assert picked(routes, intercepted) == "admin"
+    assert picked(routes, sent_to("catalog:8080")) == "rest"
+    assert request_port(sent_to("[fd00::1]:9090")) == 9090
+    assert request_port(sent_to("[fd00::1]")) == 80
+    assert request_port(head()) == 80  # no Host header at all
