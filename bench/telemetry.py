@@ -80,7 +80,7 @@ def micro(number: int = 20000) -> dict[str, float]:
     request, free of the load generator's and the shared machine's noise."""
     from sidecar.contract import Completed, RequestHead
     from sidecar.telemetry.hooks import Telemetry, wrap_recorder, wrap_resolver
-    from sidecar.telemetry.metrics import PEER_HEADER, RequestMetrics
+    from sidecar.telemetry.metrics import RequestMetrics
     from sidecar.telemetry.propagation import Tracer
     from sidecar.telemetry.zipkin import LocalEndpoint, ZipkinExporter
 
@@ -88,14 +88,14 @@ def micro(number: int = 20000) -> dict[str, float]:
         (b"host", b"catalog"), (b"user-agent", b"bench"), (b"accept", b"*/*"),
         (b"x-forwarded-for", b"127.0.0.1"), (b"x-forwarded-proto", b"http"),
         (b"x-request-id", b"9b2c4a8e-8f7c-4d7e-9a4c-2f1e6b3d5a71"),
-        (PEER_HEADER, b"frontend;default;frontend;v1"),
     ]  # fmt: skip
     tracer = Tracer(sample_percent=100)
     traced = tracer.continue_trace(list(headers))[1]
 
     def completed(hdrs: list[tuple[bytes, bytes]]) -> Completed:
         head = RequestHead(method="GET", path="/1k", host="catalog", http_version="1.1",
-                           headers=hdrs)  # fmt: skip
+                           headers=hdrs, mesh_peer=b"frontend;default;frontend;v1",
+                           peer_identity="spiffe://cluster.local/ns/default/sa/frontend")  # fmt: skip
         return Completed(
             method="GET", host="catalog", cluster="outbound|v1|catalog.default.svc.cluster.local",
             status=200, flags="", duration=0.0012, request_bytes=0, response_bytes=1024,

@@ -41,6 +41,8 @@ from lightmesh.v1 import discovery_pb2_grpc
 
 log = logging.getLogger("controlplane")
 
+DEBUG_HOST = "127.0.0.1"
+
 # grpc cancels a call the application has not picked up within this time (its default is 30 s):
 # a herd of reconnecting sidecars must wait for admission, not be cancelled and retry.
 _UNREQUESTED_CALL_TIMEOUT = 600
@@ -70,7 +72,11 @@ class Settings:
     istio_api: bool = False
     host: str = "127.0.0.1"
     port: int = 15010
+    # The debug server (proxy status, problems, per-proxy config, and metrics/health too) listens
+    # on loopback only, whatever `host` says: `kubectl port-forward` reaches it (see debug.py).
     debug_port: int = 15014
+    # /metrics, /healthz and /ready only, on `host`, for Prometheus and the kubelet; 0: not served.
+    metrics_port: int = 0
     state_dir: Path | None = None  # where the local registry persists; None: not persisted
     debounce: float = 0.1
     max_debounce: float = 1.0
@@ -159,7 +165,15 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
 
     runner = web.AppRunner(build_app(store=store, pusher=pusher, metrics=metrics), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.debug_port)
+    sites = [web.TCPSite(runner, DEBUG_HOST, settings.debug_port)]
+    runners = [runner]
+    if settings.metrics_port:
+        public = web.AppRunner(
+            build_app(store=store, pusher=pusher, metrics=metrics, debug=False), access_log=None
+        )
+        await public.setup()
+        runners.append(public)
+        sites.append(web.TCPSite(public, settings.host, settings.metrics_port))
 
     files = (
         DirectorySource(settings.config_dir, store, interval=settings.poll_interval)
@@ -197,13 +211,17 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
                 run_webhook(settings.webhook, ca=ca, api=api, stop=stop), name="webhook"
             )
         await server.start()
-        await site.start()
+        for site in sites:
+            await site.start()
         log.info(
             "control plane serving",
             extra={
                 "event": "started",
                 "grpc": f"{settings.host}:{bound}",
-                "debug": f"http://{settings.host}:{settings.debug_port}",
+                "debug": f"http://{DEBUG_HOST}:{settings.debug_port}",
+                "metrics": f"http://{settings.host}:{settings.metrics_port}"
+                if settings.metrics_port
+                else "",
                 "config_dir": str(settings.config_dir or ""),
                 "kubernetes": bool(kube),
                 "tls": _serves_tls(settings),
@@ -215,7 +233,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         keeper.flush()
         keeper.persist = False
         await server.stop(grace=1.0)
-        await runner.cleanup()
+        for each in runners:
+            await each.cleanup()
         pusher.shutdown()
         if kube is not None and status is not None:
             kube.stop()

@@ -1,4 +1,10 @@
-"""Debug HTTP server of the control plane: proxy status, problems, per-proxy config, metrics."""
+"""Debug HTTP server of the control plane: proxy status, problems, per-proxy config, metrics.
+
+The debug endpoints show every proxy's config and every resource problem, so they are served on
+loopback only (reached in a cluster through `kubectl port-forward`, which the API server
+authorizes: `pods/portforward` in the control plane's namespace). The metrics port serves only
+/metrics, /healthz and /ready, on the control plane's address, for Prometheus and the kubelet.
+"""
 
 from __future__ import annotations
 
@@ -69,8 +75,11 @@ def proxy_status(pusher: Pusher, *, now: float) -> list[dict[str, Any]]:
     return rows
 
 
-def build_app(*, store: Store, pusher: Pusher, metrics: ControlPlaneMetrics) -> web.Application:
-    """The aiohttp application serving the debug endpoints."""
+def build_app(
+    *, store: Store, pusher: Pusher, metrics: ControlPlaneMetrics, debug: bool = True
+) -> web.Application:
+    """The aiohttp application serving the debug endpoints and metrics/health; `debug=False`:
+    metrics and health only (the metrics port)."""
 
     async def proxies(_: web.Request) -> web.Response:
         return web.json_response(
@@ -127,9 +136,10 @@ def build_app(*, store: Store, pusher: Pusher, metrics: ControlPlaneMetrics) -> 
         return web.Response(text="ok\n")
 
     app = web.Application()
-    app.router.add_get("/debug/proxies", proxies)
-    app.router.add_get("/debug/problems", problems)
-    app.router.add_get("/debug/config/{node}", config)
+    if debug:
+        app.router.add_get("/debug/proxies", proxies)
+        app.router.add_get("/debug/problems", problems)
+        app.router.add_get("/debug/config/{node}", config)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/ready", healthz)

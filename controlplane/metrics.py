@@ -13,10 +13,10 @@ from prometheus_client.registry import Collector
 from controlplane.store import Store
 
 # What the sidecar injector puts on every pod it injects, so the Prometheus config in
-# deploy/prometheus/ scrapes the sidecar's admin port with zero setup.
+# deploy/prometheus/ scrapes the sidecar's metrics port with zero setup.
 SIDECAR_SCRAPE_ANNOTATIONS = {
     "prometheus.io/scrape": "true",
-    "prometheus.io/port": "15000",
+    "prometheus.io/port": "15020",
     "prometheus.io/path": "/metrics",
 }
 

@@ -29,7 +29,8 @@ JUMPS = (("PREROUTING", INBOUND), ("OUTPUT", OUTBOUND))
 # The sidecar's defaults (sidecar/settings.py) and the UID its container runs as.
 INBOUND_PORT = 15006
 OUTBOUND_PORT = 15001
-ADMIN_PORT = 15000
+ADMIN_PORT = 15000  # on loopback only
+METRICS_PORT = 15020  # /metrics, /ready, /healthz: what probes and Prometheus reach
 PROXY_UID = 1337
 
 
@@ -40,9 +41,10 @@ class InterceptSpec:
     inbound_port: int = INBOUND_PORT
     outbound_port: int = OUTBOUND_PORT
     proxy_uid: int = PROXY_UID
-    # Inbound ports reached directly, not through the sidecar (its admin/health port at least,
-    # so probes and Prometheus reach it).
-    exclude_inbound_ports: tuple[int, ...] = (ADMIN_PORT,)
+    # Inbound ports reached directly, not through the sidecar: its metrics/health port, so probes
+    # and Prometheus reach it, and its admin port, so a connection to it from outside is refused
+    # (it listens on loopback) rather than redirected to the app.
+    exclude_inbound_ports: tuple[int, ...] = (ADMIN_PORT, METRICS_PORT)
     exclude_outbound_ports: tuple[int, ...] = ()
     exclude_outbound_cidrs: tuple[str, ...] = ()
 

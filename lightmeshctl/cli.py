@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     ic.add_argument(
         "--proxy-uid", type=int, default=1337, help="the sidecar's UID (not redirected)"
     )
-    ic.add_argument("--exclude-inbound-ports", default="15000", help="e.g. 15000,9090")
+    ic.add_argument("--exclude-inbound-ports", default="15000,15020", help="e.g. 15000,15020,9090")
     ic.add_argument("--exclude-outbound-ports", default="", help="e.g. 5432,443")
     ic.add_argument("--exclude-outbound-cidrs", default="", help="e.g. 169.254.169.254/32")
     ic.add_argument("--dry-run", action="store_true", help="print the iptables commands only")
@@ -411,7 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     pc = sub.add_parser("proxy-config", help="show one sidecar's certificates or whole config")
     pc.add_argument("section", choices=["certs", "all"])
-    pc.add_argument("--admin", default="http://127.0.0.1:15000", help="the sidecar's admin URL")
+    pc.add_argument(
+        "--admin",
+        default="http://127.0.0.1:15000",
+        help="the sidecar's admin URL (loopback only: in a cluster, first "
+        "`kubectl port-forward POD 15000:15000`)",
+    )
     pc.add_argument("--json", action="store_true")
     pc.set_defaults(func=_proxy_config)
     return parser

@@ -39,6 +39,8 @@ from sidecar.upstream.app_probe import run_probes
 
 log = logging.getLogger("sidecar")
 
+ADMIN_HOST = "127.0.0.1"
+
 
 def build_node(settings: Settings, *, inbound_port: int) -> pb.Node:
     """The identity (and local-mode registrations) announced to the control plane."""
@@ -144,6 +146,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             listener="inbound",
             inbound_tls=mesh_tls,
             mtls_mode=lambda: dataplane.inbound.mode,
+            hide_mesh_headers=True,
         )
     node = build_node(settings, inbound_port=inbound.port if inbound else 0)
     ca_bundle = Path(settings.ca_bundle) if settings.ca_bundle else None
@@ -182,9 +185,17 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         mesh_tls=mesh_tls,
         quit=stop.set,  # POST /quitquitquit: drain and exit, as on SIGTERM
         app_health=app_health,
+        logger=logging.getLogger(),
     )
-    admin_server = await start_local_server(settings.bind, settings.admin_port, admin.handle)
+    # Loopback only, whatever --bind says: the admin interface shows the whole config and stops
+    # the proxy. What the network needs (probes, Prometheus) is on the metrics port.
+    admin_server = await start_local_server(ADMIN_HOST, settings.admin_port, admin.handle)
     admin_port = admin_server.sockets[0].getsockname()[1]
+    metrics_server = (
+        await start_local_server(settings.bind, settings.metrics_port, admin.handle_public)
+        if settings.metrics_port
+        else None
+    )
     log.info(
         "sidecar listening",
         extra={
@@ -194,6 +205,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             "outbound_port": outbound.port,
             "inbound_port": inbound.port if inbound else None,
             "admin_port": admin_port,
+            "metrics_port": metrics_server.sockets[0].getsockname()[1] if metrics_server else None,
             "control_plane": settings.control_plane,
         },
     )
@@ -235,7 +247,9 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         await probes_task
     await memory_task
     await telemetry.close()  # the spans of requests that finished while draining
-    admin_server.close()
-    await admin_server.wait_closed()
+    for server in (admin_server, metrics_server):
+        if server is not None:
+            server.close()
+            await server.wait_closed()
     cleanup.close()
     log.info("stopped", extra={"event": "stopped"})

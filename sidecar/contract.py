@@ -18,6 +18,14 @@ if TYPE_CHECKING:  # the policy values a Forward carries (sidecar/policies, pure
     from sidecar.policies.retry import RetryBudget, RetryPolicy
 
 
+# The mesh's own headers, written by sidecars for sidecars (peer announcement, never-processed
+# mark, response flags). Whatever a client or an app sends under this prefix is dropped before it
+# is forwarded: no app sees them and nobody outside a sidecar can forge one.
+MESH_HEADER_PREFIX = b"x-lightmesh-"
+# The calling sidecar announces its workload to the called one: "workload;namespace;app;version".
+PEER_HEADER = b"x-lightmesh-peer"
+
+
 @dataclass(slots=True, kw_only=True)
 class RequestHead:
     """A parsed request head. Header names are lower-case bytes, values as received."""
@@ -37,6 +45,9 @@ class RequestHead:
     original_dst: tuple[str, int] | None = None
     # The SPIFFE ID in the downstream's verified client certificate; "" for plaintext peers.
     peer_identity: str = ""
+    # The PEER_HEADER value the downstream sent, taken out of `headers` by the codec (the app
+    # never sees it). Telemetry believes it only alongside a verified `peer_identity`.
+    mesh_peer: bytes = b""
 
     def header(self, name: bytes) -> bytes | None:
         """Return the first value of a header (name given in lower case), or None."""

@@ -25,7 +25,12 @@ class Settings:
     advertise: str = ""  # address other sidecars reach this one at; default: bind
     outbound_port: int = 15001
     inbound_port: int = 15006
+    # The admin interface (config dump, certificates, quit, and /metrics, /ready too) listens on
+    # 127.0.0.1 only, whatever `bind` says: nothing outside the pod may read or stop the proxy.
     admin_port: int = 15000
+    # Prometheus /metrics and the kubelet's /ready, /healthz (nothing else), on `bind`: what must
+    # be reachable from outside the pod. 0: not served (local mode; the admin port has them).
+    metrics_port: int = 0
     max_regex_length: int = 1024
     drain_timeout: float = 5.0
     # On SIGTERM /ready turns 503 at once, listeners keep serving this long (so load balancers

@@ -9,8 +9,10 @@ Start-up and shutdown ordering, without native-sidecar support from the cluster:
 - the proxy is the first container and its postStart hook waits for its /ready, and the kubelet
   starts the next container only once that hook returns: the app never runs before its proxy
   (hold-application-until-proxy-starts);
-- a Job's app ends by POSTing /quitquitquit to the admin port, so the proxy drains and exits and
-  the pod completes;
+- a Job's app ends by POSTing /quitquitquit to the admin port (127.0.0.1 only), so the proxy
+  drains and exits and the pod completes;
+- the kubelet's readiness probe and Prometheus reach the metrics port, which serves /ready,
+  /healthz and /metrics and nothing else; the admin port listens on loopback only;
 - on SIGTERM the proxy keeps serving for `drain_delay` seconds before it drains: the kubelet
   signals every container at once while the pod's endpoint is still being taken out of the other
   sidecars' endpoint lists, so a proxy that stopped at once would fail their requests in flight
@@ -26,6 +28,7 @@ from typing import Any
 from lightmesh.intercept import (
     ADMIN_PORT,
     INBOUND_PORT,
+    METRICS_PORT,
     OUTBOUND_PORT,
     PROXY_UID,
     parse_cidrs,
@@ -68,7 +71,8 @@ class InjectionConfig:
     image_pull_policy: str = "IfNotPresent"
     control_plane: str = "lightmesh-controlplane.lightmesh-system.svc:15010"
     proxy_uid: int = PROXY_UID
-    admin_port: int = ADMIN_PORT
+    admin_port: int = ADMIN_PORT  # loopback only: the postStart hook and `kubectl port-forward`
+    metrics_port: int = METRICS_PORT  # /metrics, /ready, /healthz: probes and Prometheus
     inbound_port: int = INBOUND_PORT
     outbound_port: int = OUTBOUND_PORT
     # Seconds the postStart hook waits for the proxy's /ready before the pod start fails.
@@ -150,7 +154,7 @@ def inject(pod: dict[str, Any], config: InjectionConfig) -> dict[str, Any]:
     # Scrape the proxy unless the app already asked Prometheus to scrape something else.
     if "prometheus.io/scrape" not in annotations:
         new_annotations["prometheus.io/scrape"] = "true"
-        new_annotations["prometheus.io/port"] = str(config.admin_port)
+        new_annotations["prometheus.io/port"] = str(config.metrics_port)
         new_annotations["prometheus.io/path"] = "/metrics"
     if config.trust_root:
         new_annotations[ROOT_ANNOTATION] = config.trust_root
@@ -210,10 +214,13 @@ def _exclusions(annotations: dict[str, Any], config: InjectionConfig) -> _Exclus
         )
     except ValueError as error:
         raise InjectionError(str(error)) from None
-    # The admin port is always reached directly: probes and Prometheus must not need the proxy.
+    # The metrics port is always reached directly: probes and Prometheus must not need the proxy;
+    # so is the admin port, so that a connection to it from outside is refused (it listens on
+    # loopback), not redirected to the app.
     # DNS over TCP (port 53, used for large answers) is not HTTP: it always bypasses the proxy.
+    own = (config.admin_port, config.metrics_port)
     return _Exclusions(
-        (config.admin_port, *(p for p in inbound if p != config.admin_port)),
+        (*own, *(p for p in inbound if p not in own)),
         (DNS_PORT, *(p for p in outbound if p != DNS_PORT)),
         cidrs,
     )
@@ -262,15 +269,16 @@ def _proxy_container(pod: dict[str, Any], config: InjectionConfig) -> dict[str, 
             {"name": "LIGHTMESH_INBOUND_PORT", "value": str(config.inbound_port)},
             {"name": "LIGHTMESH_OUTBOUND_PORT", "value": str(config.outbound_port)},
             {"name": "LIGHTMESH_ADMIN_PORT", "value": str(admin)},
+            {"name": "LIGHTMESH_METRICS_PORT", "value": str(config.metrics_port)},
             {"name": "LIGHTMESH_DRAIN_TIMEOUT", "value": str(config.drain_timeout)},
             {"name": "LIGHTMESH_DRAIN_DELAY", "value": str(config.drain_delay)},
             {"name": "LIGHTMESH_TOKEN_FILE", "value": f"{TOKEN_DIR}/{TOKEN_VOLUME}"},
             {"name": "LIGHTMESH_CA_BUNDLE", "value": f"{ROOT_DIR}/root.pem"},
             {"name": "LIGHTMESH_IDENTITY_DIR", "value": IDENTITY_DIR},
         ],
-        "ports": [{"name": "lm-admin", "containerPort": admin, "protocol": "TCP"}],
+        "ports": [{"name": "lm-metrics", "containerPort": config.metrics_port, "protocol": "TCP"}],
         "readinessProbe": {
-            "httpGet": {"path": "/ready", "port": admin},
+            "httpGet": {"path": "/ready", "port": config.metrics_port},
             "periodSeconds": 2,
             "failureThreshold": 30,
         },

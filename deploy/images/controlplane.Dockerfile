@@ -19,6 +19,6 @@ RUN groupadd --gid 1337 lightmesh \
 COPY --from=build /opt/lightmesh /opt/lightmesh
 ENV PATH=/opt/lightmesh/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 USER 1337:1337
-EXPOSE 15010 15014 15017
+EXPOSE 15010 15016 15017
 ENTRYPOINT ["lightmesh"]
 CMD ["controlplane", "--in-cluster", "--host=0.0.0.0"]

@@ -24,6 +24,6 @@ RUN apt-get update \
 COPY --from=build /opt/lightmesh /opt/lightmesh
 ENV PATH=/opt/lightmesh/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 USER 1337:1337
-EXPOSE 15000 15001 15006
+EXPOSE 15001 15006 15020
 ENTRYPOINT ["lightmesh"]
 CMD ["sidecar"]

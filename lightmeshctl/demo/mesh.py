@@ -140,6 +140,8 @@ class Workload:
     inbound_port: int
     outbound_port: int
     admin_port: int
+    # /metrics, /ready, /healthz only (what a cluster's Prometheus and kubelet reach).
+    metrics_port: int = 0
     app: Process | None = None
     sidecar: Process | None = None
 
@@ -175,6 +177,7 @@ class LocalMesh:
     python: str = sys.executable
     cp_port: int = field(default_factory=free_port)
     cp_debug_port: int = field(default_factory=free_port)
+    cp_metrics_port: int = field(default_factory=free_port)
     control_plane: Process | None = None
     workloads: dict[str, Workload] = field(default_factory=dict)
     _processes: list[Process] = field(default_factory=list)
@@ -223,6 +226,7 @@ class LocalMesh:
                 "--config-dir", str(self.config_dir),
                 "--port", str(self.cp_port),
                 "--debug-port", str(self.cp_debug_port),
+                "--metrics-port", str(self.cp_metrics_port),
                 "--state-dir", str(self.state_dir),
                 *extra_args,
             ],
@@ -267,6 +271,7 @@ class LocalMesh:
             inbound_port=free_port(),
             outbound_port=free_port(),
             admin_port=free_port(),
+            metrics_port=free_port(),
         )
         workload.app = self.spawn(
             f"{name}-app",
@@ -289,6 +294,7 @@ class LocalMesh:
                 "--inbound-port", str(workload.inbound_port),
                 "--outbound-port", str(workload.outbound_port),
                 "--admin-port", str(workload.admin_port),
+                "--metrics-port", str(workload.metrics_port),
                 *sidecar_args,
             ],
         )  # fmt: skip

@@ -247,9 +247,13 @@ def _print_intro(mesh: LocalMesh, config: Path, ready: float) -> None:
         f"Edit the routing live: {config / VS_FILE}",
         f"Proxy status:    lightmesh proxy-status --control-plane {mesh.debug_url}",
         f"Problems:        curl -s {mesh.debug_url}/debug/problems",
-        "Sidecar admin (/ready /metrics /config_dump):",
+        "Sidecar admin, loopback only (/config_dump /certs /ready /metrics):",
     ]
     lines += [f"  {w.name:<11} {w.admin}/config_dump" for w in mesh.workloads.values()]
+    lines.append("Sidecar metrics ports (/metrics /ready /healthz only, what Prometheus scrapes):")
+    lines += [
+        f"  {w.name:<11} http://127.0.0.1:{w.metrics_port}/metrics" for w in mesh.workloads.values()
+    ]
     lines.append(f"Logs: {mesh.work_dir / 'logs'}")
     print("\n".join(lines), flush=True)
 

@@ -36,7 +36,18 @@ def add_arguments(cp: argparse.ArgumentParser) -> None:
     )
     cp.add_argument("--host", default="127.0.0.1")
     cp.add_argument("--port", type=int, default=15010, help="gRPC config stream port")
-    cp.add_argument("--debug-port", type=int, default=15014, help="debug/metrics HTTP port")
+    cp.add_argument(
+        "--debug-port",
+        type=int,
+        default=15014,
+        help="debug HTTP port (proxy status, problems, metrics), on 127.0.0.1 only",
+    )
+    cp.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve only /metrics, /healthz and /ready here, on --host (0: off; deployed: 15016)",
+    )
     cp.add_argument(
         "--state-dir",
         default="",
@@ -132,6 +143,7 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         host=args.host,
         port=args.port,
         debug_port=args.debug_port,
+        metrics_port=args.metrics_port,
         state_dir=Path(args.state_dir) if args.state_dir else None,
         trust_domain=args.trust_domain,
         ca_file=Path(args.ca_file) if args.ca_file else None,

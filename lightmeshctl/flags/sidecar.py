@@ -45,7 +45,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--advertise", default=_env("ADVERTISE", ""))
     add("--outbound-port", type=int, default=int(_env("OUTBOUND_PORT", "15001")))
     add("--inbound-port", type=int, default=int(_env("INBOUND_PORT", "15006")))
-    add("--admin-port", type=int, default=int(_env("ADMIN_PORT", "15000")))
+    add(
+        "--admin-port",
+        type=int,
+        default=int(_env("ADMIN_PORT", "15000")),
+        help="admin interface (config dump, certs, quit, metrics, ready), on 127.0.0.1 only",
+    )
+    add(
+        "--metrics-port",
+        type=int,
+        default=int(_env("METRICS_PORT", "0")),
+        help="serve only /metrics, /ready and /healthz here, on --bind (0: off; injected: 15020)",
+    )
     add("--max-regex-length", type=int, default=int(_env("MAX_REGEX_LENGTH", "1024")))
     add("--drain-timeout", type=float, default=float(_env("DRAIN_TIMEOUT", "5")))
     add(
@@ -125,6 +136,7 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         outbound_port=args.outbound_port,
         inbound_port=args.inbound_port,
         admin_port=args.admin_port,
+        metrics_port=args.metrics_port,
         max_regex_length=args.max_regex_length,
         drain_timeout=args.drain_timeout,
         drain_delay=args.drain_delay,

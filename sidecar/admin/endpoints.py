@@ -1,12 +1,15 @@
-"""Admin endpoints of the sidecar: /ready, /healthz, /metrics, /config_dump, /certs,
-POST /quitquitquit."""
+"""Admin endpoints of the sidecar: /ready, /healthz, /metrics, /config_dump, /certs, /logging,
+POST /quitquitquit (the admin port, on loopback), and the subset the network may reach (the
+metrics port: /metrics, /ready, /healthz, nothing else)."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 from lightmesh.types import SHORT_NAMES
 from sidecar.admin.server import LocalResponse
@@ -43,7 +46,9 @@ class Admin:
         quit: Callable[[], None] | None = None,
         mesh_tls: MeshTLS | None = None,
         app_health: AppHealth | None = None,
+        logger: logging.Logger | None = None,
     ) -> None:
+        self._logger = logger  # whose level POST /logging?level= sets (the process's root)
         self._app_health = app_health
         self._certificates = certificates
         self._mesh_tls = mesh_tls
@@ -54,21 +59,42 @@ class Admin:
         self._draining = draining
         self._quit = quit
 
-    async def handle(self, head: RequestHead) -> LocalResponse:
-        """Dispatch one admin request."""
+    async def handle_public(self, head: RequestHead) -> LocalResponse:
+        """Dispatch one request on the metrics port: probes and Prometheus, nothing more."""
         path = head.path.partition("?")[0]
+        answer = self._public(path, head)
+        if answer is not None:
+            return answer
+        return LocalResponse(
+            status=404,
+            headers=_TEXT,
+            body=b"this port serves /metrics, /ready and /healthz only "
+            b"(the admin interface is on 127.0.0.1)\n",
+        )
+
+    def _public(self, path: str, head: RequestHead) -> LocalResponse | None:
         if path == "/ready":
             return self._ready()
         if path == "/healthz":
             return LocalResponse(status=200, headers=_TEXT, body=b"ok\n")
         if path == "/metrics":
             return self._metrics(head)
+        return None
+
+    async def handle(self, head: RequestHead) -> LocalResponse:
+        """Dispatch one admin request."""
+        path = head.path.partition("?")[0]
+        answer = self._public(path, head)
+        if answer is not None:
+            return answer
         if path == "/certs":
             return LocalResponse(
                 status=200, headers=_JSON, body=json.dumps(self.certs(), indent=2).encode()
             )
         if path == "/quitquitquit":
             return self._quitquitquit(head)
+        if path == "/logging":
+            return self._logging(head)
         if path == "/config_dump":
             return LocalResponse(
                 status=200, headers=_JSON, body=json.dumps(self.config_dump(), indent=2).encode()
@@ -76,14 +102,34 @@ class Admin:
         return LocalResponse(
             status=404,
             headers=_TEXT,
-            body=b"try /ready, /healthz, /metrics, /config_dump, /certs, POST /quitquitquit\n",
+            body=b"try /ready, /healthz, /metrics, /config_dump, /certs, /logging, "
+            b"POST /quitquitquit\n",
         )
+
+    def _logging(self, head: RequestHead) -> LocalResponse:
+        """GET: the log level; POST ?level=debug|info|warning|error: change it (as Envoy's
+        /logging does), for a look at a live proxy without a restart."""
+        logger = self._logger
+        if logger is None:
+            return LocalResponse(status=501, headers=_TEXT, body=b"logging is not wired\n")
+        if head.method == "POST":
+            query = parse_qs(head.path.partition("?")[2])
+            level = (query.get("level") or [""])[0].upper()
+            if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+                text = b"level: give ?level=debug, info, warning or error\n"
+                return LocalResponse(status=400, headers=_TEXT, body=text)
+            logger.setLevel(level)
+        elif head.method != "GET":
+            allow = [(b"allow", b"GET, POST")]
+            return LocalResponse(status=405, headers=[*_TEXT, *allow], body=b"GET or POST\n")
+        level_name = logging.getLevelName(logger.getEffectiveLevel()).lower()
+        return LocalResponse(status=200, headers=_TEXT, body=f"level: {level_name}\n".encode())
 
     def _quitquitquit(self, head: RequestHead) -> LocalResponse:
         """Drain and exit: how a Job's app (or a preStop hook) lets its pod finish.
 
-        Only from inside the pod: the admin port is reachable from the network (probes,
-        Prometheus), and nobody else may stop a workload's proxy.
+        Only from inside the pod: the admin port listens on loopback, and this check stays as a
+        second line should it ever be bound elsewhere (nobody else may stop a workload's proxy).
         """
         if head.method != "POST":
             return LocalResponse(status=405, headers=[*_TEXT, (b"allow", b"POST")], body=b"POST\n")

@@ -59,27 +59,28 @@ def encode_response(
     return head if method == "HEAD" else head + response.body
 
 
-async def _skip_body(requests: RequestStream, framing: Framing) -> bool:
-    """Read past the request body; False if it is too large or the stream broke."""
+async def _skip_body(requests: RequestStream, framing: Framing) -> str:
+    """Read past the request body: "ok", "too large" (not read further) or "broken"."""
     if framing.kind is BodyKind.LENGTH and framing.length > MAX_BODY_BYTES:
-        return False
+        return "too large"
     seen = 0
     while True:
         event = await requests.next_event()
         if isinstance(event, EndOfMessage):
-            return True
+            return "ok"
         if not isinstance(event, Data):
-            return False
+            return "broken"
         seen += len(event.data)
         if seen > MAX_BODY_BYTES:
-            return False
+            return "too large"
 
 
 async def _serve_one(
     writer: asyncio.StreamWriter, requests: RequestStream, start: RequestStart, handler: Handler
 ) -> bool:
     """Answer one request; returns whether the connection stays open."""
-    keep_alive = start.keep_alive and await _skip_body(requests, start.framing)
+    body = await _skip_body(requests, start.framing)
+    keep_alive = start.keep_alive and body == "ok"
     # The peer's address, so handlers can keep some endpoints (/quitquitquit) to the pod itself.
     peer = writer.get_extra_info("peername")
     try:
@@ -88,11 +89,15 @@ async def _serve_one(
         response = LocalResponse(status=400, body=b"bad request target\n")
         keep_alive = False
     else:
-        try:
-            response = await handler(head)
-        except Exception as exc:
-            logger.error("admin handler failed path=%s: %r", head.path, exc)
-            response = LocalResponse(status=500, body=b"internal error\n")
+        if body == "too large":
+            # RFC 9110 15.5.14: 413 Content Too Large (admin calls carry no body).
+            response = LocalResponse(status=413, body=b"request body too large\n")
+        else:
+            try:
+                response = await handler(head)
+            except Exception as exc:
+                logger.error("admin handler failed path=%s: %r", head.path, exc)
+                response = LocalResponse(status=500, body=b"internal error\n")
     writer.write(
         encode_response(
             response,
@@ -114,10 +119,11 @@ async def _serve_connection(
             try:
                 async with asyncio.timeout(IDLE_TIMEOUT):
                     start = await requests.next_event()
-            except ParseError:
+            except ParseError as error:
+                # Its own status: 400, or 431/414 for a head or target over the limits.
                 writer.write(
                     encode_response(
-                        LocalResponse(status=400, body=b"bad request\n"),
+                        LocalResponse(status=error.status, body=f"{error.text}\n".encode()),
                         method="GET",
                         keep_alive=False,
                         http11=True,

@@ -69,7 +69,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from lightmesh.response_flags import ResponseFlag
-from sidecar.contract import Completed, Decision, Forward, LocalReply, RequestHead
+from sidecar.contract import (
+    MESH_HEADER_PREFIX,
+    Completed,
+    Decision,
+    Forward,
+    LocalReply,
+    RequestHead,
+)
 from sidecar.errors import (
     UpstreamConnectFailure,
     UpstreamError,
@@ -314,6 +321,11 @@ class Shared(Protocol):
     @property
     def draining(self) -> bool:
         """The listener is draining: no connection is kept alive."""
+
+    @property
+    def hide_mesh_headers(self) -> bool:
+        """The inbound listener: the app's responses lose every x-lightmesh-* header, and local
+        replies carry the mesh's headers only to a calling sidecar (ListenerState)."""
 
     def resolve(self, head: RequestHead) -> Decision:
         """The router's decision for `head`."""
@@ -621,10 +633,25 @@ class ExchangeMachine:
         """Write a local reply and end the exchange."""
         self.pending_reply = None
         payload = (reply.body + "\n").encode("utf-8")
-        self.out.append(WriteDown(_local_reply(self.start, reply, payload, keep=keep)))
+        said = reply
+        if not self._says_mesh_headers():
+            said = LocalReply(
+                status=reply.status,
+                body=reply.body,
+                headers=tuple(h for h in reply.headers if not h[0].startswith(MESH_HEADER_PREFIX)),
+            )
+        self.out.append(WriteDown(_local_reply(self.start, said, payload, keep=keep)))
         self.status = reply.status
         self.response_bytes = len(payload)
         self._finish(flags=reply.flags, keep=keep)
+
+    def _says_mesh_headers(self) -> bool:
+        """Whether a local reply may carry the mesh's headers: always on the outbound listener
+        (its client is this pod's app), on the inbound one only to a calling sidecar."""
+        if not self.shared.hide_mesh_headers:
+            return True
+        head = self.head
+        return head is not None and bool(head.peer_identity or head.mesh_peer)
 
     # --- forwarding ---
 
@@ -964,11 +991,14 @@ class ExchangeMachine:
         ):
             return False
         keep_alive_named = False
+        hide = self.shared.hide_mesh_headers
         for name, value in head.headers:
             if name in HOP_BY_HOP:
                 if name != b"connection" or value.strip().lower() != b"keep-alive":
                     return False
                 keep_alive_named = True
+            elif hide and name.startswith(MESH_HEADER_PREFIX):
+                return False  # to be dropped: not the upstream's bytes as they are
         if start.http_version != "1.1" and not keep_alive_named:
             return False
         head_end = len(data) - framing.length
@@ -1001,7 +1031,15 @@ class ExchangeMachine:
         self.keep_alive = keep
         self.upstream_keep_alive = head.keep_alive
         self.framing = framing
-        out.append(relayed_response_head(head, framing, keep_alive=keep, http11=http11))
+        out.append(
+            relayed_response_head(
+                head,
+                framing,
+                keep_alive=keep,
+                http11=http11,
+                hide_mesh=self.shared.hide_mesh_headers,
+            )
+        )
         return framing
 
     def _response_complete(self) -> None:

@@ -69,6 +69,13 @@ class HeadTooLarge(ParseError):
     text = "request header fields too large"
 
 
+class TargetTooLong(ParseError):
+    """The request target is longer than the server is willing to interpret."""
+
+    status = 414
+    text = "request target too long"
+
+
 class BadTarget(ParseError):
     """The request target is neither origin-form nor absolute-form."""
 
@@ -313,7 +320,8 @@ def end_of_body(framing: Framing) -> bytes:
 class _Collector:
     """httptools callback target: accumulates the pieces of the message being parsed."""
 
-    def __init__(self, *, max_headers: int = MAX_HEADERS) -> None:
+    def __init__(self, *, max_headers: int = MAX_HEADERS, max_target: int = 0) -> None:
+        self.max_target = max_target  # 0: no limit of its own (responses have no target)
         self.events: list[RequestEvent | ResponseEvent] = []
         self.target = bytearray()
         self.reason = bytearray()
@@ -338,6 +346,8 @@ class _Collector:
 
     def on_url(self, url: bytes) -> None:
         self.target += url  # may arrive in several pieces
+        if self.max_target and len(self.target) > self.max_target:
+            self.fail(TargetTooLong(f"request target longer than {self.max_target} bytes"))
 
     def on_status(self, status: bytes) -> None:
         self.reason += status
@@ -381,7 +391,10 @@ class RequestParser:
     def __init__(
         self, *, max_head_bytes: int = MAX_HEAD_BYTES, max_headers: int = MAX_HEADERS
     ) -> None:
-        self._collector = _Collector(max_headers=max_headers)
+        # A target longer than half the head limit is answered 414 (RFC 9110 15.5.15: it is the
+        # target that is at fault), as soon as that much of it has arrived; a head too large
+        # for its fields is 431.
+        self._collector = _Collector(max_headers=max_headers, max_target=max_head_bytes // 2)
         self._collector.head_complete_hook = self._on_head
         self._parser = httptools.HttpRequestParser(self._collector)
         self._max_head_bytes = max_head_bytes

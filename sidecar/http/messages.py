@@ -11,7 +11,7 @@ import os
 import random
 from collections.abc import Sequence
 
-from sidecar.contract import RequestHead
+from sidecar.contract import MESH_HEADER_PREFIX, PEER_HEADER, RequestHead
 from sidecar.http.http1 import (
     CHUNKED,
     HOP_BY_HOP,
@@ -76,6 +76,7 @@ def forwarded_head(start: RequestStart, *, peer: str) -> RequestHead:
     forwarded_for: list[bytes] = []
     connection: list[bytes] = []
     host = b""
+    mesh_peer = b""
     has_proto = has_id = False
     for item in start.headers:
         name = item[0]
@@ -93,6 +94,12 @@ def forwarded_head(start: RequestStart, *, peer: str) -> RequestHead:
             has_proto = True
         elif name == b"x-request-id":
             has_id = True
+        elif name.startswith(MESH_HEADER_PREFIX):
+            # Only sidecars write these; the one a calling sidecar announces is kept aside for
+            # telemetry, the rest (and anything an app or client wrote) goes no further.
+            if name == PEER_HEADER:
+                mesh_peer = item[1]
+            continue
         headers.append(item)
     named = _named_fields(connection)
     if named:
@@ -127,6 +134,7 @@ def forwarded_head(start: RequestStart, *, peer: str) -> RequestHead:
         http_version=start.http_version,
         headers=headers,
         peer=peer,
+        mesh_peer=mesh_peer,
     )
 
 
@@ -164,9 +172,15 @@ def connection_header(*, keep_alive: bool, http11: bool) -> Headers:
 
 
 def relayed_response_head(
-    head: ResponseStart, framing: Framing, *, keep_alive: bool, http11: bool
+    head: ResponseStart,
+    framing: Framing,
+    *,
+    keep_alive: bool,
+    http11: bool,
+    hide_mesh: bool = False,
 ) -> bytes:
-    """The upstream's response head as sent to the client, framed by `framing`."""
+    """The upstream's response head as sent to the client, framed by `framing`; `hide_mesh`:
+    without any x-lightmesh-* header (the upstream is an app, which cannot speak for the mesh)."""
     keep_length = framing.kind is BodyKind.NONE or framing.kind is BodyKind.LENGTH
     headers: Headers = []
     connection: list[bytes] = []
@@ -175,6 +189,8 @@ def relayed_response_head(
         if name in HOP_BY_HOP:
             if name == b"connection":
                 connection.append(item[1])
+        elif hide_mesh and name.startswith(MESH_HEADER_PREFIX):
+            continue
         elif keep_length or name != b"content-length":
             headers.append(item)
     named = _named_fields(connection)

@@ -281,8 +281,10 @@ class DownstreamConnection(asyncio.Protocol):
         status, flags = reply.status, reply.flags
         body = f"{reply.body}\n".encode("ascii")
         started = self.state.clock()
+        # Nothing was read that says who called: a hiding listener says no mesh header.
+        said = "" if self.state.hide_mesh_headers else flags
         self.transport.write(
-            local_reply(status, body, flags=flags, keep_alive=False, http11=True, head_only=False)
+            local_reply(status, body, flags=said, keep_alive=False, http11=True, head_only=False)
         )
         self.close()
         self.state.record(

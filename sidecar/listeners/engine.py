@@ -50,6 +50,7 @@ class ProxyListener:
         intercept: bool = False,
         divert: Divert | None = None,
         tcp_recorder: Recorder | None = None,
+        hide_mesh_headers: bool = False,
     ) -> None:
         pool = (
             ConnectionPool(idle_timeout=settings.pool_idle_timeout, clock=settings.clock)
@@ -68,6 +69,7 @@ class ProxyListener:
             pool=pool,
             clock=settings.clock,
             intercept=intercept,
+            hide_mesh_headers=hide_mesh_headers,
         )
         # Intercepted connections that are not HTTP (see `divert`) are handed to a TCP listener
         # without a socket of its own: its splices, idle sweeper and connection records.
@@ -206,13 +208,15 @@ async def start_proxy(
     intercept: bool = False,
     divert: Divert | None = None,
     tcp_recorder: Recorder | None = None,
+    hide_mesh_headers: bool = False,
 ) -> ProxyListener:
     """Listen on host:port (0 picks a free port) and proxy every request per `resolver`.
 
     `client_tls`: the current client context for clusters that originate mutual TLS;
     `inbound_tls` + `mtls_mode`: accept mutual TLS (and/or plaintext, per the mode) on this port;
     `intercept`: connections arrive redirected by iptables (read their original destination);
-    `divert` + `tcp_recorder` (with `intercept`): which of them are raw TCP, and their records.
+    `divert` + `tcp_recorder` (with `intercept`): which of them are raw TCP, and their records;
+    `hide_mesh_headers`: the inbound listener (see `ListenerState.hide_mesh_headers`).
     """
     proxy = ProxyListener(
         resolver=resolver,
@@ -225,6 +229,7 @@ async def start_proxy(
         intercept=intercept,
         divert=divert,
         tcp_recorder=tcp_recorder,
+        hide_mesh_headers=hide_mesh_headers,
     )
     await proxy._start(host, port)
     return proxy

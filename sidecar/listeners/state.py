@@ -95,6 +95,11 @@ class ListenerState:
     draining: bool = False
     # Traffic arrives redirected by iptables: read each connection's original destination.
     intercept: bool = False
+    # The inbound listener: its upstream is the app and its clients may be outside the mesh. The
+    # app's responses lose every x-lightmesh-* header (an app cannot forge the mesh's marks), and
+    # local replies carry the mesh's headers (flags, never-processed mark) only to a caller that
+    # is a sidecar (verified by mutual TLS, or announcing itself): see `says_mesh_headers`.
+    hide_mesh_headers: bool = False
     # Intercepted only, once per connection on accept: None keeps it HTTP; else `adopt` hands
     # it to raw TCP (original destination → cluster endpoint, passthrough, or refusal).
     divert: Divert | None = None

@@ -12,7 +12,6 @@ import time
 from typing import Any, TextIO
 
 from sidecar.contract import Completed
-from sidecar.telemetry.metrics import PEER_HEADER
 from sidecar.telemetry.propagation import B3_TRACE
 
 
@@ -42,13 +41,14 @@ def entry(done: Completed, *, direction: str) -> dict[str, Any]:
         "peer_identity": "",
     }
     if head is not None:
+        if direction == "inbound" and head.peer_identity:
+            # The caller's announcement, believed (as by metrics) only over mutual TLS.
+            record["peer_identity"] = head.mesh_peer.decode("latin-1")
         for name, value in head.headers:
             if name == b"x-request-id":
                 record["request_id"] = value.decode("latin-1")
             elif name == B3_TRACE:
                 record["trace_id"] = value.decode("latin-1")
-            elif name == PEER_HEADER and direction == "inbound":
-                record["peer_identity"] = value.decode("latin-1")
             elif name == b"user-agent":
                 record["user_agent"] = value.decode("latin-1")
     return record

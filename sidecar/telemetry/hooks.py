@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sidecar.contract import Completed, Decision, RequestHead, Resolver
-from sidecar.telemetry.metrics import PEER_HEADER, RequestMetrics, split_cluster
+from sidecar.contract import PEER_HEADER, Completed, Decision, RequestHead, Resolver
+from sidecar.telemetry.metrics import RequestMetrics, split_cluster
 from sidecar.telemetry.propagation import B3_SAMPLED, Tracer
 from sidecar.telemetry.zipkin import CLIENT, SERVER, ZipkinExporter
 
@@ -41,7 +41,7 @@ def wrap_resolver(resolve: Resolver, telemetry: Telemetry) -> Resolver:
     def resolve_with_telemetry(head: RequestHead) -> Decision:
         headers = head.headers
         if peer:
-            headers = [(k, v) for k, v in headers if k != PEER_HEADER]
+            # Whatever the app sent under this name was already dropped (messages.py).
             headers.append((PEER_HEADER, peer))
         if tracer is not None:
             headers = tracer.continue_trace(headers)[1]

@@ -35,7 +35,6 @@ SIZE_BUCKETS = (64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 167
 # Header the outbound sidecar adds so the inbound one can label its metrics with the caller
 # ("workload;namespace;app;version"); replaced on every outbound request, so an app cannot forge it
 # through its sidecar. Until mTLS it is a telemetry hint, not an identity.
-PEER_HEADER = b"x-lightmesh-peer"
 
 LABELS = (
     "reporter",
@@ -184,11 +183,12 @@ class RequestMetrics:
             key = (first, done.status, done.flags)
         else:
             head = done.head
-            peer = head.header(PEER_HEADER) if head is not None else None
-            first = peer.decode("latin-1") if peer else ""
+            first = ""
             if head is not None and head.peer_identity:
-                # Verified by mutual TLS: it decides the caller's namespace (see labels).
-                first = f"{first}{_VERIFIED}{head.peer_identity}"
+                # The announcement is believed only from a caller verified by mutual TLS, whose
+                # certificate decides its namespace (see labels): over plaintext anyone could
+                # have written it, so a plaintext caller is `unknown`.
+                first = f"{head.mesh_peer.decode('latin-1')}{_VERIFIED}{head.peer_identity}"
             key = (first, done.status, done.flags)
         series = self._series.get(key)
         if series is None:

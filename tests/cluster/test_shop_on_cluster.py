@@ -66,11 +66,13 @@ def test_clusterip_traffic_is_intercepted_by_iptables_in_the_pod_netns(mesh: Mes
     assert "-A PREROUTING -p tcp -j LIGHTMESH_INBOUND" in rules, rules
     assert "--to-ports 15001" in rules and "--to-ports 15006" in rules, rules
     # A plain call to the catalog Service (no proxy configured in the client; CoreDNS answers
-    # its ClusterIP) from the app container lands on the frontend's sidecar: catalog sees the
-    # frontend's peer header.
+    # its ClusterIP) from the app container lands on the frontend's sidecar; catalog's app sees
+    # none of the mesh's headers, not even the one the frontend app tried to forge.
     script = (
         "import json, socket, urllib.request\n"
-        "with urllib.request.urlopen('http://catalog/', timeout=10) as r:\n"
+        "request = urllib.request.Request('http://catalog/',\n"
+        "    headers={'x-lightmesh-peer': 'admin;kube-system;admin;v1'})\n"
+        "with urllib.request.urlopen(request, timeout=10) as r:\n"
         "    print(json.dumps({'status': r.status, 'body': json.load(r),\n"
         "                      'resolved': socket.gethostbyname('catalog')}))\n"
     )
@@ -79,7 +81,8 @@ def test_clusterip_traffic_is_intercepted_by_iptables_in_the_pod_netns(mesh: Mes
     assert answer["resolved"] == mesh.cluster_ip("shop", "catalog"), answer
     assert answer["status"] == 200
     assert answer["body"]["service"] == "catalog"
-    assert answer["body"]["headers"]["x-lightmesh-peer"].startswith("frontend;shop;"), answer
+    seen = answer["body"]["headers"]
+    assert [name for name in seen if name.startswith("x-lightmesh-")] == [], answer
     # Through the node's own ClusterIP path (kube-proxy DNAT) into the frontend's inbound.
     status, body = mesh.get(f"http://{mesh.cluster_ip('shop', 'frontend')}/")
     assert status == 200 and body["upstream"]["service"] == "catalog", body
@@ -121,6 +124,36 @@ PROXY_STATUS = (
     "lightmesh proxy-status --control-plane http://127.0.0.1:15014 "
     "--control-plane http://127.0.0.1:15015"
 )
+
+
+PROXY_CONFIG_PORT_FORWARD = ("kubectl -n shop port-forward deploy/frontend 15000:15000", 15000)
+PROXY_CONFIG = "lightmesh proxy-config certs --admin http://127.0.0.1:15000"
+
+
+def test_admin_and_debug_ports_are_off_the_pod_network_and_reached_by_port_forward(
+    mesh: Mesh,
+) -> None:
+    """From the node: a sidecar's admin port and the control plane's debug port refuse; their
+    metrics ports serve /metrics and /ready and nothing else. `proxy-config` reaches the
+    admin port through `kubectl port-forward`, as the README says."""
+    pod = next(p for p in _shop_pods(mesh) if p["metadata"]["labels"]["app"] == "frontend")
+    ip = pod["status"]["podIP"]
+    with pytest.raises(OSError, match=r"[Rr]efused"):
+        mesh.cluster.http(f"http://{ip}:15000/config_dump")
+    assert mesh.cluster.http(f"http://{ip}:15020/ready")[0] == 200
+    assert mesh.cluster.http(f"http://{ip}:15020/config_dump")[0] == 404
+    for replica in mesh.pods("lightmesh-system", "app=lightmesh-controlplane"):
+        address = replica["status"]["podIP"]
+        with pytest.raises(OSError, match=r"[Rr]efused"):
+            mesh.cluster.http(f"http://{address}:15014/debug/proxies")
+        assert mesh.cluster.http(f"http://{address}:15016/metrics")[0] == 200
+        assert mesh.cluster.http(f"http://{address}:15016/debug/proxies")[0] == 404
+    mesh.readme_background(*PROXY_CONFIG_PORT_FORWARD)
+    try:
+        out = mesh.readme(PROXY_CONFIG)
+    finally:
+        mesh.stop_background()
+    assert "identity:   spiffe://cluster.local/ns/shop/" in out, out
 
 
 def test_proxy_status_through_port_forwards_shows_every_sidecar_synced(mesh: Mesh) -> None:

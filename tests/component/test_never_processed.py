@@ -23,6 +23,7 @@ from sidecar.config.apply import DataPlane
 from sidecar.contract import Completed
 from sidecar.listeners.engine import ProxyListener, start_proxy
 from sidecar.routing.router import InboundRouter, OutboundRouter
+from sidecar.telemetry.hooks import Telemetry, wrap_resolver
 from sidecar.upstream.app_probe import run_probes
 from tests.support.config import pack
 from tests.support.servers import closed_port, serving
@@ -109,8 +110,14 @@ async def start_server(app_port: int) -> Server:
         records.append(done)
 
     router = InboundRouter(app_host="127.0.0.1", app_port=app_port, app_health=health)
+    # As sidecar/app.py wires it: the mark goes only to a caller that is a sidecar.
     listener = await start_proxy(
-        "127.0.0.1", 0, resolver=router.resolve, recorder=record, listener="inbound"
+        "127.0.0.1",
+        0,
+        resolver=router.resolve,
+        recorder=record,
+        listener="inbound",
+        hide_mesh_headers=True,
     )
     return Server(health, listener, records)
 
@@ -125,8 +132,10 @@ async def rig_for(stack: AsyncExitStack, app_ports: list[int]) -> Rig:
         records.append(done)
 
     servers = [await start_server(port) for port in app_ports]
+    # The client side announces itself, as every outbound listener does (telemetry/wiring.py).
+    announced = wrap_resolver(router.resolve, Telemetry(peer=b"client;default;client;v1"))
     client = await start_proxy(
-        "127.0.0.1", 0, resolver=router.resolve, recorder=record, listener="outbound"
+        "127.0.0.1", 0, resolver=announced, recorder=record, listener="outbound"
     )
     session = await stack.enter_async_context(
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DEADLINE))

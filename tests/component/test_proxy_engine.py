@@ -715,6 +715,40 @@ async def test_local_server_serves_handler(session: aiohttp.ClientSession) -> No
         await server.wait_closed()
 
 
+async def test_local_server_answers_413_for_a_large_body_and_414_431_for_large_heads() -> None:
+    """RFC 9110 statuses from the admin server: 413 Content Too Large (the handler not run), and
+    the parser's own 414 / 431."""
+    calls: list[str] = []
+
+    async def handler(head: RequestHead) -> LocalResponse:
+        calls.append(head.path)
+        return LocalResponse(status=200, body=b"ok")
+
+    server = await start_local_server("127.0.0.1", 0, handler)
+    port = server.sockets[0].getsockname()[1]
+
+    async def status_of(request: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(request)
+            return (await asyncio.wait_for(reader.readline(), DEADLINE)).split(b" ")[1]
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    try:
+        big = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % (1024 * 1024)
+        assert await status_of(big) == b"413"
+        assert await status_of(b"GET /" + b"a" * 40 * 1024 + b" HTTP/1.1\r\n") == b"414"
+        fields = b"".join(b"X-%d: v\r\n" % i for i in range(200))
+        assert await status_of(b"GET / HTTP/1.1\r\nHost: a\r\n" + fields + b"\r\n") == b"431"
+        assert calls == []
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_expect_continue_is_answered_by_the_proxy(proxy: Proxy, tmp_path: Any) -> None:
     payload = tmp_path / "payload"
     payload.write_bytes(b"x" * 2_000_000)

@@ -421,6 +421,23 @@ async def test_oversized_head_is_431_and_closes(
     assert recorder.requests == 1
 
 
+async def test_overlong_request_target_is_414_and_closes(
+    recorder: RecordingUpstream, make_proxy: StartProxy
+) -> None:
+    """A 1 MB URI: 414 URI Too Long (RFC 9110 15.5.15), not 431, and nothing forwarded."""
+    listener = await make_proxy(recorder.port)
+    request = b"GET /" + b"a" * 1024 * 1024 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    reply, closed = await exchange(listener.port, request)
+    assert (reply.status, reply.headers["x-lightmesh-response-flags"], closed) == (414, "DPE", True)
+    assert recorder.connections == 0
+    # Half the head limit is the target's own limit; a long target under it is served.
+    listener = await make_proxy(recorder.port, max_head_bytes=1024)
+    fits = b"GET /" + b"a" * 500 + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    assert (await exchange(listener.port, fits))[0].status == 200
+    reply, _ = await exchange(listener.port, fits.replace(b"a" * 500, b"a" * 600))
+    assert reply.status == 414
+
+
 async def test_too_many_header_fields_is_431(
     recorder: RecordingUpstream, make_proxy: StartProxy
 ) -> None:

@@ -120,16 +120,16 @@ def test_prometheus_scrapes_the_mesh_and_a_dead_collector_costs_nothing(
         ),
     )  # fmt: skip
     # Pods as kubernetes_sd would list them: discovered on their app's port, annotated with the
-    # sidecar admin port; one pod that did not opt in and one that completed are left out.
+    # sidecar's metrics port; one pod that did not opt in and one that completed are left out.
     pods = [
         pod(f"{name}-7d9f", f"127.0.0.1:{w.app_port}",
-            {"scrape": "true", "port": str(w.admin_port), "path": "/metrics"},
+            {"scrape": "true", "port": str(w.metrics_port), "path": "/metrics"},
             app=w.service, version=w.version)
         for name, w in mesh.workloads.items()
     ]  # fmt: skip
     pods += [
         pod("lightmesh-controlplane-1", f"127.0.0.1:{mesh.cp_port}",
-            {"scrape": "true", "port": str(mesh.cp_debug_port)}, app="lightmesh-controlplane"),
+            {"scrape": "true", "port": str(mesh.cp_metrics_port)}, app="lightmesh-controlplane"),
         pod("no-opt-in", f"127.0.0.1:{free_port()}", {}),
         pod("finished-job", f"127.0.0.1:{free_port()}", {"scrape": "true"}, phase="Succeeded"),
     ]  # fmt: skip
@@ -142,7 +142,8 @@ def test_prometheus_scrapes_the_mesh_and_a_dead_collector_costs_nothing(
         )
         scraped = {t["labels"]["pod"]: t for t in prom.targets()}
         frontend = scraped["frontend-7d9f"]
-        assert frontend["scrapeUrl"] == f"{mesh.workloads['frontend'].admin}/metrics"
+        metrics_port = mesh.workloads["frontend"].metrics_port
+        assert frontend["scrapeUrl"] == f"http://127.0.0.1:{metrics_port}/metrics"
         assert (frontend["labels"]["namespace"], frontend["labels"]["app"]) == (
             "default",
             "frontend",

@@ -125,7 +125,7 @@ def test_pod_in_labelled_namespace_is_stored_with_the_sidecar(
     }
     proxy = spec["containers"][0]
     assert proxy["securityContext"]["runAsUser"] == 1337
-    assert proxy["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 15000, "scheme": "HTTP"}
+    assert proxy["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 15020, "scheme": "HTTP"}
     env = {e["name"]: e for e in proxy["env"]}
     assert env["LIGHTMESH_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["LIGHTMESH_APP_PORT"]["value"] == "8080"
@@ -133,7 +133,7 @@ def test_pod_in_labelled_namespace_is_stored_with_the_sidecar(
     assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "lightmesh"
     annotations = stored["metadata"]["annotations"]
     assert annotations["lightmesh.io/status"] == "injected"
-    assert annotations["prometheus.io/port"] == "15000"
+    assert annotations["prometheus.io/port"] == "15020"
     # The root the proxy verifies the control plane with: the one the API server trusts us by.
     root = annotations["lightmesh.io/ca-root"].encode()
     assert root == base64.b64decode(ca_bundles(kube)[0])

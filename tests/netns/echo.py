@@ -19,6 +19,7 @@ class Echo(BaseHTTPRequestHandler):
                 "host": self.headers.get("host", ""),
                 "x-forwarded-for": self.headers.get("x-forwarded-for", ""),
                 "path": self.path,
+                "header_names": sorted({name.lower() for name in self.headers}),
             }
         ).encode()
         self.send_response(200)

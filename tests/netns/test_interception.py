@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
 
 PROXY_UID = 1337
 APP_PORT = 8080  # both apps
+ADMIN_PORT, METRICS_PORT, DEBUG_PORT, CP_METRICS_PORT = 15000, 15020, 15014, 15016
 LIGHTMESH = [sys.executable, "-m", "lightmeshctl.cli"]
 ECHO = [sys.executable, str(REPO / "tests" / "netns" / "echo.py"), str(APP_PORT)]
 # A raw TCP server in pod B at an address the mesh does not know (B's own address is catalog's
@@ -33,7 +34,7 @@ def sidecar(ns: Namespace, *, service: str, control_plane: str) -> list[str]:
         "--workload", service, "--service", service, "--labels", f"app={service}",
         "--control-plane", control_plane,
         "--bind", "0.0.0.0", "--advertise", ns.address,
-        "--app-port", str(APP_PORT),
+        "--app-port", str(APP_PORT), "--metrics-port", str(METRICS_PORT),
     ]  # fmt: skip
 
 
@@ -48,7 +49,7 @@ def nat_rules(ns: Namespace) -> list[str]:
 
 
 def requests_total(ns: Namespace, reporter: str) -> float:
-    text = ns.http("http://127.0.0.1:15000/metrics").body
+    text = ns.http(f"http://127.0.0.1:{ADMIN_PORT}/metrics").body
     return sum(
         sample.value
         for family in text_string_to_metric_families(text)
@@ -59,7 +60,7 @@ def requests_total(ns: Namespace, reporter: str) -> float:
 
 def tcp_counters(ns: Namespace, service: str) -> dict[str, float]:
     """lightmesh_tcp_* samples of one destination service, by name."""
-    text = ns.http("http://127.0.0.1:15000/metrics").body
+    text = ns.http(f"http://127.0.0.1:{ADMIN_PORT}/metrics").body
     counters: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -79,7 +80,7 @@ def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsPair]:
         try:
             config_dir = pair.work_dir / "config"
             config_dir.mkdir()
-            pair.spawn(b, "controlplane", [*LIGHTMESH, "controlplane", "--config-dir", str(config_dir), "--host", "0.0.0.0"])  # fmt: skip
+            pair.spawn(b, "controlplane", [*LIGHTMESH, "controlplane", "--config-dir", str(config_dir), "--host", "0.0.0.0", "--metrics-port", str(CP_METRICS_PORT)])  # fmt: skip
             pair.spawn(b, "catalog-app", ECHO)
             assert b.run("ip", "addr", "add", f"{RAW_ADDRESS}/32", "dev", "lo").returncode == 0
             pair.spawn(b, "raw-tcp-server", BANNER)
@@ -97,7 +98,7 @@ def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsPair]:
             )
             for ns in (a, b):
                 wait_for(
-                    lambda ns=ns: ns.http("http://127.0.0.1:15000/ready").status == 200,
+                    lambda ns=ns: ns.http(f"http://127.0.0.1:{ADMIN_PORT}/ready").status == 200,
                     timeout=60,
                     interval=0.3,
                     what=f"the sidecar in {ns.name} /ready",
@@ -187,10 +188,64 @@ def test_inbound_reaches_the_app_only_through_the_inbound_listener(pods: NetnsPa
     assert requests_total(a, "destination") == before + 1
 
 
-def test_admin_port_is_reached_directly_and_quit_is_refused_from_outside(pods: NetnsPair) -> None:
+def test_admin_port_is_unreachable_from_another_pod_and_the_metrics_port_serves_only_metrics(
+    pods: NetnsPair,
+) -> None:
+    """Admin on pod A's loopback only (not redirected either: refused); /metrics and /ready on
+    the metrics port, reached directly, and nothing else there."""
     a, b = pods.a, pods.b
-    assert b.http(f"http://{a.address}:15000/ready").status == 200
-    assert b.http(f"http://{a.address}:15000/quitquitquit", method="POST").status == 403
+    for path, method in (("/config_dump", "GET"), ("/certs", "GET"), ("/quitquitquit", "POST")):
+        with pytest.raises(OSError, match=r"[Rr]efused"):
+            b.http(f"http://{a.address}:{ADMIN_PORT}{path}", method=method)
+    assert a.http(f"http://127.0.0.1:{ADMIN_PORT}/config_dump").status == 200  # inside the pod
+    assert b.http(f"http://{a.address}:{METRICS_PORT}/ready").status == 200
+    assert b.http(f"http://{a.address}:{METRICS_PORT}/healthz").status == 200
+    metrics = b.http(f"http://{a.address}:{METRICS_PORT}/metrics")
+    assert metrics.status == 200 and "# TYPE lightmesh_requests_total counter" in metrics.body
+    for path in ("/config_dump", "/certs", "/quitquitquit"):
+        assert b.http(f"http://{a.address}:{METRICS_PORT}{path}").status == 404, path
+
+
+def test_control_plane_debug_is_unreachable_from_another_pod_and_metrics_are_served(
+    pods: NetnsPair,
+) -> None:
+    """As the sidecar's own connections do (its UID is not redirected), from pod A."""
+    a, b = pods.a, pods.b
+    with pytest.raises(OSError, match=r"[Rr]efused"):
+        a.http(f"http://{b.address}:{DEBUG_PORT}/debug/proxies", uid=PROXY_UID)
+    assert b.http(f"http://127.0.0.1:{DEBUG_PORT}/debug/proxies").status == 200  # in its pod
+    public = f"http://{b.address}:{CP_METRICS_PORT}"
+    assert a.http(f"{public}/ready", uid=PROXY_UID).status == 200
+    assert a.http(f"{public}/metrics", uid=PROXY_UID).status == 200
+    assert a.http(f"{public}/debug/proxies", uid=PROXY_UID).status == 404
+
+
+def destination_callers(ns: Namespace) -> set[str]:
+    text = ns.http(f"http://127.0.0.1:{ADMIN_PORT}/metrics").body
+    return {
+        sample.labels["source_workload"]
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "lightmesh_requests_total" and sample.labels["reporter"] == "destination"
+    }
+
+
+def test_apps_never_see_mesh_headers_and_a_forged_peer_changes_no_telemetry(
+    pods: NetnsPair,
+) -> None:
+    """Plaintext here (no certificates): a caller's announcement is not believed, whoever sent
+    it; from pod B's root (outside the mesh) straight to pod A's app port, and from pod A's
+    app through both sidecars."""
+    a, b = pods.a, pods.b
+    forged = {"x-lightmesh-peer": "admin;kube-system;admin;v1", "x-lightmesh-unprocessed": "1"}
+    outside = b.http(f"http://{a.address}:{APP_PORT}/", headers=forged)
+    assert outside.status == 200
+    assert [n for n in outside.json()["header_names"] if n.startswith("x-lightmesh-")] == []
+    assert [n for n in outside.headers if n.startswith("x-lightmesh-")] == []
+    meshed = a.http(f"http://{b.address}:{APP_PORT}/", host="catalog", headers=forged)
+    assert meshed.status == 200
+    assert [n for n in meshed.json()["header_names"] if n.startswith("x-lightmesh-")] == []
+    assert "admin" not in destination_callers(a) | destination_callers(b)
 
 
 def test_the_sidecar_itself_is_not_redirected(pods: NetnsPair) -> None:
@@ -246,7 +301,7 @@ uvloop.run(accepted())
 def test_cleanup_removes_the_rules_and_install_is_repeatable(pods: NetnsPair) -> None:
     a, b = pods.a, pods.b
     installed = nat_rules(a)
-    assert sum("LIGHTMESH" in rule for rule in installed) == 9
+    assert sum("LIGHTMESH" in rule for rule in installed) == 10
     result = a.run(*LIGHTMESH, "intercept", "cleanup")
     assert result.returncode == 0, result.stderr
     assert not any("LIGHTMESH" in rule for rule in nat_rules(a))

@@ -71,11 +71,19 @@ class Namespace:
         )
 
     def http(
-        self, url: str, *, host: str = "", method: str = "GET", uid: int | None = None
+        self,
+        url: str,
+        *,
+        host: str = "",
+        method: str = "GET",
+        uid: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Reply:
         """One request from a plain client in this namespace, as root or as `uid` (raises OSError
         if it cannot connect)."""
         args = [sys.executable, str(CLIENT), url, "--method", method]
+        for name, value in (headers or {}).items():
+            args += ["--header", f"{name}:{value}"]
         result = self.run(*args, *(["--host", host] if host else []), uid=uid)
         if result.returncode != 0:
             raise OSError(result.stderr.strip() or f"client exited {result.returncode}")

@@ -93,7 +93,11 @@ def test_proxy_waits_for_ready_before_the_app_starts_and_runs_unprivileged() -> 
     proxy = inject(pod(), CONFIG)["spec"]["containers"][0]
     assert proxy["image"] == "registry.example/lightmesh-proxy:1"
     assert proxy["lifecycle"]["postStart"]["exec"]["command"][:2] == ["lightmesh", "wait-ready"]
-    assert proxy["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 15000}
+    # The kubelet probes the metrics port; the admin port (loopback) serves the postStart hook.
+    assert proxy["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 15020}
+    command = proxy["lifecycle"]["postStart"]["exec"]["command"]
+    assert command[command.index("--url") + 1] == "http://127.0.0.1:15000/ready"
+    assert proxy["ports"] == [{"name": "lm-metrics", "containerPort": 15020, "protocol": "TCP"}]
     assert proxy["securityContext"]["runAsUser"] == 1337
     assert proxy["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in proxy["env"]}
@@ -101,6 +105,7 @@ def test_proxy_waits_for_ready_before_the_app_starts_and_runs_unprivileged() -> 
     assert env["LIGHTMESH_LABELS"] == "app=catalog,version=v2"
     assert env["LIGHTMESH_APP_PORT"] == "8080"
     assert env["LIGHTMESH_CONTROL_PLANE"] == "cp:15010"
+    assert (env["LIGHTMESH_ADMIN_PORT"], env["LIGHTMESH_METRICS_PORT"]) == ("15000", "15020")
     assert env["LIGHTMESH_SERVICE_ACCOUNT"] == {
         "fieldRef": {"fieldPath": "spec.serviceAccountName"}
     }
@@ -122,7 +127,7 @@ def test_exclusion_annotations_reach_the_init_step() -> None:
     }
     init = inject(pod(annotations), CONFIG)["spec"]["initContainers"][-1]
     args = init["args"]
-    assert args[args.index("--exclude-inbound-ports") + 1] == "15000,9090"
+    assert args[args.index("--exclude-inbound-ports") + 1] == "15000,15020,9090"
     assert args[args.index("--exclude-outbound-ports") + 1] == "53,5432,443"
     assert args[args.index("--exclude-outbound-cidrs") + 1] == "169.254.169.254/32"
     assert init["securityContext"]["capabilities"]["add"] == ["NET_ADMIN", "NET_RAW"]
@@ -140,7 +145,7 @@ def test_apps_own_scrape_annotations_are_kept() -> None:
     annotations = inject(pod(mine), CONFIG)["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == "9102"
     fresh = inject(pod(), CONFIG)["metadata"]["annotations"]
-    assert (fresh["prometheus.io/scrape"], fresh["prometheus.io/port"]) == ("true", "15000")
+    assert (fresh["prometheus.io/scrape"], fresh["prometheus.io/port"]) == ("true", "15020")
     assert fresh["kubectl.kubernetes.io/default-container"] == "app"
 
 

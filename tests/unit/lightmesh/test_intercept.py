@@ -24,6 +24,7 @@ def test_default_plan_redirects_inbound_and_outbound_and_spares_the_sidecar() ->
         "-t nat -A LIGHTMESH_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
         "-t nat -A LIGHTMESH_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
         "-t nat -A LIGHTMESH_INBOUND -p tcp --dport 15000 -j RETURN",
+        "-t nat -A LIGHTMESH_INBOUND -p tcp --dport 15020 -j RETURN",
         "-t nat -A LIGHTMESH_INBOUND -p tcp -j LIGHTMESH_IN_REDIRECT",
         "-t nat -A LIGHTMESH_OUTBOUND -m owner --uid-owner 1337 -j RETURN",
         "-t nat -A LIGHTMESH_OUTBOUND -o lo -j RETURN",

@@ -19,3 +19,18 @@ def test_telemetry_flags_are_validated_naming_the_flag() -> None:
         from_arguments(parser.parse_args(["--workload", "w", "--zipkin-url", "zipkin:9411"]))
     with pytest.raises(ValueError, match="--trace-sampling"):
         from_arguments(parser.parse_args(["--workload", "w", "--trace-sampling", "101"]))
+
+
+def test_metrics_port_is_off_by_default_and_read_from_its_flag_or_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def parsed(*args: str) -> int:
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        return from_arguments(parser.parse_args(["--workload", "w", *args])).metrics_port
+
+    monkeypatch.delenv("LIGHTMESH_METRICS_PORT", raising=False)
+    assert parsed() == 0
+    assert parsed("--metrics-port", "15020", "--no-metrics") == 15020  # not --metrics' prefix
+    monkeypatch.setenv("LIGHTMESH_METRICS_PORT", "15021")
+    assert parsed() == 15021

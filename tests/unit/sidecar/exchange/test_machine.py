@@ -70,12 +70,14 @@ class Clock:
 
 
 class Listener:
-    """The machine's `Shared`: a resolver, the clock, the draining flag."""
+    """The machine's `Shared`: a resolver, the clock, the draining flag (an outbound listener:
+    mesh headers not hidden)."""
 
     def __init__(self, resolve: object, clock: Clock) -> None:
         self._resolve = resolve
         self.clock = clock
         self.draining = False
+        self.hide_mesh_headers = False
 
     def resolve(self, head: RequestHead) -> Decision:
         if isinstance(self._resolve, Forward | LocalReply):

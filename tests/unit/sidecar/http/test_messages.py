@@ -55,6 +55,19 @@ def test_forwarded_head_strips_hop_by_hop_and_adds_forwarding_fields() -> None:
     assert uuid.UUID(head.header(b"x-request-id").decode()).version == 4  # type: ignore[union-attr]
 
 
+def test_mesh_headers_are_never_forwarded_and_the_peer_announcement_is_kept_aside() -> None:
+    start = start_of(
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Lightmesh-Peer: frontend;shop;frontend;v1\r\n"
+        b"x-lightmesh-unprocessed: 1\r\nX-Lightmesh-Response-Flags: UF\r\nX-Lightmesh-Future: x\r\n"
+        b"X-Lightmeshy: kept\r\n\r\n"
+    )
+    head = forwarded_head(start, peer="127.0.0.9")
+    assert not [k for k, _ in head.headers if k.startswith(b"x-lightmesh-")]
+    assert head.header(b"x-lightmeshy") == b"kept"  # only the mesh's own prefix
+    assert head.mesh_peer == b"frontend;shop;frontend;v1"
+    assert forwarded_head(start_of(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), peer="").mesh_peer == b""
+
+
 def test_connection_can_name_forwarding_fields_which_are_then_regenerated() -> None:
     start = start_of(
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: X-Request-Id, X-Forwarded-For\r\n"

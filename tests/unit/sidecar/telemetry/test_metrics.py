@@ -6,13 +6,12 @@ import json
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.contract import Completed, Forward, RequestHead
+from sidecar.contract import PEER_HEADER, Completed, Forward, RequestHead
 from sidecar.telemetry.accesslog import entry
 from sidecar.telemetry.exposition import Registry, render_openmetrics, render_text
 from sidecar.telemetry.hooks import Telemetry, wrap_recorder, wrap_resolver
 from sidecar.telemetry.metrics import (
     LABELS,
-    PEER_HEADER,
     RequestCollector,
     RequestMetrics,
     parse_peer,
@@ -21,6 +20,8 @@ from sidecar.telemetry.metrics import (
 from sidecar.telemetry.propagation import Tracer
 
 CATALOG = "outbound|v2|catalog.default.svc.cluster.local"
+SHOP_FRONTEND = "spiffe://cluster.local/ns/shop/sa/frontend"
+DEFAULT_FRONTEND = "spiffe://cluster.local/ns/default/sa/frontend"
 
 
 def done(
@@ -33,10 +34,11 @@ def done(
     response_bytes: int = 1024,
     identity: str = "",
     upstream_tls: bool = False,
+    peer: bytes = b"",
 ) -> Completed:
     head = RequestHead(
         method="GET", path="/items/1?x=2", host="catalog", http_version="1.1",
-        headers=headers or [], peer="127.0.0.9", peer_identity=identity,
+        headers=headers or [], peer="127.0.0.9", peer_identity=identity, mesh_peer=peer,
     )  # fmt: skip
     return Completed(
         method="GET", host="catalog", cluster=cluster, status=status, flags=flags,
@@ -108,27 +110,43 @@ def test_source_labels_come_from_the_cluster_and_this_workload() -> None:
     assert sizes["256"] == 0 and sizes["1024"] == 2
 
 
-def test_destination_labels_name_the_caller_from_the_peer_header() -> None:
+def test_destination_labels_name_a_verified_caller_from_its_announcement() -> None:
     metrics = destination()
-    metrics.record(done(headers=[(PEER_HEADER, peer_value("frontend", "shop", "frontend", "v1"))]))
-    metrics.record(done(headers=[(PEER_HEADER, b"<script>;x;y;z")]))
+    metrics.record(
+        done(peer=peer_value("frontend", "shop", "frontend", "v1"), identity=SHOP_FRONTEND)
+    )
+    metrics.record(done(peer=b"<script>;shop;y;z", identity=SHOP_FRONTEND))
     metrics.record(done())
     rows = scrape(metrics)["lightmesh_requests_total"]
     callers = sorted((labels["source_workload"], labels["source_namespace"]) for labels, _ in rows)
-    assert callers == [("frontend", "shop"), ("unknown", "unknown"), ("unknown", "x")]
+    assert callers == [("frontend", "shop"), ("unknown", "shop"), ("unknown", "unknown")]
     for labels, _ in rows:
         assert labels["destination_service"] == "catalog.default.svc.cluster.local"
         assert labels["destination_workload"] == "catalog-v2"
         assert labels["destination_subset"] == "v2"
 
 
+def test_a_plaintext_callers_announcement_is_not_believed() -> None:
+    """Anyone can write the header over plaintext: it changes no label."""
+    metrics = destination()
+    metrics.record(done(peer=peer_value("admin", "kube-system", "admin", "v1")))
+    metrics.record(done())
+    ((labels, value),) = scrape(metrics)["lightmesh_requests_total"]
+    assert (labels["source_workload"], labels["source_namespace"], value) == (
+        "unknown",
+        "unknown",
+        2,
+    )
+    assert labels["mtls"] == "false"
+
+
 def test_a_verified_caller_sets_mtls_and_its_principal_and_wins_over_the_header() -> None:
     metrics = destination()
-    frontend = "spiffe://cluster.local/ns/shop/sa/frontend"
-    announced = [(PEER_HEADER, peer_value("frontend", "shop", "frontend", "v1"))]
-    metrics.record(done(headers=announced, identity=frontend))
-    lying = [(PEER_HEADER, peer_value("admin", "kube-system", "admin", "v1"))]
-    metrics.record(done(headers=lying, identity=frontend))
+    frontend = SHOP_FRONTEND
+    announced = peer_value("frontend", "shop", "frontend", "v1")
+    metrics.record(done(peer=announced, identity=frontend))
+    lying = peer_value("admin", "kube-system", "admin", "v1")
+    metrics.record(done(peer=lying, identity=frontend))
     rows = {
         (labels["source_workload"], labels["source_namespace"], labels["mtls"]): labels
         for labels, _ in scrape(metrics)["lightmesh_requests_total"]
@@ -151,7 +169,9 @@ def test_series_are_bounded() -> None:
         reporter="destination", workload="w", namespace="default", max_series=10
     )
     for i in range(500):
-        metrics.record(done(headers=[(PEER_HEADER, f"w{i};ns;app;v".encode())]))
+        metrics.record(
+            done(peer=f"w{i};ns;app;v".encode(), identity="spiffe://cluster.local/ns/ns/sa/w")
+        )
     rows = scrape(metrics)["lightmesh_requests_total"]
     assert len(rows) == 11  # ten callers, then one overflow series
     assert sum(value for _, value in rows) == 500
@@ -174,7 +194,9 @@ def test_both_directions_render_as_one_family_each_also_in_openmetrics() -> None
 
 def test_istio_switch_adds_istio_names_and_labels() -> None:
     inb = destination()
-    inb.record(done(headers=[(PEER_HEADER, b"frontend;default;frontend;v1")], duration=0.002))
+    inb.record(
+        done(peer=b"frontend;default;frontend;v1", identity=DEFAULT_FRONTEND, duration=0.002)
+    )
     assert "istio_requests_total" not in scrape(inb)
     samples = scrape(inb, istio=True)
     ((labels, value),) = samples["istio_requests_total"]
@@ -185,7 +207,7 @@ def test_istio_switch_adds_istio_names_and_labels() -> None:
     assert labels["destination_version"] == "v2"
     assert labels["source_workload"] == "frontend"
     assert labels["source_workload_namespace"] == "default"
-    assert labels["connection_security_policy"] == "none"
+    assert labels["connection_security_policy"] == "mutual_tls"
     assert labels["request_protocol"] == "http"
     ms = {
         s_labels["le"]: v for s_labels, v in samples["istio_request_duration_milliseconds_bucket"]
@@ -199,8 +221,8 @@ def test_access_log_entry_has_the_envoy_like_fields() -> None:
     record = entry(
         done(
             status=503, flags="UF",
-            headers=[(b"x-request-id", b"r-1"), (b"x-b3-traceid", b"t" * 32),
-                     (PEER_HEADER, b"frontend;default;frontend;v1")],
+            headers=[(b"x-request-id", b"r-1"), (b"x-b3-traceid", b"t" * 32)],
+            peer=b"frontend;default;frontend;v1", identity=DEFAULT_FRONTEND,
         ),
         direction="inbound",
     )  # fmt: skip
@@ -229,10 +251,7 @@ def test_resolver_wrapper_announces_the_workload_and_continues_the_trace() -> No
     telemetry = Telemetry(
         tracer=Tracer(sample_percent=100), peer=peer_value("frontend", "default", "frontend", "v1")
     )
-    head = RequestHead(
-        method="GET", path="/", host="catalog", http_version="1.1",
-        headers=[(PEER_HEADER, b"forged;x;y;z")],
-    )  # fmt: skip
+    head = RequestHead(method="GET", path="/", host="catalog", http_version="1.1", headers=[])
     wrap_resolver(resolve, telemetry)(head)
     assert seen == [head]
     assert [v for k, v in head.headers if k == PEER_HEADER] == [b"frontend;default;frontend;v1"]
