@@ -67,7 +67,8 @@ class Connection:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     woken_at: float = 0.0  # loop time of the first wake not yet served (queue time)
     pushed: bool = False  # whether its first (initial) push was sent
-    unanswered: dict[str, int] = field(default_factory=dict)  # type -> bytes in the gate's budget
+    # type -> releases of the budget held by its responses not answered yet
+    unanswered: dict[str, list[Callable[[], None]]] = field(default_factory=dict)
     closed: bool = False
 
     def sets(self) -> dict[str, ResourceSet]:
@@ -114,6 +115,23 @@ class ByteBudget:
                 waiter.cancel()
                 self._wake()
             raise
+
+    async def hold(self, size: int, *, at_most: float) -> Callable[[], None]:
+        """Acquire `size` bytes; return their release (idempotent), which also runs by itself
+        `at_most` seconds later: a sidecar that stops answering (hung, stopped, a reader that
+        never ACKs) must not keep the whole mesh's pushes waiting on a shared budget."""
+        await self.acquire(size)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                timer.cancel()
+                self.release(size)
+
+        timer = asyncio.get_running_loop().call_later(at_most, release)
+        return release
 
     def release(self, size: int) -> None:
         """`size` bytes were ACKed, NACKed or their stream ended."""

@@ -31,6 +31,8 @@ log = logging.getLogger("controlplane.xds")
 SERVICE = "lightmesh.v1.ConfigDiscovery"
 # How long a new stream may hold its initial push slot waiting for its ACKs.
 INITIAL_HOLD = 10.0
+# How long a response's bytes count against the shared push budget if its sidecar never answers.
+BUDGET_HOLD = 10.0
 METHOD = "DeltaConfig"
 
 
@@ -143,7 +145,9 @@ class ConfigDiscovery:
                         yield response
         finally:
             reader.cancel()
-            self._pusher.gate.bytes.release(sum(conn.unanswered.values()))
+            for releases in conn.unanswered.values():
+                for release in releases:
+                    release()
             conn.unanswered.clear()
             self._metrics.connected.dec()
             if not conn.closed:
@@ -171,8 +175,8 @@ class ConfigDiscovery:
         budget = self._pusher.gate.bytes
         for type_url, response in self._round(conn):
             # Held until the sidecar answers this type (see `_handle`) or the stream ends.
-            await budget.acquire(len(response))
-            conn.unanswered[type_url] = conn.unanswered.get(type_url, 0) + len(response)
+            release = await budget.hold(len(response), at_most=BUDGET_HOLD)
+            conn.unanswered.setdefault(type_url, []).append(release)
             yield response
         self._pusher.served(conn)
         self._metrics.send_seconds.observe(self._clock() - started)
@@ -216,7 +220,8 @@ class ConfigDiscovery:
         for outcome in outcomes:
             self._record(conn, outcome, now)
             if isinstance(outcome, Acked | Nacked):
-                self._pusher.gate.bytes.release(conn.unanswered.pop(outcome.type_url, 0))
+                for release in conn.unanswered.pop(outcome.type_url, ()):
+                    release()
             if isinstance(outcome, Subscribed) and (outcome.added or outcome.removed):
                 resubscribe = True
         if resubscribe:

@@ -143,3 +143,19 @@ async def test_the_byte_budget_admits_in_order_and_lets_one_oversized_response_t
     await asyncio.sleep(0)
     budget.release(500)
     assert budget.used == 0 and budget.waiting == 0
+
+
+async def test_a_hold_on_the_byte_budget_ends_by_itself_when_its_sidecar_never_answers() -> None:
+    budget = ByteBudget(100)
+    release = await budget.hold(100, at_most=0.01)  # a sidecar that will never ACK
+    waiting = asyncio.ensure_future(budget.acquire(50))  # every other stream's next push
+    await asyncio.sleep(0)
+    assert not waiting.done() and budget.used == 100
+    await asyncio.wait_for(waiting, timeout=30)  # freed when the hold lapsed, not by an ACK
+    assert budget.used == 50
+    release()  # the late ACK: nothing more to give back
+    assert budget.used == 50
+    answered = await budget.hold(50, at_most=3600)
+    answered()
+    answered()  # idempotent: a NACK after the stream ended, say
+    assert budget.used == 50
