@@ -644,17 +644,24 @@ def _authorization_policy(key: ResourceKey, spec: dict[str, Any], warnings: list
         raise _Invalid(str(exc)) from exc
 
 
-def _egress_host(value: str, namespace: str, path: str) -> EgressHost:
-    del namespace  # "." means the namespace of the sidecar it applies to, resolved at lookup
-    space, slash, host = value.partition("/")
-    if not slash or not space or not host:
-        raise _Invalid(f"{path}: {value!r} must be 'namespace/host' (e.g. './*', '*/catalog.shop')")
+def _scoped_host(space: str, host: str, path: str) -> str:
+    """The host of a "namespace/host" entry (Sidecar egress, Gateway servers), lower-cased: the
+    namespace "*", "." or a name; the host "*", "*.suffix" or a DNS name."""
     if space not in ("*", ".") and not _DNS_LABEL.match(space):
         raise _Invalid(f"{path}: {space!r} is not '*', '.' or a namespace name")
     host = host.lower().rstrip(".")
     pattern = host[2:] if host.startswith("*.") else host
     if host != "*" and (not pattern or "*" in pattern or not _DNS_SUBDOMAIN.match(pattern)):
         raise _Invalid(f"{path}: {host!r} is not '*', '*.suffix' or a host name")
+    return host
+
+
+def _egress_host(value: str, namespace: str, path: str) -> EgressHost:
+    del namespace  # "." means the namespace of the sidecar it applies to, resolved at lookup
+    space, slash, host = value.partition("/")
+    if not slash or not space or not host:
+        raise _Invalid(f"{path}: {value!r} must be 'namespace/host' (e.g. './*', '*/catalog.shop')")
+    host = _scoped_host(space, host, path)
     if host != "*" and not host.startswith("*.") and space == "*" and "." not in host:
         raise _Invalid(
             f"{path}: short name {host!r} needs a namespace (write 'ns/{host}' or the FQDN)"
@@ -695,13 +702,7 @@ def _gateway_host(value: str, path: str) -> str:
     "*"), the host "*", "*.suffix" or a DNS name; returned as "namespace/host"."""
     space, slash, host = value.rpartition("/")
     space = space if slash else "*"
-    if space not in ("*", ".") and not _DNS_LABEL.match(space):
-        raise _Invalid(f"{path}: {space!r} is not '*', '.' or a namespace name")
-    host = host.lower().rstrip(".")
-    pattern = host[2:] if host.startswith("*.") else host
-    if host != "*" and (not pattern or "*" in pattern or not _DNS_SUBDOMAIN.match(pattern)):
-        raise _Invalid(f"{path}: {host!r} is not '*', '*.suffix' or a host name")
-    return f"{space}/{host}"
+    return f"{space}/{_scoped_host(space, host, path)}"
 
 
 _TLS_PROTOCOLS = ("HTTPS", "TLS")
