@@ -11,7 +11,6 @@ that takes longer than `grace` to get in loses no endpoint mid-herd), bounded by
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -180,11 +179,18 @@ class LocalRegistry:
         return {s.fqdn: s for s in found if s is not None}
 
 
+# How long a write someone waits for gathers more changes first: a herd of registrations costs one
+# write per this window, not one per sidecar.
+URGENT_COALESCE = 0.02
+
+
 class RegistrySource:
     """Feeds the local registry into the store, service by service, and persists it.
 
-    Persisting is coalesced (at most every `persist_interval`, off the loop), so a herd of
-    registrations costs one write per interval, not one per sidecar.
+    A registration reaches the store only once it is on disk: a control plane killed right after
+    serving an endpoint does not come back without it and tell the first sidecar to reconnect that
+    the service is gone. Writes are coalesced (off the loop): one per `URGENT_COALESCE` while
+    registrations wait, otherwise (removals, expiries) at most every `persist_interval`.
     """
 
     def __init__(
@@ -202,16 +208,43 @@ class RegistrySource:
         self._interval = persist_interval
         self._clock = clock
         self._dirty = asyncio.Event()
+        self._urgent = asyncio.Event()
+        self._generation = 0  # bumped by every change that needs writing
+        self._written = 0  # the generation last on disk
+        self._wrote = asyncio.Event()  # set (and replaced) after each write
+        self._writer_gone = False  # `run` ended: nobody will write, so nobody may wait
         self.persist = True  # turned off at shutdown so closing streams do not erase the state
 
-    def connect(self, node_id: str, registrations: tuple[Registration, ...]) -> None:
-        """A sidecar's stream opened."""
-        now = self._clock()
-        self._publish(self.registry.connect(node_id, registrations, now=now), now)
+    async def connect(self, node_id: str, registrations: tuple[Registration, ...]) -> None:
+        """A sidecar's stream opened: its registrations are served once they are durable."""
+        touched = self.registry.connect(node_id, registrations, now=self._clock())
+        if touched:
+            await self._persisted(self._changed())
+        self._publish(touched, self._clock())
 
     def disconnect(self, node_id: str) -> None:
         """A sidecar's stream closed."""
-        self._publish(self.registry.disconnect(node_id), self._clock())
+        touched = self.registry.disconnect(node_id)
+        self._publish(touched, self._clock())
+        if touched:
+            self._changed()
+
+    def _changed(self) -> int:
+        """Mark the registry as needing a write; the generation that write will cover."""
+        if self.persist and self._state_file is not None:
+            self._generation += 1
+            self._dirty.set()
+        return self._generation
+
+    async def _persisted(self, target: int) -> None:
+        while (
+            self._written < target
+            and self.persist
+            and self._state_file is not None
+            and not self._writer_gone
+        ):
+            self._urgent.set()
+            await self._wrote.wait()
 
     def _publish(self, touched: set[ServiceId], now: float) -> None:
         if not touched:
@@ -224,8 +257,6 @@ class RegistrySource:
             },
             at=now,
         )
-        if self.persist and self._state_file is not None:
-            self._dirty.set()
 
     def restore(self) -> None:
         """Load the persisted registrations (before serving)."""
@@ -245,18 +276,51 @@ class RegistrySource:
         if self._state_file is None or not self.persist:
             return
         self._dirty.clear()
+        generation = self._generation
         _write_json(self._state_file, self.registry.dump())
+        self._wrote_up_to(generation)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Expire unconfirmed entries and persist changes (coalesced), until `stop` is set."""
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self._interval)
-            now = self._clock()
-            self._publish(self.registry.expire(now=now), now)
-            if self._dirty.is_set() and self.persist and self._state_file is not None:
-                self._dirty.clear()
-                await asyncio.to_thread(_write_json, self._state_file, self.registry.dump())
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                urgent = asyncio.create_task(self._urgent.wait())
+                await asyncio.wait(
+                    (stopping, urgent), timeout=self._interval, return_when=asyncio.FIRST_COMPLETED
+                )
+                urgent.cancel()
+                if self._urgent.is_set():
+                    await asyncio.sleep(URGENT_COALESCE)
+                    self._urgent.clear()
+                now = self._clock()
+                expired = self.registry.expire(now=now)
+                self._publish(expired, now)
+                if expired:
+                    self._changed()
+                await self._write_if_dirty()
+        finally:
+            stopping.cancel()
+            self._writer_gone = True
+            self._wrote_up_to(self._generation)
+
+    async def _write_if_dirty(self) -> None:
+        if not (self._dirty.is_set() and self.persist and self._state_file is not None):
+            self._wrote_up_to(self._generation)
+            return
+        self._dirty.clear()
+        generation = self._generation
+        try:
+            await asyncio.to_thread(_write_json, self._state_file, self.registry.dump())
+        except OSError as error:
+            # Persistence is a restart aid: a full disk must not stop sidecars from being served.
+            log.warning("cannot persist the registry to %s: %s", self._state_file, error)
+        self._wrote_up_to(generation)
+
+    def _wrote_up_to(self, generation: int) -> None:
+        self._written = max(self._written, generation)
+        wrote, self._wrote = self._wrote, asyncio.Event()
+        wrote.set()
 
 
 def _write_json(path: Path, value: Any) -> None:

@@ -39,8 +39,8 @@ METHOD = "DeltaConfig"
 class Registrations(Protocol):
     """Where local-mode sidecars' service registrations go."""
 
-    def connect(self, node_id: str, registrations: tuple[Registration, ...]) -> None:
-        """A sidecar's stream opened with these registrations."""
+    async def connect(self, node_id: str, registrations: tuple[Registration, ...]) -> None:
+        """A sidecar's stream opened with these registrations (return once they are served)."""
 
     def disconnect(self, node_id: str) -> None:
         """Its stream closed."""
@@ -113,7 +113,6 @@ class ConfigDiscovery:
             )
             return
         conn = await self._pusher.open(node_info(first.node))
-        self._registry.connect(first.node.id, registrations(first.node))
         self._metrics.connected.inc()
         log.info(
             "sidecar connected",
@@ -124,6 +123,7 @@ class ConfigDiscovery:
             self._read(conn, request_iterator, ended), name=f"read {first.node.id}"
         )
         try:
+            await self._registry.connect(first.node.id, registrations(first.node))
             await self._handle(conn, first)
             # Admission: the first pushes hold one of the few initial slots until every type is
             # ACKed (or INITIAL_HOLD passed), so the large responses buffered at once stay bounded

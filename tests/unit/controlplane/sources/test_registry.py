@@ -1,8 +1,14 @@
 """The local registry: registrations, persistence and expiry of restored entries."""
 
+import asyncio
+import json
 from dataclasses import replace
+from pathlib import Path
 
-from controlplane.sources.registry import LocalRegistry, Registration
+from controlplane.sources.registry import LocalRegistry, Registration, RegistrySource
+from controlplane.store import Store
+
+CATALOG = "catalog.default.svc.cluster.local"
 
 
 def reg(node: str, port: int, version: str = "v1") -> Registration:
@@ -81,3 +87,34 @@ def test_restored_entries_expire_by_max_wait_even_while_a_herd_trickles_in() -> 
         registry.connect(f"n{n}", (reg(f"n{n}", n),), now=float(n))
     assert registry.expire(now=29) == set()
     assert registry.expire(now=30) == {("default", "catalog")}
+
+
+async def test_a_registration_is_served_only_once_it_is_on_disk(tmp_path: Path) -> None:
+    """A control plane killed right after serving an endpoint must find it on disk when back."""
+    state = tmp_path / "registry.json"
+    store = Store()
+    seen_on_disk: list[int] = []
+    # Whenever the store learns of an endpoint, the file already holds it.
+    store.subscribe(lambda change: seen_on_disk.append(len(json.loads(state.read_text()))))
+    source = RegistrySource(LocalRegistry(), store, state, persist_interval=60.0)
+    stop = asyncio.Event()
+    writer = asyncio.create_task(source.run(stop))
+    await asyncio.wait_for(source.connect("a", (reg("a", 1),)), timeout=10)
+    await asyncio.wait_for(source.connect("b", (reg("b", 2),)), timeout=10)
+    assert seen_on_disk == [1, 2]
+    # A reconnect with the same registrations changes nothing and waits for no write.
+    await asyncio.wait_for(source.connect("a", (reg("a", 1),)), timeout=10)
+    assert seen_on_disk == [1, 2]
+    restarted = LocalRegistry()
+    restarted.restore(json.loads(state.read_text()), now=0.0)
+    assert {e.port for e in restarted.services()[CATALOG].endpoints} == {1, 2}
+    stop.set()
+    await writer
+
+
+async def test_a_stopped_writer_releases_streams_waiting_for_it(tmp_path: Path) -> None:
+    source = RegistrySource(LocalRegistry(), Store(), tmp_path / "registry.json")
+    stop = asyncio.Event()
+    stop.set()
+    await source.run(stop)  # the writer is gone (shutdown): nobody may hang on it
+    await asyncio.wait_for(source.connect("a", (reg("a", 1),)), timeout=10)
