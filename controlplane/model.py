@@ -300,16 +300,36 @@ class GatewayServer:
     tls_mode: GatewayTlsMode | None = None
     credential_name: str = ""
     https_redirect: bool = False
+    # Istio's file-mounted credentials: paths on the gateway's file system (read by the gateway).
+    server_certificate: str = ""
+    private_key: str = ""
+    ca_certificates: str = ""
+    min_protocol: str = ""  # TLSV1_2, TLSV1_3 ("" or TLS_AUTO: the gateway's default)
+    max_protocol: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Gateway:
-    """Istio's Gateway: the ports an edge proxy selected by `selector` listens on. Validated and
-    served to the world (VirtualServices bind to it); no gateway proxy consumes it yet."""
+    """Istio's Gateway: the ports an edge proxy (`lightmesh gateway`) selected by `selector`
+    listens on; VirtualServices bind to it by "namespace/name" (controlplane/translate/gateway.py)."""
 
     key: ResourceKey
     selector: tuple[tuple[str, str], ...]
     servers: tuple[GatewayServer, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsSecret:
+    """A Kubernetes Secret with TLS material (a Gateway server's `credentialName`): PEM text of
+    its tls.crt, tls.key and ca.crt ("" when absent). Only the gateways' namespaces are read."""
+
+    key: ResourceKey
+    cert_chain: str = ""
+    private_key: str = ""
+    ca: str = ""
+
+    def __repr__(self) -> str:
+        return f"TlsSecret({self.key})"  # never the key material, in logs or debug pages
 
 
 Location = Literal["MESH_EXTERNAL", "MESH_INTERNAL"]

@@ -742,7 +742,23 @@ def _gateway_server(raw: Mapping[str, Any], path: str) -> GatewayServer:
         tls_mode=mode,
         credential_name=(tls or {}).get("credentialName", ""),
         https_redirect=bool((tls or {}).get("httpsRedirect", False)),
+        server_certificate=(tls or {}).get("serverCertificate", ""),
+        private_key=(tls or {}).get("privateKey", ""),
+        ca_certificates=(tls or {}).get("caCertificates", ""),
+        min_protocol=_tls_version(tls or {}, "minProtocolVersion", f"{path}.tls"),
+        max_protocol=_tls_version(tls or {}, "maxProtocolVersion", f"{path}.tls"),
     )
+
+
+def _tls_version(tls: Mapping[str, Any], name: str, path: str) -> str:
+    """TLS_AUTO is the gateway's default; TLS 1.0 and 1.1 are refused (Python's ssl and modern
+    OpenSSL builds disable them: a listener configured so would fail every handshake)."""
+    value: str = tls.get(name, "")
+    if value in ("TLSV1_0", "TLSV1_1"):
+        raise _Invalid(
+            f"{path}.{name}: {value} is not supported by lightmesh gateways (TLSV1_2 or later)"
+        )
+    return "" if value == "TLS_AUTO" else value
 
 
 def _gateway(key: ResourceKey, spec: dict[str, Any], warnings: list[str]) -> Resource:

@@ -350,6 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("sidecar", help="run a sidecar proxy")
     add_sidecar_arguments(sc)
     sc.set_defaults(func=_sidecar)
+    gw = sub.add_parser(
+        "gateway", help="run an ingress gateway (the proxy in gateway mode; docs/gateway.md)"
+    )
+    add_sidecar_arguments(gw)
+    gw.set_defaults(func=_sidecar, mode="gateway")
 
     demo = sub.add_parser("demo", help="run the shop demo on loopback (no cluster needed)")
     demo.add_argument("--check", action="store_true", help="run the scenario headless, exit 0/1")

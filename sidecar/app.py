@@ -9,6 +9,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from google.protobuf.json_format import MessageToDict
@@ -23,9 +24,10 @@ from sidecar.cluster.outlier import DEFAULT as DEFAULT_OUTLIER
 from sidecar.config.apply import DataPlane
 from sidecar.config.client import ConfigClient
 from sidecar.contract import Completed
+from sidecar.gateway import GatewayPorts
 from sidecar.identity.manager import CertificateManager
 from sidecar.identity.tls import MeshTLS
-from sidecar.listeners.engine import start_proxy
+from sidecar.listeners.engine import ProxyListener, start_proxy
 from sidecar.memory import return_freed_memory
 from sidecar.routing.router import InboundRouter, OutboundRouter
 from sidecar.settings import Settings
@@ -51,6 +53,7 @@ def build_node(settings: Settings, *, inbound_port: int) -> pb.Node:
         labels=dict(settings.labels),
         service_account=settings.service_account,
         sidecar_version=lightmesh.__version__,
+        proxy_type="gateway" if settings.mode == "gateway" else "",
     )
     if inbound_port:
         for service in settings.services:
@@ -110,17 +113,33 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         outbound_router.finished(done)  # the endpoint's in-flight slot, for the balancer
         tcp_metrics.record(done)
 
-    outbound = await start_proxy(
-        settings.bind,
-        settings.outbound_port,
-        resolver=wrap_resolver(outbound_router.resolve, telemetry.outbound),
-        recorder=wrap_recorder(telemetry.outbound, outbound=True, then=outbound_router.finished),
-        listener="outbound",
-        client_tls=lambda: mesh_tls.client,
-        intercept=settings.intercept,
-        divert=outbound_router.divert,
-        tcp_recorder=record_tcp,
-    )
+    gateway: GatewayPorts | None = None
+    outbound: ProxyListener | None = None
+    if settings.mode == "gateway":
+        # The ports come with the config (GatewayListener); upstreams as the outbound listener's.
+        gateway = GatewayPorts(
+            bind=settings.bind,
+            dataplane=dataplane,
+            telemetry=telemetry.outbound,
+            client_tls=lambda: mesh_tls.client,
+            tcp_recorder=tcp_metrics.record,
+            drain_timeout=settings.drain_timeout,
+        )
+        dataplane.on_gateway = gateway.update
+    else:
+        outbound = await start_proxy(
+            settings.bind,
+            settings.outbound_port,
+            resolver=wrap_resolver(outbound_router.resolve, telemetry.outbound),
+            recorder=wrap_recorder(
+                telemetry.outbound, outbound=True, then=outbound_router.finished
+            ),
+            listener="outbound",
+            client_tls=lambda: mesh_tls.client,
+            intercept=settings.intercept,
+            divert=outbound_router.divert,
+            tcp_recorder=record_tcp,
+        )
     inbound = None
     app_health = AppHealth() if settings.app_port and settings.app_health else None
     if settings.app_port:
@@ -155,7 +174,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     )
     cleanup = contextlib.ExitStack()
     certificates = _certificate_manager(settings, ca_bundle, mesh_tls, cleanup)
-    active = {"outbound": lambda: outbound.active}
+    active: dict[str, Callable[[], int]] = {}
+    if outbound is not None:
+        active["outbound"] = lambda: outbound.active
+    if gateway is not None:
+        active["gateway"] = lambda: gateway.active
     if inbound is not None:
         active["inbound"] = lambda: inbound.active
     registry.register(
@@ -169,9 +192,9 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     registry.register(
         ResilienceCollector(
             clusters=lambda: dataplane.clusters,
-            mirrors=outbound.mirrors,
-            connections_opened=outbound.connections_opened,
-            wrong_identity=outbound.wrong_identity,
+            mirrors=outbound.mirrors if outbound else None,
+            connections_opened=outbound.connections_opened if outbound else None,
+            wrong_identity=outbound.wrong_identity if outbound else None,
         )
     )
     draining = False
@@ -202,7 +225,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             "event": "started",
             "node": node.id,
             "pid": os.getpid(),
-            "outbound_port": outbound.port,
+            "mode": settings.mode,
+            "outbound_port": outbound.port if outbound else None,
             "inbound_port": inbound.port if inbound else None,
             "admin_port": admin_port,
             "metrics_port": metrics_server.sockets[0].getsockname()[1] if metrics_server else None,
@@ -215,6 +239,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     )
     telemetry_task = asyncio.create_task(telemetry.run(stop), name="telemetry")
     memory_task = asyncio.create_task(return_freed_memory(stop), name="memory")
+    gateway_task = asyncio.create_task(gateway.run(stop), name="gateway-ports") if gateway else None
     probes_task = (
         asyncio.create_task(
             run_probes(app_health, settings.app_host, settings.app_port, stop), name="app-probes"
@@ -235,8 +260,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     if settings.drain_delay > 0:
         # Keep serving while the endpoint is being taken out of rotation.
         await asyncio.sleep(settings.drain_delay)
+    if gateway_task is not None:
+        await gateway_task
     await asyncio.gather(
-        outbound.close(settings.drain_timeout),
+        *([outbound.close(settings.drain_timeout)] if outbound else []),
+        *([gateway.close(settings.drain_timeout)] if gateway else []),
         *([inbound.close(settings.drain_timeout)] if inbound else []),
     )
     await client_task

@@ -15,6 +15,9 @@ class Settings:
 
     control_plane: str = "127.0.0.1:15010"
     workload: str
+    # "sidecar", or "gateway": an ingress gateway (`lightmesh gateway`), whose listeners are the
+    # ports of the Gateways selecting its labels (no outbound, inbound or app).
+    mode: str = "sidecar"
     namespace: str = "default"
     services: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()

@@ -54,6 +54,7 @@ def node_info(node: pb.Node) -> NodeInfo:
         namespace=node.namespace or "default",
         labels=tuple(sorted(node.labels.items())),
         service_account=node.service_account or "default",
+        gateway=node.proxy_type == "gateway",
     )
 
 

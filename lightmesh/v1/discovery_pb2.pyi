@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Node(_message.Message):
-    __slots__ = ("id", "workload", "namespace", "labels", "service_account", "sidecar_version", "registrations")
+    __slots__ = ("id", "workload", "namespace", "labels", "service_account", "sidecar_version", "registrations", "proxy_type")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class Node(_message.Message):
     SERVICE_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     SIDECAR_VERSION_FIELD_NUMBER: _ClassVar[int]
     REGISTRATIONS_FIELD_NUMBER: _ClassVar[int]
+    PROXY_TYPE_FIELD_NUMBER: _ClassVar[int]
     id: str
     workload: str
     namespace: str
@@ -30,7 +31,8 @@ class Node(_message.Message):
     service_account: str
     sidecar_version: str
     registrations: _containers.RepeatedCompositeFieldContainer[ServiceRegistration]
-    def __init__(self, id: _Optional[str] = ..., workload: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., service_account: _Optional[str] = ..., sidecar_version: _Optional[str] = ..., registrations: _Optional[_Iterable[_Union[ServiceRegistration, _Mapping]]] = ...) -> None: ...
+    proxy_type: str
+    def __init__(self, id: _Optional[str] = ..., workload: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., service_account: _Optional[str] = ..., sidecar_version: _Optional[str] = ..., registrations: _Optional[_Iterable[_Union[ServiceRegistration, _Mapping]]] = ..., proxy_type: _Optional[str] = ...) -> None: ...
 
 class ServiceRegistration(_message.Message):
     __slots__ = ("service", "address", "port")

@@ -29,6 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the sidecar's flags."""
     add = parser.add_argument
     add("--control-plane", default=_env("CONTROL_PLANE", "127.0.0.1:15010"), help="host:port")
+    add(
+        "--mode",
+        choices=["sidecar", "gateway"],
+        default=_env("MODE", "sidecar"),
+        help="sidecar (default), or gateway: an ingress gateway serving the Gateways that "
+        "select its --labels (`lightmesh gateway` sets it)",
+    )
     add("--workload", default=_env("WORKLOAD", ""), help="workload name (required)")
     add("--namespace", default=_env("NAMESPACE", "default"))
     add(
@@ -122,7 +129,10 @@ def from_arguments(args: argparse.Namespace) -> Settings:
     """Build settings from parsed flags; raise ValueError with the flag at fault."""
     if not args.workload:
         raise ValueError("--workload (or LIGHTMESH_WORKLOAD) is required")
+    if args.mode == "gateway" and args.app_port:
+        raise ValueError("--app-port: a gateway has no app (its routes come from Gateways)")
     return Settings(
+        mode=args.mode,
         control_plane=args.control_plane,
         workload=args.workload,
         namespace=args.namespace,
