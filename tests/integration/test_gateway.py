@@ -9,13 +9,18 @@ helps the client.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
+from requests.adapters import HTTPAdapter
 
 from lightmeshctl.demo.mesh import LocalMesh, free_port, http_get, wait_for
+from tests.support.certs import EdgeCA
 
 pytestmark = pytest.mark.integration
 
@@ -150,3 +155,247 @@ def _status(url: str, headers: dict[str, str]) -> int:
         return requests.get(url, headers=headers, timeout=2).status_code
     except requests.RequestException:
         return 0
+
+
+# --- HTTPS: certificates chosen by SNI ---
+
+
+def https_gateway(port: int, certs: Path) -> str:
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: shop-gateway, namespace: shop}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+    - port: {{number: {port}, name: https-shop, protocol: HTTPS}}
+      hosts: ["shop/shop.example.com"]
+      tls: {{mode: SIMPLE, credentialName: "{certs / "shop"}"}}
+    - port: {{number: {port}, name: https-admin, protocol: HTTPS}}
+      hosts: ["shop/admin.example.com"]
+      tls: {{mode: SIMPLE, credentialName: "{certs / "admin"}"}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shop, namespace: shop}}
+spec:
+  hosts: ["shop.example.com"]
+  gateways: ["shop-gateway"]
+  http:
+    - route: [{{destination: {{host: frontend}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: admin, namespace: shop}}
+spec:
+  hosts: ["admin.example.com"]
+  gateways: ["shop/shop-gateway"]
+  http:
+    - route: [{{destination: {{host: catalog}}}}]
+"""
+
+
+class SNIAdapter(HTTPAdapter):
+    """`requests` to 127.0.0.1 with the SNI and certificate check of another name."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["server_hostname"] = self._name
+        kwargs["assert_hostname"] = self._name
+        super().init_poolmanager(*args, **kwargs)
+
+
+def https_get(port: int, name: str, ca: Path, path: str = "/", **kwargs: Any) -> requests.Response:
+    session = requests.Session()
+    session.mount("https://", SNIAdapter(name))
+    with session:
+        return session.get(
+            f"https://127.0.0.1:{port}{path}",
+            headers={"Host": name},
+            verify=str(ca),
+            timeout=5,
+            **kwargs,
+        )
+
+
+def presented_subject(port: int, name: str) -> str:
+    """The subject of the certificate the gateway presents for SNI `name` (openssl s_client)."""
+    out = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", name],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    for line in out.stdout.splitlines():
+        if line.startswith("subject="):
+            return line.removeprefix("subject=").strip()
+    return f"(none: {out.stderr.strip()[-200:]})"
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", "10", *args], capture_output=True, text=True, timeout=20
+    )
+
+
+@pytest.fixture
+def edge_ca(tmp_path: Path) -> tuple[EdgeCA, Path]:
+    ca = EdgeCA("Edge Test Root")
+    path = tmp_path / "edge-ca.pem"
+    path.write_text(ca.pem)
+    return ca, path
+
+
+def test_https_gateway_presents_the_certificate_of_each_sni_and_routes_by_host(
+    mesh: LocalMesh, tmp_path: Path, edge_ca: tuple[EdgeCA, Path]
+) -> None:
+    ca, ca_file = edge_ca
+    certs = tmp_path / "certs"
+    ca.write_secret_dir(certs / "shop", "shop.example.com", dns=("shop.example.com",))
+    ca.write_secret_dir(certs / "admin", "admin.example.com", dns=("admin.example.com",))
+    port = free_port()
+    apply(mesh, "gateway", https_gateway(port, certs))
+    start_shop(mesh)
+    start_gateway(mesh)
+    wait_for(
+        lambda: _https_status(port, "shop.example.com", ca_file) == 200,
+        timeout=30,
+        what="gateway serves https://shop.example.com",
+    )
+    assert "CN = shop.example.com" in presented_subject(port, "shop.example.com")
+    assert "CN = admin.example.com" in presented_subject(port, "admin.example.com")
+    # requests verifies each certificate against the edge CA and the name it asked for.
+    assert https_get(port, "shop.example.com", ca_file).json()["service"] == "frontend"
+    assert https_get(port, "admin.example.com", ca_file).json()["service"] == "catalog"
+    # curl, resolving the names to the gateway as DNS would.
+    for name, service in (("shop.example.com", "frontend"), ("admin.example.com", "catalog")):
+        out = curl(
+            "--cacert", str(ca_file), "--resolve", f"{name}:{port}:127.0.0.1",
+            f"https://{name}:{port}/",
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["service"] == service
+    # An SNI no server takes: the handshake is refused.
+    refused = curl(
+        "--cacert", str(ca_file), "--resolve", f"nope.example.com:{port}:127.0.0.1",
+        f"https://nope.example.com:{port}/",
+    )  # fmt: skip
+    assert refused.returncode != 0
+    # Plain text on a TLS-only port is refused too.
+    with pytest.raises(requests.RequestException):
+        requests.get(f"http://127.0.0.1:{port}/", headers={"Host": "shop.example.com"}, timeout=5)
+
+
+def _https_status(port: int, name: str, ca: Path) -> int:
+    try:
+        return https_get(port, name, ca).status_code
+    except requests.RequestException:
+        return 0
+
+
+# --- MUTUAL (client CA) and httpsRedirect ---
+
+
+def mutual_gateway(https: int, http: int, certs: Path) -> str:
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: partners, namespace: shop}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+    - port: {{number: {https}, name: https, protocol: HTTPS}}
+      hosts: ["shop/partners.example.com"]
+      tls: {{mode: MUTUAL, credentialName: "{certs / "partners"}"}}
+    - port: {{number: {http}, name: http, protocol: HTTP}}
+      hosts: ["shop/partners.example.com"]
+      tls: {{httpsRedirect: true}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: partners, namespace: shop}}
+spec:
+  hosts: ["partners.example.com"]
+  gateways: ["partners"]
+  http:
+    - route: [{{destination: {{host: catalog}}}}]
+"""
+
+
+def test_mutual_tls_requires_a_client_certificate_of_the_client_ca_and_http_redirects(
+    mesh: LocalMesh, tmp_path: Path, edge_ca: tuple[EdgeCA, Path]
+) -> None:
+    ca, ca_file = edge_ca
+    clients = EdgeCA("Partner Client Root")
+    certs = tmp_path / "certs"
+    ca.write_secret_dir(
+        certs / "partners", "partners.example.com", dns=("partners.example.com",), ca=clients
+    )
+    good_cert, good_key = clients.issue("partner-a", client=True)
+    rogue_cert, rogue_key = EdgeCA("Someone Else").issue("rogue", client=True)
+    files = {}
+    for name, text in {
+        "good.crt": good_cert, "good.key": good_key, "rogue.crt": rogue_cert, "rogue.key": rogue_key,
+    }.items():  # fmt: skip
+        files[name] = tmp_path / name
+        files[name].write_text(text)
+    https, http = free_port(), free_port()
+    apply(mesh, "gateway", mutual_gateway(https, http, certs))
+    start_shop(mesh)
+    start_gateway(mesh)
+    name = "partners.example.com"
+    with_cert = ("--cert", str(files["good.crt"]), "--key", str(files["good.key"]))
+    resolve = ("--cacert", str(ca_file), "--resolve", f"{name}:{https}:127.0.0.1")
+    url = f"https://{name}:{https}/orders"
+    wait_for(
+        lambda: curl(*resolve, *with_cert, url).returncode == 0,
+        timeout=30,
+        what="gateway serves partners over mutual TLS",
+    )
+    out = curl(*resolve, *with_cert, url)
+    assert json.loads(out.stdout)["service"] == "catalog"
+    # requests with the client certificate too.
+    reply = https_get(
+        https, name, ca_file, "/orders", cert=(str(files["good.crt"]), str(files["good.key"]))
+    )
+    assert reply.json()["service"] == "catalog"
+    # Without a client certificate, or with one of another CA: refused in the handshake.
+    assert curl(*resolve, url).returncode != 0
+    rogue = curl(*resolve, "--cert", str(files["rogue.crt"]), "--key", str(files["rogue.key"]), url)
+    assert rogue.returncode != 0
+    with pytest.raises(requests.exceptions.SSLError):
+        https_get(https, name, ca_file, "/orders")
+    # openssl s_client with the client certificate: the request goes through.
+    hello = subprocess.run(
+        [
+            "openssl", "s_client", "-connect", f"127.0.0.1:{https}", "-servername", name,
+            "-CAfile", str(ca_file), "-cert", str(files["good.crt"]), "-key", str(files["good.key"]),
+            "-quiet", "-verify_return_error",
+        ],
+        input=f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n",
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    assert hello.stdout.startswith("HTTP/1.1 200"), hello.stderr
+    # Plain HTTP on the redirect server: 301 to the same URL over https, whatever the path.
+    redirect = requests.get(
+        f"http://127.0.0.1:{http}/orders?id=7",
+        headers={"Host": name},
+        allow_redirects=False,
+        timeout=5,
+    )
+    assert redirect.status_code == 301
+    assert redirect.headers["location"] == f"https://{name}/orders?id=7"
+    head = curl(
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "-H",
+        f"Host: {name}",
+        f"http://127.0.0.1:{http}/",
+    )
+    assert head.stdout == f"301 https://{name}/"
