@@ -133,12 +133,31 @@ class HTTPRoute:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TLSMatch:
+    """One `tls[].match` entry: the SNI names (or `*.suffix`) it takes, optionally one port."""
+
+    sni_hosts: tuple[str, ...]
+    port: int | None = None
+    gateways: tuple[str, ...] = ()  # as HTTPMatch.gateways
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TLSRoute:
+    """One entry of a VirtualService's `tls` list: where TLS connections (passed through by a
+    gateway, not terminated) go by their SNI."""
+
+    matches: tuple[TLSMatch, ...]
+    destinations: tuple[RouteDestination, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class VirtualService:
     """Routing rules for requests addressed to `hosts` (resolved to FQDNs)."""
 
     key: ResourceKey
     hosts: tuple[str, ...]
     http: tuple[HTTPRoute, ...] = ()
+    tls: tuple[TLSRoute, ...] = ()
     # Istio's exportTo: namespaces whose sidecars see it ("." its own, "*" all); () = the default.
     export_to: tuple[str, ...] = ()
     # Istio's `gateways`: MESH (the sidecars) and/or "namespace/name" of Gateways.
@@ -154,6 +173,7 @@ class VirtualService:
         """Every host its routes and mirrors send to (their clusters must reach the same sidecars)."""
         hosts = {d.host for route in self.http for d in route.destinations}
         hosts.update(route.mirror.host for route in self.http if route.mirror is not None)
+        hosts.update(d.host for route in self.tls for d in route.destinations)
         return frozenset(hosts)
 
 

@@ -23,6 +23,8 @@ from controlplane.model import (
     GatewayProtocol,
     GatewayServer,
     GatewayTlsMode,
+    TLSMatch,
+    TLSRoute,
     HeaderOps,
     HTTPMatch,
     HTTPRoute,
@@ -490,7 +492,62 @@ def _virtual_service(key: ResourceKey, spec: dict[str, Any], warnings: list[str]
             _http_route(raw, f"spec.http[{index}]", key.namespace, warnings)
             for index, raw in enumerate(spec.get("http", []))
         ),
+        tls=_tls_routes(spec, key.namespace, gateways, warnings),
     )
+
+
+def _tls_routes(
+    spec: Mapping[str, Any], namespace: str, gateways: tuple[str, ...], warnings: list[str]
+) -> tuple[TLSRoute, ...]:
+    """Istio's `tls` routes: every sniHosts entry must be one of the VirtualService's hosts (or
+    within a wildcard of them); sidecars do not apply them (gateways' PASSTHROUGH servers do)."""
+    raw_routes = spec.get("tls", [])
+    if raw_routes and MESH in gateways:
+        warnings.append(
+            "spec.tls: TLS routes apply to gateways (PASSTHROUGH servers), not to sidecars"
+        )
+    hosts = [h.lower() for h in spec["hosts"]]
+    routes = []
+    for index, raw in enumerate(raw_routes):
+        path = f"spec.tls[{index}]"
+        if not raw["match"]:
+            raise _Invalid(f"{path}.match: at least one match (with sniHosts) is required")
+        matches = []
+        for m_index, match in enumerate(raw["match"]):
+            where = f"{path}.match[{m_index}].sniHosts"
+            if not match["sniHosts"]:
+                raise _Invalid(f"{where}: at least one SNI host is required")
+            sni = []
+            for s_index, value in enumerate(match["sniHosts"]):
+                name = _scoped_host("*", value, f"{where}[{s_index}]")
+                if not any(_host_covers(h, name) for h in hosts):
+                    raise _Invalid(
+                        f"{where}[{s_index}]: {value!r} is not one of spec.hosts (or within a "
+                        "wildcard of them)"
+                    )
+                sni.append(name)
+            matches.append(
+                TLSMatch(
+                    sni_hosts=tuple(sni),
+                    port=match.get("port"),
+                    gateways=_gateways(match, namespace, f"{path}.match[{m_index}].gateways")
+                    if "gateways" in match
+                    else (),
+                )
+            )
+        routes.append(
+            TLSRoute(
+                matches=tuple(matches),
+                destinations=_destinations(raw["route"], f"{path}.route", namespace),
+            )
+        )
+    return tuple(routes)
+
+
+def _host_covers(host: str, name: str) -> bool:
+    if host in ("*", name):
+        return True
+    return host.startswith("*.") and name.endswith(host[1:])
 
 
 def _optional_duration(raw: Mapping[str, Any], name: str) -> float | None:

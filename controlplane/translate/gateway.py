@@ -30,6 +30,7 @@ from controlplane.model import (
     TlsSecret,
     VirtualService,
 )
+from controlplane.translate.clusters import cluster_name
 from controlplane.translate.routes import route_message
 from controlplane.world import SECRET, World
 from lightmesh.v1 import config_pb2 as pb
@@ -129,8 +130,14 @@ def gateway_config(
                     tls=_tls(server, namespace=namespace, secrets=secrets, bundle=trust_bundle),
                 )
             )
-            if server.protocol not in _HTTP_PROTOCOLS or server.tls_mode == "PASSTHROUGH":
-                continue  # TLS routes by SNI (tls_routes) come with VirtualService `tls`
+            if server.tls_mode == "PASSTHROUGH":
+                for vs in bound:
+                    for route in _tls_routes(server, gateway, vs, gw_name):
+                        listener.tls_routes.append(route)
+                        destinations |= {d.host for r in vs.tls for d in r.destinations}
+                continue
+            if server.protocol not in _HTTP_PROTOCOLS:
+                continue  # TCP servers: not implemented (docs/gateway.md)
             for vs in bound:
                 domains = [
                     d for d in _server_domains(server, gateway, vs) if d not in taken[server.port]
@@ -163,6 +170,45 @@ def gateway_of(world: World, namespace: str, labels: Mapping[str, str]) -> Gatew
         secrets=world.secrets.get,
         trust_bundle=world.trust_bundle,
     )
+
+
+def _tls_routes(
+    server: GatewayServer, gateway: Gateway, vs: VirtualService, gw_name: str
+) -> list[pb.TlsRoute]:
+    """The VirtualService's `tls` routes a PASSTHROUGH server takes: match entries for this
+    Gateway and port, their SNI names narrowed to the server's hosts."""
+    allowed = [
+        entry.rpartition("/")[2]
+        for entry in server.hosts
+        if namespace_allows(
+            entry.rpartition("/")[0] or "*", gateway.key.namespace, vs.key.namespace
+        )
+    ]
+    out = []
+    for route in vs.tls:
+        names: list[str] = []
+        for match in route.matches:
+            if match.gateways and gw_name not in match.gateways:
+                continue
+            if match.port is not None and match.port != server.port:
+                continue
+            for sni in match.sni_hosts:
+                for pattern in allowed:
+                    name = host_matches(pattern, sni)
+                    if name is not None and name not in names:
+                        names.append(name)
+        if names:
+            out.append(
+                pb.TlsRoute(
+                    sni_hosts=names,
+                    clusters=[
+                        pb.WeightedCluster(cluster=cluster_name(d.host, d.subset), weight=d.weight)
+                        for d in route.destinations
+                    ],
+                    origin=str(vs.key),
+                )
+            )
+    return out
 
 
 def _routes(vs: VirtualService, gateway: str) -> list[pb.Route]:

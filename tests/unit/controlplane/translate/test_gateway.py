@@ -182,3 +182,68 @@ def test_host_matching_takes_the_narrower_host() -> None:
     assert host_matches("*.example.com", "example.com") is None
     assert host_matches("a.example.com", "b.example.com") is None
     assert host_matches("*.example.com", "*.example.com") == "*.example.com"
+
+
+def test_passthrough_servers_take_the_tls_routes_of_their_sni_hosts() -> None:
+    resources = parse("""
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: pass, namespace: db}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+    - port: {number: 9443, name: tls, protocol: TLS}
+      hosts: ["*.db.example.com"]
+      tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: db}
+spec:
+  hosts: ["*.db.example.com"]
+  gateways: ["pass"]
+  tls:
+    - match: [{sniHosts: ["eu.db.example.com"], port: 9443}]
+      route: [{destination: {host: db-eu, port: {number: 5432}}}]
+    - match: [{sniHosts: ["us.db.example.com"], port: 1234}]
+      route: [{destination: {host: db-us}}]
+    - match: [{sniHosts: ["*.db.example.com"]}]
+      route:
+        - {destination: {host: db-a}, weight: 50}
+        - {destination: {host: db-b}, weight: 50}
+""")
+    gateway, vs = resources
+    result = gateway_config([gateway], [vs], namespace="db", secrets=SECRETS.get)
+    (listener,) = result.listeners
+    assert listener.servers[0].tls.mode == pb.GATEWAY_TLS_PASSTHROUGH
+    assert list(listener.virtual_hosts) == []
+    routes = [(list(r.sni_hosts), [c.cluster for c in r.clusters]) for r in listener.tls_routes]
+    assert routes == [
+        (["eu.db.example.com"], ["outbound||db-eu.db.svc.cluster.local"]),
+        (
+            ["*.db.example.com"],
+            ["outbound||db-a.db.svc.cluster.local", "outbound||db-b.db.svc.cluster.local"],
+        ),
+    ]
+    assert "db-eu.db.svc.cluster.local" in result.destinations
+
+
+def test_tls_route_sni_hosts_must_be_among_the_virtual_service_hosts() -> None:
+    parsed = parse_document(
+        yaml.safe_load("""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: db}
+spec:
+  hosts: ["db.example.com"]
+  gateways: ["pass"]
+  tls:
+    - match: [{sniHosts: ["other.example.com"]}]
+      route: [{destination: {host: db}}]
+"""),
+        origin="test",
+    )
+    assert parsed.resource is None
+    (problem,) = parsed.problems
+    assert problem.path == "spec.tls[0].match[0].sniHosts[0]"
+    assert "not one of spec.hosts" in problem.message
