@@ -18,7 +18,14 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
-from controlplane.ca import CertificateAuthority, FileCAStore, SecretCAStore, new_root
+from controlplane.ca import (
+    ROOT_CONFIGMAP,
+    CertificateAuthority,
+    FileCAStore,
+    SecretCAStore,
+    new_root,
+    publish_root,
+)
 from controlplane.certs import (
     Authenticator,
     BootstrapTokenAuthenticator,
@@ -70,6 +77,8 @@ class Settings:
     # Also watch Istio's groups (networking.istio.io, security.istio.io): their CRDs must exist
     # (Istio's, or crds/istio/ on a cluster without Istio).
     istio_api: bool = False
+    # Namespaces of the ingress gateways, whose TLS Secrets (Gateway credentialName) are read.
+    gateway_namespaces: tuple[str, ...] = ()
     host: str = "127.0.0.1"
     port: int = 15010
     # The debug server (proxy status, problems, per-proxy config, and metrics/health too) listens
@@ -132,6 +141,18 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     api = _kube_api_client(settings) if settings.kubeconfig or settings.in_cluster else None
     ca, authenticator = _identity(settings, api)
     store.set_trust_bundle(ca.root_pem.decode("ascii"))  # sidecars verify peers against it
+    if api is not None and settings.gateway_namespaces:
+        # Gateways are not injected: they read the root from a ConfigMap of their namespace.
+        failed = await asyncio.to_thread(
+            publish_root, api, settings.gateway_namespaces, ca.root_pem
+        )
+        for reason in failed:
+            log.error(
+                "root ConfigMap %s not written in %s",
+                ROOT_CONFIGMAP,
+                reason,
+                extra={"event": "root_configmap_failed"},
+            )
     store.set_trust_domain(ca.trust_domain)
     server = grpc.aio.server(
         options=[
@@ -190,6 +211,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             on_status=status.submit,
             namespaces=settings.watch_namespaces,
             istio=settings.istio_api,
+            secret_namespaces=settings.gateway_namespaces,
         )
     metrics.observe_store(store, watch_restarts=(lambda: kube.watch_restarts) if kube else None)
     # Load every source before serving so the first sidecar gets the full config, not a partial one.

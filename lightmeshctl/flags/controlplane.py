@@ -8,6 +8,7 @@ parser) never loads its libraries; only `from_arguments` does.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,13 @@ def add_arguments(cp: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="watch only this namespace (repeatable; default: the whole cluster)",
+    )
+    cp.add_argument(
+        "--gateway-namespace",
+        action="append",
+        default=[n for n in os.environ.get("LIGHTMESH_GATEWAY_NAMESPACES", "").split(",") if n],
+        help="a namespace of ingress gateways: its TLS Secrets (Gateway credentialName) are "
+        "watched and pushed to its gateways (repeatable; needs a Role there, deploy/gateway.yaml)",
     )
     cp.add_argument(
         "--istio-api",
@@ -140,6 +148,7 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         lease_namespace=args.lease_namespace,
         watch_namespaces=tuple(args.watch_namespace),
         istio_api=args.istio_api,
+        gateway_namespaces=tuple(args.gateway_namespace),
         host=args.host,
         port=args.port,
         debug_port=args.debug_port,
