@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from lightmeshctl.demo.mesh import LocalMesh, free_port, http_get, wait_for
-from tests.support.certs import EdgeCA
+from tests.support.certs import EdgeCA, write_pair
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +78,11 @@ def start_shop(mesh: LocalMesh) -> None:
 
 
 def start_gateway(mesh: LocalMesh) -> None:
-    gateway = mesh.start_gateway(namespace="shop")
+    start_gateway_in(mesh, "shop")
+
+
+def start_gateway_in(mesh: LocalMesh, namespace: str) -> None:
+    gateway = mesh.start_gateway(namespace=namespace)
     wait_for(
         lambda: http_get(f"{gateway.admin}/certs").json()["certificate"],
         timeout=30,
@@ -399,3 +405,105 @@ def test_mutual_tls_requires_a_client_certificate_of_the_client_ca_and_http_redi
         f"http://127.0.0.1:{http}/",
     )
     assert head.stdout == f"301 https://{name}/"
+
+
+# --- local mode: credential files rotated under load ---
+
+ROTATION_REQUESTS = 400  # bound of the load; it ends 20 requests after the new certificate
+
+
+def presented_serial(port: int, name: str) -> str:
+    out = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", name],
+        input="", capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    pem = out.stdout[out.stdout.find("-----BEGIN CERTIFICATE-----") :]
+    serial = subprocess.run(
+        ["openssl", "x509", "-noout", "-serial"], input=pem, capture_output=True, text=True
+    )
+    return serial.stdout.strip()
+
+
+def test_credential_files_rotate_without_a_failed_request(
+    mesh: LocalMesh, tmp_path: Path, edge_ca: tuple[EdgeCA, Path]
+) -> None:
+    ca, ca_file = edge_ca
+    certs = tmp_path / "certs"
+    ca.write_secret_dir(certs / "shop", "shop.example.com", dns=("shop.example.com",))
+    ca.write_secret_dir(certs / "admin", "admin.example.com", dns=("admin.example.com",))
+    port = free_port()
+    apply(mesh, "gateway", https_gateway(port, certs))
+    start_shop(mesh)
+    start_gateway(mesh)
+    name = "shop.example.com"
+    wait_for(lambda: _https_status(port, name, ca_file) == 200, timeout=30, what="https")
+    before = presented_serial(port, name)
+    outcomes: Counter[str] = Counter()
+    started, switched = threading.Event(), threading.Event()
+    after_switch = 0
+
+    def load() -> None:
+        nonlocal after_switch
+        for count in range(ROTATION_REQUESTS):
+            try:
+                outcomes[str(https_get(port, name, ca_file).status_code)] += 1  # new connection
+            except requests.RequestException as error:
+                outcomes[type(error).__name__] += 1
+            if count == 10:
+                started.set()
+            if switched.is_set():
+                after_switch += 1
+                if after_switch >= 20:
+                    return
+
+    runner = threading.Thread(target=load)
+    runner.start()
+    assert started.wait(60)
+    # As a Secret volume update: new files renamed into place (key first: for a moment the pair
+    # does not match, and the last good certificate must keep serving).
+    write_pair(certs / "shop", *ca.issue(name, dns=(name,)))
+    wait_for(
+        lambda: presented_serial(port, name) not in ("", before),
+        timeout=30,
+        what="the new certificate is presented",
+    )
+    switched.set()
+    runner.join(120)
+    assert after_switch == 20, "the load ended before the rotation"
+    assert set(outcomes) == {"200"}, outcomes
+
+
+# --- examples/gateway/local: the demo shop over HTTPS ---
+
+EXAMPLE = (
+    Path(__file__).resolve().parents[2] / "examples" / "gateway" / "local" / "shop-gateway.yaml"
+)
+
+
+def test_the_local_example_exposes_the_demo_shop_over_https(
+    mesh: LocalMesh, tmp_path: Path, edge_ca: tuple[EdgeCA, Path]
+) -> None:
+    ca, ca_file = edge_ca
+    name = "shop.example.com"
+    secret = ca.write_secret_dir(tmp_path / "shop", name, dns=(name,))
+    https, http = free_port(), free_port()
+    text = (
+        EXAMPLE.read_text()
+        .replace("8443", str(https))
+        .replace("8080", str(http))
+        .replace("/tmp/lightmesh-gateway/shop", str(secret))
+    )
+    apply(mesh, "shop-gateway", text)
+    mesh.start_control_plane()
+    mesh.start_workload("catalog", service="catalog")
+    mesh.start_workload("frontend", service="frontend", call="catalog")
+    mesh.wait_ready()
+    start_gateway_in(mesh, "default")
+    wait_for(lambda: _https_status(https, name, ca_file) == 200, timeout=30, what="https")
+    body = https_get(https, name, ca_file).json()
+    assert body["service"] == "frontend" and body["upstream"]["service"] == "catalog"
+    assert https_get(https, name, ca_file, "/catalog/items").json()["service"] == "catalog"
+    redirect = requests.get(
+        f"http://127.0.0.1:{http}/", headers={"Host": name}, allow_redirects=False, timeout=5
+    )
+    assert (redirect.status_code, redirect.headers["location"]) == (301, f"https://{name}/")
