@@ -141,18 +141,6 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     api = _kube_api_client(settings) if settings.kubeconfig or settings.in_cluster else None
     ca, authenticator = _identity(settings, api)
     store.set_trust_bundle(ca.root_pem.decode("ascii"))  # sidecars verify peers against it
-    if api is not None and settings.gateway_namespaces:
-        # Gateways are not injected: they read the root from a ConfigMap of their namespace.
-        failed = await asyncio.to_thread(
-            publish_root, api, settings.gateway_namespaces, ca.root_pem
-        )
-        for reason in failed:
-            log.error(
-                "root ConfigMap %s not written in %s",
-                ROOT_CONFIGMAP,
-                reason,
-                extra={"event": "root_configmap_failed"},
-            )
     store.set_trust_domain(ca.trust_domain)
     server = grpc.aio.server(
         options=[
@@ -228,6 +216,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         if kube is not None and status is not None:
             tasks.create_task(_refresh_status_on_leadership(kube, status, stop), name="status")
         tasks.create_task(keeper.run(stop), name="registry")
+        if api is not None and settings.gateway_namespaces:
+            tasks.create_task(
+                _publish_root(api, settings.gateway_namespaces, ca.root_pem, stop),
+                name="gateway-root",
+            )
         if settings.webhook is not None:
             tasks.create_task(
                 run_webhook(settings.webhook, ca=ca, api=api, stop=stop), name="webhook"
@@ -261,6 +254,32 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         if kube is not None and status is not None:
             kube.stop()
             status.stop()
+
+
+# How often the root ConfigMaps of gateway namespaces are checked (and rewritten when missing,
+# e.g. the namespace or its Role came after the control plane, or someone deleted it).
+ROOT_CHECK_INTERVAL = 10.0
+
+
+async def _publish_root(
+    api: object, namespaces: tuple[str, ...], root_pem: bytes, stop: asyncio.Event
+) -> None:
+    """Gateways are not injected: they read the mesh's root from a ConfigMap of their namespace,
+    which this keeps written (every replica; the writes are idempotent)."""
+    reported: set[str] = set()
+    while not stop.is_set():
+        failed = await asyncio.to_thread(publish_root, api, namespaces, root_pem)
+        for reason in failed:
+            if reason not in reported:
+                log.warning(
+                    "root ConfigMap %s not written in %s (retrying)",
+                    ROOT_CONFIGMAP,
+                    reason,
+                    extra={"event": "root_configmap_failed"},
+                )
+        reported = set(failed)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=ROOT_CHECK_INTERVAL)
 
 
 async def _refresh_status_on_leadership(

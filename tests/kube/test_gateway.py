@@ -219,8 +219,15 @@ def test_secret_credentials_rotate_without_a_failed_request_and_passthrough_by_s
         )  # fmt: skip
         gateway = mesh.start_gateway(namespace=namespace)
         # The mesh's root, for gateways to mount (they are not injected).
-        root = kube.kubectl_json("get", "configmap", "lightmesh-ca-root", "-n", namespace)
-        assert root["data"]["root.pem"] == (mesh.state_dir / "root.pem").read_text()
+        root = (mesh.state_dir / "root.pem").read_text()
+        wait_for(
+            lambda: kube.kubectl(
+                "get", "configmap", "lightmesh-ca-root", "-n", namespace,
+                "-o", "jsonpath={.data.root\\.pem}", check=False,
+            ).stdout == root,
+            timeout=30,
+            what="the root ConfigMap in the gateway namespace",
+        )  # fmt: skip
         wait_for(
             lambda: _status(https, ca_file) == 200, timeout=60, what="gateway serves the Secret"
         )
