@@ -24,7 +24,6 @@ import logging
 import os
 import ssl
 import tempfile
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,21 +200,7 @@ class GatewayPortState:
         route = self.listener.tls_route(sni)
         if route is None:
             return LocalReply(status=404, body=f"no TLS route for {sni!r}", flags=ResponseFlag.NR)
-        name = route.clusters.pick()
-        cluster = self._dataplane.clusters.get(name) if name else None
-        if cluster is None:
-            return LocalReply(status=503, body=f"cluster {name!r} not found", flags=ResponseFlag.NC)
-        endpoint = cluster.pick(hash_key=None, now=time.monotonic())
-        if endpoint is None:
-            return LocalReply(
-                status=503, body=f"no healthy upstream in {name}", flags=ResponseFlag.UH
-            )
-        return Forward(
-            address=endpoint.address,
-            port=endpoint.port,
-            cluster=cluster.name,
-            connect_timeout=cluster.connect_timeout,
-        )
+        return self.router.tcp_target(route.clusters.pick())
 
     def adopt(self, transport: asyncio.Transport, decided: Forward | LocalReply) -> None:
         """Hand a passthrough connection to the port's TCP listener."""

@@ -156,7 +156,12 @@ class OutboundRouter:
         if name == PASSTHROUGH:
             address, port = original_dst
             return Forward(address=address, port=port, cluster=PASSTHROUGH)
-        cluster = self._dataplane.clusters.get(name)
+        return self.tcp_target(name)
+
+    def tcp_target(self, name: str | None) -> Forward | LocalReply:
+        """An endpoint of cluster `name` for a raw TCP connection (counted in flight until its
+        `finished`), or why there is none."""
+        cluster = self._dataplane.clusters.get(name) if name else None
         if cluster is None:
             return LocalReply(status=503, body=f"cluster {name!r} not found", flags=ResponseFlag.NC)
         endpoint = cluster.pick(hash_key=None, now=self._clock())
@@ -167,7 +172,7 @@ class OutboundRouter:
         return Forward(
             address=endpoint.address,
             port=endpoint.port,
-            cluster=name,
+            cluster=cluster.name,
             connect_timeout=cluster.connect_timeout,
         )
 

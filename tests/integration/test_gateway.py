@@ -12,17 +12,21 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
-from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
-from requests.adapters import HTTPAdapter
 
 from lightmeshctl.demo.mesh import LocalMesh, free_port, http_get, wait_for
 from tests.support.certs import EdgeCA, write_pair
+from tests.support.edge import (
+    https_get,
+    https_status,
+    presented_serial,
+    presented_subject,
+    rotate_under_load,
+    s_client,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -201,47 +205,6 @@ spec:
 """
 
 
-class SNIAdapter(HTTPAdapter):
-    """`requests` to 127.0.0.1 with the SNI and certificate check of another name."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["server_hostname"] = self._name
-        kwargs["assert_hostname"] = self._name
-        super().init_poolmanager(*args, **kwargs)
-
-
-def https_get(port: int, name: str, ca: Path, path: str = "/", **kwargs: Any) -> requests.Response:
-    session = requests.Session()
-    session.mount("https://", SNIAdapter(name))
-    with session:
-        return session.get(
-            f"https://127.0.0.1:{port}{path}",
-            headers={"Host": name},
-            verify=str(ca),
-            timeout=5,
-            **kwargs,
-        )
-
-
-def presented_subject(port: int, name: str) -> str:
-    """The subject of the certificate the gateway presents for SNI `name` (openssl s_client)."""
-    out = subprocess.run(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", name],
-        input="",
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
-    for line in out.stdout.splitlines():
-        if line.startswith("subject="):
-            return line.removeprefix("subject=").strip()
-    return f"(none: {out.stderr.strip()[-200:]})"
-
-
 def curl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["curl", "-sS", "--max-time", "10", *args], capture_output=True, text=True, timeout=20
@@ -268,7 +231,7 @@ def test_https_gateway_presents_the_certificate_of_each_sni_and_routes_by_host(
     start_shop(mesh)
     start_gateway(mesh)
     wait_for(
-        lambda: _https_status(port, "shop.example.com", ca_file) == 200,
+        lambda: https_status(port, "shop.example.com", ca_file) == 200,
         timeout=30,
         what="gateway serves https://shop.example.com",
     )
@@ -294,13 +257,6 @@ def test_https_gateway_presents_the_certificate_of_each_sni_and_routes_by_host(
     # Plain text on a TLS-only port is refused too.
     with pytest.raises(requests.RequestException):
         requests.get(f"http://127.0.0.1:{port}/", headers={"Host": "shop.example.com"}, timeout=5)
-
-
-def _https_status(port: int, name: str, ca: Path) -> int:
-    try:
-        return https_get(port, name, ca).status_code
-    except requests.RequestException:
-        return 0
 
 
 # --- MUTUAL (client CA) and httpsRedirect ---
@@ -376,14 +332,11 @@ def test_mutual_tls_requires_a_client_certificate_of_the_client_ca_and_http_redi
     with pytest.raises(requests.exceptions.SSLError):
         https_get(https, name, ca_file, "/orders")
     # openssl s_client with the client certificate: the request goes through.
-    hello = subprocess.run(
-        [
-            "openssl", "s_client", "-connect", f"127.0.0.1:{https}", "-servername", name,
-            "-CAfile", str(ca_file), "-cert", str(files["good.crt"]), "-key", str(files["good.key"]),
-            "-quiet", "-verify_return_error",
-        ],
-        input=f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n",
-        capture_output=True, text=True, timeout=10,
+    hello = s_client(
+        https, name,
+        "-CAfile", str(ca_file), "-cert", str(files["good.crt"]), "-key", str(files["good.key"]),
+        "-quiet", "-verify_return_error",
+        send=f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n",
     )  # fmt: skip
     assert hello.stdout.startswith("HTTP/1.1 200"), hello.stderr
     # Plain HTTP on the redirect server: 301 to the same URL over https, whatever the path.
@@ -412,18 +365,6 @@ def test_mutual_tls_requires_a_client_certificate_of_the_client_ca_and_http_redi
 ROTATION_REQUESTS = 400  # bound of the load; it ends 20 requests after the new certificate
 
 
-def presented_serial(port: int, name: str) -> str:
-    out = subprocess.run(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", name],
-        input="", capture_output=True, text=True, timeout=10,
-    )  # fmt: skip
-    pem = out.stdout[out.stdout.find("-----BEGIN CERTIFICATE-----") :]
-    serial = subprocess.run(
-        ["openssl", "x509", "-noout", "-serial"], input=pem, capture_output=True, text=True
-    )
-    return serial.stdout.strip()
-
-
 def test_credential_files_rotate_without_a_failed_request(
     mesh: LocalMesh, tmp_path: Path, edge_ca: tuple[EdgeCA, Path]
 ) -> None:
@@ -436,40 +377,17 @@ def test_credential_files_rotate_without_a_failed_request(
     start_shop(mesh)
     start_gateway(mesh)
     name = "shop.example.com"
-    wait_for(lambda: _https_status(port, name, ca_file) == 200, timeout=30, what="https")
+    wait_for(lambda: https_status(port, name, ca_file) == 200, timeout=30, what="https")
     before = presented_serial(port, name)
-    outcomes: Counter[str] = Counter()
-    started, switched = threading.Event(), threading.Event()
-    after_switch = 0
-
-    def load() -> None:
-        nonlocal after_switch
-        for count in range(ROTATION_REQUESTS):
-            try:
-                outcomes[str(https_get(port, name, ca_file).status_code)] += 1  # new connection
-            except requests.RequestException as error:
-                outcomes[type(error).__name__] += 1
-            if count == 10:
-                started.set()
-            if switched.is_set():
-                after_switch += 1
-                if after_switch >= 20:
-                    return
-
-    runner = threading.Thread(target=load)
-    runner.start()
-    assert started.wait(60)
-    # As a Secret volume update: new files renamed into place (key first: for a moment the pair
-    # does not match, and the last good certificate must keep serving).
-    write_pair(certs / "shop", *ca.issue(name, dns=(name,)))
-    wait_for(
+    outcomes, after = rotate_under_load(
+        lambda: https_get(port, name, ca_file).status_code,  # each a new connection
+        # As a Secret volume update: new files renamed into place (key first: for a moment the
+        # pair does not match, and the last good certificate must keep serving).
+        lambda: write_pair(certs / "shop", *ca.issue(name, dns=(name,))),
         lambda: presented_serial(port, name) not in ("", before),
-        timeout=30,
-        what="the new certificate is presented",
+        most=ROTATION_REQUESTS,
     )
-    switched.set()
-    runner.join(120)
-    assert after_switch == 20, "the load ended before the rotation"
+    assert after == 20, f"the load ended before the rotation: {outcomes}"
     assert set(outcomes) == {"200"}, outcomes
 
 
@@ -499,7 +417,7 @@ def test_the_local_example_exposes_the_demo_shop_over_https(
     mesh.start_workload("frontend", service="frontend", call="catalog")
     mesh.wait_ready()
     start_gateway_in(mesh, "default")
-    wait_for(lambda: _https_status(https, name, ca_file) == 200, timeout=30, what="https")
+    wait_for(lambda: https_status(https, name, ca_file) == 200, timeout=30, what="https")
     body = https_get(https, name, ca_file).json()
     assert body["service"] == "frontend" and body["upstream"]["service"] == "catalog"
     assert https_get(https, name, ca_file, "/catalog/items").json()["service"] == "catalog"

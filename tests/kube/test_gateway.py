@@ -13,47 +13,23 @@ import base64
 import http.server
 import json
 import ssl
-import subprocess
 import tempfile
 import threading
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
-from requests.adapters import HTTPAdapter
 
 from lightmeshctl.demo.mesh import LocalMesh, free_port, http_get, wait_for
 from tests.support.certs import EdgeCA
+from tests.support.edge import https_get, https_status, presented_serial, rotate_under_load
 from tests.support.kube import KubeCluster, advertise_address
 
 pytestmark = pytest.mark.kube
 
 # Bound of the load while the Secret is rotated (each request a new TLS connection).
 ROTATION_REQUESTS = 400
-
-
-class SNIAdapter(HTTPAdapter):
-    """`requests` to an IP with the SNI and certificate check of a name."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["server_hostname"] = self._name
-        kwargs["assert_hostname"] = self._name
-        super().init_poolmanager(*args, **kwargs)
-
-
-def https_get(port: int, name: str, ca: Path, path: str = "/") -> requests.Response:
-    with requests.Session() as session:
-        session.mount("https://", SNIAdapter(name))
-        return session.get(
-            f"https://127.0.0.1:{port}{path}", headers={"Host": name}, verify=str(ca), timeout=5
-        )
 
 
 def tls_secret(namespace: str, name: str, cert: str, key: str) -> str:
@@ -69,21 +45,6 @@ def tls_secret(namespace: str, name: str, cert: str, key: str) -> str:
             "data": {"tls.crt": b64(cert), "tls.key": b64(key)},
         }
     )
-
-
-def presented_serial(port: int, name: str) -> str:
-    out = subprocess.run(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", name],
-        input="",
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
-    pem = out.stdout[out.stdout.find("-----BEGIN CERTIFICATE-----") :]
-    serial = subprocess.run(
-        ["openssl", "x509", "-noout", "-serial"], input=pem, capture_output=True, text=True
-    )
-    return serial.stdout.strip()
 
 
 def backend_service(namespace: str, name: str, address: str, port: int) -> str:
@@ -229,7 +190,9 @@ def test_secret_credentials_rotate_without_a_failed_request_and_passthrough_by_s
             what="the root ConfigMap in the gateway namespace",
         )  # fmt: skip
         wait_for(
-            lambda: _status(https, ca_file) == 200, timeout=60, what="gateway serves the Secret"
+            lambda: https_status(https, "shop.example.com", ca_file) == 200,
+            timeout=60,
+            what="gateway serves the Secret",
         )
         assert https_get(https, "shop.example.com", ca_file).json()["service"] == "shop"
         # The config dump shows the listener, never the private key.
@@ -246,58 +209,34 @@ def test_secret_credentials_rotate_without_a_failed_request_and_passthrough_by_s
         # Rotation: a new certificate in the Secret while a bounded load runs, each request on a
         # new connection (a new handshake), until 20 requests after the new certificate is seen
         # (at most ROTATION_REQUESTS): nothing may fail.
-        before = presented_serial(https, "shop.example.com")
-        outcomes: Counter[str] = Counter()
-        started, switched = threading.Event(), threading.Event()
-        after_switch = 0
-
-        def load() -> None:
-            nonlocal after_switch
-            for count in range(ROTATION_REQUESTS):
-                try:
-                    outcomes[str(https_get(https, "shop.example.com", ca_file).status_code)] += 1
-                except requests.RequestException as error:
-                    outcomes[type(error).__name__] += 1
-                if count == 10:
-                    started.set()
-                if switched.is_set():
-                    after_switch += 1
-                    if after_switch >= 20:
-                        return
-
-        runner = threading.Thread(target=load)
-        runner.start()
-        assert started.wait(60)
-        new_cert, new_key = edge.issue("shop.example.com", dns=("shop.example.com",))
-        kube.kubectl(
-            "apply", "-f", "-", input=tls_secret(namespace, "shop-cert", new_cert, new_key)
+        name = "shop.example.com"
+        before = presented_serial(https, name)
+        outcomes, after = rotate_under_load(
+            lambda: https_get(https, name, ca_file).status_code,  # each a new connection
+            lambda: kube.kubectl(
+                "apply",
+                "-f",
+                "-",
+                input=tls_secret(namespace, "shop-cert", *edge.issue(name, dns=(name,))),
+            ),
+            lambda: presented_serial(https, name) not in ("", before),
+            most=ROTATION_REQUESTS,
         )
-        wait_for(
-            lambda: presented_serial(https, "shop.example.com") not in ("", before),
-            timeout=30,
-            what="the rotated certificate is presented",
-        )
-        switched.set()
-        runner.join(120)
-        assert after_switch == 20, "the load ended before the rotation"
+        assert after == 20, f"the load ended before the rotation: {outcomes}"
         assert set(outcomes) == {"200"}, outcomes
         # A broken Secret keeps the last good certificate serving.
         kube.kubectl(
             "apply", "-f", "-", input=tls_secret(namespace, "shop-cert", "garbage", "garbage")
         )
         wait_for(
-            lambda: _status(https, ca_file) == 200 and "gateway_certificate_failed" in _log(mesh),
+            lambda: (
+                https_status(https, "shop.example.com", ca_file) == 200
+                and "gateway_certificate_failed" in _log(mesh)
+            ),
             timeout=30,
             what="the broken Secret is logged (and the last good certificate still served)",
         )
         assert https_get(https, "shop.example.com", ca_file).status_code == 200
-
-
-def _status(port: int, ca: Path) -> int:
-    try:
-        return https_get(port, "shop.example.com", ca).status_code
-    except requests.RequestException:
-        return 0
 
 
 def _log(mesh: LocalMesh) -> str:
