@@ -24,7 +24,7 @@ from sidecar.cluster.outlier import DEFAULT as DEFAULT_OUTLIER
 from sidecar.config.apply import DataPlane
 from sidecar.config.client import ConfigClient
 from sidecar.contract import Completed
-from sidecar.gateway import GatewayPorts
+from sidecar.gateway import GatewayCollector, GatewayPorts
 from sidecar.identity.manager import CertificateManager
 from sidecar.identity.tls import MeshTLS
 from sidecar.listeners.engine import ProxyListener, start_proxy
@@ -126,6 +126,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             drain_timeout=settings.drain_timeout,
         )
         dataplane.on_gateway = gateway.update
+        registry.register(GatewayCollector(gateway))
     else:
         outbound = await start_proxy(
             settings.bind,

@@ -24,7 +24,7 @@ import logging
 import os
 import ssl
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from sidecar.routing.destinations import Destinations
 from sidecar.routing.gateway import CompiledListener, GatewayRoutes, Server, https_location
 from sidecar.routing.router import OutboundRouter
 from sidecar.security.inbound import InboundPolicy
+from sidecar.telemetry.exposition import Collector, CounterMetricFamily, Metric
 from sidecar.telemetry.hooks import Telemetry, wrap_recorder, wrap_resolver
 
 log = logging.getLogger("sidecar.gateway")
@@ -143,6 +144,7 @@ class GatewayPortState:
         self._dataplane = dataplane
         self.router = OutboundRouter(_PortPlane(dataplane, self))
         self._contexts: dict[str, _Built] = {}
+        self.certificate_failures = 0
         self.handshakes = 0
         self.refused_plaintext = 0
         self.failed_handshakes = 0
@@ -166,6 +168,7 @@ class GatewayPortState:
                 extra={"event": "gateway_certificate", "server": server.name},
             )
         except (OSError, ssl.SSLError, ValueError) as error:
+            self.certificate_failures += 1
             context = built.context if built is not None else None
             log.error(
                 "gateway certificate of %s not loaded (%s): %s",
@@ -183,8 +186,12 @@ class GatewayPortState:
             del self._contexts[name]
 
     def resolve(self, head: RequestHead) -> Decision:
-        """A request on this port: httpsRedirect, else the port's routes."""
+        """A request on this port: httpsRedirect, else the port's routes. The gateway is the
+        edge: x-forwarded-proto says how the client reached it, whatever the client sent."""
         listener = self.listener
+        proto = b"http" if listener.has_plaintext else b"https"
+        head.headers = [h for h in head.headers if h[0] != b"x-forwarded-proto"]
+        head.headers.append((b"x-forwarded-proto", proto))
         if listener.has_plaintext:
             server = listener.server_for(head.host, tls=False)
             if server is not None and server.tls.https_redirect:
@@ -337,3 +344,33 @@ class GatewayPorts:
         ports, self.ports = list(self.ports.values()), {}
         with contextlib.suppress(Exception):
             await asyncio.gather(*(self._close_port(p, drain_timeout) for p in ports))
+
+
+class GatewayCollector(Collector):
+    """The gateway's ports at scrape time: TLS handshakes by outcome, credentials that did not
+    load, passthrough connections open (the counters live on the ports)."""
+
+    def __init__(self, ports: GatewayPorts) -> None:
+        self._ports = ports
+
+    def collect(self) -> Iterator[Metric]:
+        """Metric families for the Prometheus registry."""
+        handshakes = CounterMetricFamily(
+            "lightmesh_gateway_tls_handshakes",
+            "TLS connections of a gateway port by outcome: ok (terminated), failed (no server "
+            "for the SNI, no usable certificate, handshake error, client certificate refused), "
+            "plaintext_refused (plain text on a TLS-only port).",
+            labels=["port", "outcome"],
+        )
+        failures = CounterMetricFamily(
+            "lightmesh_gateway_certificate_failures",
+            "Server credentials that did not load (the last good one kept serving, if any).",
+            labels=["port"],
+        )
+        for number, port in sorted(self._ports.ports.items()):
+            label = str(number)
+            handshakes.add_metric([label, "ok"], port.handshakes)
+            handshakes.add_metric([label, "failed"], port.failed_handshakes)
+            handshakes.add_metric([label, "plaintext_refused"], port.refused_plaintext)
+            failures.add_metric([label], port.certificate_failures)
+        yield from (handshakes, failures)

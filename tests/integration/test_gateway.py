@@ -116,6 +116,10 @@ def test_http_gateway_routes_by_virtual_service_with_mesh_mtls_to_strict_workloa
     )
     # The workloads are STRICT: only a client with a mesh certificate (the gateway's) gets in.
     assert answered_by(f"{base}/", headers=host) == "frontend"
+    # The workload's sidecar saw the gateway's own workload certificate.
+    seen = requests.get(f"{base}/", headers=host, timeout=5).json()["headers"]
+    assert "URI=spiffe://cluster.local/ns/shop/sa/ingressgateway" in seen["x-forwarded-client-cert"]
+    assert seen["x-forwarded-proto"] == "http"
     assert answered_by(f"{base}/catalog/items", headers=host) == "catalog"
     # A host the Gateway does not serve, or the VirtualService does not route: 404 (NR).
     other = requests.get(f"{base}/", headers={"Host": "other.example.com"}, timeout=5)
@@ -240,6 +244,9 @@ def test_https_gateway_presents_the_certificate_of_each_sni_and_routes_by_host(
     # requests verifies each certificate against the edge CA and the name it asked for.
     assert https_get(port, "shop.example.com", ca_file).json()["service"] == "frontend"
     assert https_get(port, "admin.example.com", ca_file).json()["service"] == "catalog"
+    # The edge says how the client came, whatever the client claims.
+    forged = https_get(port, "shop.example.com", ca_file, headers={"X-Forwarded-Proto": "ftp"})
+    assert forged.json()["headers"]["x-forwarded-proto"] == "https"
     # curl, resolving the names to the gateway as DNS would.
     for name, service in (("shop.example.com", "frontend"), ("admin.example.com", "catalog")):
         out = curl(
@@ -257,6 +264,23 @@ def test_https_gateway_presents_the_certificate_of_each_sni_and_routes_by_host(
     # Plain text on a TLS-only port is refused too.
     with pytest.raises(requests.RequestException):
         requests.get(f"http://127.0.0.1:{port}/", headers={"Host": "shop.example.com"}, timeout=5)
+    # All counted, per port and outcome.
+    metrics = http_get(f"{mesh.gateways['ingressgateway'].admin}/metrics").body.decode()
+    counts = {
+        outcome: _sample(
+            metrics, "lightmesh_gateway_tls_handshakes_total", port=str(port), outcome=outcome
+        )
+        for outcome in ("ok", "failed", "plaintext_refused")
+    }
+    assert counts["ok"] >= 6 and counts["failed"] >= 1 and counts["plaintext_refused"] == 1, counts
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name}{{{wanted}}}")
 
 
 # --- MUTUAL (client CA) and httpsRedirect ---

@@ -30,13 +30,16 @@ class SNIAdapter(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
 
 
-def https_get(port: int, name: str, ca: Path, path: str = "/", **kwargs: Any) -> requests.Response:
+def https_get(
+    port: int, name: str, ca: Path, path: str = "/", *, headers: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> requests.Response:  # fmt: skip
     """GET https://name:port/path dialled at 127.0.0.1, on a new connection."""
     with requests.Session() as session:
         session.mount("https://", SNIAdapter(name))
         return session.get(
             f"https://127.0.0.1:{port}{path}",
-            headers={"Host": name},
+            headers={"Host": name, **(headers or {})},
             verify=str(ca),
             timeout=5,
             **kwargs,
