@@ -449,3 +449,31 @@ def test_the_local_example_exposes_the_demo_shop_over_https(
         f"http://127.0.0.1:{http}/", headers={"Host": name}, allow_redirects=False, timeout=5
     )
     assert (redirect.status_code, redirect.headers["location"]) == (301, f"https://{name}/")
+
+
+# --- Istio's own sample, as written (but for its port number) ---
+
+BOOKINFO = (
+    Path(__file__).resolve().parents[1]
+    / "data" / "istio-samples" / "bookinfo" / "networking" / "bookinfo-gateway.yaml"
+)  # fmt: skip
+
+
+def test_istios_bookinfo_gateway_sample_routes_through_the_gateway(mesh: LocalMesh) -> None:
+    port = free_port()
+    text = BOOKINFO.read_text()
+    assert "number: 8080" in text
+    # Only the port changes (8080 may be taken on a shared machine); apiVersion, selector, "*"
+    # hosts and the match list are Istio's.
+    apply(mesh, "bookinfo-gateway", text.replace("number: 8080", f"number: {port}"))
+    mesh.start_control_plane()
+    mesh.start_workload("productpage-v1", service="productpage")
+    mesh.wait_ready()
+    start_gateway_in(mesh, "default")
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _status(f"{base}/productpage", {}) == 200, timeout=30, what="bookinfo")
+    for path in ("/productpage", "/static/css/x.css", "/login", "/api/v1/products/0"):
+        reply = requests.get(f"{base}{path}", headers={"Host": "bookinfo.example"}, timeout=5)
+        assert (reply.status_code, reply.json()["service"]) == (200, "productpage"), path
+    missed = requests.get(f"{base}/admin", timeout=5)
+    assert (missed.status_code, missed.headers.get("x-lightmesh-response-flags")) == (404, "NR")
