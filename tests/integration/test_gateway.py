@@ -20,6 +20,7 @@ import requests
 from lightmeshctl.demo.mesh import LocalMesh, free_port, http_get, wait_for
 from tests.support.certs import EdgeCA, write_pair
 from tests.support.edge import (
+    handshake_in_pieces,
     https_get,
     https_status,
     presented_serial,
@@ -255,6 +256,8 @@ def test_https_gateway_presents_the_certificate_of_each_sni_and_routes_by_host(
         )  # fmt: skip
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["service"] == service
+    # A ClientHello that arrives a few bytes at a time is read whole before the server is chosen.
+    assert handshake_in_pieces(port, "admin.example.com", ca_file) == "HTTP/1.1 200 OK"
     # An SNI no server takes: the handshake is refused.
     refused = curl(
         "--cacert", str(ca_file), "--resolve", f"nope.example.com:{port}:127.0.0.1",

@@ -4,8 +4,11 @@ that runs while a credential is rotated."""
 
 from __future__ import annotations
 
+import socket
+import ssl
 import subprocess
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -121,3 +124,43 @@ def rotate_under_load(
         switched.set()
         runner.join(120)
     return outcomes, done_after
+
+
+def handshake_in_pieces(port: int, name: str, ca: Path, *, piece: int = 7) -> str:
+    """A TLS handshake whose ClientHello reaches the gateway `piece` bytes per segment (with
+    Nagle off), then one request; returns the status line. Exercises the SNI read across reads."""
+    context = ssl.create_default_context(cafile=str(ca))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=name)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        first = True
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                data = outgoing.read()
+                if first:
+                    for at in range(0, len(data), piece):
+                        sock.sendall(data[at : at + piece])
+                        time.sleep(0.002)
+                    first = False
+                elif data:
+                    sock.sendall(data)
+                received = sock.recv(65536)
+                if not received:
+                    raise ConnectionError("closed during the handshake") from None
+                incoming.write(received)
+        tls.write(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+        sock.sendall(outgoing.read())
+        answer = b""
+        while b"\r\n" not in answer:
+            try:
+                answer += tls.read(65536)
+            except ssl.SSLWantReadError:
+                received = sock.recv(65536)
+                if not received:
+                    break
+                incoming.write(received)
+        return answer.split(b"\r\n", 1)[0].decode()
