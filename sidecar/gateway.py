@@ -45,6 +45,7 @@ from sidecar.telemetry.hooks import Telemetry, wrap_recorder, wrap_resolver
 
 log = logging.getLogger("sidecar.gateway")
 
+BIND_RETRY = 5.0  # seconds between attempts to listen on a port that was in use
 _VERSIONS = {"TLSV1_2": ssl.TLSVersion.TLSv1_2, "TLSV1_3": ssl.TLSVersion.TLSv1_3}
 
 
@@ -267,14 +268,20 @@ class GatewayPorts:
             self._changed.clear()
             waiter = asyncio.ensure_future(self._changed.wait())
             stopper = asyncio.ensure_future(stop.wait())
+            # A port that could not be bound (in use) is tried again a little later.
+            retry = BIND_RETRY if self.bind_errors else None
             try:
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {waiter, stopper}, timeout=retry, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 waiter.cancel()
                 stopper.cancel()
 
     async def _reconcile(self) -> None:
         wanted = {listener.port: listener for listener in self._wanted.values()}
+        for number in set(self.bind_errors) - set(wanted):
+            del self.bind_errors[number]
         for number in sorted(set(self.ports) - set(wanted)):
             port = self.ports.pop(number)
             log.info("gateway port closed", extra={"event": "gateway_port_closed", "port": number})
@@ -284,6 +291,8 @@ class GatewayPorts:
             try:
                 await self._open(port)
             except OSError as error:
+                if self.bind_errors.get(number) == str(error):
+                    continue  # logged already; tried again every BIND_RETRY
                 self.bind_errors[number] = str(error)
                 log.error(
                     "gateway port %d cannot listen: %s",

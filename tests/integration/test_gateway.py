@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -163,6 +164,19 @@ def test_gateway_follows_gateway_changes_opening_and_closing_ports(mesh: LocalMe
     wait_for(
         lambda: _status(f"http://127.0.0.1:{first}/", host) == 0, timeout=30, what="first closed"
     )
+
+
+def test_a_port_in_use_is_listened_on_once_it_is_free(mesh: LocalMesh) -> None:
+    port = free_port()
+    squatter = socket.create_server(("127.0.0.1", port))
+    apply(mesh, "gateway", http_gateway(port))
+    start_shop(mesh)
+    start_gateway(mesh)
+    log = mesh.work_dir / "logs" / "ingressgateway.log"
+    wait_for(lambda: "gateway_port_failed" in log.read_text(), timeout=30, what="bind failure")
+    squatter.close()
+    host = {"Host": "shop.example.com"}
+    wait_for(lambda: _status(f"http://127.0.0.1:{port}/", host) == 200, timeout=30, what="bound")
 
 
 def _status(url: str, headers: dict[str, str]) -> int:
