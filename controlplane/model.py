@@ -325,6 +325,8 @@ class GatewayServer:
     private_key: str = ""
     ca_certificates: str = ""
     min_protocol: str = ""  # TLSV1_2, TLSV1_3 ("" or TLS_AUTO: the gateway's default)
+    # MUTUAL: names one of which the client certificate must carry (Istio's subjectAltNames).
+    subject_alt_names: tuple[str, ...] = ()
     max_protocol: str = ""
 
 

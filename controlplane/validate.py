@@ -802,6 +802,7 @@ def _gateway_server(raw: Mapping[str, Any], path: str) -> GatewayServer:
         server_certificate=(tls or {}).get("serverCertificate", ""),
         private_key=(tls or {}).get("privateKey", ""),
         ca_certificates=(tls or {}).get("caCertificates", ""),
+        subject_alt_names=tuple((tls or {}).get("subjectAltNames", ())),
         min_protocol=_tls_version(tls or {}, "minProtocolVersion", f"{path}.tls"),
         max_protocol=_tls_version(tls or {}, "maxProtocolVersion", f"{path}.tls"),
     )

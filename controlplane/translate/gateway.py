@@ -231,6 +231,7 @@ def _tls(server: GatewayServer, *, namespace: str, secrets: Secrets, bundle: str
         https_redirect=server.https_redirect,
         min_protocol_version=server.min_protocol,
         max_protocol_version=server.max_protocol,
+        client_subject_alt_names=list(server.subject_alt_names),
     )
     if tls.mode in (pb.GATEWAY_TLS_NONE, pb.GATEWAY_TLS_PASSTHROUGH):
         return tls

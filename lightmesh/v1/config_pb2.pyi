@@ -368,7 +368,7 @@ class GatewayServer(_message.Message):
     def __init__(self, name: _Optional[str] = ..., hosts: _Optional[_Iterable[str]] = ..., protocol: _Optional[str] = ..., tls: _Optional[_Union[GatewayTls, _Mapping]] = ...) -> None: ...
 
 class GatewayTls(_message.Message):
-    __slots__ = ("mode", "https_redirect", "cert_chain_pem", "private_key_pem", "ca_pem", "cert_file", "key_file", "ca_file", "credential_error", "min_protocol_version", "max_protocol_version")
+    __slots__ = ("mode", "https_redirect", "cert_chain_pem", "private_key_pem", "ca_pem", "cert_file", "key_file", "ca_file", "credential_error", "min_protocol_version", "max_protocol_version", "client_subject_alt_names")
     MODE_FIELD_NUMBER: _ClassVar[int]
     HTTPS_REDIRECT_FIELD_NUMBER: _ClassVar[int]
     CERT_CHAIN_PEM_FIELD_NUMBER: _ClassVar[int]
@@ -380,6 +380,7 @@ class GatewayTls(_message.Message):
     CREDENTIAL_ERROR_FIELD_NUMBER: _ClassVar[int]
     MIN_PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MAX_PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_SUBJECT_ALT_NAMES_FIELD_NUMBER: _ClassVar[int]
     mode: GatewayTlsMode
     https_redirect: bool
     cert_chain_pem: str
@@ -391,7 +392,8 @@ class GatewayTls(_message.Message):
     credential_error: str
     min_protocol_version: str
     max_protocol_version: str
-    def __init__(self, mode: _Optional[_Union[GatewayTlsMode, str]] = ..., https_redirect: _Optional[bool] = ..., cert_chain_pem: _Optional[str] = ..., private_key_pem: _Optional[str] = ..., ca_pem: _Optional[str] = ..., cert_file: _Optional[str] = ..., key_file: _Optional[str] = ..., ca_file: _Optional[str] = ..., credential_error: _Optional[str] = ..., min_protocol_version: _Optional[str] = ..., max_protocol_version: _Optional[str] = ...) -> None: ...
+    client_subject_alt_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, mode: _Optional[_Union[GatewayTlsMode, str]] = ..., https_redirect: _Optional[bool] = ..., cert_chain_pem: _Optional[str] = ..., private_key_pem: _Optional[str] = ..., ca_pem: _Optional[str] = ..., cert_file: _Optional[str] = ..., key_file: _Optional[str] = ..., ca_file: _Optional[str] = ..., credential_error: _Optional[str] = ..., min_protocol_version: _Optional[str] = ..., max_protocol_version: _Optional[str] = ..., client_subject_alt_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TlsRoute(_message.Message):
     __slots__ = ("sni_hosts", "clusters", "origin")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Protocol
+from typing import Protocol, cast
 
 from sidecar.contract import Forward, LocalReply
 from sidecar.listeners.downstream import DownstreamConnection
@@ -56,6 +56,17 @@ class GatewayPort(Protocol):
 
     def adopt(self, transport: asyncio.Transport, decided: Forward | LocalReply) -> None:
         """Splice a connection (its protocol then receives the bytes read so far)."""
+
+
+def client_name_refused(tls: ssl.SSLObject, names: tuple[str, ...]) -> str:
+    """Why a MUTUAL server's client is refused: its certificate names none of `names` (Istio's
+    server `subjectAltNames`: DNS names, URIs such as SPIFFE IDs, e-mail addresses, IPs)."""
+    cert = tls.getpeercert() or {}
+    entries = cast("tuple[tuple[str, str], ...]", cert.get("subjectAltName", ()))
+    found = [value for _, value in entries]
+    if any(name in found for name in names):
+        return ""
+    return f"client certificate names {found or 'nothing'}, none of {list(names)}"
 
 
 class GatewayAccept(asyncio.Protocol):
@@ -139,7 +150,14 @@ class GatewayAccept(asyncio.Protocol):
             self._refuse(transport, f"{server.name} has no usable certificate")
             return
         self._hand_over(transport)
-        layer = TLSServerLayer(transport, context, self._state, self._port)
+        names = tuple(server.tls.client_subject_alt_names)
+        layer = TLSServerLayer(
+            transport,
+            context,
+            self._state,
+            self._port,
+            check_peer=(lambda tls: client_name_refused(tls, names)) if names else None,
+        )
         transport.set_protocol(layer)
         layer.data_received(buffer)
 

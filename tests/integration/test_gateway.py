@@ -313,7 +313,10 @@ spec:
   servers:
     - port: {{number: {https}, name: https, protocol: HTTPS}}
       hosts: ["shop/partners.example.com"]
-      tls: {{mode: MUTUAL, credentialName: "{certs / "partners"}"}}
+      tls:
+        mode: MUTUAL
+        credentialName: "{certs / "partners"}"
+        subjectAltNames: ["spiffe://partners.example/a"]
     - port: {{number: {http}, name: http, protocol: HTTP}}
       hosts: ["shop/partners.example.com"]
       tls: {{httpsRedirect: true}}
@@ -338,11 +341,18 @@ def test_mutual_tls_requires_a_client_certificate_of_the_client_ca_and_http_redi
     ca.write_secret_dir(
         certs / "partners", "partners.example.com", dns=("partners.example.com",), ca=clients
     )
-    good_cert, good_key = clients.issue("partner-a", client=True)
+    good_cert, good_key = clients.issue(
+        "partner-a", uris=("spiffe://partners.example/a",), client=True
+    )
+    # Of the right CA, but not a name the server's subjectAltNames allow.
+    other_cert, other_key = clients.issue(
+        "partner-b", uris=("spiffe://partners.example/b",), client=True
+    )
     rogue_cert, rogue_key = EdgeCA("Someone Else").issue("rogue", client=True)
     files = {}
     for name, text in {
         "good.crt": good_cert, "good.key": good_key, "rogue.crt": rogue_cert, "rogue.key": rogue_key,
+        "other.crt": other_cert, "other.key": other_key,
     }.items():  # fmt: skip
         files[name] = tmp_path / name
         files[name].write_text(text)
@@ -370,6 +380,8 @@ def test_mutual_tls_requires_a_client_certificate_of_the_client_ca_and_http_redi
     assert curl(*resolve, url).returncode != 0
     rogue = curl(*resolve, "--cert", str(files["rogue.crt"]), "--key", str(files["rogue.key"]), url)
     assert rogue.returncode != 0
+    other = curl(*resolve, "--cert", str(files["other.crt"]), "--key", str(files["other.key"]), url)
+    assert other.returncode != 0, other.stdout
     with pytest.raises(requests.exceptions.SSLError):
         https_get(https, name, ca_file, "/orders")
     # openssl s_client with the client certificate: the request goes through.

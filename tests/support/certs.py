@@ -68,7 +68,12 @@ class EdgeCA:
         return self.cert.public_bytes(serialization.Encoding.PEM).decode()
 
     def issue(
-        self, common_name: str, *, dns: tuple[str, ...] = (), client: bool = False
+        self,
+        common_name: str,
+        *,
+        dns: tuple[str, ...] = (),
+        uris: tuple[str, ...] = (),
+        client: bool = False,
     ) -> tuple[str, str]:
         """(certificate PEM, key PEM) of a leaf for `dns` names (server) or a client."""
         key = ec.generate_private_key(ec.SECP256R1())
@@ -89,10 +94,10 @@ class EdgeCA:
                 critical=False,
             )
         )
-        if dns:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(d) for d in dns]), critical=False
-            )
+        names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+        names += [x509.UniformResourceIdentifier(u) for u in uris]
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key)
 
