@@ -122,6 +122,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             dataplane=dataplane,
             telemetry=telemetry.outbound,
             client_tls=lambda: mesh_tls.client,
+            mesh_server=lambda: mesh_tls.server,
             tcp_recorder=tcp_metrics.record,
             drain_timeout=settings.drain_timeout,
         )

@@ -140,8 +140,14 @@ class _PortPlane:
 class GatewayPortState:
     """One port: its current config, its TLS contexts, its HTTP and passthrough listeners."""
 
-    def __init__(self, listener: CompiledListener, dataplane: DataPlane) -> None:
+    def __init__(
+        self,
+        listener: CompiledListener,
+        dataplane: DataPlane,
+        mesh_server: Callable[[], ssl.SSLContext | None] = lambda: None,
+    ) -> None:
         self.listener = listener
+        self._mesh_server = mesh_server
         self._dataplane = dataplane
         self.router = OutboundRouter(_PortPlane(dataplane, self))
         self._contexts: dict[str, _Built] = {}
@@ -158,6 +164,8 @@ class GatewayPortState:
 
     def context(self, server: Server) -> ssl.SSLContext | None:
         """The current context of a terminating server (rebuilt when its inputs changed)."""
+        if server.tls.mode == pb.GATEWAY_TLS_ISTIO_MUTUAL:
+            return self._mesh_server()  # the workload certificate, rotated by its manager
         print_ = fingerprint(server.tls)
         built = self._contexts.get(server.name)
         if built is not None and built.fingerprint == print_:
@@ -228,6 +236,7 @@ class GatewayPorts:
         dataplane: DataPlane,
         telemetry: Telemetry,
         client_tls: Callable[[], ssl.SSLContext | None],
+        mesh_server: Callable[[], ssl.SSLContext | None] = lambda: None,
         tcp_recorder: Recorder | None = None,
         drain_timeout: float = 5.0,
     ) -> None:
@@ -235,6 +244,7 @@ class GatewayPorts:
         self._dataplane = dataplane
         self._telemetry = telemetry
         self._client_tls = client_tls
+        self._mesh_server = mesh_server
         self._tcp_recorder = tcp_recorder
         self._drain_timeout = drain_timeout
         self.ports: dict[int, GatewayPortState] = {}
@@ -287,7 +297,7 @@ class GatewayPorts:
             log.info("gateway port closed", extra={"event": "gateway_port_closed", "port": number})
             await self._close_port(port, self._drain_timeout)
         for number in sorted(set(wanted) - set(self.ports)):
-            port = GatewayPortState(wanted[number], self._dataplane)
+            port = GatewayPortState(wanted[number], self._dataplane, self._mesh_server)
             try:
                 await self._open(port)
             except OSError as error:

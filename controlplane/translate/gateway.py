@@ -41,9 +41,9 @@ _MODES = {
     "SIMPLE": pb.GATEWAY_TLS_SIMPLE,
     "MUTUAL": pb.GATEWAY_TLS_MUTUAL,
     "PASSTHROUGH": pb.GATEWAY_TLS_PASSTHROUGH,
-    # Istio's ISTIO_MUTUAL on a gateway server: clients present mesh certificates; read as
-    # MUTUAL with the mesh's trust bundle as the client CA (see `_tls`).
-    "ISTIO_MUTUAL": pb.GATEWAY_TLS_MUTUAL,
+    # Istio's ISTIO_MUTUAL on a gateway server: the gateway's workload certificate, and
+    # clients with mesh certificates (the gateway's own mesh TLS; nothing to push).
+    "ISTIO_MUTUAL": pb.GATEWAY_TLS_ISTIO_MUTUAL,
 }
 
 Secrets = Callable[[ResourceKey], TlsSecret | None]
@@ -102,7 +102,6 @@ def gateway_config(
     *,
     namespace: str,
     secrets: Secrets,
-    trust_bundle: str = "",
 ) -> GatewayConfig:
     """The listeners of a gateway proxy in `namespace` from the Gateways selecting it (in
     namespace/name order) and every VirtualService (bound or not: this picks)."""
@@ -127,7 +126,7 @@ def gateway_config(
                     + (f" ({server.port_name})" if server.port_name else ""),
                     hosts=[h.rpartition("/")[2] for h in server.hosts],
                     protocol=server.protocol,
-                    tls=_tls(server, namespace=namespace, secrets=secrets, bundle=trust_bundle),
+                    tls=_tls(server, namespace=namespace, secrets=secrets),
                 )
             )
             if server.tls_mode == "PASSTHROUGH":
@@ -168,7 +167,6 @@ def gateway_of(world: World, namespace: str, labels: Mapping[str, str]) -> Gatew
         [v for v in world.of_kind("VirtualService") if isinstance(v, VirtualService)],
         namespace=namespace,
         secrets=world.secrets.get,
-        trust_bundle=world.trust_bundle,
     )
 
 
@@ -223,7 +221,7 @@ def _routes(vs: VirtualService, gateway: str) -> list[pb.Route]:
     ]
 
 
-def _tls(server: GatewayServer, *, namespace: str, secrets: Secrets, bundle: str) -> pb.GatewayTls:
+def _tls(server: GatewayServer, *, namespace: str, secrets: Secrets) -> pb.GatewayTls:
     tls = pb.GatewayTls(
         mode=_MODES[server.tls_mode]
         if server.protocol in ("HTTPS", "TLS")
@@ -233,14 +231,14 @@ def _tls(server: GatewayServer, *, namespace: str, secrets: Secrets, bundle: str
         max_protocol_version=server.max_protocol,
         client_subject_alt_names=list(server.subject_alt_names),
     )
-    if tls.mode in (pb.GATEWAY_TLS_NONE, pb.GATEWAY_TLS_PASSTHROUGH):
+    if tls.mode in (pb.GATEWAY_TLS_NONE, pb.GATEWAY_TLS_PASSTHROUGH, pb.GATEWAY_TLS_ISTIO_MUTUAL):
         return tls
     name = server.credential_name
     if name and "/" in name:
         # Local mode: a directory laid out as a mounted TLS Secret.
         directory = name.rstrip("/")
         tls.cert_file, tls.key_file = f"{directory}/tls.crt", f"{directory}/tls.key"
-        if tls.mode == pb.GATEWAY_TLS_MUTUAL and server.tls_mode != "ISTIO_MUTUAL":
+        if tls.mode == pb.GATEWAY_TLS_MUTUAL:
             tls.ca_file = f"{directory}/ca.crt"
     elif name:
         secret = secrets(ResourceKey(SECRET, namespace, name))
@@ -250,7 +248,7 @@ def _tls(server: GatewayServer, *, namespace: str, secrets: Secrets, bundle: str
             tls.credential_error = f"Secret {namespace}/{name} has no tls.crt and tls.key"
         else:
             tls.cert_chain_pem, tls.private_key_pem = secret.cert_chain, secret.private_key
-            if tls.mode == pb.GATEWAY_TLS_MUTUAL and server.tls_mode != "ISTIO_MUTUAL":
+            if tls.mode == pb.GATEWAY_TLS_MUTUAL:
                 if secret.ca:
                     tls.ca_pem = secret.ca
                 else:
@@ -266,6 +264,4 @@ def _tls(server: GatewayServer, *, namespace: str, secrets: Secrets, bundle: str
     else:
         tls.cert_file, tls.key_file = server.server_certificate, server.private_key
         tls.ca_file = server.ca_certificates
-    if server.tls_mode == "ISTIO_MUTUAL":
-        tls.ca_pem = bundle
     return tls

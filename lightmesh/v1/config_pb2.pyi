@@ -37,6 +37,7 @@ class GatewayTlsMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GATEWAY_TLS_SIMPLE: _ClassVar[GatewayTlsMode]
     GATEWAY_TLS_MUTUAL: _ClassVar[GatewayTlsMode]
     GATEWAY_TLS_PASSTHROUGH: _ClassVar[GatewayTlsMode]
+    GATEWAY_TLS_ISTIO_MUTUAL: _ClassVar[GatewayTlsMode]
 ROUND_ROBIN: LbPolicy
 LEAST_REQUEST: LbPolicy
 RANDOM: LbPolicy
@@ -53,6 +54,7 @@ GATEWAY_TLS_NONE: GatewayTlsMode
 GATEWAY_TLS_SIMPLE: GatewayTlsMode
 GATEWAY_TLS_MUTUAL: GatewayTlsMode
 GATEWAY_TLS_PASSTHROUGH: GatewayTlsMode
+GATEWAY_TLS_ISTIO_MUTUAL: GatewayTlsMode
 
 class VirtualHost(_message.Message):
     __slots__ = ("name", "domains", "routes", "origin", "tcp_routes")

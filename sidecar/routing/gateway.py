@@ -53,7 +53,11 @@ class Server:
     @property
     def terminates(self) -> bool:
         """Whether it speaks TLS to clients (SIMPLE or MUTUAL)."""
-        return self.tls.mode in (pb.GATEWAY_TLS_SIMPLE, pb.GATEWAY_TLS_MUTUAL)
+        return self.tls.mode in (
+            pb.GATEWAY_TLS_SIMPLE,
+            pb.GATEWAY_TLS_MUTUAL,
+            pb.GATEWAY_TLS_ISTIO_MUTUAL,
+        )
 
     @property
     def passthrough(self) -> bool:

@@ -17,7 +17,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from controlplane.ca import CertificateAuthority, FileCAStore
 from lightmeshctl.demo.mesh import LocalMesh, free_port, http_get, wait_for
 from tests.support.certs import EdgeCA, write_pair
 from tests.support.edge import (
@@ -506,3 +510,88 @@ def test_istios_bookinfo_gateway_sample_routes_through_the_gateway(mesh: LocalMe
         assert (reply.status_code, reply.json()["service"]) == (200, "productpage"), path
     missed = requests.get(f"{base}/admin", timeout=5)
     assert (missed.status_code, missed.headers.get("x-lightmesh-response-flags")) == (404, "NR")
+
+
+# --- ISTIO_MUTUAL: mesh clients, the gateway's own workload certificate ---
+
+
+def test_istio_mutual_server_takes_mesh_certificates_only(
+    mesh: LocalMesh, tmp_path: Path, edge_ca: tuple[EdgeCA, Path]
+) -> None:
+    port = free_port()
+    apply(
+        mesh,
+        "gateway",
+        f"""
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: east-west, namespace: shop}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+    - port: {{number: {port}, name: tls, protocol: HTTPS}}
+      hosts: ["shop/*"]
+      tls: {{mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: inside, namespace: shop}}
+spec:
+  hosts: ["catalog.shop.svc.cluster.local"]
+  gateways: ["east-west"]
+  http: [{{route: [{{destination: {{host: catalog}}}}]}}]
+""",
+    )
+    start_shop(mesh)
+    start_gateway(mesh)
+    material = FileCAStore(mesh.state_dir / "ca.pem").load()
+    assert material is not None
+    authority = CertificateAuthority(material, trust_domain="cluster.local")
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+    )
+    signed = authority.sign_csr(
+        csr.public_bytes(serialization.Encoding.PEM),
+        spiffe_id="spiffe://cluster.local/ns/other/sa/remote",
+    )
+    (tmp_path / "mesh.crt").write_bytes(signed.chain_pem)
+    (tmp_path / "mesh.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    name = "catalog.shop.svc.cluster.local"
+    request = f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n"
+    mesh_client = (
+        "-CAfile", str(mesh.state_dir / "root.pem"), "-verify_return_error", "-quiet",
+        "-cert", str(tmp_path / "mesh.crt"), "-key", str(tmp_path / "mesh.key"),
+    )  # fmt: skip
+    wait_for(
+        lambda: s_client(port, name, *mesh_client, send=request).stdout.startswith("HTTP/1.1 200"),
+        timeout=30,
+        what="a mesh client through the ISTIO_MUTUAL server",
+    )
+    # The gateway presented its own workload certificate (the mesh root verified it above).
+    shown = s_client(port, name, *[a for a in mesh_client if a != "-quiet"]).stdout
+    leaf = x509.load_pem_x509_certificate(
+        shown[shown.index("-----BEGIN CERTIFICATE-----") :].encode()
+    )
+    uris = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert uris.get_values_for_type(x509.UniformResourceIdentifier) == [
+        "spiffe://cluster.local/ns/shop/sa/ingressgateway"
+    ]
+    # A client certificate of another CA is refused.
+    edge, _ = edge_ca
+    cert, key_pem = edge.issue("outsider", client=True)
+    (tmp_path / "out.crt").write_text(cert)
+    (tmp_path / "out.key").write_text(key_pem)
+    outsider = s_client(
+        port, name, "-CAfile", str(mesh.state_dir / "root.pem"), "-quiet",
+        "-cert", str(tmp_path / "out.crt"), "-key", str(tmp_path / "out.key"), send=request,
+    )  # fmt: skip
+    assert not outsider.stdout.startswith("HTTP/1.1 200")
