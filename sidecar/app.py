@@ -14,6 +14,7 @@ from pathlib import Path
 from google.protobuf.json_format import MessageToDict
 
 import lightmesh
+from lightmesh.memory import return_freed_memory
 from lightmesh.runtime import stop_on_signals
 from lightmesh.v1 import discovery_pb2 as pb
 from sidecar.admin.endpoints import Admin
@@ -26,7 +27,6 @@ from sidecar.contract import Completed
 from sidecar.identity.manager import CertificateManager
 from sidecar.identity.tls import MeshTLS
 from sidecar.listeners.engine import start_proxy
-from sidecar.memory import return_freed_memory
 from sidecar.routing.router import InboundRouter, OutboundRouter
 from sidecar.settings import Settings
 from sidecar.telemetry import wiring
