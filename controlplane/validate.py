@@ -53,7 +53,9 @@ from controlplane.security import (
     ROOT_NAMESPACE,
     SpecError,
     authorization_policy,
+    http_local_rate_limit_policy,
     peer_authentication,
+    request_authentication,
 )
 from lightmesh.durations import parse_duration
 
@@ -644,6 +646,23 @@ def _authorization_policy(key: ResourceKey, spec: dict[str, Any], warnings: list
         raise _Invalid(str(exc)) from exc
 
 
+def _request_authentication(
+    key: ResourceKey, spec: dict[str, Any], warnings: list[str]
+) -> Resource:
+    try:
+        return request_authentication(key, spec, warnings)
+    except SpecError as exc:
+        raise _Invalid(str(exc)) from exc
+
+
+def _rate_limit_policy(key: ResourceKey, spec: dict[str, Any], warnings: list[str]) -> Resource:
+    del warnings
+    try:
+        return http_local_rate_limit_policy(key, spec)
+    except SpecError as exc:
+        raise _Invalid(str(exc)) from exc
+
+
 def _scoped_host(space: str, host: str, path: str) -> str:
     """The host of a "namespace/host" entry (Sidecar egress, Gateway servers), lower-cased: the
     namespace "*", "." or a name; the host "*", "*.suffix" or a DNS name."""
@@ -858,6 +877,8 @@ _BUILDERS: dict[str, Callable[[ResourceKey, dict[str, Any], list[str]], Resource
     "Sidecar": _sidecar,
     "Gateway": _gateway,
     "ServiceEntry": _service_entry,
+    "RequestAuthentication": _request_authentication,
+    "HTTPLocalRateLimitPolicy": _rate_limit_policy,
 }
 
 
