@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from lightmeshctl.demo.mesh import LocalMesh, http_get, wait_for
-from tests.support.jwks import Issuer
+from tests.support.jwks import Issuer, JwksServer
 
 pytestmark = pytest.mark.integration
 
@@ -131,3 +131,48 @@ def test_jwt_verification_with_inline_rs256_and_es256_keys(mesh: LocalMesh) -> N
 
     metrics = http_get(f"{mesh.workloads['catalog'].admin}/metrics").body.decode()
     assert 'lightmesh_inbound_refused_total{reason="unauthenticated"} 5.0' in metrics, metrics
+
+
+def cp_metric(mesh: LocalMesh, line_prefix: str) -> float:
+    text = http_get(f"{mesh.debug_url}/metrics").body.decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_prefix)
+    )
+
+
+def test_jwks_uri_is_fetched_refreshed_and_kept_when_the_issuer_fails(mesh: LocalMesh) -> None:
+    server = JwksServer(EC.jwks())
+    try:
+        start_pair(mesh, "--jwks-refresh", "1")
+        apply(mesh, "RequestAuthentication", "catalog-jwt", {
+            "selector": CATALOG, "jwtRules": [{"issuer": EC.name, "jwksUri": server.url}],
+        })  # fmt: skip
+        wait_for(lambda: call(mesh, token="garbage")[0] == 401, timeout=20, what="JWT rule applied")
+        wait_for(lambda: call(mesh, token=EC.token())[0] == 200, timeout=20, what="keys fetched")
+
+        # The issuer rotates its key: the next refresh brings the new one to the sidecar.
+        rotated = Issuer(EC.name, alg="ES256", kid="key-2")
+        server.body = rotated.jwks()
+        wait_for(
+            lambda: call(mesh, token=rotated.token())[0] == 200, timeout=20, what="rotated key"
+        )
+        status, body = call(mesh, token=EC.token())
+        assert (status, body["raw"].strip()) == (
+            401,
+            "Jwks doesn't have key to match kid or alg from Jwt",
+        )
+
+        # The issuer fails: the last good keys keep serving, and the failure is reported.
+        failures = cp_metric(mesh, 'lightmesh_controlplane_jwks_fetches_total{outcome="failure"}')
+        server.status = 503
+        wait_for(
+            lambda: cp_metric(mesh, 'lightmesh_controlplane_jwks_fetches_total{outcome="failure"}') > failures,
+            timeout=20, what="a failed fetch",
+        )  # fmt: skip
+        assert call(mesh, token=rotated.token())[0] == 200
+        problems = [p for p in mesh.problems() if server.url in p.get("message", "")]
+        assert problems and "HTTP 503" in problems[0]["message"], mesh.problems()
+        assert "keep serving" in problems[0]["message"]
+        assert cp_metric(mesh, 'lightmesh_controlplane_jwks_fetches_total{outcome="success"}') >= 2
+    finally:
+        server.close()

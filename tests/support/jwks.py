@@ -52,3 +52,45 @@ class Issuer:
             **claims,
         }
         return jwt.encode(payload, self._key, algorithm=self.alg, headers={"kid": self.kid})
+
+
+class JwksServer:
+    """An HTTP server on 127.0.0.1 (a thread) answering GET with `body`, or `status` when it
+    is not 200: an issuer's JWKS endpoint whose keys and health the test changes."""
+
+    def __init__(self, body: str) -> None:
+        import http.server
+        import threading
+
+        self.body = body
+        self.status = 200
+        self.hits = 0
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.hits += 1
+                data = owner.body.encode() if owner.status == 200 else b"unavailable"
+                self.send_response(owner.status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        """Where the JWKS is served."""
+        return f"http://127.0.0.1:{self._server.server_address[1]}/jwks.json"
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
