@@ -10,6 +10,7 @@ control plane's config directory, changed while the mesh runs.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -176,3 +177,56 @@ def test_jwks_uri_is_fetched_refreshed_and_kept_when_the_issuer_fails(mesh: Loca
         assert cp_metric(mesh, 'lightmesh_controlplane_jwks_fetches_total{outcome="success"}') >= 2
     finally:
         server.close()
+
+
+def test_rate_limit_shares_per_client_identity_over_a_bounded_run(mesh: LocalMesh) -> None:
+    """frontend (an override: 10/s, burst 10) and reports (identity: 2/s, burst 2) each send the
+    same bounded run to catalog, interleaved. Whatever the machine's speed, each passes at least
+    its burst and at most rate x elapsed + burst; every other request is a 429 flagged RL, and
+    the sidecar's counters agree."""
+    start_pair(mesh)
+    mesh.start_workload("reports", service="reports", namespace="shop",
+                        sidecar_args=("--service-account", "reports",
+                                      "--identity-dir", str(mesh.work_dir / "reports")))  # fmt: skip
+    mesh.wait_ready()
+    clients = {"frontend": (10, 10), "reports": (2, 2)}
+
+    def get(client: str) -> tuple[int, Any]:
+        reply = http_get("http://catalog.shop/items", proxy=mesh.workloads[client].outbound)
+        flags = {k.lower(): v for k, v in reply.headers.items()}.get("x-lightmesh-response-flags")
+        return reply.status, flags
+
+    wait_for(lambda: get("reports")[0] == 200, timeout=30, what="reports routes to catalog")
+    apply(mesh, "HTTPLocalRateLimitPolicy", "catalog-limit", {
+        "targetRef": {"group": "apps", "kind": "Deployment", "name": "catalog"},
+        "identity": {"requestsPerSecond": 2, "burst": 2},
+        "overrides": [{"requestsPerSecond": 10, "burst": 10,
+                       "clientRefs": [{"kind": "ServiceAccount", "name": "frontend"}]}],
+    })  # fmt: skip
+    admin = mesh.workloads["catalog"].admin
+    wait_for(lambda: b'"rateLimit"' in http_get(f"{admin}/config_dump").body, timeout=20,
+             what="rate limit applied")  # fmt: skip
+
+    rounds = 60
+    outcomes: dict[str, list[tuple[int, Any]]] = {name: [] for name in clients}
+    started = time.monotonic()
+    for _ in range(rounds):
+        for name in clients:
+            outcomes[name].append(get(name))
+    elapsed = time.monotonic() - started
+
+    refused_total = 0
+    for name, (rate, burst) in clients.items():
+        passed = sum(1 for status, _ in outcomes[name] if status == 200)
+        refused = [(s, f) for s, f in outcomes[name] if s != 200]
+        assert set(refused) <= {(429, "RL")}, (name, set(refused))
+        assert min(rounds, burst) <= passed <= rate * elapsed + burst, (name, passed, elapsed)
+        refused_total += len(refused)
+    metrics = http_get(f"{admin}/metrics").body.decode()
+    assert (
+        f'lightmesh_inbound_refused_total{{reason="rate_limited"}} {float(refused_total)}'
+        in metrics
+    )
+    rl_lines = [line for line in metrics.splitlines()
+                if line.startswith("lightmesh_requests_total{") and 'response_flags="RL"' in line]  # fmt: skip
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in rl_lines) == refused_total
