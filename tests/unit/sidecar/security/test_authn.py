@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import pytest
 
 from sidecar.contract import RequestHead
 from sidecar.errors import ConfigError
+from sidecar.security import authn
 from sidecar.security.authn import Authenticator, JwtRule, Refused
 from sidecar.security.authz import RequestAuth
 from tests.support.jwks import Issuer
@@ -148,3 +150,18 @@ def test_the_sidecar_does_not_load_pyjwt_until_a_workload_has_jwt_rules() -> Non
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_verified_token_is_remembered_until_it_expires() -> None:
+    now = [time.time()]
+    auth = Authenticator([JwtRule(issuer=RSA.name, jwks=RSA.jwks())], clock=lambda: now[0])
+    token = RSA.token(lifetime=120)
+    first = auth.authenticate(head(authorization=bearer(token)))
+    assert isinstance(first, RequestAuth)
+    assert auth.authenticate(head(authorization=bearer(token))) == first  # from the cache
+    now[0] += 120 + 61  # past exp and the clock skew
+    assert auth.authenticate(head(authorization=bearer(token))) == Refused("Jwt is expired")
+    # Refused tokens are not remembered; the cache is bounded.
+    for index in range(authn.CACHE_SIZE + 5):
+        auth.authenticate(head(authorization=bearer(RSA.token(sub=f"u{index}"))))
+    assert len(auth._verified) == authn.CACHE_SIZE
