@@ -154,18 +154,20 @@ def test_jwt_verification_with_rs256_and_es256_jwks_served_over_http(
     assert refused == refused_before + 4  # the four bad tokens above
 
 
-def catalog_metric(mesh: LocalMesh, line_prefix: str) -> float:
-    text = http_get(f"{mesh.workloads['catalog'].admin}/metrics").body.decode()
+def metric(base_url: str, line_prefix: str) -> float:
+    """The sum of the samples at `base_url`/metrics whose line starts with `line_prefix`."""
+    text = http_get(f"{base_url}/metrics").body.decode()
     return sum(
         float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_prefix)
     )
+
+
+def catalog_metric(mesh: LocalMesh, line_prefix: str) -> float:
+    return metric(mesh.workloads["catalog"].admin, line_prefix)
 
 
 def cp_metric(mesh: LocalMesh, line_prefix: str) -> float:
-    text = http_get(f"{mesh.debug_url}/metrics").body.decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_prefix)
-    )
+    return metric(mesh.debug_url, line_prefix)
 
 
 def test_jwks_uri_is_fetched_refreshed_and_kept_when_the_issuer_fails(mesh: LocalMesh) -> None:
