@@ -308,9 +308,11 @@ class JwtRule:
     audiences: tuple[str, ...] = ()
     jwks: str = ""  # inline JWKS (JSON text); "" when jwks_uri is set
     jwks_uri: str = ""
-    # (header name lower-case, value prefix); () and () for params: Istio's default locations.
+    # (header name lower-case, value prefix); none of headers, params and cookies: Istio's
+    # default locations.
     from_headers: tuple[tuple[str, str], ...] = ()
     from_params: tuple[str, ...] = ()
+    from_cookies: tuple[str, ...] = ()
     forward_original_token: bool = False
     output_payload_to_header: str = ""
     output_claim_to_headers: tuple[tuple[str, str], ...] = ()  # (header lower-case, claim)

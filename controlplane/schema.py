@@ -465,6 +465,10 @@ REQUEST_AUTHENTICATION_SPEC = _obj(
                         desc="http(s) URL of the issuer's JWKS; the control plane fetches it "
                         "and sends the keys to the sidecars."
                     ),
+                    "jwks_uri": _str(
+                        desc="Istio's proto name of jwksUri, which Istio's CRD also accepts: "
+                        "read as jwksUri, with a warning."
+                    ),
                     "jwks": _str(desc="The JWKS itself, as JSON text (instead of jwksUri)."),
                     "fromHeaders": _arr(
                         _obj({"name": _str(), "prefix": _str()}, required=["name"]),
@@ -472,6 +476,7 @@ REQUEST_AUTHENTICATION_SPEC = _obj(
                         "and the access_token query parameter.",
                     ),
                     "fromParams": _arr(_str(), desc="Query parameters holding the token."),
+                    "fromCookies": _arr(_str(), desc="Cookies holding the token."),
                     "forwardOriginalToken": {
                         "type": "boolean",
                         "description": "Keep the token in the request to the app (default: "

@@ -193,6 +193,12 @@ def _jwt_rule(raw: Mapping[str, Any], path: str, warnings: list[str]) -> JwtRule
     if not issuer:
         raise SpecError(f"{path}.issuer: must not be empty")
     jwks, uri = raw.get("jwks", ""), raw.get("jwksUri", "")
+    if "jwks_uri" in raw:
+        if uri:
+            warnings.append(f"{path}.jwks_uri: ignored, {path}.jwksUri is set")
+        else:
+            warnings.append(f"{path}.jwks_uri: read as jwksUri (write that)")
+            uri = raw["jwks_uri"]
     if jwks:
         check_jwks(jwks, f"{path}.jwks")
         if uri:
@@ -212,9 +218,10 @@ def _jwt_rule(raw: Mapping[str, Any], path: str, warnings: list[str]) -> JwtRule
         headers.append(
             (_header(entry["name"], f"{path}.fromHeaders[{i}].name"), entry.get("prefix", ""))
         )
-    for i, param in enumerate(raw.get("fromParams", [])):
-        if not param:
-            raise SpecError(f"{path}.fromParams[{i}]: must not be empty")
+    for where in ("fromParams", "fromCookies"):
+        for i, name in enumerate(raw.get(where, [])):
+            if not name:
+                raise SpecError(f"{path}.{where}[{i}]: must not be empty")
     payload = raw.get("outputPayloadToHeader", "")
     claims = []
     for i, entry in enumerate(raw.get("outputClaimToHeaders", [])):
@@ -230,6 +237,7 @@ def _jwt_rule(raw: Mapping[str, Any], path: str, warnings: list[str]) -> JwtRule
         jwks_uri=uri,
         from_headers=tuple(headers),
         from_params=tuple(raw.get("fromParams", ())),
+        from_cookies=tuple(raw.get("fromCookies", ())),
         forward_original_token=bool(raw.get("forwardOriginalToken", False)),
         output_payload_to_header=(
             _header(payload, f"{path}.outputPayloadToHeader") if payload else ""

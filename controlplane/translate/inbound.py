@@ -132,6 +132,7 @@ def _jwt_rule(world: World, ra: RequestAuthentication, rule: JwtRule) -> pb.JwtR
         jwks=rule.jwks or world.jwks.get(rule.jwks_uri, ""),
         from_headers=[pb.JwtHeader(name=n, prefix=p) for n, p in rule.from_headers],
         from_params=list(rule.from_params),
+        from_cookies=list(rule.from_cookies),
         forward_original_token=rule.forward_original_token,
         output_payload_to_header=rule.output_payload_to_header,
         output_claim_to_headers=[

@@ -313,7 +313,7 @@ class InboundPolicy(_message.Message):
     def __init__(self, mtls_mode: _Optional[_Union[MtlsMode, str]] = ..., policies: _Optional[_Iterable[_Union[AuthorizationPolicy, _Mapping]]] = ..., trust_bundle: _Optional[str] = ..., jwt_rules: _Optional[_Iterable[_Union[JwtRule, _Mapping]]] = ..., rate_limit: _Optional[_Union[LocalRateLimit, _Mapping]] = ...) -> None: ...
 
 class JwtRule(_message.Message):
-    __slots__ = ("issuer", "audiences", "jwks", "from_headers", "from_params", "forward_original_token", "output_payload_to_header", "output_claim_to_headers", "policy")
+    __slots__ = ("issuer", "audiences", "jwks", "from_headers", "from_params", "forward_original_token", "output_payload_to_header", "output_claim_to_headers", "policy", "from_cookies")
     ISSUER_FIELD_NUMBER: _ClassVar[int]
     AUDIENCES_FIELD_NUMBER: _ClassVar[int]
     JWKS_FIELD_NUMBER: _ClassVar[int]
@@ -323,6 +323,7 @@ class JwtRule(_message.Message):
     OUTPUT_PAYLOAD_TO_HEADER_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_CLAIM_TO_HEADERS_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    FROM_COOKIES_FIELD_NUMBER: _ClassVar[int]
     issuer: str
     audiences: _containers.RepeatedScalarFieldContainer[str]
     jwks: str
@@ -332,7 +333,8 @@ class JwtRule(_message.Message):
     output_payload_to_header: str
     output_claim_to_headers: _containers.RepeatedCompositeFieldContainer[ClaimToHeader]
     policy: str
-    def __init__(self, issuer: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ..., jwks: _Optional[str] = ..., from_headers: _Optional[_Iterable[_Union[JwtHeader, _Mapping]]] = ..., from_params: _Optional[_Iterable[str]] = ..., forward_original_token: _Optional[bool] = ..., output_payload_to_header: _Optional[str] = ..., output_claim_to_headers: _Optional[_Iterable[_Union[ClaimToHeader, _Mapping]]] = ..., policy: _Optional[str] = ...) -> None: ...
+    from_cookies: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, issuer: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ..., jwks: _Optional[str] = ..., from_headers: _Optional[_Iterable[_Union[JwtHeader, _Mapping]]] = ..., from_params: _Optional[_Iterable[str]] = ..., forward_original_token: _Optional[bool] = ..., output_payload_to_header: _Optional[str] = ..., output_claim_to_headers: _Optional[_Iterable[_Union[ClaimToHeader, _Mapping]]] = ..., policy: _Optional[str] = ..., from_cookies: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JwtHeader(_message.Message):
     __slots__ = ("name", "prefix")

@@ -2,8 +2,9 @@
 rules of this workload. Pure (PyJWT and cryptography do the signature arithmetic).
 
 Istio's semantics (Envoy's jwt_authn as istiod configures it):
-- A rule's token is looked for where the rule says (`from_headers`, `from_params`); a rule that
-  says nothing looks in `Authorization: Bearer <token>` and the `access_token` query parameter.
+- A rule's token is looked for where the rule says (`from_headers`, `from_params`,
+  `from_cookies`); a rule that says nothing looks in `Authorization: Bearer <token>` and the
+  `access_token` query parameter.
 - No token anywhere: the request goes on without a request principal (AuthorizationPolicy decides
   whether that is enough: `requestPrincipals: ["*"]` requires one).
 - A token that does not verify is refused (401): unknown issuer for that location, bad signature,
@@ -61,6 +62,7 @@ class JwtRule:
     audiences: tuple[str, ...] = ()
     from_headers: tuple[tuple[str, str], ...] = ()
     from_params: tuple[str, ...] = ()
+    from_cookies: tuple[str, ...] = ()
     forward_original_token: bool = False
     output_payload_to_header: str = ""
     output_claim_to_headers: tuple[tuple[str, str], ...] = ()
@@ -76,9 +78,10 @@ class Refused:
 
 @dataclass(frozen=True, slots=True)
 class _Location:
-    header: bytes = b""  # lower case; "" for a query parameter
+    header: bytes = b""  # lower case; "" for a query parameter or a cookie
     prefix: str = ""
     param: str = ""
+    cookie: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +91,14 @@ class _Compiled:
 
 
 def _locations(rule: JwtRule) -> list[_Location]:
-    if not rule.from_headers and not rule.from_params:
+    if not rule.from_headers and not rule.from_params and not rule.from_cookies:
         return [_Location(header=DEFAULT_HEADER[0], prefix=DEFAULT_HEADER[1]),
                 _Location(param=DEFAULT_PARAM)]  # fmt: skip
-    return [_Location(header=n.encode("latin-1"), prefix=p) for n, p in rule.from_headers] + [
-        _Location(param=p) for p in rule.from_params
-    ]
+    return (
+        [_Location(header=n.encode("latin-1"), prefix=p) for n, p in rule.from_headers]
+        + [_Location(param=p) for p in rule.from_params]
+        + [_Location(cookie=c) for c in rule.from_cookies]
+    )
 
 
 def _keys(rule: JwtRule) -> tuple[PyJWK, ...]:
@@ -150,6 +155,8 @@ class Authenticator:
         for location, rules in self._by_location.items():
             if location.header:
                 token = _from_header(head, location)
+            elif location.cookie:
+                token = _from_cookie(head, location.cookie)
             else:
                 if query is None:
                     query = parse_qsl(head.path.partition("?")[2], keep_blank_values=True)
@@ -181,6 +188,16 @@ class Authenticator:
                 del self._verified[next(iter(self._verified))]
             self._verified[key] = result
         return result
+
+
+def _from_cookie(head: RequestHead, name: str) -> str | None:
+    for key, value in head.headers:
+        if key == b"cookie":
+            for pair in value.decode("latin-1").split(";"):
+                cookie, _, token = pair.strip().partition("=")
+                if cookie == name and token:
+                    return token.strip('"')
+    return None
 
 
 def _from_header(head: RequestHead, location: _Location) -> str | None:

@@ -79,6 +79,7 @@ def decode(message: pb.InboundPolicy) -> InboundPolicy:
             audiences=tuple(r.audiences),
             from_headers=tuple((h.name.lower(), h.prefix) for h in r.from_headers),
             from_params=tuple(r.from_params),
+            from_cookies=tuple(r.from_cookies),
             forward_original_token=r.forward_original_token,
             output_payload_to_header=r.output_payload_to_header.lower(),
             output_claim_to_headers=tuple(

@@ -46,8 +46,8 @@ def get(port: int, token: str = "") -> bytes:
          "spec: {selector: {matchLabels: {app: a}}, total: {requestsPerSecond: 0}}",
          "spec.total.requestsPerSecond: Invalid value: 0"),
         ("kind: RequestAuthentication\napiVersion: security.istio.io/v1\n"
-         "spec: {jwtRules: [{issuer: i, jwks_uri: 'https://i/k'}]}",
-         'unknown field "spec.jwtRules[0].jwks_uri"'),
+         "spec: {jwtRules: [{issuer: i, jwksURL: 'https://i/k'}]}",
+         'unknown field "spec.jwtRules[0].jwksURL"'),
         ("kind: RequestAuthentication\napiVersion: lightmesh.io/v1alpha1\n"
          "spec: {jwtRules: [{jwksUri: 'https://i/k'}]}",
          "spec.jwtRules[0].issuer: Required value"),

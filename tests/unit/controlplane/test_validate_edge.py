@@ -112,8 +112,12 @@ def test_both_jwks_and_uri_keep_the_inline_keys_with_a_warning() -> None:
             "spec.jwtRules[0].outputClaimToHeaders[0].header: 'Host' cannot be written",
         ),
         (
-            {"issuer": "i", "jwks": JWKS, "jwks_uri": "x"},
-            "spec.jwtRules[0].jwks_uri: unknown field",
+            {"issuer": "i", "jwks": JWKS, "jwksURL": "x"},
+            "spec.jwtRules[0].jwksURL: unknown field",
+        ),
+        (
+            {"issuer": "i", "jwks": JWKS, "fromCookies": [""]},
+            "spec.jwtRules[0].fromCookies[0]: must not be empty",
         ),
         (
             {"issuer": "i", "jwks": JWKS, "forwardOriginalToken": "yes"},
@@ -124,6 +128,18 @@ def test_both_jwks_and_uri_keep_the_inline_keys_with_a_warning() -> None:
 def test_bad_jwt_rules_are_rejected_naming_the_field(rule: dict[str, Any], problem: str) -> None:
     found = errors(ra(rule))
     assert any(p.startswith(problem) for p in found), found
+
+
+def test_istio_s_proto_name_jwks_uri_is_read_as_jwks_uri_with_a_warning() -> None:
+    resource, warnings = accepted(
+        ra({"issuer": "i", "jwks_uri": "https://i/jwks", "fromCookies": ["session"]})
+    )
+    assert isinstance(resource, RequestAuthentication)
+    assert resource.rules[0].jwks_uri == "https://i/jwks"
+    assert resource.rules[0].from_cookies == ("session",)
+    assert warnings == ["spec.jwtRules[0].jwks_uri: read as jwksUri (write that)"]
+    _, warnings = accepted(ra({"issuer": "i", "jwks_uri": "https://a/k", "jwksUri": "https://b/k"}))
+    assert warnings == ["spec.jwtRules[0].jwks_uri: ignored, spec.jwtRules[0].jwksUri is set"]
 
 
 def test_an_issuer_listed_twice_is_rejected() -> None:

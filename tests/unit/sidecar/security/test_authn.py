@@ -113,6 +113,20 @@ def test_custom_locations_and_outputs() -> None:
     assert forged.header(b"x-sub") is None
 
 
+def test_a_token_in_a_cookie() -> None:
+    rule = JwtRule(issuer=RSA.name, jwks=RSA.jwks(), from_cookies=("session",))
+    token = RSA.token()
+    request = head(cookie=f"theme=dark; session={token}; lang=en")
+    result = Authenticator([rule]).authenticate(request)
+    assert isinstance(result, RequestAuth) and result.principal == f"{RSA.name}/alice"
+    assert request.header(b"cookie") is not None  # cookies are left as they are
+    assert Authenticator([rule]).authenticate(head(cookie="session=garbage")) == Refused(
+        "Jwt is not in the form of Header.Payload.Signature"
+    )
+    # A rule with cookies only does not look at Authorization.
+    assert Authenticator([rule]).authenticate(head(authorization=bearer(token))) is None
+
+
 def test_default_locations_include_access_token_param() -> None:
     result = authenticator().authenticate(head(f"/items?access_token={RSA.token()}"))
     assert isinstance(result, RequestAuth) and result.principal == f"{RSA.name}/alice"
