@@ -97,3 +97,11 @@ def test_authorization_rule_jwt_fields_are_translated() -> None:
         ["admins"],
         ["x"],
     )
+
+
+def test_a_mesh_wide_request_authentication_applies_in_every_namespace() -> None:
+    world = World()
+    put(world, "RequestAuthentication", "all", {"jwtRules": [{"issuer": "a", "jwks": JWKS}]},
+        namespace="lightmesh-system")  # fmt: skip
+    node = NodeInfo(id="x", workload="orders", namespace="billing")
+    assert [r.policy for r in inbound_policy(world, node).jwt_rules] == ["lightmesh-system/all"]

@@ -179,3 +179,23 @@ def test_a_verified_token_is_remembered_until_it_expires() -> None:
     for index in range(authn.CACHE_SIZE + 5):
         auth.authenticate(head(authorization=bearer(RSA.token(sub=f"u{index}"))))
     assert len(auth._verified) == authn.CACHE_SIZE
+
+
+def test_unsigned_and_symmetric_tokens_are_refused() -> None:
+    """alg "none", and HS256 signed with the public key as the secret (the algorithm-confusion
+    attack): neither is an algorithm of the JWKS's key type."""
+    import hashlib
+    import hmac
+
+    def segment(value: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    claims = segment({"iss": RSA.name, "sub": "mallory", "exp": int(time.time()) + 60})
+    unsigned = f"{segment({'alg': 'none', 'kid': RSA.kid})}.{claims}."
+    signed = f"{segment({'alg': 'HS256', 'kid': RSA.kid})}.{claims}"
+    # PyJWT refuses to make this token itself: sign it by hand, with the public JWK as secret.
+    mac = hmac.new(json.dumps(RSA.jwk()).encode(), signed.encode(), hashlib.sha256).digest()
+    confused = f"{signed}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+    for token in (unsigned, confused):
+        result = authenticator().authenticate(head(authorization=bearer(token)))
+        assert result == Refused("Jwks doesn't have key to match kid or alg from Jwt"), token
