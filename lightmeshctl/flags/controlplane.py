@@ -140,6 +140,8 @@ def from_arguments(args: argparse.Namespace) -> Settings:
 
     if not args.config_dir and not args.kubeconfig and not args.in_cluster:
         raise ValueError("give --config-dir, --kubeconfig or --in-cluster")
+    if args.jwks_refresh < 1:
+        raise ValueError(f"--jwks-refresh {args.jwks_refresh}: at least 1 second")
     settings = Settings(
         config_dir=Path(args.config_dir) if args.config_dir else None,
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
