@@ -122,6 +122,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         tcp_recorder=record_tcp,
     )
     inbound = None
+    inbound_router: InboundRouter | None = None
     app_health = AppHealth() if settings.app_port and settings.app_health else None
     if settings.app_port:
         inbound_router = InboundRouter(
@@ -172,6 +173,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             mirrors=outbound.mirrors,
             connections_opened=outbound.connections_opened,
             wrong_identity=outbound.wrong_identity,
+            admission=inbound_router.admission if inbound_router is not None else None,
         )
     )
     draining = False
