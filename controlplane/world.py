@@ -31,6 +31,15 @@ SECRET = "Secret"  # noqa: S105 (a kind name, not a password)
 # Keys of the mesh-wide settings the store holds beside resources.
 TRUST_BUNDLE = ResourceKey("Mesh", "", "trust-bundle")
 TRUST_DOMAIN = ResourceKey("Mesh", "", "trust-domain")
+# The keys a RequestAuthentication's jwksUri served, as the control plane last fetched them
+# (controlplane/sources/jwks.py): ResourceKey(JWKS, "", uri) -> the JWKS JSON text.
+JWKS = "Jwks"
+
+
+def jwks_key(uri: str) -> ResourceKey:
+    """The store key of the keys fetched from one jwksUri."""
+    return ResourceKey(JWKS, "", uri)
+
 
 Value: TypeAlias = "Resource | Service | TlsSecret | str"
 
@@ -74,6 +83,7 @@ class World:
         self.default_export_to = default_export_to
         self.trust_bundle = trust_bundle
         self.trust_domain = trust_domain
+        self.jwks: dict[str, str] = {}  # jwksUri -> the JWKS fetched from it
         self.services: dict[str, Service] = {}  # by FQDN
         self.resources: dict[ResourceKey, Resource] = {}
         self.secrets: dict[ResourceKey, TlsSecret] = {}
@@ -102,6 +112,12 @@ class World:
         if key == TRUST_DOMAIN:
             self.trust_domain = value if isinstance(value, str) else "cluster.local"
             return set(self.hosts())  # every cluster's secure-naming identities
+        if key.kind == JWKS:
+            if isinstance(value, str):
+                self.jwks[key.name] = value
+            else:
+                self.jwks.pop(key.name, None)
+            return set()
         if key.kind == SERVICE:
             return self._put_service(key, value if isinstance(value, Service) else None)
         if key.kind == SECRET:
