@@ -198,7 +198,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             mirrors=outbound.mirrors if outbound else None,
             connections_opened=outbound.connections_opened if outbound else None,
             wrong_identity=outbound.wrong_identity if outbound else None,
-            admission=inbound_router.admission if inbound_router is not None else None,
+            admission=inbound_router.admission
+            if inbound_router is not None
+            else gateway.admission
+            if gateway is not None
+            else None,
         )
     )
     draining = False

@@ -24,11 +24,13 @@ import logging
 import os
 import ssl
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from lightmesh.response_flags import ResponseFlag
+from lightmesh.spiffe import principal_of
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.cluster.cluster import Cluster
 from sidecar.config.apply import DataPlane
@@ -39,6 +41,7 @@ from sidecar.listeners.tcp import DEFAULT_IDLE_TIMEOUT, TcpProxyListener
 from sidecar.routing.destinations import Destinations
 from sidecar.routing.gateway import CompiledListener, GatewayRoutes, Server, https_location
 from sidecar.routing.router import OutboundRouter
+from sidecar.security.admission import Admission
 from sidecar.security.inbound import InboundPolicy
 from sidecar.telemetry.exposition import Collector, CounterMetricFamily, Metric
 from sidecar.telemetry.hooks import Telemetry, wrap_recorder, wrap_resolver
@@ -145,9 +148,11 @@ class GatewayPortState:
         listener: CompiledListener,
         dataplane: DataPlane,
         mesh_server: Callable[[], ssl.SSLContext | None] = lambda: None,
+        admission: Admission | None = None,
     ) -> None:
         self.listener = listener
         self._mesh_server = mesh_server
+        self._admission = admission or Admission(time.monotonic)
         self._dataplane = dataplane
         self.router = OutboundRouter(_PortPlane(dataplane, self))
         self._contexts: dict[str, _Built] = {}
@@ -201,6 +206,14 @@ class GatewayPortState:
         proto = b"http" if listener.has_plaintext else b"https"
         head.headers = [h for h in head.headers if h[0] != b"x-forwarded-proto"]
         head.headers.append((b"x-forwarded-proto", proto))
+        # RequestAuthentication, AuthorizationPolicy and rate limits selecting the gateway (its
+        # INBOUND policy), before routing as in Istio's filter chain: a JWT's claims put in
+        # headers can then be routed on.
+        policy = self._dataplane.inbound
+        if policy.policies or policy.authenticator is not None or policy.rate_limit is not None:
+            refused = self._admission.check(policy, head, principal_of(head.peer_identity))
+            if refused is not None:
+                return refused
         if listener.has_plaintext:
             server = listener.server_for(head.host, tls=False)
             if server is not None and server.tls.https_redirect:
@@ -245,6 +258,8 @@ class GatewayPorts:
         self._telemetry = telemetry
         self._client_tls = client_tls
         self._mesh_server = mesh_server
+        # One for every port: a rate limit is the workload's, whatever port a request came on.
+        self.admission = Admission(time.monotonic)
         self._tcp_recorder = tcp_recorder
         self._drain_timeout = drain_timeout
         self.ports: dict[int, GatewayPortState] = {}
@@ -297,7 +312,9 @@ class GatewayPorts:
             log.info("gateway port closed", extra={"event": "gateway_port_closed", "port": number})
             await self._close_port(port, self._drain_timeout)
         for number in sorted(set(wanted) - set(self.ports)):
-            port = GatewayPortState(wanted[number], self._dataplane, self._mesh_server)
+            port = GatewayPortState(
+                wanted[number], self._dataplane, self._mesh_server, self.admission
+            )
             try:
                 await self._open(port)
             except OSError as error:

@@ -33,6 +33,7 @@ from tests.support.edge import (
     rotate_under_load,
     s_client,
 )
+from tests.support.jwks import Issuer
 
 pytestmark = pytest.mark.integration
 
@@ -595,3 +596,80 @@ spec:
         "-cert", str(tmp_path / "out.crt"), "-key", str(tmp_path / "out.key"), send=request,
     )  # fmt: skip
     assert not outsider.stdout.startswith("HTTP/1.1 200")
+
+
+# --- JWT at the gateway (RequestAuthentication and AuthorizationPolicy selecting it) ---
+
+
+def test_the_shop_over_https_with_jwt_at_the_gateway_routing_on_a_claim(
+    mesh: LocalMesh, tmp_path: Path, edge_ca: tuple[EdgeCA, Path]
+) -> None:
+    issuer = Issuer("https://login.example.com", alg="ES256")
+    ca, ca_file = edge_ca
+    name = "shop.example.com"
+    secret = ca.write_secret_dir(tmp_path / "shop", name, dns=(name,))
+    port = free_port()
+    jwks = json.dumps(issuer.jwks())
+    apply(
+        mesh,
+        "gateway",
+        f"""
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: shop-gateway, namespace: shop}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+    - port: {{number: {port}, name: https, protocol: HTTPS}}
+      hosts: ["shop/{name}"]
+      tls: {{mode: SIMPLE, credentialName: "{secret}"}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shop, namespace: shop}}
+spec:
+  hosts: ["{name}"]
+  gateways: ["shop-gateway"]
+  http:
+    - match: [{{headers: {{x-jwt-team: {{exact: catalog}}}}}}]
+      route: [{{destination: {{host: catalog}}}}]
+    - route: [{{destination: {{host: frontend}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: edge-jwt, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  jwtRules:
+    - issuer: {issuer.name}
+      jwks: {jwks}
+      outputClaimToHeaders: [{{header: x-jwt-team, claim: team}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: edge-requires-jwt, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  rules: [{{from: [{{source: {{requestPrincipals: ["{issuer.name}/*"]}}}}]}}]
+""",
+    )
+    start_shop(mesh)
+    start_gateway(mesh)
+
+    def get(token: str = "", **headers: str) -> requests.Response:
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return https_get(port, name, ca_file, headers=headers)
+
+    wait_for(lambda: get(issuer.token()).status_code == 200, timeout=30, what="JWT at the edge")
+    assert get(issuer.token()).json()["service"] == "frontend"
+    # The claim is put in a header before routing: routed on it (and the client's own is replaced).
+    routed = get(issuer.token(team="catalog"), **{"x-jwt-team": "frontend"})
+    assert routed.json()["service"] == "catalog"
+    missing = get()
+    assert (missing.status_code, missing.headers.get("x-lightmesh-response-flags")) == (403, "RBAC")
+    expired = get(issuer.token(lifetime=-600))
+    assert expired.status_code == 401 and expired.headers["www-authenticate"].startswith("Bearer")
+    assert get(Issuer(issuer.name, alg="ES256").token()).status_code == 401  # another key
+    metrics = http_get(f"{mesh.gateways['ingressgateway'].admin}/metrics").body.decode()
+    assert _sample(metrics, "lightmesh_inbound_refused_total", reason="unauthenticated") == 2
