@@ -113,7 +113,7 @@ def build_app(
                     {
                         "name": name,
                         "version": snapshot.versions[name],
-                        **MessageToDict(snapshot.resources[name].decode()),
+                        **_redacted(MessageToDict(snapshot.resources[name].decode())),
                     }
                     for name in sorted(snapshot.resources)
                 ],
@@ -148,3 +148,13 @@ def build_app(
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, indent=2)
+
+
+def _redacted(resource: dict[str, Any]) -> dict[str, Any]:
+    """A resource as the debug page shows it: a gateway listener's private keys (from Secrets)
+    are never shown, even on loopback."""
+    for server in resource.get("servers", ()):
+        tls = server.get("tls") or {}
+        if tls.get("privateKeyPem"):
+            tls["privateKeyPem"] = "(redacted)"
+    return resource

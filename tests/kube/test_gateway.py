@@ -195,9 +195,13 @@ def test_secret_credentials_rotate_without_a_failed_request_and_passthrough_by_s
             what="gateway serves the Secret",
         )
         assert https_get(https, "shop.example.com", ca_file).json()["service"] == "shop"
-        # The config dump shows the listener, never the private key.
+        # The gateway's config dump and the control plane's debug page show the listener, never
+        # the private key.
         dump = http_get(f"{gateway.admin}/config_dump").body.decode()
         assert "GATEWAY" in dump and "PRIVATE KEY" not in dump
+        (node,) = [p["id"] for p in mesh.proxies() if p["id"].startswith("ingressgateway")]
+        debug = http_get(f"{mesh.debug_url}/debug/config/{node}").json()
+        assert debug["GATEWAY"]["resources"] and "PRIVATE KEY" not in json.dumps(debug)
 
         # PASSTHROUGH: the client's TLS reaches the backend untouched (its own certificate, its
         # own CA), routed by SNI.
