@@ -826,8 +826,18 @@ def _gateway(key: ResourceKey, spec: dict[str, Any], warnings: list[str]) -> Res
         raise _Invalid("spec.servers: at least one server is required")
     servers = []
     names: dict[str, int] = {}
+    tls_of_port: dict[int, tuple[bool, int]] = {}
     for index, raw in enumerate(spec["servers"]):
         server = _gateway_server(raw, f"spec.servers[{index}]")
+        # A gateway port either terminates or passes TLS, or speaks plain text: its first bytes
+        # decide, so one port cannot be both (Istio refuses such a port conflict too).
+        is_tls = server.protocol in _TLS_PROTOCOLS
+        first = tls_of_port.setdefault(server.port, (is_tls, index))
+        if first[0] != is_tls:
+            raise _Invalid(
+                f"spec.servers[{index}].port: {server.port} is also spec.servers[{first[1]}]'s, "
+                f"which is {'TLS' if first[0] else 'plain text'}; a port is one or the other"
+            )
         if server.port_name:
             if server.port_name in names:
                 raise _Invalid(

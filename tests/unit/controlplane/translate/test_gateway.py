@@ -247,3 +247,26 @@ spec:
     (problem,) = parsed.problems
     assert problem.path == "spec.tls[0].match[0].sniHosts[0]"
     assert "not one of spec.hosts" in problem.message
+
+
+def test_one_port_cannot_be_both_plain_text_and_tls() -> None:
+    parsed = parse_document(
+        yaml.safe_load("""
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: mixed, namespace: shop}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+    - port: {number: 8443, name: https, protocol: HTTPS}
+      hosts: ["*"]
+      tls: {mode: SIMPLE, credentialName: cert}
+    - port: {number: 8443, name: http, protocol: HTTP}
+      hosts: ["*"]
+"""),
+        origin="test",
+    )
+    assert parsed.resource is None
+    (problem,) = parsed.problems
+    assert problem.path == "spec.servers[1].port"
+    assert "spec.servers[0]'s, which is TLS" in problem.message
