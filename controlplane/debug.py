@@ -63,6 +63,7 @@ def proxy_status(pusher: Pusher, *, now: float) -> list[dict[str, Any]]:
                 "id": node_id,
                 "workload": conn.node.workload,
                 "namespace": conn.node.namespace,
+                "gateway": conn.node.gateway,
                 "connected_since": conn.connected_at,
                 "scope": {
                     "namespace": conn.view.scope.namespace,

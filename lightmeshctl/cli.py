@@ -255,6 +255,8 @@ def fetch_json(url: str) -> Any:
 def format_proxy_status(proxies: list[dict[str, Any]]) -> str:
     """The proxy-status table: one row per sidecar, one column per resource type."""
     columns = ["CLUSTERS", "ENDPOINTS", "ROUTES"]
+    if any(proxy.get("gateway") for proxy in proxies):
+        columns.append("GATEWAY")  # the listeners of ingress gateways (docs/gateway.md)
     rows = [["NAME", *columns]]
     errors = []
     for proxy in proxies:

@@ -13,6 +13,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,15 @@ def test_http_gateway_routes_by_virtual_service_with_mesh_mtls_to_strict_workloa
     other = requests.get(f"{base}/", headers={"Host": "other.example.com"}, timeout=5)
     assert other.status_code == 404
     assert other.headers.get("x-lightmesh-response-flags") == "NR"
+    # proxy-status shows the gateway's listeners synced.
+    table = subprocess.run(
+        [sys.executable, "-m", "lightmeshctl.cli", "proxy-status", "--control-plane", mesh.debug_url],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    header, *rows = table.splitlines()
+    assert header.split()[-1] == "GATEWAY"
+    (row,) = [r for r in rows if r.startswith("ingressgateway")]
+    assert row.split()[-2] == "SYNCED"
     # The VirtualService is bound to the gateway only: sidecars do not route shop.example.com.
     through_sidecar = http_get(
         "http://shop.example.com/", proxy=mesh.workloads["frontend"].outbound

@@ -38,6 +38,19 @@ def test_proxy_status_shows_each_state_and_the_nack_reason() -> None:
     assert lines[-1].strip() == "frontend-ab12.default ROUTES: bad regex"
 
 
+def test_proxy_status_shows_the_gateway_column_when_a_gateway_is_connected() -> None:
+    synced = {"state": "SYNCED", "acked": "0123456789abcdef"}
+    proxies = [
+        {"id": "ingressgateway-1.shop", "gateway": True,
+         "types": dict.fromkeys(("CLUSTERS", "ENDPOINTS", "ROUTES", "GATEWAY"), synced)},
+        {"id": "frontend-1.shop", "gateway": False,
+         "types": dict.fromkeys(("CLUSTERS", "ENDPOINTS", "ROUTES", "GATEWAY"), synced)},
+    ]  # fmt: skip
+    lines = format_proxy_status(proxies).splitlines()
+    assert lines[0].split() == ["NAME", "CLUSTERS", "ENDPOINTS", "ROUTES", "GATEWAY"]
+    assert lines[1].split()[-2:] == ["SYNCED", "(01234567)"]
+
+
 def test_analyze_reports_each_problem_and_fails(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
