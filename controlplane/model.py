@@ -370,6 +370,17 @@ class RateLimitOverride:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RouteRateLimit:
+    """The buckets of one named route (VirtualService `http[].name`), instead of the workload's
+    for the requests that route takes."""
+
+    route: str
+    total: RateLimit | None = None
+    identity: RateLimit | None = None
+    overrides: tuple[RateLimitOverride, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HTTPLocalRateLimitPolicy:
     """Linkerd's HTTPLocalRateLimitPolicy: token buckets on the selected workloads' inbound
     requests (over `total`, or over its identity's bucket: 429, flag RL)."""
@@ -381,6 +392,11 @@ class HTTPLocalRateLimitPolicy:
     total: RateLimit | None = None
     identity: RateLimit | None = None
     overrides: tuple[RateLimitOverride, ...] = ()
+    routes: tuple[RouteRateLimit, ...] = ()
+
+    def route_names(self) -> frozenset[str]:
+        """The routes with buckets of their own."""
+        return frozenset(r.route for r in self.routes)
 
 
 GatewayProtocol = Literal["HTTP", "HTTPS", "HTTP2", "GRPC", "TCP", "TLS"]

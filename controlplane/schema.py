@@ -539,6 +539,25 @@ _RATE = _obj(
     required=["requestsPerSecond"],
 )
 
+_OVERRIDE = _obj(
+    {
+        "requestsPerSecond": _int(minimum=1),
+        "burst": _int(minimum=1),
+        "clientRefs": _arr(
+            _obj(
+                {
+                    "group": _str(),
+                    "kind": _str(enum=["ServiceAccount"]),
+                    "namespace": _str(),
+                    "name": _str(),
+                },
+                required=["kind", "name"],
+            )
+        ),
+    },
+    required=["requestsPerSecond", "clientRefs"],
+)
+
 HTTP_LOCAL_RATE_LIMIT_POLICY_SPEC = _obj(
     {
         "targetRef": _obj(
@@ -551,25 +570,22 @@ HTTP_LOCAL_RATE_LIMIT_POLICY_SPEC = _obj(
         "total": {**_RATE, "description": "One bucket for all requests to the workload."},
         "identity": {**_RATE, "description": "One bucket per client identity."},
         "overrides": _arr(
+            _OVERRIDE,
+            desc="The per-identity bucket of these clients instead of identity's.",
+            max_items=64,
+        ),
+        "routes": _arr(
             _obj(
                 {
-                    "requestsPerSecond": _int(minimum=1),
-                    "burst": _int(minimum=1),
-                    "clientRefs": _arr(
-                        _obj(
-                            {
-                                "group": _str(),
-                                "kind": _str(enum=["ServiceAccount"]),
-                                "namespace": _str(),
-                                "name": _str(),
-                            },
-                            required=["kind", "name"],
-                        )
-                    ),
+                    "name": _str(),
+                    "total": {**_RATE, "description": "One bucket for the route's requests."},
+                    "identity": {**_RATE, "description": "One bucket per client identity."},
+                    "overrides": _arr(_OVERRIDE, max_items=64),
                 },
-                required=["requestsPerSecond", "clientRefs"],
+                required=["name"],
             ),
-            desc="The per-identity bucket of these clients instead of identity's.",
+            desc="Buckets of named routes (VirtualService http[].name, on the workload's inbound "
+            "or the gateway's routes), instead of the workload's for the requests they route.",
             max_items=64,
         ),
     }

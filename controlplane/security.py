@@ -31,6 +31,7 @@ from controlplane.model import (
     RateLimitOverride,
     RequestAuthentication,
     ResourceKey,
+    RouteRateLimit,
 )
 from controlplane.model import MtlsMode as MtlsMode
 from controlplane.model import PeerAuthentication as PeerAuthentication
@@ -292,27 +293,51 @@ def http_local_rate_limit_policy(
                 f"Server resource): use {', '.join(_WORKLOAD_KINDS)} (group apps) or selector"
             )
         workload = ref["name"]
-    total = _rate(spec["total"], "spec.total", None) if "total" in spec else None
-    identity = _rate(spec["identity"], "spec.identity", total) if "identity" in spec else None
-    overrides = []
-    for i, raw in enumerate(spec.get("overrides", [])):
-        path = f"spec.overrides[{i}]"
-        if not raw["clientRefs"]:
-            raise SpecError(f"{path}.clientRefs: at least one client is required")
-        clients = tuple(
-            f"{ref.get('namespace') or key.namespace}/{ref['name']}" for ref in raw["clientRefs"]
+    total, identity, overrides = _buckets(key, spec, "spec")
+    routes: dict[str, RouteRateLimit] = {}
+    for i, raw in enumerate(spec.get("routes", [])):
+        path = f"spec.routes[{i}]"
+        name = raw["name"]
+        if not name:
+            raise SpecError(f"{path}.name: a route name is required")
+        if name in routes:
+            raise SpecError(f"{path}.name: route {name!r} is listed twice")
+        limits = _buckets(key, raw, path)
+        if limits == (None, None, ()):
+            raise SpecError(f"{path}: set total, identity or overrides (nothing is limited)")
+        route_total, route_identity, route_overrides = limits
+        routes[name] = RouteRateLimit(
+            route=name, total=route_total, identity=route_identity, overrides=route_overrides
         )
-        overrides.append(RateLimitOverride(limit=_rate(raw, path, total), clients=clients))
-    if total is None and identity is None and not overrides:
-        raise SpecError("spec: set total, identity or overrides (nothing is limited)")
+    if total is None and identity is None and not overrides and not routes:
+        raise SpecError("spec: set total, identity, overrides or routes (nothing is limited)")
     return HTTPLocalRateLimitPolicy(
         key=key,
         selector=_selector(spec) if ref is None else None,
         workload=workload,
         total=total,
         identity=identity,
-        overrides=tuple(overrides),
+        overrides=overrides,
+        routes=tuple(routes.values()),
     )
+
+
+def _buckets(
+    key: ResourceKey, spec: Mapping[str, Any], at: str
+) -> tuple[RateLimit | None, RateLimit | None, tuple[RateLimitOverride, ...]]:
+    """total, identity and overrides of the policy (`at` "spec") or of one of its routes."""
+    total = _rate(spec["total"], f"{at}.total", None) if "total" in spec else None
+    identity = _rate(spec["identity"], f"{at}.identity", total) if "identity" in spec else None
+    overrides = []
+    for i, raw in enumerate(spec.get("overrides", [])):
+        path = f"{at}.overrides[{i}]"
+        if not raw["clientRefs"]:
+            raise SpecError(f"{path}.clientRefs: at least one client is required")
+        clients = tuple(
+            f"{ref.get('namespace') or key.namespace}/{ref['name']}" for ref in raw["clientRefs"]
+        )
+        overrides.append(RateLimitOverride(limit=_rate(raw, path, total), clients=clients))
+    return total, identity, tuple(overrides)
 
 
 def _selects(selector: tuple[tuple[str, str], ...] | None, labels: Mapping[str, str]) -> bool:

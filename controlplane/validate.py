@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -24,6 +24,7 @@ from controlplane.model import (
     GatewayServer,
     GatewayTlsMode,
     HeaderOps,
+    HTTPLocalRateLimitPolicy,
     HTTPMatch,
     HTTPRoute,
     LbPolicyName,
@@ -983,11 +984,45 @@ def missing_subsets(
     )
 
 
+def limitable_routes(policy: HTTPLocalRateLimitPolicy, served: Iterable[Resource]) -> set[str]:
+    """The route names a rate-limit policy can target: `http[].name` of the VirtualServices of
+    its namespace (a sidecar's inbound) and of those bound to a Gateway (a gateway's routes)."""
+    return {
+        route.name
+        for vs in served
+        if isinstance(vs, VirtualService)
+        and (vs.key.namespace == policy.key.namespace or any(g != MESH for g in vs.gateways))
+        for route in vs.http
+        if route.name
+    }
+
+
+def unknown_routes(
+    policy: HTTPLocalRateLimitPolicy, *, origin: str, known: Collection[str]
+) -> tuple[Problem, ...]:
+    """A warning for each route of the policy no VirtualService names (`known`): as Istio's
+    unknown subset, accepted (apply order is free), its buckets unused until the route exists."""
+    return tuple(
+        Problem(
+            origin=origin,
+            resource=str(policy.key),
+            path=f"spec.routes[{i}].name",
+            message=f"route {route.route!r} is not the name of any VirtualService http route "
+            f"of namespace {policy.key.namespace} or of a Gateway (yet): its buckets are "
+            "unused, its requests take the workload's limit",
+            severity="warning",
+        )
+        for i, route in enumerate(policy.routes)
+        if route.route not in known
+    )
+
+
 def check_references(
     resources: Mapping[ResourceKey, Resource], *, origin: Callable[[ResourceKey], str]
 ) -> dict[ResourceKey, tuple[Problem, ...]]:
     """Cross-resource checks, per referring resource: a warning for every subset a VirtualService
-    routes to that the DestinationRule of that host does not define (its traffic fails, NC)."""
+    routes to that the DestinationRule of that host does not define (its traffic fails, NC), and
+    for every route an HTTPLocalRateLimitPolicy names that no VirtualService has."""
     subsets: dict[str, set[str]] = {}
     for resource in resources.values():
         if isinstance(resource, DestinationRule):
@@ -1001,4 +1036,10 @@ def check_references(
         )
         if problems:
             found[key] = problems
+    for key, resource in resources.items():
+        if isinstance(resource, HTTPLocalRateLimitPolicy) and resource.routes:
+            known = limitable_routes(resource, resources.values())
+            problems = unknown_routes(resource, origin=origin(key), known=known)
+            if problems:
+                found[key] = problems
     return found

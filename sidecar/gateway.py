@@ -41,6 +41,7 @@ from sidecar.listeners.tcp import DEFAULT_IDLE_TIMEOUT, TcpProxyListener
 from sidecar.routing.destinations import Destinations
 from sidecar.routing.gateway import CompiledListener, GatewayRoutes, Server, https_location
 from sidecar.routing.router import OutboundRouter
+from sidecar.routing.table import CompiledRoute
 from sidecar.security.admission import Admission
 from sidecar.security.inbound import InboundPolicy
 from sidecar.telemetry.exposition import Collector, CounterMetricFamily, Metric
@@ -154,7 +155,7 @@ class GatewayPortState:
         self._mesh_server = mesh_server
         self._admission = admission or Admission(time.monotonic)
         self._dataplane = dataplane
-        self.router = OutboundRouter(_PortPlane(dataplane, self))
+        self.router = OutboundRouter(_PortPlane(dataplane, self), route_gate=self._limit_route)
         self._contexts: dict[str, _Built] = {}
         self.certificate_failures = 0
         self.handshakes = 0
@@ -206,23 +207,34 @@ class GatewayPortState:
         proto = b"http" if listener.has_plaintext else b"https"
         head.headers = [h for h in head.headers if h[0] != b"x-forwarded-proto"]
         head.headers.append((b"x-forwarded-proto", proto))
-        # RequestAuthentication, AuthorizationPolicy and rate limits selecting the gateway (its
-        # INBOUND policy), before routing as in Istio's filter chain: a JWT's claims put in
-        # headers can then be routed on.
+        # RequestAuthentication and AuthorizationPolicy selecting the gateway (its INBOUND
+        # policy), before routing as in Istio's filter chain: a JWT's claims put in headers can
+        # then be routed on. Its rate limit once the route is known (`_limit_route`), so a route
+        # can have buckets of its own.
         policy = self._dataplane.inbound
-        if policy.policies or policy.authenticator is not None or policy.rate_limit is not None:
-            refused = self._admission.check(policy, head, principal_of(head.peer_identity))
+        if policy.policies or policy.authenticator is not None:
+            refused = self._admission.authenticate(policy, head, principal_of(head.peer_identity))
             if refused is not None:
                 return refused
         if listener.has_plaintext:
             server = listener.server_for(head.host, tls=False)
             if server is not None and server.tls.https_redirect:
+                if policy.rate_limit is not None:
+                    refused = self._admission.limit(policy, principal_of(head.peer_identity), "")
+                    if refused is not None:
+                        return refused
                 return LocalReply(
                     status=301,
                     body="",
                     headers=((b"location", https_location(head)),),
                 )
         return self.router.resolve(head)
+
+    def _limit_route(self, head: RequestHead, route: CompiledRoute) -> LocalReply | None:
+        policy = self._dataplane.inbound
+        if policy.rate_limit is None:
+            return None
+        return self._admission.limit(policy, principal_of(head.peer_identity), route.name)
 
     def passthrough(self, sni: str) -> Forward | LocalReply:
         """The endpoint of a PASSTHROUGH connection, by its SNI's TLS route."""

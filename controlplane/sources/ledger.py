@@ -9,6 +9,8 @@ with receivers that change only when their own target does), and returns what to
 - one routing to a subset no DestinationRule defines is served with a warning, as in Istio (apply
   order is free; those routes answer 503 NC until the subset exists), re-checked when a
   DestinationRule of that host changes;
+- an HTTPLocalRateLimitPolicy naming a route no VirtualService has is served with a warning
+  (like an unknown subset), re-checked when a VirtualService is served, changed or removed;
 - a deleted one stops being served.
 The file and Kubernetes sources share it, so both behave the same.
 """
@@ -18,8 +20,23 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from controlplane.model import DestinationRule, Resource, ResourceKey, VirtualService
-from controlplane.validate import Parsed, Problem, missing_subsets, subset_references
+from controlplane.model import (
+    DestinationRule,
+    HTTPLocalRateLimitPolicy,
+    Resource,
+    ResourceKey,
+    VirtualService,
+)
+from controlplane.validate import (
+    Parsed,
+    Problem,
+    limitable_routes,
+    missing_subsets,
+    subset_references,
+    unknown_routes,
+)
+
+_LIMITS = "HTTPLocalRateLimitPolicy"
 
 REJECTED = "rejected; the last accepted version keeps serving"
 
@@ -65,7 +82,7 @@ class Ledger:
         pending, self._pending = self._pending, set()
         served: dict[ResourceKey, Resource | None] = {}
         hosts: set[str] = set()
-        for key in sorted(k for k in pending if k.kind != "VirtualService"):
+        for key in sorted(k for k in pending if k.kind not in ("VirtualService", _LIMITS)):
             before = self._served.get(key)
             after = self._evaluate(key, ())
             if after != before:
@@ -83,7 +100,29 @@ class Ledger:
             after = self._evaluate(key, self._broken(key))
             if after != before:
                 served[key] = after
-        return Committed(served=served, evaluated=frozenset(pending | routes))
+        # Rate limits after the VirtualServices whose route names they check: the pending ones,
+        # and every one naming routes when the served VirtualServices changed.
+        limits = {k for k in pending if k.kind == _LIMITS}
+        if any(k.kind == "VirtualService" for k in served):
+            limits |= {k for k, c in self._candidates.items() if _names_routes(c.parsed)}
+        for key in sorted(limits):
+            before = self._served.get(key)
+            after = self._evaluate(key, self._unknown_routes(key))
+            if after != before:
+                served[key] = after
+        return Committed(served=served, evaluated=frozenset(pending | routes | limits))
+
+    def _unknown_routes(self, key: ResourceKey) -> tuple[Problem, ...]:
+        candidate = self._candidates.get(key)
+        policy = candidate.parsed.resource if candidate is not None else None
+        if (
+            candidate is None
+            or not isinstance(policy, HTTPLocalRateLimitPolicy)
+            or not policy.routes
+        ):
+            return ()
+        known = limitable_routes(policy, self._served.values())
+        return unknown_routes(policy, origin=candidate.origin, known=known)
 
     def _index_subsets(self, host: str) -> None:
         rules = {
@@ -168,3 +207,8 @@ class Ledger:
     def keys(self) -> set[ResourceKey]:
         """Every key with a document."""
         return set(self._candidates)
+
+
+def _names_routes(parsed: Parsed) -> bool:
+    resource = parsed.resource
+    return isinstance(resource, HTTPLocalRateLimitPolicy) and bool(resource.routes)

@@ -9,15 +9,18 @@ selector looks at them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from controlplane.model import (
     HTTPLocalRateLimitPolicy,
     JwtRule,
     RateLimit,
+    RateLimitOverride,
     RequestAuthentication,
     Resource,
     ResourceKey,
+    VirtualService,
 )
 from controlplane.security import (
     ROOT_NAMESPACE,
@@ -27,6 +30,7 @@ from controlplane.security import (
     mtls_mode,
     rate_limit_policy,
 )
+from controlplane.translate.routes import virtual_host
 from controlplane.world import TRUST_DOMAIN, NodeInfo, World, jwks_key
 from lightmesh.v1 import config_pb2 as pb
 
@@ -41,6 +45,9 @@ class InboundKey:
     policies: tuple[ResourceKey, ...]
     authentications: tuple[ResourceKey, ...] = ()
     rate_limit: ResourceKey | None = None
+    # VirtualServices of the namespace naming a route the rate limit has buckets for (a
+    # sidecar's; a gateway knows its routes): their matches tell the sidecar a request's route.
+    route_sources: tuple[ResourceKey, ...] = ()
 
     def inputs(self, world: World) -> tuple[ResourceKey, ...]:
         """Every store key the translation reads besides the trust bundle: the policies, the
@@ -57,6 +64,7 @@ class InboundKey:
             *self.policies,
             *self.authentications,
             *limit,
+            *self.route_sources,
             *(jwks_key(uri) for uri in uris),
             *extra,
         )
@@ -95,12 +103,32 @@ def inbound_key(world: World, node: NodeInfo) -> InboundKey:
         workload=node.workload,
         labels=labels,
     )
+    sources: tuple[ResourceKey, ...] = ()
+    if limit is not None and limit.routes and not node.gateway:
+        sources = tuple(
+            sorted(vs.key for vs in naming_virtual_services(world, node.namespace, limit))
+        )
     return InboundKey(
         mode=mode,
         policies=tuple(p.key for p in selected),
         authentications=tuple(p.key for p in authentications),
         rate_limit=limit.key if limit is not None else None,
+        route_sources=sources,
     )
+
+
+def naming_virtual_services(
+    world: World, namespace: str, policy: HTTPLocalRateLimitPolicy
+) -> list[VirtualService]:
+    """The VirtualServices of `namespace` applying to sidecars with a route the policy names."""
+    names = policy.route_names()
+    return [
+        vs
+        for vs in world.in_namespace("VirtualService", namespace)
+        if isinstance(vs, VirtualService)
+        and vs.for_mesh
+        and any(route.name in names for route in vs.http)
+    ]
 
 
 def inbound_from_key(world: World, key: InboundKey) -> pb.InboundPolicy:
@@ -119,7 +147,9 @@ def inbound_from_key(world: World, key: InboundKey) -> pb.InboundPolicy:
         trust_bundle=world.trust_bundle,
         jwt_rules=rules,
         rate_limit=(
-            _rate_limit(world, limit) if isinstance(limit, HTTPLocalRateLimitPolicy) else None
+            _rate_limit(world, limit, key.route_sources)
+            if isinstance(limit, HTTPLocalRateLimitPolicy)
+            else None
         ),
     )
 
@@ -148,21 +178,53 @@ def _bucket(limit: RateLimit | None) -> pb.RateLimitBucket | None:
     return pb.RateLimitBucket(requests_per_second=limit.rate, burst=limit.burst)
 
 
-def _rate_limit(world: World, policy: HTTPLocalRateLimitPolicy) -> pb.LocalRateLimit:
+def _overrides(world: World, overrides: Iterable[RateLimitOverride]) -> list[pb.RateLimitOverride]:
+    return [
+        pb.RateLimitOverride(
+            limit=_bucket(o.limit),
+            principals=[
+                f"{world.trust_domain}/ns/{ns}/sa/{sa}"
+                for ns, _, sa in (c.partition("/") for c in o.clients)
+            ],
+        )
+        for o in overrides
+    ]
+
+
+def _rate_limit(
+    world: World, policy: HTTPLocalRateLimitPolicy, route_sources: tuple[ResourceKey, ...]
+) -> pb.LocalRateLimit:
     return pb.LocalRateLimit(
         name=f"{policy.key.namespace}/{policy.key.name}",
         total=_bucket(policy.total),
         identity=_bucket(policy.identity),
-        overrides=[
-            pb.RateLimitOverride(
-                limit=_bucket(o.limit),
-                principals=[
-                    f"{world.trust_domain}/ns/{ns}/sa/{sa}"
-                    for ns, _, sa in (c.partition("/") for c in o.clients)
-                ],
+        overrides=_overrides(world, policy.overrides),
+        routes=[
+            pb.RouteRateLimit(
+                route=r.route,
+                total=_bucket(r.total),
+                identity=_bucket(r.identity),
+                overrides=_overrides(world, r.overrides),
             )
-            for o in policy.overrides
+            for r in policy.routes
         ],
+        inbound_hosts=[
+            _matches_only(virtual_host(host, vs, None, namespace=vs.key.namespace))
+            for key in route_sources
+            if isinstance(vs := world.resources.get(key), VirtualService)
+            for host in vs.hosts
+        ],
+    )
+
+
+def _matches_only(vhost: pb.VirtualHost) -> pb.VirtualHost:
+    """The names and matches of a VirtualHost's routes: all a sidecar's inbound needs to know
+    which route a request took (the caller's sidecar did the routing)."""
+    return pb.VirtualHost(
+        name=vhost.name,
+        domains=vhost.domains,
+        routes=[pb.Route(name=r.name, matches=r.matches) for r in vhost.routes],
+        origin=vhost.origin,
     )
 
 

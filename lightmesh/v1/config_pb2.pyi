@@ -366,16 +366,32 @@ class ClaimToHeader(_message.Message):
     def __init__(self, header: _Optional[str] = ..., claim: _Optional[str] = ...) -> None: ...
 
 class LocalRateLimit(_message.Message):
-    __slots__ = ("name", "total", "identity", "overrides")
+    __slots__ = ("name", "total", "identity", "overrides", "routes", "inbound_hosts")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    INBOUND_HOSTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     total: RateLimitBucket
     identity: RateLimitBucket
     overrides: _containers.RepeatedCompositeFieldContainer[RateLimitOverride]
-    def __init__(self, name: _Optional[str] = ..., total: _Optional[_Union[RateLimitBucket, _Mapping]] = ..., identity: _Optional[_Union[RateLimitBucket, _Mapping]] = ..., overrides: _Optional[_Iterable[_Union[RateLimitOverride, _Mapping]]] = ...) -> None: ...
+    routes: _containers.RepeatedCompositeFieldContainer[RouteRateLimit]
+    inbound_hosts: _containers.RepeatedCompositeFieldContainer[VirtualHost]
+    def __init__(self, name: _Optional[str] = ..., total: _Optional[_Union[RateLimitBucket, _Mapping]] = ..., identity: _Optional[_Union[RateLimitBucket, _Mapping]] = ..., overrides: _Optional[_Iterable[_Union[RateLimitOverride, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[RouteRateLimit, _Mapping]]] = ..., inbound_hosts: _Optional[_Iterable[_Union[VirtualHost, _Mapping]]] = ...) -> None: ...
+
+class RouteRateLimit(_message.Message):
+    __slots__ = ("route", "total", "identity", "overrides")
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    route: str
+    total: RateLimitBucket
+    identity: RateLimitBucket
+    overrides: _containers.RepeatedCompositeFieldContainer[RateLimitOverride]
+    def __init__(self, route: _Optional[str] = ..., total: _Optional[_Union[RateLimitBucket, _Mapping]] = ..., identity: _Optional[_Union[RateLimitBucket, _Mapping]] = ..., overrides: _Optional[_Iterable[_Union[RateLimitOverride, _Mapping]]] = ...) -> None: ...
 
 class RateLimitBucket(_message.Message):
     __slots__ = ("requests_per_second", "burst")

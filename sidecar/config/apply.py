@@ -9,6 +9,7 @@ already routed keep the objects they were routed with.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -26,7 +27,13 @@ from sidecar.cluster.outlier import OutlierConfig
 from sidecar.errors import ConfigError
 from sidecar.routing.destinations import Destinations, build_destinations
 from sidecar.routing.gateway import CompiledListener, compile_listener
-from sidecar.routing.table import CompiledHost, RouteTable, compile_host, route_table
+from sidecar.routing.table import (
+    CompiledHost,
+    RouteTable,
+    compile_host,
+    route_namer,
+    route_table,
+)
 from sidecar.security.inbound import InboundPolicy, decode
 
 _KNOWN_LB = set(pb.LbPolicy.values())
@@ -98,6 +105,11 @@ class DataPlane:
             policy = policies.get(types.INBOUND_NAME)
             if policy is not None:
                 self.inbound = decode(policy)
+                hosts = policy.rate_limit.inbound_hosts
+                if hosts:
+                    self.inbound = dataclasses.replace(
+                        self.inbound, route_of=route_namer(hosts, max_regex=self._max_regex)
+                    )
             elif types.INBOUND_NAME in removed:
                 self.inbound = InboundPolicy()
             self.on_inbound(self.inbound)

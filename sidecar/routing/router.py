@@ -66,8 +66,12 @@ class OutboundRouter:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         default_retries: bool = True,
+        route_gate: Callable[[RequestHead, CompiledRoute], LocalReply | None] | None = None,
     ) -> None:
         self._dataplane = dataplane
+        # Asked once the route is known, before its action (a gateway's per-route rate limit):
+        # a LocalReply is the answer.
+        self._route_gate = route_gate
         self._clock = clock
         self._rng = rng or random.Random()
         # Off: a route without retries of its own never retries (DEFAULT_RETRY is not applied).
@@ -95,6 +99,9 @@ class OutboundRouter:
                 body=f"no route of {host.name} matches {head.path!r}",
                 flags=ResponseFlag.NR,
             )
+        gate = self._route_gate
+        if gate is not None and (refused := gate(head, route)) is not None:
+            return refused
         if route.redirect is not None:
             return _redirect(head, route.redirect)
         delay = 0.0

@@ -232,11 +232,15 @@ class RouteTable:
         return sorted(self._by_domain)
 
 
-def compile_host(vh: pb.VirtualHost, *, max_regex: int) -> CompiledHost:
-    """Compile one virtual host, or raise ConfigError naming the offending field."""
+def compile_host(vh: pb.VirtualHost, *, max_regex: int, matches_only: bool = False) -> CompiledHost:
+    """Compile one virtual host, or raise ConfigError naming the offending field. `matches_only`:
+    its routes are only matched (their names wanted), so they need no destination."""
     where = f"route {vh.origin or vh.name}"
     routes = tuple(
-        _compile_route(route, f"{where} {route.name}", max_regex=max_regex) for route in vh.routes
+        _compile_route(
+            route, f"{where} {route.name}", max_regex=max_regex, matches_only=matches_only
+        )
+        for route in vh.routes
     )
     return CompiledHost(name=vh.name, routes=routes, needs_query=any(r.needs_query for r in routes))
 
@@ -253,6 +257,22 @@ def route_table(hosts: Iterable[tuple[pb.VirtualHost, CompiledHost]]) -> RouteTa
 def compile_routes(vhosts: Iterable[pb.VirtualHost], *, max_regex: int) -> RouteTable:
     """Compile a whole set of virtual hosts into one table."""
     return route_table((vh, compile_host(vh, max_regex=max_regex)) for vh in vhosts)
+
+
+def route_namer(
+    vhosts: Iterable[pb.VirtualHost], *, max_regex: int
+) -> Callable[[RequestHead], str]:
+    """The name of the route a request takes through these virtual hosts ("": none); raises
+    ConfigError naming a match that does not compile."""
+    table = route_table(
+        (vh, compile_host(vh, max_regex=max_regex, matches_only=True)) for vh in vhosts
+    )
+
+    def name(head: RequestHead) -> str:
+        _, route = table.route(head)
+        return route.name if route is not None else ""
+
+    return name
 
 
 _META = frozenset(".^$*+?{}[]\\|()")
@@ -294,7 +314,9 @@ def _has_top_level_alternation(pattern: str) -> bool:
     return False
 
 
-def _compile_route(route: pb.Route, where: str, *, max_regex: int) -> CompiledRoute:
+def _compile_route(
+    route: pb.Route, where: str, *, max_regex: int, matches_only: bool = False
+) -> CompiledRoute:
     matches = []
     for index, match in enumerate(route.matches):
         at = f"{where} match[{index}]"
@@ -325,7 +347,7 @@ def _compile_route(route: pb.Route, where: str, *, max_regex: int) -> CompiledRo
         if r.code not in (301, 302, 303, 307, 308):
             raise ConfigError(f"{where}: redirect code {r.code} is not supported")
         redirect = Redirect(uri=r.uri, authority=r.authority, code=r.code)
-    elif not route.clusters:
+    elif not route.clusters and not matches_only:
         raise ConfigError(f"{where}: route has no destination")
     retry = DEFAULT_RETRY
     if route.HasField("retries"):

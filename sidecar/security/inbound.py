@@ -8,10 +8,12 @@ policy keeps serving rather than being half-applied; so does a JWKS that does no
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from lightmesh.v1 import config_pb2 as pb
+from sidecar.contract import RequestHead
 from sidecar.errors import ConfigError
 from sidecar.security.authn import Authenticator, JwtRule
 from sidecar.security.authz import Condition, Policy, Rule
@@ -36,6 +38,11 @@ class InboundPolicy:
     # The RequestAuthentications' JWT rules, compiled; None: no JWT is looked at.
     authenticator: Authenticator | None = None
     rate_limit: RateLimitConfig | None = None
+    # The name of the route a request takes ("": none), by the routes of the VirtualServices
+    # naming the rate limit's routes (a sidecar's inbound has no routes of its own; compiled by
+    # the config layer, sidecar/config/apply.py). None: not needed (no route limits, or a
+    # gateway, which routes anyway).
+    route_of: Callable[[RequestHead], str] | None = None
 
 
 def decode(message: pb.InboundPolicy) -> InboundPolicy:
@@ -89,12 +96,13 @@ def decode(message: pb.InboundPolicy) -> InboundPolicy:
         )
         for r in message.jwt_rules
     ]
+    limit = message.rate_limit if message.HasField("rate_limit") else None
     return InboundPolicy(
         mode=mode,
         policies=tuple(policies),
         trust_bundle=message.trust_bundle,
         authenticator=Authenticator(rules) if rules else None,
-        rate_limit=_rate_limit(message.rate_limit) if message.HasField("rate_limit") else None,
+        rate_limit=_rate_limit(limit) if limit is not None else None,
     )
 
 
@@ -105,12 +113,14 @@ def _bucket(message: pb.RateLimitBucket) -> Bucket:
     return Bucket(rate=float(rate), burst=message.burst or rate)
 
 
-def _rate_limit(message: pb.LocalRateLimit) -> RateLimitConfig:
+def _rate_limit(message: pb.LocalRateLimit | pb.RouteRateLimit) -> RateLimitConfig:
+    routes = message.routes if isinstance(message, pb.LocalRateLimit) else ()
     return RateLimitConfig(
-        name=message.name,
+        name=message.name if isinstance(message, pb.LocalRateLimit) else message.route,
         total=_bucket(message.total) if message.HasField("total") else None,
         identity=_bucket(message.identity) if message.HasField("identity") else None,
         overrides=tuple(
             (principal, _bucket(o.limit)) for o in message.overrides for principal in o.principals
         ),
+        routes=tuple((r.route, _rate_limit(r)) for r in routes),
     )

@@ -7,6 +7,10 @@ one from each. A bucket holds at most `burst` tokens and refills at `requests_pe
 a long run at most rate x seconds + burst requests pass. Buckets live as long as the policy's
 numbers are unchanged (`RateLimiter.config`); the admission layer keeps one limiter across
 config pushes.
+
+Per route (Envoy's per-route local rate limit, which replaces the listener's): a request whose
+route has buckets of its own (`RateLimitConfig.routes`) passes through those instead of the
+workload's; a request on any other route (or none) through the workload's.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ class RateLimitConfig:
     identity: Bucket | None = None
     # principal -> its bucket (override), instead of `identity`
     overrides: tuple[tuple[str, Bucket], ...] = ()
+    # route name -> its own buckets (their `name` is the route's)
+    routes: tuple[tuple[str, RateLimitConfig], ...] = ()
 
 
 class TokenBucket:
@@ -64,11 +70,20 @@ class RateLimiter:
         self._total = TokenBucket(config.total, now) if config.total is not None else None
         self._overrides = dict(config.overrides)
         self._identities: dict[str, TokenBucket] = {}
+        self._routes = {name: RateLimiter(limits, now) for name, limits in config.routes}
         self.limited = 0  # requests refused (429) by this limiter
 
-    def admit(self, principal: str, now: float) -> bool:
-        """Whether a request of `principal` ("" for plaintext clients) passes; it takes a token
-        from each bucket it passes through only when it passes all of them."""
+    def admit(self, principal: str, now: float, route: str = "") -> bool:
+        """Whether a request of `principal` ("" for plaintext clients) on `route` ("": none
+        known) passes; it takes a token from each bucket it passes through only when it passes
+        all of them."""
+        if self._routes:
+            own_route = self._routes.get(route)
+            if own_route is not None:
+                if own_route.admit(principal, now):
+                    return True
+                self.limited += 1
+                return False
         own = self._bucket(principal, now)
         total = self._total
         if (own is not None and own.refill(now) < 1.0) or (

@@ -13,8 +13,9 @@ from controlplane.model import (
     RateLimit,
     RequestAuthentication,
     Resource,
+    VirtualService,
 )
-from controlplane.validate import parse_document
+from controlplane.validate import check_references, parse_document
 from tests.support.jwks import Issuer
 
 JWKS = Issuer("https://issuer.example", alg="ES256").jwks()
@@ -245,7 +246,7 @@ def test_rate_limit_policy_is_not_in_istio_groups() -> None:
             {"targetRef": {"kind": "Server", "name": "web"}, "total": {"requestsPerSecond": 1}},
             "spec.targetRef.kind: 'Server' is not supported",
         ),
-        ({"selector": {"matchLabels": {"app": "x"}}}, "spec: set total, identity or overrides"),
+        ({"selector": {"matchLabels": {"app": "x"}}}, "spec: set total, identity, overrides or routes"),
         (
             {"selector": {"matchLabels": {"app": "x"}}, "total": {"requestsPerSecond": 0}},
             "spec.total.requestsPerSecond: 0 is below the minimum 1",
@@ -264,6 +265,36 @@ def test_rate_limit_policy_is_not_in_istio_groups() -> None:
             {"selector": {"matchLabels": {"app": "x"}}, "total": {"requestsPerSecond": 1, "per": "s"}},
             "spec.total.per: unknown field",
         ),
+        (
+            {"selector": {"matchLabels": {"app": "x"}}, "routes": [{"name": "a"}]},
+            "spec.routes[0]: set total, identity or overrides",
+        ),
+        (
+            {"selector": {"matchLabels": {"app": "x"}},
+             "routes": [{"name": "a", "total": {"requestsPerSecond": 1}},
+                        {"name": "a", "total": {"requestsPerSecond": 2}}]},
+            "spec.routes[1].name: route 'a' is listed twice",
+        ),
+        (
+            {"selector": {"matchLabels": {"app": "x"}},
+             "routes": [{"name": "", "total": {"requestsPerSecond": 1}}]},
+            "spec.routes[0].name: a route name is required",
+        ),
+        (
+            {"selector": {"matchLabels": {"app": "x"}},
+             "routes": [{"name": "a", "total": {"requestsPerSecond": 2},
+                         "identity": {"requestsPerSecond": 3}}]},
+            "spec.routes[0].identity.requestsPerSecond: 3 is above total.requestsPerSecond 2",
+        ),
+        (
+            {"selector": {"matchLabels": {"app": "x"}},
+             "routes": [{"name": "a", "overrides": [{"requestsPerSecond": 1, "clientRefs": []}]}]},
+            "spec.routes[0].overrides[0].clientRefs: at least one client is required",
+        ),
+        (
+            {"selector": {"matchLabels": {"app": "x"}}, "routes": [{"total": {"requestsPerSecond": 1}}]},
+            "spec.routes[0].name: required",
+        ),
     ],
 )  # fmt: skip
 def test_bad_rate_limit_policies_are_rejected_naming_the_field(
@@ -271,3 +302,61 @@ def test_bad_rate_limit_policies_are_rejected_naming_the_field(
 ) -> None:
     found = errors(rl(spec))
     assert any(p.startswith(problem) for p in found), found
+
+
+def test_rate_limit_policy_with_route_buckets_and_no_workload_limit() -> None:
+    resource, warnings = accepted(
+        rl(
+            {
+                "selector": {"matchLabels": {"app": "catalog"}},
+                "routes": [
+                    {"name": "search", "total": {"requestsPerSecond": 5, "burst": 10}},
+                    {
+                        "name": "admin",
+                        "identity": {"requestsPerSecond": 1},
+                        "overrides": [
+                            {
+                                "requestsPerSecond": 3,
+                                "clientRefs": [{"kind": "ServiceAccount", "name": "ops"}],
+                            }
+                        ],
+                    },
+                ],
+            }
+        )
+    )
+    assert isinstance(resource, HTTPLocalRateLimitPolicy) and warnings == []
+    assert resource.total is None and resource.route_names() == {"search", "admin"}
+    search, admin = resource.routes
+    assert search.total == RateLimit(rate=5, burst=10)
+    assert admin.identity == RateLimit(rate=1, burst=1)
+    assert admin.overrides[0].clients == ("shop/ops",)
+
+
+def test_check_references_warns_of_a_route_no_virtual_service_names() -> None:
+    policy, _ = accepted(
+        rl(
+            {
+                "selector": {"matchLabels": {"app": "catalog"}},
+                "routes": [
+                    {"name": "search", "total": {"requestsPerSecond": 1}},
+                    {"name": "serch", "total": {"requestsPerSecond": 1}},
+                ],
+            }
+        )
+    )
+    vs, _ = accepted(
+        doc(
+            "VirtualService",
+            {"hosts": ["catalog"],
+             "http": [{"name": "search", "route": [{"destination": {"host": "catalog"}}]}]},
+        )
+    )  # fmt: skip
+    assert isinstance(policy, HTTPLocalRateLimitPolicy) and isinstance(vs, VirtualService)
+    found = check_references({policy.key: policy, vs.key: vs}, origin=lambda _: "f.yaml")
+    (problem,) = found[policy.key]
+    assert problem.severity == "warning" and problem.path == "spec.routes[1].name"
+    assert str(problem).startswith(
+        "f.yaml: HTTPLocalRateLimitPolicy shop/p: spec.routes[1].name: warning: route 'serch' is "
+        "not the name of any VirtualService http route of namespace shop or of a Gateway (yet)"
+    )

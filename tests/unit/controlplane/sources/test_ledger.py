@@ -55,3 +55,27 @@ def test_commit_evaluates_only_what_the_submission_can_affect() -> None:
         {**DR, "spec": {**DR["spec"], "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}}}},
     )  # type: ignore[dict-item]
     assert ledger.commit().evaluated == {DR_KEY, VS_KEY}  # catalog's subsets: its router re-checked
+
+
+LIMIT = {"apiVersion": "lightmesh.io/v1alpha1", "kind": "HTTPLocalRateLimitPolicy",
+         "metadata": {"name": "limit", "namespace": "shop"},
+         "spec": {"targetRef": {"kind": "Deployment", "name": "catalog"},
+                  "routes": [{"name": "search", "total": {"requestsPerSecond": 1}}]}}  # fmt: skip
+LIMIT_KEY = ResourceKey("HTTPLocalRateLimitPolicy", "shop", "limit")
+
+
+def test_a_rate_limit_naming_an_unknown_route_serves_with_a_warning_until_it_exists() -> None:
+    ledger = Ledger()
+    submit(ledger, LIMIT)
+    assert set(ledger.commit().served) == {LIMIT_KEY}
+    (warning,) = ledger.problems()
+    assert (warning.severity, warning.path) == ("warning", "spec.routes[0].name")
+    assert "route 'search' is not the name of any VirtualService http route" in warning.message
+    named = {"name": "search", "route": [{"destination": {"host": "catalog"}}]}
+    submit(ledger, {**VS, "spec": {"hosts": ["catalog"], "http": [named]}})
+    committed = ledger.commit()  # the VirtualService arrives: the policy is re-checked
+    assert LIMIT_KEY in committed.evaluated
+    assert ledger.problems() == ()
+    ledger.submit(VS_KEY, None, origin="f.yaml")
+    ledger.commit()
+    assert [p.path for p in ledger.problems()] == ["spec.routes[0].name"]

@@ -105,3 +105,40 @@ def test_a_mesh_wide_request_authentication_applies_in_every_namespace() -> None
         namespace="lightmesh-system")  # fmt: skip
     node = NodeInfo(id="x", workload="orders", namespace="billing")
     assert [r.policy for r in inbound_policy(world, node).jwt_rules] == ["lightmesh-system/all"]
+
+
+ROUTES_VS = {"hosts": ["catalog"], "http": [
+    {"name": "search", "match": [{"uri": {"prefix": "/search"}}],
+     "route": [{"destination": {"host": "catalog"}}]},
+    {"name": "rest", "route": [{"destination": {"host": "catalog"}}]}]}  # fmt: skip
+
+
+def test_route_limits_carry_the_matches_of_the_virtual_services_naming_their_routes() -> None:
+    world = World()
+    vs = put(world, "VirtualService", "catalog", ROUTES_VS)
+    put(world, "VirtualService", "unrelated", {"hosts": ["other"], "http": [
+        {"name": "x", "route": [{"destination": {"host": "other"}}]}]})  # fmt: skip
+    put(world, "HTTPLocalRateLimitPolicy", "limit", {
+        "targetRef": {"kind": "Deployment", "name": "catalog"},
+        "total": {"requestsPerSecond": 10},
+        "routes": [{"name": "search", "total": {"requestsPerSecond": 2, "burst": 4},
+                    "overrides": [{"requestsPerSecond": 1,
+                                   "clientRefs": [{"kind": "ServiceAccount", "name": "bot"}]}]}],
+    })  # fmt: skip
+    key = inbound_key(world, NODE)
+    assert key.route_sources == (vs,) and vs in key.inputs(world)
+    limit = inbound_policy(world, NODE).rate_limit
+    (route,) = limit.routes
+    assert (route.route, route.total.requests_per_second, route.total.burst) == ("search", 2, 4)
+    assert list(route.overrides[0].principals) == ["cluster.local/ns/shop/sa/bot"]
+    (vhost,) = limit.inbound_hosts
+    assert vhost.name == "catalog.shop.svc.cluster.local" and "catalog" in vhost.domains
+    assert [r.name for r in vhost.routes] == ["search", "rest"]
+    assert vhost.routes[0].matches[0].uri.prefix == "/search"
+    assert not vhost.routes[0].clusters  # the caller's sidecar routed: names and matches only
+    # A gateway knows its routes: no VirtualHosts for it.
+    gateway = NodeInfo(id="gw", workload="catalog", namespace="shop",
+                       labels=(("app", "catalog"),), gateway=True)  # fmt: skip
+    assert inbound_key(world, gateway).route_sources == ()
+    gateway_limit = inbound_policy(world, gateway).rate_limit
+    assert len(gateway_limit.routes) == 1 and not gateway_limit.inbound_hosts

@@ -59,3 +59,45 @@ def test_buckets_survive_a_push_of_the_same_numbers_and_reset_on_new_ones() -> N
     assert status(admission, InboundPolicy(rate_limit=again)) == 429
     bigger = RateLimitConfig(name="shop/limit", total=Bucket(rate=1, burst=3))
     assert status(admission, InboundPolicy(rate_limit=bigger)) == 200
+
+
+def test_the_route_limited_is_the_one_route_of_finds_after_authentication() -> None:
+    # route_of sees the head as authentication left it (claim headers added can be routed on).
+    seen: list[str] = []
+
+    def route_of(request: RequestHead) -> str:
+        seen.append(request.path)
+        return "search" if request.path.startswith("/search") else ""
+
+    routes = (("search", RateLimitConfig(name="search", total=Bucket(rate=1, burst=1))),)
+    limit = RateLimitConfig(name="shop/limit", total=Bucket(rate=1, burst=3), routes=routes)
+    policy = InboundPolicy(authenticator=AUTHN, rate_limit=limit, route_of=route_of)
+    admission = Admission(clock=lambda: 0.0)
+
+    def answer(path: str, token: str) -> int:
+        request = head(token)
+        request.path = path
+        reply = admission.check(policy, request, "")
+        return 200 if reply is None else reply.status
+
+    good = ISSUER.token()
+    assert [answer("/search?q=a", good) for _ in range(2)] == [200, 429]
+    assert answer("/search", ISSUER.token(lifetime=-3600)) == 401  # refused before routing
+    assert [answer("/items", good) for _ in range(4)] == [200, 200, 200, 429]
+    assert seen == ["/search?q=a"] * 2 + ["/items"] * 4
+    assert admission.rate_limited == 2 and admission.rate_limited_routes == {"search": 1}
+
+
+def test_authenticate_then_limit_is_check_split_for_a_gateway() -> None:
+    routes = (("checkout", RateLimitConfig(name="checkout", total=Bucket(rate=1, burst=1))),)
+    limit = RateLimitConfig(name="shop/limit", routes=routes)
+    policy = InboundPolicy(authenticator=AUTHN, policies=(REQUIRE_JWT,), rate_limit=limit)
+    admission = Admission(clock=lambda: 0.0)
+    refused = admission.authenticate(policy, head(), "")
+    assert refused is not None and refused.status == 403
+    assert admission.authenticate(policy, head(ISSUER.token()), "") is None
+    assert admission.limit(policy, "", "checkout") is None
+    reply = admission.limit(policy, "", "checkout")
+    assert reply is not None and (reply.status, reply.flags) == (429, "RL")
+    # No workload bucket: other routes are not limited.
+    assert admission.limit(policy, "", "cart") is None

@@ -49,3 +49,23 @@ def test_remembered_identities_are_bounded(monkeypatch: pytest.MonkeyPatch) -> N
     for index in range(20):
         limiter.admit(f"id-{index}", 0.0)
     assert len(limiter._identities) <= 4
+
+
+def test_a_route_with_buckets_of_its_own_uses_them_instead_of_the_workloads() -> None:
+    config = RateLimitConfig(
+        name="p",
+        total=Bucket(rate=1, burst=4),
+        routes=(
+            ("search", RateLimitConfig(name="search", total=Bucket(rate=1, burst=2))),
+            ("admin", RateLimitConfig(name="admin", identity=Bucket(rate=1, burst=1))),
+        ),
+    )
+    limiter = RateLimiter(config, now=0.0)
+    assert sum(limiter.admit("", 0.0, "search") for _ in range(5)) == 2
+    # Its requests took nothing from the workload's bucket; unlimited routes and "" share it.
+    assert sum(limiter.admit("", 0.0, "browse") for _ in range(3)) == 3
+    assert sum(limiter.admit("", 0.0) for _ in range(3)) == 1
+    # A route's identity bucket: one per caller.
+    assert [limiter.admit(p, 0.0, "admin") for p in ("a", "a", "b")] == [True, False, True]
+    assert limiter.limited == 3 + 2 + 1
+    assert sum(limiter.admit("", 1.0, "search") for _ in range(5)) == 1  # refilled at its rate
