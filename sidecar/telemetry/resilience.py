@@ -105,6 +105,17 @@ class ResilienceCollector(Collector):
             refused_inbound.add_metric(["denied"], admission.denied)
             refused_inbound.add_metric(["rate_limited"], admission.rate_limited)
             yield refused_inbound
+            if admission.rate_limited_routes:
+                # Labels: the routes of the policy's spec.routes (at most 64), so bounded.
+                by_route = CounterMetricFamily(
+                    "lightmesh_inbound_route_rate_limited",
+                    "Of the rate_limited inbound refusals, those by a route's own buckets "
+                    "(HTTPLocalRateLimitPolicy spec.routes), by route name.",
+                    labels=["route"],
+                )
+                for route, count in sorted(admission.rate_limited_routes.items()):
+                    by_route.add_metric([route], count)
+                yield by_route
         mirrors = self._mirrors
         if mirrors is not None:
             copies = CounterMetricFamily(

@@ -259,3 +259,56 @@ def test_rate_limit_shares_per_client_identity_over_a_bounded_run(mesh: LocalMes
     rl_lines = [line for line in metrics.splitlines()
                 if line.startswith("lightmesh_requests_total{") and 'response_flags="RL"' in line]  # fmt: skip
     assert sum(float(line.rsplit(" ", 1)[1]) for line in rl_lines) == refused_total
+
+
+def test_rate_limit_per_route_over_a_bounded_run(mesh: LocalMesh) -> None:
+    """catalog's VirtualService names two routes, `search` (/search) and `browse` (the rest); its
+    HTTPLocalRateLimitPolicy gives `search` a bucket of its own (2/s, burst 2) and the workload
+    one (20/s, burst 20) that `browse` falls back to. An interleaved bounded run on both: each
+    route passes at least its burst and at most rate x elapsed + burst, the refusals are 429 RL,
+    and catalog's sidecar counts the route's own in lightmesh_inbound_route_rate_limited_total."""
+    start_pair(mesh)
+    route = [{"destination": {"host": "catalog"}}]
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+          "metadata": {"name": "catalog", "namespace": "shop"},
+          "spec": {"hosts": ["catalog"], "http": [
+              {"name": "search", "match": [{"uri": {"prefix": "/search"}}], "route": route},
+              {"name": "browse", "route": route}]}}  # fmt: skip
+    (mesh.config_dir / "catalog-vs.yaml").write_text(yaml.safe_dump(vs))
+    apply(mesh, "HTTPLocalRateLimitPolicy", "catalog-limit", {
+        "targetRef": {"group": "apps", "kind": "Deployment", "name": "catalog"},
+        "total": {"requestsPerSecond": 20, "burst": 20},
+        "routes": [{"name": "search", "total": {"requestsPerSecond": 2, "burst": 2}}],
+    })  # fmt: skip
+    admin = mesh.workloads["catalog"].admin
+    wait_for(lambda: b'"inboundHosts"' in http_get(f"{admin}/config_dump").body, timeout=20,
+             what="route limits applied")  # fmt: skip
+    assert not [p for p in mesh.problems() if "catalog-limit" in str(p.get("resource", ""))]
+
+    def get(path: str) -> tuple[int, Any]:
+        status, body = call(mesh, path)
+        return status, body.get("flags") if status != 200 else None
+
+    rounds = 30
+    paths = {"search": ("/search?q=lamp", 2, 2), "browse": ("/items", 20, 20)}
+    outcomes: dict[str, list[tuple[int, Any]]] = {name: [] for name in paths}
+    started = time.monotonic()
+    for _ in range(rounds):
+        for name, (path, _, _) in paths.items():
+            outcomes[name].append(get(path))
+    elapsed = time.monotonic() - started
+
+    refused_by: dict[str, int] = {}
+    for name, (_, rate, burst) in paths.items():
+        passed = sum(1 for status, _ in outcomes[name] if status == 200)
+        refused = [(s, f) for s, f in outcomes[name] if s != 200]
+        assert set(refused) <= {(429, "RL")}, (name, set(refused))
+        assert min(rounds, burst) <= passed <= rate * elapsed + burst, (name, passed, elapsed)
+        refused_by[name] = len(refused)
+    assert (
+        catalog_metric(mesh, 'lightmesh_inbound_route_rate_limited_total{route="search"}')
+        == refused_by["search"]
+    )
+    assert catalog_metric(mesh, 'lightmesh_inbound_refused_total{reason="rate_limited"}') == sum(
+        refused_by.values()
+    )
