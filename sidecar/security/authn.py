@@ -11,7 +11,8 @@ Istio's semantics (Envoy's jwt_authn as istiod configures it):
   no key for it (a jwksUri the control plane could not fetch yet), expired or not yet valid
   (60 s of clock skew allowed, Envoy's default), an audience not listed (when audiences are).
 - Once verified: the principal is "<iss>/<sub>"; the token is removed from the request unless
-  `forward_original_token`; `output_payload_to_header` gets the payload (base64url, as in the
+  `forward_original_token` (its header, its query parameter or its cookie, wherever it was found;
+  the rest of the query and the other cookies are kept as sent); `output_payload_to_header` gets the payload (base64url, as in the
   token) and `output_claim_to_headers` a claim each. Those output headers are always taken out of
   what the client sent first, so only a verified token can set them.
 
@@ -30,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 from sidecar.contract import RequestHead
 from sidecar.errors import ConfigError
@@ -200,6 +201,30 @@ def _from_cookie(head: RequestHead, name: str) -> str | None:
     return None
 
 
+def _without_cookie(headers: list[tuple[bytes, bytes]], name: str) -> list[tuple[bytes, bytes]]:
+    """The headers with cookie `name` taken out of every Cookie header (a header left empty is
+    dropped); the other cookies are kept as they were sent."""
+    kept: list[tuple[bytes, bytes]] = []
+    for key, value in headers:
+        if key == b"cookie":
+            pairs = [p for p in value.split(b";") if p.strip().partition(b"=")[0] != name.encode()]
+            if not any(p.strip() for p in pairs):
+                continue
+            value = b";".join(pairs).strip()
+        kept.append((key, value))
+    return kept
+
+
+def _without_param(path: str, name: str) -> str:
+    """`path` without the query parameter `name` (every occurrence; "?" dropped when nothing is
+    left); the other parameters are kept as sent, encoding included."""
+    base, sep, query = path.partition("?")
+    if not sep:
+        return path
+    kept = [p for p in query.split("&") if unquote_plus(p.partition("=")[0]) != name]
+    return base + "?" + "&".join(kept) if kept else base
+
+
 def _from_header(head: RequestHead, location: _Location) -> str | None:
     raw = head.header(location.header)
     if raw is None:
@@ -267,8 +292,13 @@ def _verify(
 def _edit(
     head: RequestHead, location: _Location, rule: JwtRule, token: str, payload: Mapping[str, Any]
 ) -> None:
-    if not rule.forward_original_token and location.header:
-        head.headers = [(k, v) for k, v in head.headers if k != location.header]
+    if not rule.forward_original_token:
+        if location.header:
+            head.headers = [(k, v) for k, v in head.headers if k != location.header]
+        elif location.cookie:
+            head.headers = _without_cookie(head.headers, location.cookie)
+        else:
+            head.path = _without_param(head.path, location.param)
     if rule.output_payload_to_header:
         segment = token.split(".")[1]
         head.headers.append((rule.output_payload_to_header.encode("latin-1"), segment.encode()))

@@ -312,3 +312,37 @@ def test_rate_limit_per_route_over_a_bounded_run(mesh: LocalMesh) -> None:
     assert catalog_metric(mesh, 'lightmesh_inbound_refused_total{reason="rate_limited"}') == sum(
         refused_by.values()
     )
+
+
+def test_a_token_from_a_query_parameter_or_a_cookie_is_removed_before_the_app(
+    mesh: LocalMesh,
+) -> None:
+    """Istio's (Envoy's jwt_authn `forward: false`): once verified, the token is taken out of
+    where it was found, the query parameter or the cookie as for a header, the rest of the query
+    and the other cookies reaching the app as sent; with forwardOriginalToken it stays."""
+    start_pair(mesh)
+    apply(mesh, "RequestAuthentication", "catalog-jwt", {
+        "selector": CATALOG,
+        "jwtRules": [
+            {"issuer": RSA.name, "jwks": RSA.jwks(), "fromParams": ["token"],
+             "fromCookies": ["session"]},
+            {"issuer": EC.name, "jwks": EC.jwks(), "fromParams": ["ec_token"],
+             "forwardOriginalToken": True},
+        ],
+    })  # fmt: skip
+    wait_for(lambda: call(mesh, "/?token=garbage")[0] == 401, timeout=20, what="JWT rules applied")
+
+    token = RSA.token()
+    status, body = call(mesh, f"/search?q=a%20b&token={token}&page=2")
+    assert status == 200, body
+    assert body["path"] == "/search?q=a%20b&page=2"
+
+    status, body = call(mesh, "/items", cookie=f"theme=dark; session={token}; lang=en")
+    assert status == 200, body
+    assert echoed(body)["cookie"] == "theme=dark; lang=en"
+    status, body = call(mesh, "/items", cookie=f"session={token}")
+    assert status == 200 and "cookie" not in echoed(body), body
+
+    forwarded = EC.token()
+    status, body = call(mesh, f"/items?ec_token={forwarded}")
+    assert status == 200 and body["path"] == f"/items?ec_token={forwarded}", body

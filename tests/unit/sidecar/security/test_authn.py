@@ -119,7 +119,16 @@ def test_a_token_in_a_cookie() -> None:
     request = head(cookie=f"theme=dark; session={token}; lang=en")
     result = Authenticator([rule]).authenticate(request)
     assert isinstance(result, RequestAuth) and result.principal == f"{RSA.name}/alice"
-    assert request.header(b"cookie") is not None  # cookies are left as they are
+    # The token's cookie is removed before the app (forwardOriginalToken false); the others stay.
+    assert request.header(b"cookie") == b"theme=dark; lang=en"
+    alone = head(cookie=f"session={token}", x_other="1")
+    assert isinstance(Authenticator([rule]).authenticate(alone), RequestAuth)
+    assert alone.header(b"cookie") is None and alone.header(b"x-other") == b"1"
+    forwarded = JwtRule(issuer=RSA.name, jwks=RSA.jwks(), from_cookies=("session",),
+                        forward_original_token=True)  # fmt: skip
+    kept = head(cookie=f"session={token}; lang=en")
+    assert isinstance(Authenticator([forwarded]).authenticate(kept), RequestAuth)
+    assert kept.header(b"cookie") == f"session={token}; lang=en".encode()
     assert Authenticator([rule]).authenticate(head(cookie="session=garbage")) == Refused(
         "Jwt is not in the form of Header.Payload.Signature"
     )
@@ -128,8 +137,28 @@ def test_a_token_in_a_cookie() -> None:
 
 
 def test_default_locations_include_access_token_param() -> None:
-    result = authenticator().authenticate(head(f"/items?access_token={RSA.token()}"))
+    request = head(f"/items?access_token={RSA.token()}")
+    result = authenticator().authenticate(request)
     assert isinstance(result, RequestAuth) and result.principal == f"{RSA.name}/alice"
+    assert request.path == "/items"  # removed, and the "?" with it
+
+
+def test_a_token_in_a_query_parameter_is_removed_keeping_the_rest_of_the_query() -> None:
+    rule = JwtRule(issuer=EC.name, jwks=EC.jwks(), from_params=("token",))
+    token = EC.token()
+    request = head(f"/search?q=a%20b&token={token}&page=2&tok%65n={token}")
+    assert isinstance(Authenticator([rule]).authenticate(request), RequestAuth)
+    # Every occurrence (an encoded name too); the others as sent, encoding included.
+    assert request.path == "/search?q=a%20b&page=2"
+    forwarded = JwtRule(issuer=EC.name, jwks=EC.jwks(), from_params=("token",),
+                        forward_original_token=True)  # fmt: skip
+    kept = head(f"/search?token={token}")
+    assert isinstance(Authenticator([forwarded]).authenticate(kept), RequestAuth)
+    assert kept.path == f"/search?token={token}"
+    # A refused token leaves the request as it was (it is answered 401 anyway).
+    refused = head("/search?token=garbage&q=1")
+    assert isinstance(Authenticator([rule]).authenticate(refused), Refused)
+    assert refused.path == "/search?token=garbage&q=1"
 
 
 def test_a_jwks_that_does_not_parse_is_a_config_error() -> None:
