@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -683,3 +684,64 @@ spec:
     assert get(Issuer(issuer.name, alg="ES256").token()).status_code == 401  # another key
     metrics = http_get(f"{mesh.gateways['ingressgateway'].admin}/metrics").body.decode()
     assert _sample(metrics, "lightmesh_inbound_refused_total", reason="unauthenticated") == 2
+
+
+def test_rate_limit_per_gateway_route_over_a_bounded_run(mesh: LocalMesh) -> None:
+    """An HTTPLocalRateLimitPolicy selecting the gateway gives its VirtualService route
+    `catalog-api` a bucket of its own (2/s, burst 2); every other route takes the gateway's
+    (20/s, burst 20). An interleaved bounded run on both routes: each passes at least its burst
+    and at most rate x elapsed + burst, refusals are 429 RL, counted per route by the gateway."""
+    port = free_port()
+    named = http_gateway(port).replace(
+        "    - match: [{uri: {prefix: /catalog}}]",
+        "    - name: catalog-api\n      match: [{uri: {prefix: /catalog}}]",
+    )
+    assert "name: catalog-api" in named
+    apply(mesh, "gateway", named + """---
+apiVersion: lightmesh.io/v1alpha1
+kind: HTTPLocalRateLimitPolicy
+metadata: {name: edge-limit, namespace: shop}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  total: {requestsPerSecond: 20, burst: 20}
+  routes:
+    - name: catalog-api
+      total: {requestsPerSecond: 2, burst: 2}
+""")  # fmt: skip
+    start_shop(mesh)
+    start_gateway(mesh)
+    base = f"http://127.0.0.1:{port}"
+    host = {"Host": "shop.example.com"}
+    admin = mesh.gateways["ingressgateway"].admin
+    wait_for(lambda: b'"catalog-api"' in http_get(f"{admin}/config_dump").body
+             and b'"rateLimit"' in http_get(f"{admin}/config_dump").body,
+             timeout=30, what="gateway: routes and rate limit applied")  # fmt: skip
+    assert not [p for p in mesh.problems() if "edge-limit" in str(p.get("resource", ""))]
+
+    rounds = 30
+    paths = {"catalog-api": ("/catalog/items", 2, 2), "rest": ("/", 20, 20)}
+    outcomes: dict[str, list[tuple[int, str | None]]] = {name: [] for name in paths}
+    started = time.monotonic()
+    for _ in range(rounds):
+        for name, (path, _, _) in paths.items():
+            reply = requests.get(f"{base}{path}", headers=host, timeout=5)
+            outcomes[name].append(
+                (reply.status_code, reply.headers.get("x-lightmesh-response-flags"))
+            )
+    elapsed = time.monotonic() - started
+    refused_by: dict[str, int] = {}
+    for name, (_, rate, burst) in paths.items():
+        passed = sum(1 for status, _ in outcomes[name] if status == 200)
+        refused = [o for o in outcomes[name] if o[0] != 200]
+        assert set(refused) <= {(429, "RL")}, (name, set(refused))
+        assert min(rounds, burst) <= passed <= rate * elapsed + burst, (name, passed, elapsed)
+        refused_by[name] = len(refused)
+    metrics = http_get(f"{admin}/metrics").body.decode()
+    assert _sample(metrics, "lightmesh_inbound_refused_total", reason="rate_limited") == sum(
+        refused_by.values()
+    )
+    if refused_by["catalog-api"]:
+        assert (
+            _sample(metrics, "lightmesh_inbound_route_rate_limited_total", route="catalog-api")
+            == refused_by["catalog-api"]
+        )
