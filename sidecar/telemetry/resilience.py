@@ -83,15 +83,13 @@ class ResilienceCollector(Collector):
                 opened.add_metric(labels, count)
             yield opened
         if self._wrong_identity is not None:
-            refused = CounterMetricFamily(
+            yield _by_label(
                 "lightmesh_upstream_secure_naming_refused",
                 "Upstream mutual-TLS connections dropped after the handshake because the server's "
                 "SPIFFE ID is not one the service's endpoints run as (response flag UF).",
-                labels=["destination_service"],
+                "destination_service",
+                self._wrong_identity,
             )
-            for service, count in list(self._wrong_identity.items()):
-                refused.add_metric([service], count)
-            yield refused
         admission = self._admission
         if admission is not None:
             refused_inbound = CounterMetricFamily(
@@ -107,15 +105,13 @@ class ResilienceCollector(Collector):
             yield refused_inbound
             if admission.rate_limited_routes:
                 # Labels: the routes of the policy's spec.routes (at most 64), so bounded.
-                by_route = CounterMetricFamily(
+                yield _by_label(
                     "lightmesh_inbound_route_rate_limited",
                     "Of the rate_limited inbound refusals, those by a route's own buckets "
                     "(HTTPLocalRateLimitPolicy spec.routes), by route name.",
-                    labels=["route"],
+                    "route",
+                    admission.rate_limited_routes,
                 )
-                for route, count in sorted(admission.rate_limited_routes.items()):
-                    by_route.add_metric([route], count)
-                yield by_route
         mirrors = self._mirrors
         if mirrors is not None:
             copies = CounterMetricFamily(
@@ -128,3 +124,12 @@ class ResilienceCollector(Collector):
             copies.add_metric(["dropped"], mirrors.dropped)
             copies.add_metric(["failed"], mirrors.failed)
             yield copies
+
+
+def _by_label(name: str, documentation: str, label: str, counts: Mapping[str, int]) -> Metric:
+    """A counter family with one sample per key of `counts` (copied first: the data plane may
+    add keys while this runs)."""
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, count in sorted(dict(counts).items()):
+        family.add_metric([value], count)
+    return family
