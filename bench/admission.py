@@ -1,7 +1,7 @@
 """`python -m bench admission`: what inbound admission (sidecar/security/admission.py) costs per
 request, in process, one case at a time: no policy, an AuthorizationPolicy, a JWT verified for the
 first time (a new token each request: the signature check) and again (the verified-token cache),
-for RS256 and ES256, and the local rate limit. Microseconds per request, the median of `--runs`.
+for RS256 and ES256, and the local rate limit (whole workload, and per route). Microseconds per request, the median of `--runs`.
 
 Run it under the bench lock (`flock /tmp/lightmesh-bench.lock python -m bench admission`): the
 figures are CPU time of one core.
@@ -15,7 +15,9 @@ import statistics
 import time
 from collections.abc import Callable
 
+from lightmesh.v1 import config_pb2 as pb
 from sidecar.contract import RequestHead
+from sidecar.routing.table import route_namer
 from sidecar.security.admission import Admission
 from sidecar.security.authn import Authenticator, JwtRule
 from sidecar.security.authz import Policy, Rule
@@ -74,7 +76,26 @@ def measure(*, requests: int = 2000, runs: int = 5) -> dict[str, float]:
         case(f"jwt_{alg}_cached", verifying, [issuer.token()])
     limit = RateLimitConfig(name="shop/limit", total=Bucket(rate=1e9, burst=10**9))
     case("rate_limit", lambda: InboundPolicy(rate_limit=limit), [""])
+    # Per route: the request's route found among a VirtualService's five (it takes the last,
+    # the catch-all), then that route's buckets.
+    bucket = Bucket(rate=1e9, burst=10**9)
+    routes = tuple((f"r{i}", RateLimitConfig(name=f"r{i}", total=bucket)) for i in range(4))
+    per_route = RateLimitConfig(name="shop/limit", total=bucket, routes=routes)
+    route_of = route_namer([_vhost()], max_regex=1024)
+    case(
+        "rate_limit_route",
+        lambda: InboundPolicy(rate_limit=per_route, route_of=route_of),
+        [""],
+    )
     return results
+
+
+def _vhost() -> pb.VirtualHost:
+    vhost = pb.VirtualHost(name="catalog.shop.svc.cluster.local", domains=["catalog"])
+    for i in range(4):
+        vhost.routes.add(name=f"r{i}").matches.add().uri.prefix = f"/api/v{i}"
+    vhost.routes.add(name="rest")
+    return vhost
 
 
 def main(argv: list[str]) -> int:
