@@ -55,8 +55,11 @@ def get(port: int, token: str = "") -> bytes:
          "spec: {selector: {matchLabels: {app: a}}, overrides: [{requestsPerSecond: 1, "
          "clientRefs: [{kind: Pod, name: p}]}]}",
          'spec.overrides[0].clientRefs[0].kind: Unsupported value: "Pod"'),
+        ("kind: HTTPLocalRateLimitPolicy\napiVersion: lightmesh.io/v1alpha1\n"
+         "spec: {selector: {matchLabels: {app: a}}, routes: [{total: {requestsPerSecond: 1}}]}",
+         "spec.routes[0].name: Required value"),
     ],
-    ids=["rate-zero", "unknown-field", "no-issuer", "client-kind"],
+    ids=["rate-zero", "unknown-field", "no-issuer", "client-kind", "route-name"],
 )  # fmt: skip
 def test_the_api_server_refuses_structural_errors_naming_the_field(
     kube: KubeCluster, crds: None, istio_crds: None, namespace: str, manifest: str, message: str
