@@ -68,6 +68,8 @@ class Ledger:
         self._routing: dict[str, set[ResourceKey]] = {}  # host -> VirtualServices using subsets
         self._routes_to: dict[ResourceKey, frozenset[str]] = {}
         self._pending: set[ResourceKey] = set()
+        # HTTPLocalRateLimitPolicies naming routes: re-checked when VirtualServices change.
+        self._route_limits: set[ResourceKey] = set()
 
     def submit(self, key: ResourceKey, parsed: Parsed | None, *, origin: str) -> None:
         """The latest document of `key` (None: deleted)."""
@@ -75,6 +77,10 @@ class Ledger:
             self._candidates.pop(key, None)
         else:
             self._candidates[key] = _Candidate(parsed, origin)
+        if parsed is not None and _names_routes(parsed):
+            self._route_limits.add(key)
+        else:
+            self._route_limits.discard(key)
         self._pending.add(key)
 
     def commit(self) -> Committed:
@@ -104,7 +110,7 @@ class Ledger:
         # and every one naming routes when the served VirtualServices changed.
         limits = {k for k in pending if k.kind == _LIMITS}
         if any(k.kind == "VirtualService" for k in served):
-            limits |= {k for k, c in self._candidates.items() if _names_routes(c.parsed)}
+            limits |= self._route_limits
         for key in sorted(limits):
             before = self._served.get(key)
             after = self._evaluate(key, self._unknown_routes(key))
