@@ -9,6 +9,7 @@ from lightmesh.v1 import config_pb2 as pb
 from sidecar.config.apply import DataPlane
 from sidecar.contract import Completed, Forward, LocalReply, RequestHead
 from sidecar.routing.router import OutboundRouter
+from sidecar.routing.table import CompiledRoute
 from tests.support.config import pack
 
 CLUSTER = "outbound||catalog.default.svc.cluster.local"
@@ -189,3 +190,26 @@ def test_each_forward_deposits_into_its_clusters_retry_budget() -> None:
     decisions = [router.resolve(head()) for _ in range(10)]
     assert all(isinstance(d, Forward) and d.retry_budget is budget for d in decisions)
     assert budget.available(clock.now) == floor + 10 * budget.ratio
+
+
+def test_the_route_gate_answers_once_the_route_is_known_before_its_action() -> None:
+    """A gateway's per-route rate limit: asked with the chosen route, before a redirect (or any
+    other action) runs; no route, no question."""
+    redirect = pb.Route(name="old", redirect=pb.Redirect(uri="/new", code=301))
+    redirect.matches.add().uri.prefix = "/old"
+    other = route()
+    other.matches.add().uri.prefix = "/api"
+    _, plane, _ = setup(redirect, other)
+    asked: list[str] = []
+    limited = LocalReply(status=429, body="local_rate_limited", flags="RL")
+
+    def gate(request: RequestHead, chosen: CompiledRoute) -> LocalReply | None:
+        asked.append(chosen.name)
+        return limited if chosen.name == "old" else None
+
+    router = OutboundRouter(plane, route_gate=gate)
+    assert router.resolve(head("/old/page")) is limited
+    assert isinstance(router.resolve(head("/api/items")), Forward)
+    missing = router.resolve(head("/nothing"))
+    assert isinstance(missing, LocalReply) and missing.status == 404
+    assert asked == ["old", "r"]
