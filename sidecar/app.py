@@ -117,6 +117,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         recorder=wrap_recorder(telemetry.outbound, outbound=True, then=outbound_router.finished),
         listener="outbound",
         client_tls=lambda: mesh_tls.client,
+        client_tls_h2=lambda: mesh_tls.client_h2,
         intercept=settings.intercept,
         divert=outbound_router.divert,
         tcp_recorder=record_tcp,
@@ -130,6 +131,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             dataplane=dataplane,
             own_identity=lambda: mesh_tls.identity,
             app_health=app_health,
+            app_protocol=settings.app_protocol,
         )
 
         def app_finished(done: Completed) -> None:

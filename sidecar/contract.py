@@ -98,6 +98,11 @@ class Forward:
     # An inbound forward to the local app: a connect failure before any request byte was written
     # is answered with the never-processed mark (the calling sidecar may send it elsewhere).
     mark_unprocessed: bool = False
+    # Speak HTTP/2 to the endpoint (h2c, or ALPN h2 over mutual TLS): its port is gRPC/HTTP/2, or
+    # it is a sidecar and the caller spoke HTTP/2. Its requests are multiplexed as streams.
+    http2: bool = False
+    # The cluster's cap on concurrent streams per HTTP/2 connection (0: the peer's setting).
+    max_concurrent_streams: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,6 +166,8 @@ class Completed:
     attempts: int = 0
     # Whether the last upstream connection used was mutual TLS (source-side `mtls` label).
     upstream_tls: bool = False
+    # The gRPC status of a gRPC call ("14"), from its trailers or the proxy's own reply; "" else.
+    grpc_status: str = ""
 
 
 Recorder = Callable[[Completed], None]

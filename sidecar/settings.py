@@ -21,6 +21,9 @@ class Settings:
     service_account: str = "default"
     app_host: str = "127.0.0.1"
     app_port: int = 0  # 0: no inbound listener
+    # The app port's protocol (lightmesh/protocols.py): "grpc"/"http2" get HTTP/2 (h2c), "http"
+    # HTTP/1.1; "": the caller's protocol.
+    app_protocol: str = ""
     bind: str = "127.0.0.1"
     advertise: str = ""  # address other sidecars reach this one at; default: bind
     outbound_port: int = 15001

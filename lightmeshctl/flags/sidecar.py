@@ -7,6 +7,7 @@ import argparse
 import os
 from urllib.parse import urlsplit
 
+from lightmesh.protocols import port_protocol
 from sidecar.settings import Settings
 
 
@@ -41,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--service-account", default=_env("SERVICE_ACCOUNT", "default"))
     add("--app-host", default=_env("APP_HOST", "127.0.0.1"))
     add("--app-port", type=int, default=int(_env("APP_PORT", "0")))
+    add(
+        "--app-protocol",
+        default=_env("APP_PROTOCOL", ""),
+        help="the app port's protocol: grpc, http2 or h2c (HTTP/2 cleartext), http (HTTP/1.1); "
+        "default: the caller's (Istio's appProtocol / port-name rules)",
+    )
     add("--bind", default=_env("BIND", "127.0.0.1"))
     add("--advertise", default=_env("ADVERTISE", ""))
     add("--outbound-port", type=int, default=int(_env("OUTBOUND_PORT", "15001")))
@@ -130,6 +137,7 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         labels=parse_labels(args.labels),
         service_account=args.service_account,
         app_host=args.app_host,
+        app_protocol=port_protocol("", args.app_protocol) if args.app_protocol else "",
         app_port=args.app_port,
         bind=args.bind,
         advertise=args.advertise,

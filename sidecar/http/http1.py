@@ -148,7 +148,10 @@ class Data:
 
 @dataclass(frozen=True, slots=True)
 class EndOfMessage:
-    """The current message is complete."""
+    """The current message is complete; `trailers`: its trailer fields (HTTP/2 trailers, which
+    carry gRPC's status; HTTP/1 chunked trailers are not parsed)."""
+
+    trailers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 END = EndOfMessage()

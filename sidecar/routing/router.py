@@ -20,13 +20,16 @@ from collections.abc import Callable, Mapping, Sequence
 from http.cookies import CookieError, SimpleCookie
 from typing import Protocol
 
+from lightmesh.protocols import H2_PROTOCOLS
 from lightmesh.response_flags import ResponseFlag
 from lightmesh.spiffe import principal_of
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.cluster.app_health import AppHealth
 from sidecar.cluster.cluster import Cluster
 from sidecar.contract import Completed, Decision, Forward, LocalReply, RequestHead
+from sidecar.http.grpc import request_timeout
 from sidecar.http.http1 import UNPROCESSED
+from sidecar.http.http2 import HTTP_VERSION as HTTP2
 from sidecar.policies.retry import DEFAULT_RETRY, RetryPolicy, backoff
 from sidecar.routing.destinations import PASSTHROUGH, Destinations
 from sidecar.routing.table import CompiledRoute, Redirect, RouteTable
@@ -84,7 +87,12 @@ class OutboundRouter:
             host, route = dataplane.routes.route(head, domain=address)
             if host is None:
                 # Not a mesh destination: let it through to where the app was going.
-                return Forward(address=address, port=port, cluster=PASSTHROUGH)
+                return Forward(
+                    address=address,
+                    port=port,
+                    cluster=PASSTHROUGH,
+                    http2=head.http_version == HTTP2,  # the caller's protocol, as it was going
+                )
         if host is None:
             return LocalReply(
                 status=404, body=f"no route to host {head.host!r}", flags=ResponseFlag.NR
@@ -132,7 +140,7 @@ class OutboundRouter:
             address=endpoint.address,
             port=endpoint.port,
             cluster=cluster.name,
-            timeout=route.timeout,
+            timeout=_deadline(route.timeout, head),
             connect_timeout=cluster.connect_timeout,
             retry=retry,
             retrier=self,
@@ -145,6 +153,8 @@ class OutboundRouter:
             tls_server_name=cluster.tls_server_name,
             tls_identities=cluster.tls_identities,
             meshed=cluster.meshed,
+            http2=cluster.http2 or (head.http_version == HTTP2 and cluster.h2_peer),
+            max_concurrent_streams=cluster.max_concurrent_streams,
         )
 
     def divert(self, original_dst: tuple[str, int]) -> Forward | LocalReply | None:
@@ -241,6 +251,16 @@ class OutboundRouter:
                 )
 
 
+def _deadline(timeout: float | None, head: RequestHead) -> float | None:
+    """The route timeout, shortened to a gRPC caller's grpc-timeout (its deadline)."""
+    if head.http_version != HTTP2:
+        return timeout
+    caller = request_timeout(head.headers)
+    if caller is None:
+        return timeout
+    return caller if timeout is None else min(timeout, caller)
+
+
 def _redirect(head: RequestHead, redirect: Redirect) -> LocalReply:
     authority = redirect.authority or _host_header(head)
     path = head.path
@@ -320,10 +340,15 @@ class InboundRouter:
         dataplane: DataPlane | None = None,
         own_identity: Callable[[], str] = lambda: "",
         app_health: AppHealth | None = None,
+        app_protocol: str = "",
     ) -> None:
         self._forward = Forward(
             address=app_host, port=app_port, cluster=f"inbound|{app_port}", mark_unprocessed=True
         )
+        # The app's protocol (the Service port's: Istio's rules, lightmesh/protocols.py): HTTP/2
+        # (h2c) for grpc/http2, HTTP/1.1 for http; unknown: the caller's.
+        self._h2_forward = dataclasses.replace(self._forward, http2=True)
+        self._app_protocol = app_protocol
         self._dataplane = dataplane
         self._own_identity = own_identity
         self._app_health = app_health
@@ -348,4 +373,7 @@ class InboundRouter:
         health = self._app_health
         if health is not None and health.down:
             return APP_UNREACHABLE
+        protocol = self._app_protocol
+        if protocol in H2_PROTOCOLS or (not protocol and head.http_version == HTTP2):
+            return self._h2_forward
         return self._forward

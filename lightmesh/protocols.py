@@ -1,0 +1,46 @@
+"""Which protocol a Kubernetes Service port carries, by Istio's rules. Pure.
+
+Istio's explicit protocol selection: the port's `appProtocol` wins (a `kubernetes.io/` prefix
+dropped, so `kubernetes.io/h2c` is HTTP/2 cleartext); else the port's name, `<protocol>[-<suffix>]`
+(`grpc-api`, `http2`, `http-web`). A name or value that names no known protocol leaves the
+protocol to detection (""): the sidecar then uses the caller's.
+"""
+
+from __future__ import annotations
+
+# appProtocol values and name prefixes -> the protocol lightmesh speaks to that port.
+_KNOWN = {
+    "http": "http",
+    "http2": "http2",
+    "h2c": "http2",
+    "grpc": "grpc",
+    "grpc-web": "http",  # gRPC-Web is HTTP/1.1 (browsers)
+    "https": "tcp",  # TLS the app terminates: bytes for us
+    "tcp": "tcp",
+    "tls": "tcp",
+    "mongo": "tcp",
+    "mysql": "tcp",
+    "redis": "tcp",
+    "postgres": "tcp",
+}
+
+# The protocols whose upstream connections are HTTP/2.
+H2_PROTOCOLS = frozenset({"http2", "grpc"})
+
+
+def port_protocol(name: str, app_protocol: str = "") -> str:
+    """ "http", "http2", "grpc", "tcp", or "" (not declared: detect / the caller's protocol)."""
+    if app_protocol:
+        return _KNOWN.get(app_protocol.lower().removeprefix("kubernetes.io/"), "")
+    lowered = name.lower()
+    if lowered in _KNOWN:
+        return _KNOWN[lowered]
+    prefix = lowered.partition("-")[0]
+    if prefix == "grpc" and lowered.startswith("grpc-web"):
+        return "http"
+    return _KNOWN.get(prefix, "")
+
+
+def speaks_h2(protocol: str) -> bool:
+    """Whether a port of `protocol` takes HTTP/2 (h2c, or h2 over the mesh's TLS)."""
+    return protocol in H2_PROTOCOLS
