@@ -128,7 +128,13 @@ class Echo:
 async def start(name: str, port: int = 0, *, flaky: bool = False) -> tuple[aio.Server, int, Echo]:
     """Serve on 127.0.0.1 (h2c); the server, its port and its handlers."""
     echo = Echo(name, flaky=flaky)
-    server = aio.server(options=[("grpc.so_reuseport", 0)])
+    server = aio.server(
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ]
+    )
     server.add_generic_rpc_handlers((echo.handler(),))
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()

@@ -1,0 +1,322 @@
+"""gRPC through two sidecars: a real grpcio client and servers, mutual TLS between the sidecars.
+
+The client's channel (h2c, prior knowledge) goes to an outbound listener whose router balances
+each call over three inbound listeners (mutual TLS, ALPN h2, STRICT), each in front of its own
+real grpcio server (h2c, the caller's protocol). Certificates come from a real CA. Everything
+runs on loopback in the test's event loop; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from aiohttp import web
+from grpc import aio
+
+from controlplane.ca import new_root
+from lightmesh import types
+from lightmesh.v1 import config_pb2 as pb
+from sidecar.config.apply import DataPlane
+from sidecar.contract import Completed
+from sidecar.identity.tls import MeshTLS
+from sidecar.listeners.engine import ProxyListener, start_proxy
+from sidecar.routing.router import InboundRouter, OutboundRouter
+from tests.component.test_tls_contexts import issue
+from tests.support.config import pack
+from tests.support.grpc_echo import Echo, method, start
+from tests.support.servers import serving
+
+SNI = "catalog.shop.svc.cluster.local"
+CLUSTER = "outbound||catalog.shop.svc.cluster.local"
+BOUND = 20.0  # seconds: a hang fails the test instead of blocking it
+BIG = 8 * 1024 * 1024
+OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.default_authority", "catalog"),
+]
+
+
+@dataclass
+class Rig:
+    channel: aio.Channel
+    outbound: ProxyListener
+    inbounds: list[ProxyListener]
+    echoes: list[Echo]
+    plane: DataPlane
+    client_records: list[Completed]
+    server_records: list[Completed]
+
+    def configure(self, *, retry_on: str = "", flaky_first: bool = False) -> None:
+        del flaky_first
+        self.plane.apply(
+            types.CLUSTER,
+            pack(
+                pb.Cluster(
+                    name=CLUSTER,
+                    service=SNI,
+                    lb_policy=pb.ROUND_ROBIN,
+                    tls=pb.MESH_MUTUAL,
+                    meshed=True,
+                )
+            ),
+        )
+        endpoints = [pb.Endpoint(address="127.0.0.1", port=i.port) for i in self.inbounds]
+        self.plane.apply(
+            types.ENDPOINTS,
+            pack(pb.ClusterLoadAssignment(cluster_name=CLUSTER, endpoints=endpoints)),
+        )
+        route = pb.Route(name="r", clusters=[pb.WeightedCluster(cluster=CLUSTER, weight=100)])
+        if retry_on:
+            route.retries.CopyFrom(pb.RetryPolicy(attempts=2, retry_on=retry_on.split(",")))
+        host = pb.VirtualHost(name="catalog", domains=["catalog"], routes=[route])
+        self.plane.apply(types.ROUTES, pack(host))
+
+
+@pytest.fixture
+async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
+    flaky = getattr(request, "param", ())
+    material = new_root("cluster.local", now=datetime.datetime.now(datetime.UTC))
+    client_tls, server_tls = MeshTLS(), MeshTLS()
+    client_tls.rotated(issue(material, tmp_path / "frontend", "frontend"))
+    server_tls.rotated(issue(material, tmp_path / "catalog", "catalog"))
+    async with AsyncExitStack() as stack:
+        echoes: list[Echo] = []
+        inbounds: list[ProxyListener] = []
+        server_records: list[Completed] = []
+        for n in range(3):
+            server, port, echo = await start(f"s{n}", flaky=n in flaky)
+            stack.push_async_callback(server.stop, 0)
+            echoes.append(echo)
+            router = InboundRouter(
+                app_host="127.0.0.1",
+                app_port=port,
+                own_identity=lambda: server_tls.identity,
+            )
+            inbound = await start_proxy(
+                "127.0.0.1",
+                0,
+                resolver=router.resolve,
+                recorder=server_records.append,
+                listener="inbound",
+                inbound_tls=server_tls,
+                mtls_mode=lambda: "STRICT",
+                hide_mesh_headers=True,
+            )
+            stack.push_async_callback(inbound.close, 1.0)
+            inbounds.append(inbound)
+        plane = DataPlane()
+        outbound_router = OutboundRouter(plane)
+        client_records: list[Completed] = []
+
+        def record(done: Completed) -> None:
+            outbound_router.finished(done)
+            client_records.append(done)
+
+        outbound = await start_proxy(
+            "127.0.0.1",
+            0,
+            resolver=outbound_router.resolve,
+            recorder=record,
+            listener="outbound",
+            client_tls=lambda: client_tls.client,
+            client_tls_h2=lambda: client_tls.client_h2,
+        )
+        stack.push_async_callback(outbound.close, 1.0)
+        channel = aio.insecure_channel(f"127.0.0.1:{outbound.port}", options=OPTIONS)
+        stack.push_async_callback(channel.close)
+        rig = Rig(channel, outbound, inbounds, echoes, plane, client_records, server_records)
+        rig.configure()
+        yield rig
+
+
+async def bounded(awaitable: Any) -> Any:
+    return await asyncio.wait_for(awaitable, BOUND)
+
+
+async def test_unary_with_metadata_and_trailers_over_mutual_tls(rig: Rig) -> None:
+    call = method(rig.channel, "Unary")(b"hello", metadata=(("x-echo", "ping"),))  # type: ignore[operator]
+    assert await bounded(call) == b"hello"
+    assert ("x-echo", "ping") in list(await call.initial_metadata())
+    trailers = dict(await call.trailing_metadata())
+    assert trailers["x-trailer"] in {"s0", "s1", "s2"}
+    assert await call.code() == grpc.StatusCode.OK
+    client = rig.client_records[-1]
+    assert client.upstream_tls and client.grpc_status == "0" and client.status == 200
+    assert client.head is not None and client.head.http_version == "2"
+    server = rig.server_records[-1]
+    assert server.head is not None
+    assert server.head.peer_identity.endswith("/sa/frontend")  # the mTLS peer, verified
+    assert server.grpc_status == "0"
+
+
+async def test_large_messages_both_ways(rig: Rig) -> None:
+    reply = await bounded(method(rig.channel, "Unary")(b"big:%d" % BIG))  # type: ignore[operator]
+    assert len(reply) == BIG
+    payload = bytes(range(256)) * (BIG // 256)
+    assert await bounded(method(rig.channel, "Unary")(payload)) == payload  # type: ignore[operator]
+
+
+async def test_server_client_and_bidi_streaming(rig: Rig) -> None:
+    received = 0
+    stream = method(rig.channel, "ServerStream", "unary_stream")(b"40:262144")  # type: ignore[operator]
+
+    async def drain() -> None:
+        nonlocal received
+        async for message in stream:
+            received += len(message)
+
+    await bounded(drain())
+    assert received == 40 * 262144
+
+    async def upload() -> AsyncIterator[bytes]:
+        for _ in range(40):
+            yield b"u" * 262144
+
+    total = await bounded(method(rig.channel, "ClientStream", "stream_unary")(upload()))  # type: ignore[operator]
+    assert total == str(40 * 262144).encode()
+
+    bidi = method(rig.channel, "Bidi", "stream_stream")()  # type: ignore[operator]
+    for n in range(50):
+        await bounded(bidi.write(b"m%d" % n))
+        assert await bounded(bidi.read()) == b"m%d" % n  # one at a time: nothing is held back
+    await bounded(bidi.done_writing())
+    assert await bounded(bidi.code()) == grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+    ],
+)
+async def test_status_codes_pass_through(rig: Rig, code: grpc.StatusCode) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        await bounded(method(rig.channel, "Unary")(b"status:%d" % code.value[0]))  # type: ignore[operator]
+    error: aio.AioRpcError = caught.value  # type: ignore[assignment]
+    assert error.code() == code
+    assert error.details() == f"asked for {code.name}"
+    assert rig.client_records[-1].grpc_status == str(code.value[0])
+
+
+async def test_deadline_is_enforced_and_forwarded(rig: Rig) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        await bounded(method(rig.channel, "Unary")(b"sleep:30", timeout=0.5))  # type: ignore[operator]
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+    # The server was told the deadline (grpc-timeout, shortened by each hop) or the reset.
+    await bounded(_until(lambda: sum(e.cancelled for e in rig.echoes) == 1))
+
+
+async def test_cancellation_resets_the_stream_to_the_server(rig: Rig) -> None:
+    call = method(rig.channel, "Unary")(b"sleep:30")  # type: ignore[operator]
+    await bounded(_until(lambda: sum(e.calls.get("Unary", 0) for e in rig.echoes) == 1))
+    call.cancel()
+    await bounded(_until(lambda: sum(e.cancelled for e in rig.echoes) == 1))
+    assert await bounded(call.code()) == grpc.StatusCode.CANCELLED
+    await bounded(_until(lambda: bool(rig.client_records)))
+    assert rig.client_records[-1].flags == "DC"
+
+
+async def test_one_channel_is_balanced_per_request(rig: Rig) -> None:
+    who = method(rig.channel, "Who")
+    names = [await bounded(who(b"")) for _ in range(300)]  # type: ignore[operator]
+    shares = {name: names.count(name) for name in set(names)}
+    # Round robin over the three endpoints, one HTTP/2 connection from the client.
+    assert shares == {b"s0": 100, b"s1": 100, b"s2": 100}
+    assert rig.outbound.connections_opened == {CLUSTER: 3}
+
+
+@pytest.mark.parametrize("rig", [(0,)], indirect=True)
+async def test_unavailable_is_retried_on_another_endpoint(rig: Rig) -> None:
+    rig.configure(retry_on="unavailable")
+    flaky = method(rig.channel, "Flaky")
+    names = [await bounded(flaky(b"")) for _ in range(30)]  # type: ignore[operator]
+    assert set(names) <= {b"s1", b"s2"}  # never s0's UNAVAILABLE
+    assert rig.echoes[0].calls["Flaky"] >= 5  # s0 was asked, and the call moved on
+    assert any(r.attempts == 2 for r in rig.client_records)
+
+
+@pytest.mark.parametrize("rig", [(0,)], indirect=True)
+async def test_without_retry_on_the_status_reaches_the_caller(rig: Rig) -> None:
+    flaky = method(rig.channel, "Flaky")
+    codes = set()
+    for _ in range(6):
+        try:
+            await bounded(flaky(b""))  # type: ignore[operator]
+            codes.add(grpc.StatusCode.OK)
+        except grpc.RpcError as error:
+            codes.add(error.code())  # type: ignore[attr-defined]
+    assert codes == {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
+
+
+async def test_proxy_errors_are_grpc_statuses(rig: Rig) -> None:
+    lost = aio.insecure_channel(
+        f"127.0.0.1:{rig.outbound.port}", options=[("grpc.default_authority", "nowhere")]
+    )
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            await bounded(method(lost, "Unary")(b"x"))  # type: ignore[operator]
+    finally:
+        await lost.close()
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+    assert "no route to host" in caught.value.details()  # type: ignore[attr-defined]
+    record = rig.client_records[-1]
+    assert record.flags == "NR" and record.grpc_status == "12"
+    # No healthy upstream: every endpoint gone.
+    rig.plane.apply(
+        types.ENDPOINTS, pack(pb.ClusterLoadAssignment(cluster_name=CLUSTER, endpoints=[]))
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        await bounded(method(rig.channel, "Unary")(b"x"))  # type: ignore[operator]
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+
+
+async def _until(check: object) -> None:
+    while not check():  # type: ignore[operator]
+        await asyncio.sleep(0.01)
+
+
+async def _hello(request: web.Request) -> web.Response:
+    return web.Response(text=f"hello {request.version.major}.{request.version.minor}")
+
+
+async def test_curl_http2_prior_knowledge_and_http11_on_one_port() -> None:
+    async with serving(_app()) as app_port:
+        router = InboundRouter(app_host="127.0.0.1", app_port=app_port, app_protocol="http")
+        listener = await start_proxy(
+            "127.0.0.1", 0, resolver=router.resolve, recorder=lambda _: None, listener="inbound"
+        )
+        try:
+            url = f"http://127.0.0.1:{listener.port}/"
+            for flag, version in (("--http2-prior-knowledge", "2"), ("--http1.1", "1.1")):
+                result = await asyncio.to_thread(
+                    subprocess.run,
+                    ["curl", "-sS", "-m", "10", flag, "-w", " %{http_version}", url],
+                    capture_output=True,
+                    text=True,
+                    timeout=BOUND,
+                    check=True,
+                )
+                # The app is HTTP/1.1 whatever the client spoke.
+                assert result.stdout == f"hello 1.1 {version}"
+        finally:
+            await listener.close(1.0)
+
+
+def _app() -> web.Application:
+    app = web.Application()
+    app.router.add_get("/", _hello)
+    return app
