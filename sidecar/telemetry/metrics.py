@@ -52,6 +52,8 @@ LABELS = (
     "response_flags",
     "mtls",
     "source_principal",
+    # The gRPC status of a gRPC call ("0", "14"), "" for other requests (Istio's label).
+    "grpc_response_status",
 )
 
 ISTIO_LABELS = (
@@ -176,11 +178,14 @@ class RequestMetrics:
 
     def record(self, done: Completed) -> None:
         """Add one completed request."""
+        flags = done.flags
+        if done.grpc_status:
+            flags = f"{flags}{_VERIFIED}{done.grpc_status}"  # a gRPC call: its status rides along
         if self._reporter == "source":
             # The upstream connection's mutual TLS rides in the key as a suffix: a bool copied
             # from the connection, no lookup.
             first = f"{done.cluster}{_VERIFIED}" if done.upstream_tls else done.cluster
-            key = (first, done.status, done.flags)
+            key = (first, done.status, flags)
         else:
             head = done.head
             first = ""
@@ -189,7 +194,7 @@ class RequestMetrics:
                 # certificate decides its namespace (see labels): over plaintext anyone could
                 # have written it, so a plaintext caller is `unknown`.
                 first = f"{head.mesh_peer.decode('latin-1')}{_VERIFIED}{head.peer_identity}"
-            key = (first, done.status, done.flags)
+            key = (first, done.status, flags)
         series = self._series.get(key)
         if series is None:
             if len(self._series) >= self._max_series:
@@ -215,6 +220,7 @@ class RequestMetrics:
     def labels(self, key: tuple[str, int, str]) -> tuple[str, ...]:
         """The full lightmesh label values (in LABELS order) of one aggregate key."""
         first, status, flags = key
+        flags, _, grpc_status = flags.partition(_VERIFIED)
         code = str(status) if status else OVERFLOW
         if self._reporter == "source":
             first, tls, _ = first.partition(_VERIFIED)
@@ -238,6 +244,7 @@ class RequestMetrics:
                 flags or "-",
                 "true" if tls else "false",
                 UNKNOWN,
+                grpc_status,
             )
         first, _, identity = first.partition(_VERIFIED)
         workload, namespace, app, version = (
@@ -268,6 +275,7 @@ class RequestMetrics:
             flags or "-",
             mtls,
             principal,
+            grpc_status,
         )
 
     def samples(self) -> Iterator[tuple[list[str], _Series]]:
@@ -381,9 +389,9 @@ def istio_labels(values: list[str]) -> list[str]:
         v["destination_app"],
         v["destination_version"],
         "Kubernetes",
-        "http",
+        "grpc" if v["grpc_response_status"] else "http",
         code,
-        "",
+        v["grpc_response_status"],
         v["response_flags"],
         "mutual_tls"
         if v["mtls"] == "true"
