@@ -266,7 +266,10 @@ _POLICY_FIELDS: dict[str, Schema] = {
             "http": _obj(
                 {
                     "http1MaxPendingRequests": _int(minimum=0),
+                    "http2MaxRequests": _int(minimum=1),
                     "maxRequestsPerConnection": _int(minimum=0),
+                    "maxConcurrentStreams": _int(minimum=1),
+                    "h2UpgradePolicy": _str(enum=("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE")),
                     "idleTimeout": _DURATION,
                 }
             ),

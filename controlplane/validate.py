@@ -184,6 +184,12 @@ RETRY_ON = frozenset(
         "refused-stream",
         "retriable-4xx",
         "retriable-status-codes",
+        # gRPC statuses (Envoy's x-envoy-retry-grpc-on names), read from trailers-only replies.
+        "cancelled",
+        "deadline-exceeded",
+        "internal",
+        "resource-exhausted",
+        "unavailable",
     }
 )
 
@@ -593,6 +599,9 @@ def _traffic_policy(raw: Mapping[str, Any] | None, path: str, warnings: list[str
         max_pending_requests=http.get("http1MaxPendingRequests"),
         max_requests_per_connection=http.get("maxRequestsPerConnection"),
         idle_timeout=idle if idle is not None else _optional_duration(tcp, "idleTimeout"),
+        http2_max_requests=http.get("http2MaxRequests"),
+        max_concurrent_streams=http.get("maxConcurrentStreams"),
+        h2_upgrade_policy=http.get("h2UpgradePolicy"),
         outlier=outlier,
         tls_mode=_tls_mode(raw.get("tls", {}), f"{path}.tls", warnings),
         port_level=_port_level(
