@@ -11,6 +11,8 @@ a `ResponseStart`. Connection-specific fields (RFC 9113 8.2.2) never cross into 
 
 from __future__ import annotations
 
+import h2.connection
+
 from sidecar.contract import RequestHead
 from sidecar.http.http1 import (
     CHUNKED,
@@ -161,6 +163,23 @@ def response_headers(status: int, headers: Headers, *, hide_mesh: bool, prefix: 
             continue
         block.append(item)
     return block
+
+
+def reopen_after_goaway(conn: h2.connection.H2Connection) -> None:
+    """Undo h2's end of the connection at a graceful GOAWAY (NO_ERROR), sent or received.
+
+    h2 closes its connection state machine at any GOAWAY, after which it refuses to send or
+    receive a frame of any stream; HTTP/2 lets the streams up to the GOAWAY's last stream id
+    finish (RFC 9113 6.8), which is what a drain needs. The listeners and the pool refuse new
+    streams themselves once a GOAWAY went either way.
+    """
+    machine = conn.state_machine
+    if machine.state is h2.connection.ConnectionState.CLOSED:
+        machine.state = (
+            h2.connection.ConnectionState.CLIENT_OPEN
+            if conn.config.client_side
+            else h2.connection.ConnectionState.SERVER_OPEN
+        )
 
 
 def trailer_fields(headers: Headers) -> Headers:

@@ -31,7 +31,7 @@ import h2.settings
 
 from sidecar.errors import ProxyError, rescue
 from sidecar.http.http1 import Headers, ParseError
-from sidecar.http.http2 import request_start
+from sidecar.http.http2 import reopen_after_goaway, request_start
 from sidecar.listeners.exchange import Exchange
 from sidecar.listeners.splice import Splice
 from sidecar.listeners.state import ListenerState, Phase
@@ -231,6 +231,7 @@ class H2Downstream(asyncio.Protocol):
             self.h2.close_connection()
         except h2.exceptions.ProtocolError:
             return
+        reopen_after_goaway(self.h2)  # the streams in flight finish
         self.flush()
 
     # --- events ---
@@ -270,6 +271,8 @@ class H2Downstream(asyncio.Protocol):
                 self.send_pending(stream)
         elif kind is h2.events.ConnectionTerminated:
             self.goaway_sent = True  # the client is done: nothing new will come
+            if event.error_code == h2.errors.ErrorCodes.NO_ERROR:  # type: ignore[attr-defined]
+                reopen_after_goaway(self.h2)
             if not self.streams:
                 self.close(abort=False)
 

@@ -34,7 +34,7 @@ import h2.settings
 
 from sidecar.errors import UpstreamConnectFailure
 from sidecar.http.http1 import END, Data, EndOfMessage, Headers, ParseError, ResponseEvent
-from sidecar.http.http2 import ALPN_H2, response_start
+from sidecar.http.http2 import ALPN_H2, reopen_after_goaway, response_start
 from sidecar.upstream.pool import Dialled, PoolKey, dial
 
 logger = logging.getLogger(__name__)
@@ -304,6 +304,8 @@ class H2UpstreamConnection(Dialled):
                 self.send_pending(stream)
         elif kind is h2.events.ConnectionTerminated:
             self.goaway = True
+            if event.error_code == h2.errors.ErrorCodes.NO_ERROR:  # type: ignore[attr-defined]
+                reopen_after_goaway(self.h2)  # a drain: the streams it covers finish
             last = event.last_stream_id  # type: ignore[attr-defined]
             for stream_id, stream in list(self.streams.items()):
                 if last is not None and stream_id > last:
@@ -415,6 +417,7 @@ class H2UpstreamConnection(Dialled):
         self.goaway = True
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.close_connection()
+            reopen_after_goaway(self.h2)
         self.flush()
         if not self.streams and self.transport is not None:
             self.transport.close()

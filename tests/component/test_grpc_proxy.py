@@ -323,3 +323,70 @@ def _app() -> web.Application:
     app = web.Application()
     app.router.add_get("/", _hello)
     return app
+
+
+def _limit(rig: Rig, **fields: int) -> None:
+    """Re-apply the cluster with connection-pool limits."""
+    rig.plane.apply(
+        types.CLUSTER,
+        pack(
+            pb.Cluster(
+                name=CLUSTER,
+                service=SNI,
+                lb_policy=pb.ROUND_ROBIN,
+                tls=pb.MESH_MUTUAL,
+                meshed=True,
+                **fields,  # type: ignore[arg-type]
+            )
+        ),
+    )
+
+
+async def test_max_concurrent_streams_opens_more_connections(rig: Rig) -> None:
+    _limit(rig, max_concurrent_streams=2)
+    unary = method(rig.channel, "Unary")
+    calls = [unary(b"sleep:0.5") for _ in range(9)]  # type: ignore[operator]
+    assert await bounded(asyncio.gather(*calls)) == [b"sleep:0.5"] * 9
+    # Three calls at once per endpoint, two streams per connection: two connections each.
+    assert rig.outbound.connections_opened == {CLUSTER: 6}
+
+
+async def test_http2_max_requests_answers_overflow_as_resource_exhausted(rig: Rig) -> None:
+    _limit(rig, http2_max_requests=3)
+    unary = method(rig.channel, "Unary")
+    calls = [unary(b"sleep:0.5") for _ in range(5)]  # type: ignore[operator]
+    results = await bounded(asyncio.gather(*calls, return_exceptions=True))
+    codes = sorted(
+        r.code().name if isinstance(r, grpc.RpcError) else "OK"  # type: ignore[attr-defined]
+        for r in results
+    )
+    assert codes == ["OK", "OK", "OK", "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED"]
+    assert sorted(r.flags for r in rig.client_records) == ["", "", "", "UO", "UO"]
+
+
+async def test_a_draining_listener_sends_goaway_and_finishes_streams_in_flight(rig: Rig) -> None:
+    unary = method(rig.channel, "Unary")
+    assert await bounded(unary(b"warm")) == b"warm"  # type: ignore[operator]
+    slow = asyncio.ensure_future(unary(b"sleep:0.5"))  # type: ignore[operator]
+    await bounded(_until(lambda: sum(e.calls.get("Unary", 0) for e in rig.echoes) == 2))
+    await bounded(rig.outbound.close(5.0))  # returns once the stream in flight is done
+    assert await bounded(slow) == b"sleep:0.5"
+    assert rig.outbound.active == 0
+
+
+async def test_an_upstream_going_away_moves_new_calls_to_a_new_connection(rig: Rig) -> None:
+    who = method(rig.channel, "Who")
+    assert {await bounded(who(b"")) for _ in range(3)} == {b"s0", b"s1", b"s2"}  # type: ignore[operator]
+    # s0's sidecar drains: GOAWAY on the connection the outbound holds to it, then it is gone.
+    await bounded(rig.inbounds[0].close(1.0))
+    rig.plane.apply(
+        types.ENDPOINTS,
+        pack(
+            pb.ClusterLoadAssignment(
+                cluster_name=CLUSTER,
+                endpoints=[pb.Endpoint(address="127.0.0.1", port=i.port) for i in rig.inbounds[1:]],
+            )
+        ),
+    )
+    names = [await bounded(who(b"")) for _ in range(10)]  # type: ignore[operator]
+    assert set(names) == {b"s1", b"s2"}
