@@ -23,6 +23,7 @@ STAMP   = $(VENV)/.installed
 .PHONY: netns
 .PHONY: netns-tools
 .PHONY: prometheus-bin
+.PHONY: h2spec-bin
 .PHONY: proto
 .PHONY: crds
 .PHONY: check-demo
@@ -59,7 +60,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-component: $(STAMP)
+component: $(STAMP) h2spec-bin
 	$(BIN)/pytest -q tests/component
 
 integration: $(STAMP) prometheus-bin
@@ -74,6 +75,11 @@ k8s-bins:
 # `prometheus`; skipped when both are on PATH).
 prometheus-bin:
 	scripts/install-prometheus.sh
+
+# h2spec, the HTTP/2 conformance tester of tests/component/test_h2spec.py, built from its Go module
+# into ~/.cache/lightmesh/bin (about a minute cold).
+h2spec-bin:
+	scripts/install-h2spec.sh
 
 kube: $(STAMP) k8s-bins
 	$(BIN)/pytest -q tests/kube
@@ -101,7 +107,7 @@ netns-tools:
 netns: $(STAMP) netns-tools
 	$(BIN)/pytest -q tests/netns
 
-test: lint typecheck $(STAMP) k8s-bins cluster-bins netns-tools node-tools cluster-images prometheus-bin
+test: lint typecheck $(STAMP) k8s-bins cluster-bins netns-tools node-tools cluster-images prometheus-bin h2spec-bin
 	$(BIN)/pytest -q tests
 
 bench-tools: $(STAMP)
