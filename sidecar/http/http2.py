@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import h2.connection
 
-from sidecar.contract import RequestHead
+from sidecar.contract import MESH_HEADER_PREFIX, RequestHead
 from sidecar.http.http1 import (
     CHUNKED,
     HOP_BY_HOP,
@@ -183,5 +183,12 @@ def reopen_after_goaway(conn: h2.connection.H2Connection) -> None:
 
 
 def trailer_fields(headers: Headers) -> Headers:
-    """Trailers as forwarded: no pseudo-header, no connection-specific field."""
-    return [item for item in headers if item[0][:1] != b":" and item[0] not in _CONNECTION_SPECIFIC]
+    """Trailers as forwarded: no pseudo-header, no connection-specific field, none of the
+    mesh's (which only ever travel in heads, so one in trailers is a forgery)."""
+    return [
+        item
+        for item in headers
+        if item[0][:1] != b":"
+        and item[0] not in _CONNECTION_SPECIFIC
+        and not item[0].startswith(MESH_HEADER_PREFIX)
+    ]

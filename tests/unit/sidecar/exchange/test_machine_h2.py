@@ -208,3 +208,42 @@ def test_a_plain_http2_caller_gets_a_text_reply() -> None:
         << EndDown([])
         << Like(Finish)
     )  # fmt: skip
+
+
+CHUNKED_WITH_TRAILERS = (
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n"
+    b"2\r\nok\r\n0\r\nx-sum: 7\r\nx-lightmesh-peer: forged\r\n\r\n"
+)
+
+
+def test_http1_chunked_trailers_reach_an_http2_client() -> None:
+    m = h2_machine(mesh(), [*GRPC_CALL[:4]], ended=True)
+    assert (
+        Playbook(m)
+        >> begin()
+        << Like(Connect)
+        >> connected(1)
+        << Like(WriteUp)
+        >> upstream(CHUNKED_WITH_TRAILERS)
+        << HeadDown([(b":status", b"200")], False)
+        << WriteDown(b"ok")
+        << EndDown([(b"x-sum", b"7")])  # the mesh's names never pass in trailers
+        << CloseUp(reuse=True, idle_timeout=None)
+        << Like(Finish)
+    )  # fmt: skip
+
+
+def test_http1_chunked_trailers_are_relayed_to_an_http1_client() -> None:
+    m = machine(mesh())
+    assert (
+        Playbook(m)
+        >> begin()
+        << Like(Connect)
+        >> connected(1)
+        << Like(WriteUp)
+        >> upstream(CHUNKED_WITH_TRAILERS)
+        << WriteDown(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                     b"2\r\nok\r\n0\r\nx-sum: 7\r\n\r\n")
+        << CloseUp(reuse=True, idle_timeout=None)
+        << Like(Finish)
+    )  # fmt: skip
