@@ -194,6 +194,7 @@ class Exchange:
             stream = self.state.h2pool.take_stream(
                 (target.address, target.port, target.tls_server_name),
                 target.max_concurrent_streams,
+                target.max_requests_per_connection,
             )
             if stream is not None:
                 self.bind(action.attempt, stream)
@@ -254,6 +255,7 @@ class Exchange:
                 tls_server_name=target.tls_server_name,
                 identities=target.tls_identities,
                 cap=target.max_concurrent_streams,
+                max_requests=target.max_requests_per_connection,
             )
         except UpstreamConnectFailure as exc:
             if self.machine.expects(action.attempt):

@@ -318,9 +318,18 @@ class H2UpstreamConnection(Dialled):
 
     # --- streams ---
 
-    def has_room(self, cap: int) -> bool:
-        """Whether a new stream may open now (under the peer's and the cluster's limits)."""
+    def has_room(self, cap: int, max_requests: int = 0) -> bool:
+        """Whether a new stream may open now (under the peer's and the cluster's limits).
+
+        A connection that carried `max_requests` streams (maxRequestsPerConnection) takes no
+        more and closes once its last one ends: connections are recycled, so endpoints added
+        since it opened get their share of new connections too."""
         if self.goaway or self.closed:
+            return False
+        if max_requests and self.streams_opened >= max_requests:
+            self.goaway = True  # retired: closes when its streams are done
+            if not self.streams and self.transport is not None:
+                self.transport.close()
             return False
         limit = self.max_streams if not cap else min(cap, self.max_streams)
         return len(self.streams) < limit
@@ -441,10 +450,12 @@ class H2Pool:
         self._conns: dict[PoolKey, list[H2UpstreamConnection]] = {}
         self._opening: dict[PoolKey, asyncio.Future[H2UpstreamConnection]] = {}
 
-    def take_stream(self, key: PoolKey, cap: int = 0) -> H2UpstreamStream | None:
+    def take_stream(
+        self, key: PoolKey, cap: int = 0, max_requests: int = 0
+    ) -> H2UpstreamStream | None:
         """A stream on an open connection to `key` with room, or None."""
-        for conn in self._conns.get(key, ()):
-            if conn.has_room(cap):
+        for conn in list(self._conns.get(key, ())):
+            if conn.has_room(cap, max_requests):
                 return conn.new_stream()
         return None
 
@@ -457,6 +468,7 @@ class H2Pool:
         tls_server_name: str = "",
         identities: frozenset[str] = frozenset(),
         cap: int = 0,
+        max_requests: int = 0,
     ) -> H2UpstreamStream:
         """A stream to the endpoint: on a connection being opened, or on a new one."""
         key = (address, port, tls_server_name)
@@ -466,9 +478,9 @@ class H2Pool:
                 conn = await asyncio.shield(opening)
             except UpstreamConnectFailure:
                 raise
-            if conn.has_room(cap):
+            if conn.has_room(cap, max_requests):
                 return conn.new_stream()
-        stream = self.take_stream(key, cap)
+        stream = self.take_stream(key, cap, max_requests)
         if stream is not None:
             return stream
         future: asyncio.Future[H2UpstreamConnection] = asyncio.get_running_loop().create_future()

@@ -390,3 +390,11 @@ async def test_an_upstream_going_away_moves_new_calls_to_a_new_connection(rig: R
     )
     names = [await bounded(who(b"")) for _ in range(10)]  # type: ignore[operator]
     assert set(names) == {b"s1", b"s2"}
+
+
+async def test_connections_are_recycled_after_max_requests(rig: Rig) -> None:
+    _limit(rig, max_requests_per_connection=5)
+    who = method(rig.channel, "Who")
+    for _ in range(30):  # 10 calls per endpoint, 5 per connection
+        await bounded(who(b""))  # type: ignore[operator]
+    assert rig.outbound.connections_opened == {CLUSTER: 6}
