@@ -111,6 +111,8 @@ class Fault:
     delay: float | None = None  # seconds
     delay_percent: float = 100.0
     abort_status: int | None = None
+    # abort.grpcStatus: the status name a gRPC caller gets (lightmesh/protocols.py GRPC_STATUSES).
+    abort_grpc: str | None = None
     abort_percent: float = 100.0
 
 

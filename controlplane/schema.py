@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lightmesh import durations
+from lightmesh.protocols import GRPC_STATUSES
 
 GROUP = "lightmesh.io"
 VERSION = "v1alpha1"
@@ -203,10 +204,10 @@ _HTTP_ROUTE = _obj(
                 "abort": _obj(
                     {
                         "httpStatus": _int(minimum=200, maximum=599),
+                        "grpcStatus": _str(enum=tuple(GRPC_STATUSES)),
                         "percentage": _PERCENTAGE,
                         "percent": _DEPRECATED_PERCENT,
                     },
-                    required=["httpStatus"],
                 ),
             }
         ),

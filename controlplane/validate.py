@@ -337,6 +337,8 @@ def _percentage(
 def _fault(raw: Mapping[str, Any], path: str, warnings: list[str]) -> Fault:
     delay = raw.get("delay")
     abort = raw.get("abort")
+    if abort is not None and "httpStatus" not in abort and "grpcStatus" not in abort:
+        raise _Invalid(f"{path}.abort: set httpStatus or grpcStatus")
     return Fault(
         delay=parse_duration(delay["fixedDelay"]) if delay else None,
         delay_percent=(
@@ -344,7 +346,8 @@ def _fault(raw: Mapping[str, Any], path: str, warnings: list[str]) -> Fault:
             if delay
             else 100.0
         ),
-        abort_status=abort["httpStatus"] if abort else None,
+        abort_status=abort.get("httpStatus") if abort else None,
+        abort_grpc=abort.get("grpcStatus") if abort else None,
         abort_percent=(
             _percentage(abort, f"{path}.abort", warnings, new="percentage", old="percent")
             if abort

@@ -41,6 +41,29 @@ def port_protocol(name: str, app_protocol: str = "") -> str:
     return _KNOWN.get(prefix, "")
 
 
+# gRPC status names (grpc/status.h) and the HTTP status a non-gRPC caller gets for each
+# (Envoy's grpcToHttpStatus), for fault injection's abort.grpcStatus.
+GRPC_STATUSES: dict[str, tuple[int, int]] = {
+    "OK": (0, 200),
+    "CANCELLED": (1, 499),
+    "UNKNOWN": (2, 500),
+    "INVALID_ARGUMENT": (3, 400),
+    "DEADLINE_EXCEEDED": (4, 504),
+    "NOT_FOUND": (5, 404),
+    "ALREADY_EXISTS": (6, 409),
+    "PERMISSION_DENIED": (7, 403),
+    "RESOURCE_EXHAUSTED": (8, 429),
+    "FAILED_PRECONDITION": (9, 400),
+    "ABORTED": (10, 409),
+    "OUT_OF_RANGE": (11, 400),
+    "UNIMPLEMENTED": (12, 501),
+    "INTERNAL": (13, 500),
+    "UNAVAILABLE": (14, 503),
+    "DATA_LOSS": (15, 500),
+    "UNAUTHENTICATED": (16, 401),
+}
+
+
 def speaks_h2(protocol: str) -> bool:
     """Whether a port of `protocol` takes HTTP/2 (h2c, or h2 over the mesh's TLS)."""
     return protocol in H2_PROTOCOLS

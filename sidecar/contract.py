@@ -115,6 +115,9 @@ class LocalReply:
     flags: str = ""
     # Extra response headers (lower-case names), e.g. Location of a redirect.
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    # The gRPC status a gRPC caller is answered with (fault abort.grpcStatus); None: derived
+    # from `status` and `flags` (sidecar/http/grpc.py).
+    grpc_status: int | None = None
 
 
 Decision = Forward | LocalReply

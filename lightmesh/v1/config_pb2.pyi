@@ -138,16 +138,18 @@ class RetryPolicy(_message.Message):
     def __init__(self, attempts: _Optional[int] = ..., per_try_timeout_ms: _Optional[int] = ..., retry_on: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Fault(_message.Message):
-    __slots__ = ("delay_ms", "delay_percent", "abort_status", "abort_percent")
+    __slots__ = ("delay_ms", "delay_percent", "abort_status", "abort_percent", "abort_grpc_status")
     DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     DELAY_PERCENT_FIELD_NUMBER: _ClassVar[int]
     ABORT_STATUS_FIELD_NUMBER: _ClassVar[int]
     ABORT_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    ABORT_GRPC_STATUS_FIELD_NUMBER: _ClassVar[int]
     delay_ms: int
     delay_percent: float
     abort_status: int
     abort_percent: float
-    def __init__(self, delay_ms: _Optional[int] = ..., delay_percent: _Optional[float] = ..., abort_status: _Optional[int] = ..., abort_percent: _Optional[float] = ...) -> None: ...
+    abort_grpc_status: str
+    def __init__(self, delay_ms: _Optional[int] = ..., delay_percent: _Optional[float] = ..., abort_status: _Optional[int] = ..., abort_percent: _Optional[float] = ..., abort_grpc_status: _Optional[str] = ...) -> None: ...
 
 class Mirror(_message.Message):
     __slots__ = ("cluster", "percent")

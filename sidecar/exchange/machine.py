@@ -713,23 +713,27 @@ class ExchangeMachine:
             )
         self.status = reply.status
         if self.down_h2:
-            self._answer_h2(said, payload)
+            self._answer_h2(reply, said.headers, payload)
         else:
             self.out.append(WriteDown(_local_reply(self.start, said, payload, keep=keep)))
             self.response_bytes = len(payload)
         self._finish(flags=reply.flags, keep=keep)
 
-    def _answer_h2(self, reply: LocalReply, payload: bytes) -> None:
-        """A local reply on an HTTP/2 stream: a trailers-only gRPC status to a gRPC caller."""
+    def _answer_h2(
+        self, reply: LocalReply, extra: tuple[tuple[bytes, bytes], ...], payload: bytes
+    ) -> None:
+        """A local reply on an HTTP/2 stream (`extra`: its headers the caller may see): a
+        trailers-only gRPC status to a gRPC caller."""
         flags = reply.flags if self._says_mesh_headers() else ""
         said = ((FLAGS_HEADER, flags.encode("ascii")),) if flags else ()
         if self.grpc:
             # HTTP 200 as gRPC wants; a never-processed mark keeps its 503 for the calling sidecar.
-            marked = any(name == UNPROCESSED for name, _ in reply.headers)
+            marked = any(name == UNPROCESSED for name, _ in extra)
             status = b"%d" % reply.status if marked else b"200"
-            headers = [(b":status", status), *trailers_only(reply.status, reply.body, reply.flags)]
+            block = trailers_only(reply.status, reply.body, reply.flags, code=reply.grpc_status)
+            headers = [(b":status", status), *block]
             headers.extend(said)
-            headers.extend(reply.headers)
+            headers.extend(extra)
             self.grpc_status = headers[2][1].decode("ascii")
             self.out.append(HeadDown(headers, end=True))
             return
@@ -739,7 +743,7 @@ class ExchangeMachine:
             (b"content-type", b"text/plain"),
             (b"content-length", b"%d" % len(payload)),
             *said,
-            *reply.headers,
+            *extra,
         ]
         self.out.append(HeadDown(headers, end=head_only))
         if not head_only:

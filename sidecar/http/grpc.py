@@ -130,12 +130,20 @@ def _percent_encode(message: str) -> bytes:
 
 
 def trailers_only(
-    http_status: int, message: str, flags: str, extra: tuple[tuple[bytes, bytes], ...] = ()
+    http_status: int,
+    message: str,
+    flags: str,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+    *,
+    code: int | None = None,
 ) -> list[tuple[bytes, bytes]]:
-    """The header block of a trailers-only reply (HTTP 200, the status in grpc-status)."""
+    """The header block of a trailers-only reply (HTTP 200, the status in grpc-status): `code`,
+    else the status of `http_status` and `flags`."""
+    if code is None:
+        code = status_for_reply(http_status, flags)
     headers = [
         (b"content-type", GRPC_CONTENT_TYPE),
-        (b"grpc-status", b"%d" % status_for_reply(http_status, flags)),
+        (b"grpc-status", b"%d" % code),
         (b"grpc-message", _percent_encode(message)),
     ]
     headers.extend(extra)

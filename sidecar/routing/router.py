@@ -110,7 +110,10 @@ class OutboundRouter:
         if fault is not None:
             if fault.abort_status and self._chance(fault.abort_percent):
                 return LocalReply(
-                    status=fault.abort_status, body="fault filter abort", flags=ResponseFlag.FI
+                    status=fault.abort_status,
+                    body="fault filter abort",
+                    flags=ResponseFlag.FI,
+                    grpc_status=fault.abort_grpc,
                 )
             if fault.delay and self._chance(fault.delay_percent):
                 delay = fault.delay

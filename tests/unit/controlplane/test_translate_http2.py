@@ -121,3 +121,32 @@ def test_clusters_speak_http2_when_the_ports_or_the_rule_say_so(
     rule = _rule({"h2UpgradePolicy": upgrade} if upgrade else {}).resource
     [whole, _] = host_clusters(_service(ports), rule, trust_domain="cluster.local")
     assert whole.http2 is http2
+
+
+def _vs(abort: dict[str, Any]) -> Any:
+    return parse_document(
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": "pricing", "namespace": "shop"},
+            "spec": {
+                "hosts": ["pricing"],
+                "http": [
+                    {
+                        "fault": {"abort": {**abort, "percentage": {"value": 50}}},
+                        "route": [{"destination": {"host": "pricing"}}],
+                    }
+                ],
+            },
+        },
+        origin="f.yaml",
+    )
+
+
+def test_fault_abort_takes_a_grpc_status() -> None:
+    parsed = _vs({"grpcStatus": "UNAVAILABLE"})
+    assert parsed.resource is not None, parsed.problems
+    fault = parsed.resource.http[0].fault
+    assert (fault.abort_grpc, fault.abort_status, fault.abort_percent) == ("UNAVAILABLE", None, 50)
+    assert any("grpcStatus" in str(p) for p in _vs({"grpcStatus": "BROKEN"}).problems)
+    assert any("httpStatus or grpcStatus" in str(p) for p in _vs({}).problems)

@@ -247,3 +247,22 @@ def test_http1_chunked_trailers_are_relayed_to_an_http1_client() -> None:
         << CloseUp(reuse=True, idle_timeout=None)
         << Like(Finish)
     )  # fmt: skip
+
+
+def test_a_fault_abort_with_a_grpc_status_answers_grpc_callers_with_it() -> None:
+    fault = route(fault={"abort_grpc_status": "RESOURCE_EXHAUSTED", "abort_percent": 100})
+    m = h2_machine(mesh(fault), GRPC_CALL[:5], ended=True)
+    assert (
+        Playbook(m)
+        >> begin()
+        << Like(HeadDown, end=True, headers=lambda h: (b"grpc-status", b"8") in h)
+        << Like(Finish, completed=completed(status=429, flags="FI", grpc_status="8"))
+    )  # fmt: skip
+    # Anyone else gets the status's HTTP equivalent.
+    m = machine(mesh(fault))
+    assert (
+        Playbook(m)
+        >> begin()
+        << Like(WriteDown, data=lambda d: d.startswith(b"HTTP/1.1 429 "))
+        << Like(Finish)
+    )  # fmt: skip
