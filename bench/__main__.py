@@ -3,6 +3,7 @@
 python -m bench chaos [--only NAME,...] [--quick] [--json FILE] [--markdown FILE]
 python -m bench controlplane [--quick] [--run SOURCE:NxS ...] [--json FILE] [--markdown FILE]
 python -m bench dataplane [--quick] [--json FILE] [--markdown FILE] [--chart FILE] [--profile]
+python -m bench grpc [--calls N] [--concurrency N] [--json FILE]
 python -m bench h2codec [--calls N]
 python -m bench startup [--runs N]
 python -m bench telemetry [--quick] [--json FILE] [--markdown FILE]
@@ -17,7 +18,7 @@ import sys
 def main(argv: list[str]) -> int:
     """Dispatch to a benchmark's own `main`."""
     usage = (
-        "usage: python -m bench {chaos,controlplane,dataplane,h2codec,startup,telemetry,traffic} [options]"
+        "usage: python -m bench {chaos,controlplane,dataplane,grpc,h2codec,startup,telemetry,traffic} [options]"
         "   (-h after one for its options)"
     )
     if not argv or argv[0] in ("-h", "--help"):
@@ -36,6 +37,10 @@ def main(argv: list[str]) -> int:
         from bench import dataplane
 
         return dataplane.main(rest)
+    if command == "grpc":
+        from bench import grpc
+
+        return grpc.main(rest)
     if command == "h2codec":
         from bench import h2codec
 

@@ -7,11 +7,13 @@
 #   - fortio, built from Go modules: the constant-rate (open-loop, -qps) latency generator with
 #     per-request latency histograms. Installed to $LIGHTMESH_BIN (default
 #     ~/.cache/lightmesh/bin), with its module cache under ~/.cache/lightmesh/go.
+#   - ghz, built from Go modules likewise: the gRPC load generator of `python -m bench grpc`.
 #   - the `bench` extra of lightmesh (matplotlib for the chart, py-spy for profiling) into the
 #     project venv, if one exists at $VENV (default .venv).
 set -euo pipefail
 
 FORTIO_VERSION="${FORTIO_VERSION:-v1.66.0}"
+GHZ_VERSION="${GHZ_VERSION:-v0.121.0}"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/lightmesh"
 BIN_DIR="${LIGHTMESH_BIN:-$CACHE/bin}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,6 +35,16 @@ else
     mkdir -p "$BIN_DIR"
     GOBIN="$BIN_DIR" GOPATH="$CACHE/go" GOMODCACHE="$CACHE/go/mod" GOFLAGS=-mod=mod \
         CGO_ENABLED=0 go install "fortio.org/fortio@$FORTIO_VERSION"
+fi
+
+if [ -x "$BIN_DIR/ghz" ]; then
+    :  # a go-installed ghz says "dev" for its version: presence is what is checked
+else
+    command -v go >/dev/null || { echo "install-bench-tools: go is required to build ghz" >&2; exit 1; }
+    echo "install-bench-tools: go install github.com/bojand/ghz/cmd/ghz@$GHZ_VERSION -> $BIN_DIR"
+    mkdir -p "$BIN_DIR"
+    GOBIN="$BIN_DIR" GOPATH="$CACHE/go" GOMODCACHE="$CACHE/go/mod" GOFLAGS=-mod=mod \
+        CGO_ENABLED=0 go install "github.com/bojand/ghz/cmd/ghz@$GHZ_VERSION"
 fi
 
 if [ -x "$VENV/bin/pip" ]; then
