@@ -145,6 +145,8 @@ class H2Downstream(asyncio.Protocol):
         self.since = state.clock()
         self.goaway_sent = False
         self.closed = False
+        self.loop = asyncio.get_running_loop()
+        self.flush_pending = False
         h2c = self.h2
         h2c.initiate_connection()
         h2c.update_settings(
@@ -167,12 +169,12 @@ class H2Downstream(asyncio.Protocol):
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             logger.info("proxy listener=%s HTTP/2 protocol error: %r", self.state.name, exc)
-            self.flush()  # the GOAWAY h2 made
-            self.close()
+            self.flush_now()  # the GOAWAY h2 made
+            self._linger()
             return
         for event in events:
             self._event(event)
-        self.flush()
+        self.flush_now()
 
     def eof_received(self) -> bool | None:
         self._lost()
@@ -215,12 +217,27 @@ class H2Downstream(asyncio.Protocol):
             return
         if not abort:
             self.goaway()
+            self.flush_now()
         self.closed = True
         self.phase = Phase.CLOSED
         if abort:
             self.transport.abort()
         else:
             self.transport.close()
+
+    def _linger(self) -> None:
+        """After a connection error's GOAWAY: half-close and read (discarding) until the client
+        closes, for a second at most, so unread bytes do not turn our close into a reset that
+        could overtake the GOAWAY."""
+        transport = self.transport
+        self.goaway_sent = True
+        self.closed = True
+        self.phase = Phase.CLOSED
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.loop.call_later(1.0, transport.abort)
+        else:
+            transport.close()
 
     def goaway(self) -> None:
         """Tell the client no new stream will be served."""
@@ -267,8 +284,12 @@ class H2Downstream(asyncio.Protocol):
                 exchange.downstream_lost()
             self._idle()
         elif kind is h2.events.WindowUpdated or kind is h2.events.RemoteSettingsChanged:
-            for stream in list(self.streams.values()):
-                self.send_pending(stream)
+            # Only streams with data waiting for window (the others have nothing to send).
+            sid = getattr(event, "stream_id", 0)
+            waiting = (self.streams.get(sid),) if sid else tuple(self.streams.values())
+            for stream in waiting:
+                if stream is not None and (stream.buffer or stream.end_pending):
+                    self.send_pending(stream)
         elif kind is h2.events.ConnectionTerminated:
             self.goaway_sent = True  # the client is done: nothing new will come
             if event.error_code == h2.errors.ErrorCodes.NO_ERROR:  # type: ignore[attr-defined]
@@ -375,9 +396,17 @@ class H2Downstream(asyncio.Protocol):
         self.flush()
 
     def flush(self) -> None:
-        """Write what the codec produced."""
+        """Write what the codec produced, once this turn of the loop is over: the frames one
+        read's events make (heads, data, trailers, window updates) go out in one write."""
+        if not self.flush_pending:
+            self.flush_pending = True
+            self.loop.call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        """Write what the codec produced, now."""
+        self.flush_pending = False
         data = self.h2.data_to_send()
-        if data and not self.closed:
+        if data and not self.closed and not self.transport.is_closing():
             self.transport.write(data)
 
     # --- the end of streams ---

@@ -156,6 +156,7 @@ class H2UpstreamConnection(Dialled):
     __slots__ = (
         "clock",
         "closed",
+        "flush_pending",
         "goaway",
         "h2",
         "idle_since",
@@ -188,6 +189,7 @@ class H2UpstreamConnection(Dialled):
         self.goaway = False  # no new streams
         self.write_paused = False
         self.max_streams = DEFAULT_MAX_STREAMS
+        self.flush_pending = False
         self.clock = clock
         self.idle_since = clock()
         self.on_closed = on_closed
@@ -205,7 +207,7 @@ class H2UpstreamConnection(Dialled):
             }
         )
         h2c.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        self.flush()
+        self.flush_now()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -215,7 +217,7 @@ class H2UpstreamConnection(Dialled):
             return
         for event in events:
             self._event(event)
-        self.flush()
+        self.flush_now()
 
     def eof_received(self) -> bool | None:
         self.goaway = True
@@ -300,8 +302,12 @@ class H2UpstreamConnection(Dialled):
                 setting = changed.get(h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS)
                 if setting is not None:
                     self.max_streams = setting.new_value
-            for stream in list(self.streams.values()):
-                self.send_pending(stream)
+            # Only streams with request body waiting for window.
+            sid = getattr(event, "stream_id", 0)
+            waiting = (self.streams.get(sid),) if sid else tuple(self.streams.values())
+            for stream in waiting:
+                if stream is not None and (stream.buffer or stream.paused_owner):
+                    self.send_pending(stream)
         elif kind is h2.events.ConnectionTerminated:
             self.goaway = True
             if event.error_code == h2.errors.ErrorCodes.NO_ERROR:  # type: ignore[attr-defined]
@@ -313,8 +319,8 @@ class H2UpstreamConnection(Dialled):
                     if stream.owner is not None:
                         owner, stream.owner = stream.owner, None
                         owner.upstream_refused("upstream GOAWAY before the stream")
-            if not self.streams and self.transport is not None:
-                self.transport.close()
+            if not self.streams:
+                self.close_transport()
 
     # --- streams ---
 
@@ -328,8 +334,8 @@ class H2UpstreamConnection(Dialled):
             return False
         if max_requests and self.streams_opened >= max_requests:
             self.goaway = True  # retired: closes when its streams are done
-            if not self.streams and self.transport is not None:
-                self.transport.close()
+            if not self.streams:
+                self.close_transport()
             return False
         limit = self.max_streams if not cap else min(cap, self.max_streams)
         return len(self.streams) < limit
@@ -399,14 +405,29 @@ class H2UpstreamConnection(Dialled):
             self.acknowledge(stream)
         if not self.streams:
             self.idle_since = self.clock()
-            if self.goaway and self.transport is not None:
-                self.transport.close()
+            if self.goaway:
+                self.close_transport()
 
     def flush(self) -> None:
-        """Write what the codec produced."""
+        """Write what the codec produced once this turn of the loop is over (one write for the
+        frames of many streams' actions)."""
+        if not self.flush_pending:
+            self.flush_pending = True
+            asyncio.get_running_loop().call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        """Write what the codec produced, now."""
+        self.flush_pending = False
         data = self.h2.data_to_send()
-        if data and self.transport is not None and not self.closed:
-            self.transport.write(data)
+        transport = self.transport
+        if data and transport is not None and not self.closed and not transport.is_closing():
+            transport.write(data)
+
+    def close_transport(self) -> None:
+        """Close the socket after what is pending was written."""
+        self.flush_now()
+        if self.transport is not None:
+            self.transport.close()
 
     def fail(self, exc: Exception) -> None:
         """A protocol error: the connection and every stream on it are done."""
@@ -428,8 +449,8 @@ class H2UpstreamConnection(Dialled):
             self.h2.close_connection()
             reopen_after_goaway(self.h2)
         self.flush()
-        if not self.streams and self.transport is not None:
-            self.transport.close()
+        if not self.streams:
+            self.close_transport()
 
 
 class H2Pool:
