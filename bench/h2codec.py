@@ -18,6 +18,8 @@ import h2.connection
 import h2.events
 import httptools
 
+from sidecar.http.http2 import h2_config
+
 REQUEST = [
     (b":method", b"POST"),
     (b":scheme", b"http"),
@@ -34,12 +36,9 @@ MESSAGE = b"\x00\x00\x00\x00\x0b" + b"hello world"
 
 
 def _pair() -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
-    client = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=True, header_encoding=None)
-    )
-    server = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=False, header_encoding=None)
-    )
+    # The sidecar's own codec settings (and its quieted hpack logging).
+    client = h2.connection.H2Connection(h2_config(client_side=True))
+    server = h2.connection.H2Connection(h2_config(client_side=False))
     client.initiate_connection()
     server.initiate_connection()
     server.receive_data(client.data_to_send())

@@ -31,7 +31,7 @@ import h2.settings
 
 from sidecar.errors import ProxyError, rescue
 from sidecar.http.http1 import Headers, ParseError
-from sidecar.http.http2 import reopen_after_goaway, request_start
+from sidecar.http.http2 import h2_config, reopen_after_goaway, request_start
 from sidecar.listeners.exchange import Exchange
 from sidecar.listeners.splice import Splice
 from sidecar.listeners.state import ListenerState, Phase
@@ -138,8 +138,7 @@ class H2Downstream(asyncio.Protocol):
         self.peer_identity = peer_identity
         self.original_dst = original_dst
         self.write_paused = False
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
-        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2 = h2.connection.H2Connection(config=h2_config(client_side=False))
         self.streams: dict[int, H2DownStream] = {}
         self.phase = Phase.IDLE
         self.since = state.clock()

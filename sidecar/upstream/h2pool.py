@@ -34,7 +34,7 @@ import h2.settings
 
 from sidecar.errors import UpstreamConnectFailure
 from sidecar.http.http1 import END, Data, EndOfMessage, Headers, ParseError, ResponseEvent
-from sidecar.http.http2 import ALPN_H2, reopen_after_goaway, response_start
+from sidecar.http.http2 import ALPN_H2, h2_config, reopen_after_goaway, response_start
 from sidecar.upstream.pool import Dialled, PoolKey, dial
 
 logger = logging.getLogger(__name__)
@@ -181,8 +181,7 @@ class H2UpstreamConnection(Dialled):
         self.transport: asyncio.Transport | None = None
         self.tls = False
         self.peer = ""
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
-        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2 = h2.connection.H2Connection(config=h2_config(client_side=True))
         self.streams: dict[int, H2UpstreamStream] = {}
         self.streams_opened = 0
         self.closed = False
