@@ -398,3 +398,49 @@ async def test_connections_are_recycled_after_max_requests(rig: Rig) -> None:
     for _ in range(30):  # 10 calls per endpoint, 5 per connection
         await bounded(who(b""))  # type: ignore[operator]
     assert rig.outbound.connections_opened == {CLUSTER: 6}
+
+
+def _held(listener: ProxyListener) -> int:
+    """Response bytes the listener's HTTP/2 streams hold for their clients, and request bytes
+    its upstream streams hold for their servers (nothing else buffers a stream)."""
+    from sidecar.listeners.h2down import H2Downstream
+
+    state = listener._state
+    down = sum(
+        len(s.buffer)
+        for c in state.clients
+        if isinstance(c, H2Downstream)
+        for s in c.streams.values()
+    )
+    up = sum(
+        len(s.buffer)
+        for conns in state.h2pool._conns.values()
+        for conn in conns
+        for s in conn.streams.values()
+    )
+    return down + up
+
+
+async def test_a_slow_reader_holds_back_the_server_with_bounded_buffers(rig: Rig) -> None:
+    from sidecar.listeners.h2down import BUFFER_LIMIT, STREAM_WINDOW
+
+    size, count = 32768, 2000  # 64 MiB the server would send at once
+    stream = method(rig.channel, "ServerStream", "unary_stream")(b"%d:%d" % (count, size))  # type: ignore[operator]
+    reader = stream.__aiter__()
+    assert len(await bounded(reader.__anext__())) == size
+    peak = 0
+    for _ in range(50):  # the client reads nothing for half a second
+        peak = max(peak, _held(rig.outbound), *(_held(i) for i in rig.inbounds))
+        await asyncio.sleep(0.01)
+    print(f"peak held: {peak} bytes")
+    # Held per listener: at most the buffer limit plus the window the peer may still fill.
+    assert peak <= BUFFER_LIMIT + STREAM_WINDOW + 16384
+    received = size
+
+    async def rest() -> None:
+        nonlocal received
+        async for message in reader:  # type: ignore[attr-defined]
+            received += len(message)
+
+    await bounded(rest())
+    assert received == size * count
