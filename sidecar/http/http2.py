@@ -77,6 +77,18 @@ def h2_config(*, client_side: bool) -> h2.config.H2Configuration:
     )
 
 
+def send_within_window(conn: h2.connection.H2Connection, stream_id: int, buffer: bytearray) -> None:
+    """Send as much of `buffer` on the stream as its and the connection's flow-control windows
+    allow, in frames of at most the peer's size; what was sent leaves `buffer`. Raises h2's
+    StreamClosedError / ProtocolError for a stream that can no longer send."""
+    while buffer:
+        room = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
+        if room <= 0:
+            return
+        conn.send_data(stream_id, bytes(buffer[:room]))
+        del buffer[:room]
+
+
 def preface_state(data: bytes) -> bool | None:
     """Whether a connection's first bytes are the HTTP/2 preface: True, False, or None when too
     few have arrived to tell (a prefix of the preface)."""

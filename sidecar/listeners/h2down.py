@@ -31,7 +31,12 @@ import h2.settings
 
 from sidecar.errors import ProxyError, rescue
 from sidecar.http.http1 import Headers, ParseError
-from sidecar.http.http2 import h2_config, reopen_after_goaway, request_start
+from sidecar.http.http2 import (
+    h2_config,
+    reopen_after_goaway,
+    request_start,
+    send_within_window,
+)
 from sidecar.listeners.exchange import Exchange
 from sidecar.listeners.splice import Splice
 from sidecar.listeners.state import ListenerState, Phase
@@ -342,12 +347,7 @@ class H2Downstream(asyncio.Protocol):
         buffer = stream.buffer
         sid = stream.stream_id
         try:
-            while buffer:
-                room = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
-                if room <= 0:
-                    break
-                h2c.send_data(sid, bytes(buffer[:room]))
-                del buffer[:room]
+            send_within_window(h2c, sid, buffer)
             if not buffer and stream.end_pending:
                 stream.end_pending = False
                 if stream.trailers:

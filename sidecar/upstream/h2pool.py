@@ -34,7 +34,13 @@ import h2.settings
 
 from sidecar.errors import UpstreamConnectFailure
 from sidecar.http.http1 import END, Data, EndOfMessage, Headers, ParseError, ResponseEvent
-from sidecar.http.http2 import ALPN_H2, h2_config, reopen_after_goaway, response_start
+from sidecar.http.http2 import (
+    ALPN_H2,
+    h2_config,
+    reopen_after_goaway,
+    response_start,
+    send_within_window,
+)
 from sidecar.upstream.pool import Dialled, PoolKey, dial
 
 logger = logging.getLogger(__name__)
@@ -352,13 +358,7 @@ class H2UpstreamConnection(Dialled):
         buffer = stream.buffer
         sid = stream.stream_id
         try:
-            while buffer:
-                room = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
-                if room <= 0:
-                    break
-                piece = bytes(buffer[:room])
-                del buffer[:room]
-                h2c.send_data(sid, piece)
+            send_within_window(h2c, sid, buffer)
             if not buffer and stream.end_pending and not stream.ended_up:
                 stream.ended_up = True
                 h2c.end_stream(sid)

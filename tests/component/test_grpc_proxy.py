@@ -56,20 +56,8 @@ class Rig:
     client_records: list[Completed]
     server_records: list[Completed]
 
-    def configure(self, *, retry_on: str = "", flaky_first: bool = False) -> None:
-        del flaky_first
-        self.plane.apply(
-            types.CLUSTER,
-            pack(
-                pb.Cluster(
-                    name=CLUSTER,
-                    service=SNI,
-                    lb_policy=pb.ROUND_ROBIN,
-                    tls=pb.MESH_MUTUAL,
-                    meshed=True,
-                )
-            ),
-        )
+    def configure(self, *, retry_on: str = "") -> None:
+        _limit(self)
         endpoints = [pb.Endpoint(address="127.0.0.1", port=i.port) for i in self.inbounds]
         self.plane.apply(
             types.ENDPOINTS,
@@ -326,7 +314,7 @@ def _app() -> web.Application:
 
 
 def _limit(rig: Rig, **fields: int) -> None:
-    """Re-apply the cluster with connection-pool limits."""
+    """(Re-)apply the cluster, mutual TLS to sidecars, with connection-pool limits if any."""
     rig.plane.apply(
         types.CLUSTER,
         pack(
