@@ -64,6 +64,15 @@ GRPC_STATUSES: dict[str, tuple[int, int]] = {
 }
 
 
+_HTTP_OF_CODE = dict(GRPC_STATUSES.values())
+
+
+def http_status_of_grpc(code: int) -> int:
+    """The HTTP status a gRPC status stands for (UNAVAILABLE: 503): what outlier detection and
+    the balancers count a gRPC call's outcome as, since its HTTP status is 200 either way."""
+    return _HTTP_OF_CODE.get(code, 500)
+
+
 def speaks_h2(protocol: str) -> bool:
     """Whether a port of `protocol` takes HTTP/2 (h2c, or h2 over the mesh's TLS)."""
     return protocol in H2_PROTOCOLS

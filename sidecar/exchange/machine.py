@@ -68,6 +68,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from lightmesh.protocols import http_status_of_grpc
 from lightmesh.response_flags import ResponseFlag
 from sidecar.contract import (
     MESH_HEADER_PREFIX,
@@ -959,7 +960,8 @@ class ExchangeMachine:
             return False  # the retry budget is spent
         retrier.attempt_finished(
             target,
-            status=status,
+            # A gRPC status is accounted as the HTTP status it stands for.
+            status=http_status_of_grpc(status) if failure is Failure.GRPC else status,
             duration=now - policies.attempt_started,
             local_origin=failure is Failure.CONNECT or failure is Failure.REFUSED,
         )

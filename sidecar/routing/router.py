@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from http.cookies import CookieError, SimpleCookie
 from typing import Protocol
 
-from lightmesh.protocols import H2_PROTOCOLS
+from lightmesh.protocols import H2_PROTOCOLS, http_status_of_grpc
 from lightmesh.response_flags import ResponseFlag
 from lightmesh.spiffe import principal_of
 from lightmesh.v1 import config_pb2 as pb
@@ -244,9 +244,13 @@ class OutboundRouter:
         if completed.upstream:
             cluster: Cluster | None = self._dataplane.clusters.get(completed.cluster)
             if cluster is not None:
+                status = completed.status
+                if completed.grpc_status and status == 200:
+                    # A gRPC call's outcome is its grpc-status (UNAVAILABLE counts as a 503).
+                    status = http_status_of_grpc(int(completed.grpc_status))
                 cluster.finished(
                     completed.upstream,
-                    status=completed.status,
+                    status=status,
                     duration=completed.duration,
                     now=self._clock(),
                     # This sidecar could not connect (or the server was not who it should be).

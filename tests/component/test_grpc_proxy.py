@@ -9,6 +9,7 @@ runs on loopback in the test's event loop; every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import subprocess
 from collections.abc import AsyncIterator
@@ -313,7 +314,7 @@ def _app() -> web.Application:
     return app
 
 
-def _limit(rig: Rig, **fields: int) -> None:
+def _limit(rig: Rig, **fields: object) -> None:
     """(Re-)apply the cluster, mutual TLS to sidecars, with connection-pool limits if any."""
     rig.plane.apply(
         types.CLUSTER,
@@ -432,3 +433,18 @@ async def test_a_slow_reader_holds_back_the_server_with_bounded_buffers(rig: Rig
 
     await bounded(rest())
     assert received == size * count
+
+
+@pytest.mark.parametrize("rig", [(0,)], indirect=True)
+async def test_outlier_detection_ejects_a_server_answering_unavailable(rig: Rig) -> None:
+    outlier = pb.OutlierDetection(
+        consecutive_5xx=2, interval_ms=60_000, base_ejection_ms=60_000, max_ejection_percent=50
+    )
+    _limit(rig, outlier=outlier)  # type: ignore[arg-type]
+    flaky = method(rig.channel, "Flaky")
+    for _ in range(30):
+        with contextlib.suppress(grpc.RpcError):
+            await bounded(flaky(b""))  # type: ignore[operator]
+    # UNAVAILABLE counts as a 503: after two in a row s0 is out, the others serve the rest.
+    assert rig.echoes[0].calls["Flaky"] == 2
+    assert rig.echoes[1].calls["Flaky"] + rig.echoes[2].calls["Flaky"] == 28
