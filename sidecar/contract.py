@@ -171,6 +171,9 @@ class Completed:
     upstream_tls: bool = False
     # The gRPC status of a gRPC call ("14"), from its trailers or the proxy's own reply; "" else.
     grpc_status: str = ""
+    # gRPC messages of the call each way (0 for anything else).
+    request_messages: int = 0
+    response_messages: int = 0
 
 
 Recorder = Callable[[Completed], None]

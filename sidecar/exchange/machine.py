@@ -86,7 +86,7 @@ from sidecar.errors import (
     UpstreamTimeout,
     rescue,
 )
-from sidecar.http.grpc import is_grpc, status_of, trailers_only
+from sidecar.http.grpc import MessageCounter, is_grpc, status_of, trailers_only
 from sidecar.http.http1 import (
     HOP_BY_HOP,
     LAST_CHUNK,
@@ -403,7 +403,9 @@ class ExchangeMachine:
         "request_bytes",
         "request_complete",
         "request_data",
+        "request_messages",
         "response_bytes",
+        "response_messages",
         "reused",
         "sent_upstream",
         "shared",
@@ -469,6 +471,9 @@ class ExchangeMachine:
         self.up_h2 = False
         self.grpc = self.down_h2 and is_grpc(start.headers)
         self.grpc_status = ""
+        # gRPC messages each way (Istio's request/response message counters); gRPC only.
+        self.request_messages = MessageCounter() if self.grpc else None
+        self.response_messages = MessageCounter() if self.grpc else None
 
     @property
     def done(self) -> bool:
@@ -512,6 +517,8 @@ class ExchangeMachine:
     def request_body(self, data: bytes) -> list[Action]:
         """A piece of the request body (de-chunked)."""
         self.request_bytes += len(data)
+        if self.request_messages is not None:
+            self.request_messages.feed(data)
         phase = self.phase
         if phase is DRAIN:
             if self.request_bytes > MAX_DRAIN_BYTES and self.pending_reply is not None:
@@ -1066,6 +1073,8 @@ class ExchangeMachine:
             if kind is Data:
                 data = event.data  # type: ignore[union-attr]
                 self.response_bytes += len(data)
+                if self.response_messages is not None:
+                    self.response_messages.feed(data)
                 out.append(WriteDown(data))
             elif kind is ResponseStart:
                 head: ResponseStart = event  # type: ignore[assignment]
@@ -1296,6 +1305,12 @@ class ExchangeMachine:
                     attempts=self.attempts,
                     upstream_tls=self.upstream_tls,
                     grpc_status=self.grpc_status,
+                    request_messages=self.request_messages.count
+                    if self.request_messages is not None
+                    else 0,
+                    response_messages=self.response_messages.count
+                    if self.response_messages is not None
+                    else 0,
                 ),
                 keep and not shared.draining,  # keep_alive
                 abort,

@@ -44,6 +44,40 @@ class GrpcTimeoutError(ValueError):
     """A grpc-timeout header that is not `1*8DIGIT unit`."""
 
 
+class MessageCounter:
+    """Counts the gRPC messages of one direction of a call as its bytes pass, in whatever pieces
+    they come: each message is a 5-byte prefix (compressed flag, 4-byte big-endian length) and
+    that many bytes. The proxy reads nothing else of them."""
+
+    __slots__ = ("_head", "_left", "count")
+
+    def __init__(self) -> None:
+        self.count = 0  # messages begun
+        self._left = 0  # bytes of the current message's payload still to come
+        self._head = b""  # the part of a prefix received so far
+
+    def feed(self, data: bytes) -> None:
+        """The next bytes of the stream."""
+        pos, size = 0, len(data)
+        while pos < size:
+            left = self._left
+            if left:
+                step = min(left, size - pos)
+                self._left = left - step
+                pos += step
+                continue
+            need = 5 - len(self._head)
+            piece = data[pos : pos + need]
+            pos += len(piece)
+            head = self._head + piece
+            if len(head) < 5:
+                self._head = head
+                return
+            self._head = b""
+            self.count += 1
+            self._left = int.from_bytes(head[1:5], "big")
+
+
 def is_grpc(headers: list[tuple[bytes, bytes]]) -> bool:
     """Whether a request's content-type says gRPC (application/grpc, +proto, +json, ...)."""
     for name, value in headers:

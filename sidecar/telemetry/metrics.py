@@ -97,8 +97,10 @@ class _Series:
         "count",
         "duration_sum",
         "durations",
+        "req_messages",
         "req_sizes",
         "req_sum",
+        "resp_messages",
         "resp_sizes",
         "resp_sum",
     )
@@ -111,6 +113,8 @@ class _Series:
         self.req_sizes = [0] * (len(SIZE_BUCKETS) + 1)
         self.resp_sum = 0
         self.resp_sizes = [0] * (len(SIZE_BUCKETS) + 1)
+        self.req_messages = 0  # gRPC messages (gRPC series only)
+        self.resp_messages = 0
 
 
 def split_cluster(cluster: str) -> tuple[str, str]:
@@ -212,6 +216,9 @@ class RequestMetrics:
         size = done.response_bytes
         series.resp_sum += size
         series.resp_sizes[bisect_left(SIZE_BUCKETS, size)] += 1
+        if done.grpc_status:
+            series.req_messages += done.request_messages
+            series.resp_messages += done.response_messages
 
     def total(self) -> int:
         """Requests recorded so far."""
@@ -311,7 +318,23 @@ class RequestCollector(Collector):
         resp_bytes = HistogramMetricFamily(
             "lightmesh_response_bytes", "Response body sizes.", labels=LABELS
         )
+        req_messages = CounterMetricFamily(
+            "lightmesh_request_messages", "gRPC messages received from callers.", labels=LABELS
+        )
+        resp_messages = CounterMetricFamily(
+            "lightmesh_response_messages", "gRPC messages sent back to callers.", labels=LABELS
+        )
         istio = self._istio
+        i_req_messages = CounterMetricFamily(
+            "istio_request_messages",
+            "gRPC request messages (Istio standard metric).",
+            labels=ISTIO_LABELS,
+        )
+        i_resp_messages = CounterMetricFamily(
+            "istio_response_messages",
+            "gRPC response messages (Istio standard metric).",
+            labels=ISTIO_LABELS,
+        )
         # Built always (cheap), filled and yielded only with the Istio switch.
         i_requests = CounterMetricFamily(
             "istio_requests", "Requests (Istio standard metric).", labels=ISTIO_LABELS
@@ -341,6 +364,10 @@ class RequestCollector(Collector):
                 resp_bytes.add_metric(
                     values, _cumulative(SIZE_BUCKETS, series.resp_sizes), series.resp_sum
                 )
+                grpc_series = bool(values[-1])  # grpc_response_status: a gRPC series
+                if grpc_series:
+                    req_messages.add_metric(values, series.req_messages)
+                    resp_messages.add_metric(values, series.resp_messages)
                 if istio:
                     ivalues = istio_labels(values)
                     i_requests.add_metric(ivalues, series.count)
@@ -355,9 +382,12 @@ class RequestCollector(Collector):
                     i_resp.add_metric(
                         ivalues, _cumulative(SIZE_BUCKETS, series.resp_sizes), series.resp_sum
                     )
-        yield from (requests, duration, req_bytes, resp_bytes)
+                    if grpc_series:
+                        i_req_messages.add_metric(ivalues, series.req_messages)
+                        i_resp_messages.add_metric(ivalues, series.resp_messages)
+        yield from (requests, duration, req_bytes, resp_bytes, req_messages, resp_messages)
         if istio:
-            yield from (i_requests, i_duration, i_req, i_resp)
+            yield from (i_requests, i_duration, i_req, i_resp, i_req_messages, i_resp_messages)
 
 
 def istio_labels(values: list[str]) -> list[str]:

@@ -180,6 +180,10 @@ async def test_server_client_and_bidi_streaming(rig: Rig) -> None:
         assert await bounded(bidi.read()) == b"m%d" % n  # one at a time: nothing is held back
     await bounded(bidi.done_writing())
     assert await bounded(bidi.code()) == grpc.StatusCode.OK
+    await bounded(_until(lambda: len(rig.client_records) == 3))
+    # gRPC messages counted each way, per call (Istio's message counters).
+    counts = [(r.request_messages, r.response_messages) for r in rig.client_records]
+    assert counts == [(1, 40), (40, 1), (50, 50)]
 
 
 @pytest.mark.parametrize(

@@ -89,3 +89,16 @@ def test_a_trailers_only_reply_says_status_and_message() -> None:
     assert status_of(block) == UNAVAILABLE
     assert status_of([(b"grpc-status", b"x")]) == UNKNOWN
     assert status_of([]) is None
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 5, 7, 64, 10_000])
+def test_messages_are_counted_in_any_split(piece: int) -> None:
+    from sidecar.http.grpc import MessageCounter
+
+    stream = b"".join(
+        b"\x00" + len(body).to_bytes(4, "big") + body for body in (b"", b"a", b"hello" * 300, b"")
+    )
+    counter = MessageCounter()
+    for start in range(0, len(stream), piece):
+        counter.feed(stream[start : start + piece])
+    assert counter.count == 4

@@ -310,3 +310,16 @@ def test_grpc_calls_are_labelled_with_their_status_in_both_namings() -> None:
     values = next(v for v, _ in metrics.samples() if v[-1] == "14")
     istio = istio_labels(values)
     assert "grpc" in istio and "14" in istio and "-" in istio  # protocol, status, flags
+    streamed = done()
+    streamed.grpc_status, streamed.request_messages, streamed.response_messages = "0", 1, 7
+    metrics.record(streamed)
+    registry = Registry()
+    registry.register(RequestCollector(metrics, istio=True))
+    text = render_text(registry).decode()
+    assert "lightmesh_request_messages_total{" in text
+    assert any(
+        line.startswith("istio_response_messages_total{")
+        and 'grpc_response_status="0"' in line
+        and line.endswith(" 7.0")
+        for line in text.splitlines()
+    ), text
