@@ -22,7 +22,7 @@ class Settings:
     app_host: str = "127.0.0.1"
     app_port: int = 0  # 0: no inbound listener
     # The app port's protocol (lightmesh/protocols.py): "grpc"/"http2" get HTTP/2 (h2c), "http"
-    # HTTP/1.1; "": the caller's protocol.
+    # HTTP/1.1; "": h2c for gRPC calls, HTTP/1.1 for the rest.
     app_protocol: str = ""
     bind: str = "127.0.0.1"
     advertise: str = ""  # address other sidecars reach this one at; default: bind

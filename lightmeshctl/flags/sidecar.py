@@ -46,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--app-protocol",
         default=_env("APP_PROTOCOL", ""),
         help="the app port's protocol: grpc, http2 or h2c (HTTP/2 cleartext), http (HTTP/1.1); "
-        "default: the caller's (Istio's appProtocol / port-name rules)",
+        "default: h2c for gRPC calls, HTTP/1.1 for the rest (Istio's appProtocol / port-name "
+        "values)",
     )
     add("--bind", default=_env("BIND", "127.0.0.1"))
     add("--advertise", default=_env("ADVERTISE", ""))

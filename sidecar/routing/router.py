@@ -27,7 +27,7 @@ from lightmesh.v1 import config_pb2 as pb
 from sidecar.cluster.app_health import AppHealth
 from sidecar.cluster.cluster import Cluster
 from sidecar.contract import Completed, Decision, Forward, LocalReply, RequestHead
-from sidecar.http.grpc import request_timeout
+from sidecar.http.grpc import is_grpc, request_timeout
 from sidecar.http.http1 import UNPROCESSED
 from sidecar.http.http2 import HTTP_VERSION as HTTP2
 from sidecar.policies.retry import DEFAULT_RETRY, RetryPolicy, backoff
@@ -156,7 +156,10 @@ class OutboundRouter:
             tls_server_name=cluster.tls_server_name,
             tls_identities=cluster.tls_identities,
             meshed=cluster.meshed,
-            http2=cluster.http2 or (head.http_version == HTTP2 and cluster.h2_peer),
+            # HTTP/2 if the port says so; else to a sidecar (which knows its app's protocol) for
+            # a caller that spoke HTTP/2, and to anyone for a gRPC call.
+            http2=cluster.http2
+            or (head.http_version == HTTP2 and (cluster.h2_peer or _needs_h2(head))),
             max_concurrent_streams=cluster.max_concurrent_streams,
         )
 
@@ -258,6 +261,11 @@ class OutboundRouter:
                 )
 
 
+def _needs_h2(head: RequestHead) -> bool:
+    """A gRPC call: HTTP/2 or nothing (its trailers, its streams)."""
+    return head.http_version == HTTP2 and is_grpc(head.headers)
+
+
 def _deadline(timeout: float | None, head: RequestHead) -> float | None:
     """The route timeout, shortened to a gRPC caller's grpc-timeout (its deadline)."""
     if head.http_version != HTTP2:
@@ -353,7 +361,9 @@ class InboundRouter:
             address=app_host, port=app_port, cluster=f"inbound|{app_port}", mark_unprocessed=True
         )
         # The app's protocol (the Service port's: Istio's rules, lightmesh/protocols.py): HTTP/2
-        # (h2c) for grpc/http2, HTTP/1.1 for http; unknown: the caller's.
+        # (h2c) for grpc/http2, HTTP/1.1 for http; undeclared: h2c for a gRPC call (it cannot
+        # be anything else), HTTP/1.1 for the rest (what every HTTP app speaks), whatever the
+        # calling sidecar spoke.
         self._h2_forward = dataclasses.replace(self._forward, http2=True)
         self._app_protocol = app_protocol
         self._dataplane = dataplane
@@ -381,6 +391,6 @@ class InboundRouter:
         if health is not None and health.down:
             return APP_UNREACHABLE
         protocol = self._app_protocol
-        if protocol in H2_PROTOCOLS or (not protocol and head.http_version == HTTP2):
+        if protocol in H2_PROTOCOLS or (not protocol and _needs_h2(head)):
             return self._h2_forward
         return self._forward

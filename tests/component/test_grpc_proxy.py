@@ -452,3 +452,42 @@ async def test_outlier_detection_ejects_a_server_answering_unavailable(rig: Rig)
     # UNAVAILABLE counts as a 503: after two in a row s0 is out, the others serve the rest.
     assert rig.echoes[0].calls["Flaky"] == 2
     assert rig.echoes[1].calls["Flaky"] + rig.echoes[2].calls["Flaky"] == 28
+
+
+async def test_an_http2_caller_reaches_an_http11_app_through_two_sidecars() -> None:
+    """curl with prior knowledge, two sidecars speaking HTTP/2 to each other, an HTTP/1.1 app
+    whose port protocol nobody declared: the inbound sidecar speaks HTTP/1.1 to it."""
+    async with serving(_app()) as app_port, AsyncExitStack() as stack:
+        inbound = await start_proxy(
+            "127.0.0.1",
+            0,
+            resolver=InboundRouter(app_host="127.0.0.1", app_port=app_port).resolve,
+            recorder=lambda _: None,
+            listener="inbound",
+        )
+        stack.push_async_callback(inbound.close, 1.0)
+        plane = DataPlane()
+        plane.apply(types.CLUSTER, pack(pb.Cluster(name=CLUSTER, meshed=True)))
+        plane.apply(types.ENDPOINTS, pack(pb.ClusterLoadAssignment(
+            cluster_name=CLUSTER, endpoints=[pb.Endpoint(address="127.0.0.1", port=inbound.port)])))  # fmt: skip
+        route = pb.Route(name="r", clusters=[pb.WeightedCluster(cluster=CLUSTER, weight=100)])
+        plane.apply(types.ROUTES, pack(pb.VirtualHost(name="web", domains=["web"], routes=[route])))
+        records: list[Completed] = []
+        outbound = await start_proxy(
+            "127.0.0.1",
+            0,
+            resolver=OutboundRouter(plane).resolve,
+            recorder=records.append,
+            listener="outbound",
+        )
+        stack.push_async_callback(outbound.close, 1.0)
+        result = await asyncio.to_thread(
+            subprocess.run,
+            ["curl", "-sS", "-m", "10", "--http2-prior-knowledge", "-H", "host: web",
+             "-w", " %{http_version}", f"http://127.0.0.1:{outbound.port}/"],
+            capture_output=True, text=True, timeout=BOUND, check=True,
+        )  # fmt: skip
+        assert result.stdout == "hello 1.1 2"
+        assert records[-1].status == 200  # and the sidecars spoke HTTP/2 to each other:
+        assert inbound.connections_opened == {"inbound|%d" % app_port: 1}
+        assert outbound._state.h2pool._conns  # an HTTP/2 connection to the inbound sidecar
