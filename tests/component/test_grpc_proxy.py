@@ -489,5 +489,5 @@ async def test_an_http2_caller_reaches_an_http11_app_through_two_sidecars() -> N
         )  # fmt: skip
         assert result.stdout == "hello 1.1 2"
         assert records[-1].status == 200  # and the sidecars spoke HTTP/2 to each other:
-        assert inbound.connections_opened == {"inbound|%d" % app_port: 1}
+        assert inbound.connections_opened == {f"inbound|{app_port}": 1}
         assert outbound._state.h2pool._conns  # an HTTP/2 connection to the inbound sidecar
