@@ -16,11 +16,13 @@ import json
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.procs import BenchError, cpu_seconds, find_tool, process_tree
-from lightmeshctl.demo.mesh import LocalMesh, http_get, wait_for
+from bench import configs
+from bench.procs import BenchError, Service, cpu_seconds, find_tool, process_tree, wait_port
+from lightmeshctl.demo.mesh import LocalMesh, free_port, http_get, wait_for
 
 PROTO = Path(__file__).with_name("echo.proto")
 
@@ -44,7 +46,7 @@ def ghz(target: str, *, calls: int, concurrency: int, authority: str = "") -> di
 def measure(
     name: str, target: str, sidecars: list[int], *, calls: int, concurrency: int, authority: str
 ) -> dict[str, Any]:
-    """Calls/s and the sidecars' CPU per 1000 calls on one path."""
+    """Calls/s and the proxies' CPU per 1000 calls on one path (`sidecars`: their pids)."""
     pids = [p for pid in sidecars for p in process_tree(pid)]
     before = cpu_seconds(pids)
     started = time.monotonic()
@@ -114,6 +116,7 @@ def run(calls: int, concurrency: int) -> list[dict[str, Any]]:
                 what="echo routed through the client's sidecar",
             )  # fmt: skip
             kw = {"calls": calls, "concurrency": concurrency}
+            references = _references(work, echo.app_port, kw)
             return [
                 measure("direct", f"127.0.0.1:{echo.app_port}", [], authority="", **kw),
                 measure(
@@ -126,7 +129,41 @@ def run(calls: int, concurrency: int) -> list[dict[str, Any]]:
                     authority="echo",
                     **kw,
                 ),
+                *references,
             ]
+
+
+def _references(work: Path, app_port: int, kw: dict[str, int]) -> list[dict[str, Any]]:
+    """nginx `grpc_pass` and haproxy (HTTP/2 both sides) in front of the same server, where
+    installed (scripts/install-bench-tools.sh); skipped, and said so, otherwise."""
+    rows: list[dict[str, Any]] = []
+    references: list[tuple[str, Callable[[Path, int, int], Path], str, str]] = [
+        ("nginx grpc_pass", configs.nginx_grpc, "nginx", "-c"),
+        ("haproxy (h2)", configs.haproxy_grpc, "haproxy", "-f"),
+    ]
+    for name, write, tool, flag in references:
+        try:
+            binary = find_tool(tool)
+            port = free_port()
+            config = write(work, port, app_port)
+            log = work / f"{tool}.log"
+            with log.open("ab") as out:
+                popen = subprocess.Popen(
+                    [binary, flag, str(config)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+        except BenchError as exc:
+            rows.append({"path": name, "skipped": str(exc)})
+            continue
+        service = Service(name, popen, log)
+        try:
+            wait_port(port, timeout=10, what=name, process=popen)
+            rows.append(measure(name, f"127.0.0.1:{port}", [popen.pid], authority="", **kw))
+        finally:
+            service.stop()
+    return rows
 
 
 def main(argv: list[str]) -> int:
@@ -142,9 +179,12 @@ def main(argv: list[str]) -> int:
     if args.json:
         args.json.write_text(text + "\n")
     print(
-        "\n| path | calls/s | p50 ms | p99 ms | sidecar CPU s / 1000 calls |\n|---|---|---|---|---|"
+        "\n| path | calls/s | p50 ms | p99 ms | proxy CPU s / 1000 calls |\n|---|---|---|---|---|"
     )
     for row in rows:
+        if "skipped" in row:
+            print(f"| {row['path']} | skipped: {row['skipped']} | | | |")
+            continue
         print(
             f"| {row['path']} | {row['rps']} | {row['p50_ms']} | {row['p99_ms']} | "
             f"{row['sidecar_cpu_s_per_1000']} |"
