@@ -35,6 +35,7 @@ STAMP   = $(VENV)/.installed
 .PHONY: bench-controlplane
 .PHONY: bench-controlplane-quick
 .PHONY: bench-chaos
+.PHONY: bench-grpc
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -115,6 +116,11 @@ bench-tools: $(STAMP)
 
 bench: bench-tools
 	$(BIN)/python -m bench dataplane --profile --json docs/dataplane.json --markdown docs/benchmarks.md --chart docs/dataplane.png
+
+# gRPC unary calls/s and CPU per 1000 calls with ghz: direct, one and two sidecars (HTTP/2 over
+# mTLS), nginx grpc_pass and haproxy (h2) in the same run (docs/grpc.json).
+bench-grpc: bench-tools
+	flock /tmp/lightmesh-bench.lock $(BIN)/python -m bench grpc --json docs/grpc.json
 
 # Telemetry cost: metrics on vs off, p99 with a dead or slow span collector.
 bench-telemetry: bench-tools
