@@ -52,6 +52,8 @@ BUFFER_LIMIT = 64 * 1024
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
 DEFAULT_MAX_STREAMS = 100  # until the peer's SETTINGS say otherwise (RFC 9113 suggests >= 100)
+# Client stream ids are odd and below 2^31: a connection retires well before it runs out.
+STREAM_IDS = 2**30 - 1
 
 
 class H2Owner(Protocol):
@@ -337,7 +339,7 @@ class H2UpstreamConnection(Dialled):
         since it opened get their share of new connections too."""
         if self.goaway or self.closed:
             return False
-        if max_requests and self.streams_opened >= max_requests:
+        if self.streams_opened >= (max_requests or STREAM_IDS):
             self.goaway = True  # retired: closes when its streams are done
             if not self.streams:
                 self.close_transport()
