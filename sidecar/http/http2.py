@@ -105,6 +105,7 @@ def request_start(headers: Headers, *, end_stream: bool) -> RequestStart:
     """
     method = path = authority = b""
     fields: Headers = []
+    cookies: list[bytes] = []
     length: bytes | None = None
     for name, value in headers:
         if name[:1] == b":":
@@ -125,7 +126,12 @@ def request_start(headers: Headers, *, end_stream: bool) -> RequestStart:
             continue
         if name == b"content-length":
             length = value
+        elif name == b"cookie":
+            cookies.append(value)  # HTTP/2 may split it into crumbs (RFC 9113 8.2.3)
+            continue
         fields.append((name, value))
+    if cookies:
+        fields.append((b"cookie", b"; ".join(cookies)))
     if method == b"CONNECT":
         raise ParseError("CONNECT is not supported")
     if not method or not path:

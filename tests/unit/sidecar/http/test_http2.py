@@ -121,3 +121,12 @@ def test_response_blocks_both_ways() -> None:
     assert trailer_fields([(b":status", b"1"), (b"grpc-status", b"0"), (b"te", b"x")]) == [
         (b"grpc-status", b"0")
     ]
+
+
+def test_cookie_crumbs_are_joined_into_one_field() -> None:
+    start = request_start(
+        [(b":method", b"GET"), (b":path", b"/"), (b"cookie", b"a=1"), (b"x", b"y"),
+         (b"cookie", b"b=2")],
+        end_stream=True,
+    )  # fmt: skip
+    assert start.headers == [(b"x", b"y"), (b"cookie", b"a=1; b=2")]
