@@ -27,25 +27,20 @@ for pkg in nginx haproxy wrk; do
 done
 [ "${#missing[@]}" -eq 0 ] || apt_install install-bench-tools "${missing[@]}"
 
-if [ -x "$BIN_DIR/fortio" ] && "$BIN_DIR/fortio" version 2>/dev/null | grep -q "${FORTIO_VERSION#v}"; then
-    :
-else
-    command -v go >/dev/null || { echo "install-bench-tools: go is required to build fortio" >&2; exit 1; }
-    echo "install-bench-tools: go install fortio.org/fortio@$FORTIO_VERSION -> $BIN_DIR"
+# go_install NAME MODULE@VERSION: build a Go tool into $BIN_DIR, its module cache in ours.
+go_install() {
+    command -v go >/dev/null || { echo "install-bench-tools: go is required to build $1" >&2; exit 1; }
+    echo "install-bench-tools: go install $2 -> $BIN_DIR"
     mkdir -p "$BIN_DIR"
     GOBIN="$BIN_DIR" GOPATH="$CACHE/go" GOMODCACHE="$CACHE/go/mod" GOFLAGS=-mod=mod \
-        CGO_ENABLED=0 go install "fortio.org/fortio@$FORTIO_VERSION"
-fi
+        CGO_ENABLED=0 go install "$2"
+}
 
-if [ -x "$BIN_DIR/ghz" ]; then
-    :  # a go-installed ghz says "dev" for its version: presence is what is checked
-else
-    command -v go >/dev/null || { echo "install-bench-tools: go is required to build ghz" >&2; exit 1; }
-    echo "install-bench-tools: go install github.com/bojand/ghz/cmd/ghz@$GHZ_VERSION -> $BIN_DIR"
-    mkdir -p "$BIN_DIR"
-    GOBIN="$BIN_DIR" GOPATH="$CACHE/go" GOMODCACHE="$CACHE/go/mod" GOFLAGS=-mod=mod \
-        CGO_ENABLED=0 go install "github.com/bojand/ghz/cmd/ghz@$GHZ_VERSION"
+if ! { [ -x "$BIN_DIR/fortio" ] && "$BIN_DIR/fortio" version 2>/dev/null | grep -q "${FORTIO_VERSION#v}"; }; then
+    go_install fortio "fortio.org/fortio@$FORTIO_VERSION"
 fi
+# A go-installed ghz says "dev" for its version: presence is what is checked.
+[ -x "$BIN_DIR/ghz" ] || go_install ghz "github.com/bojand/ghz/cmd/ghz@$GHZ_VERSION"
 
 if [ -x "$VENV/bin/pip" ]; then
     if ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null || [ ! -x "$VENV/bin/py-spy" ]; then
