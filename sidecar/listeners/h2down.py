@@ -45,8 +45,10 @@ logger = logging.getLogger("sidecar.proxy")
 
 BUFFER_LIMIT = 64 * 1024  # response bytes a stream holds beyond the client's window
 STREAM_WINDOW = 256 * 1024  # our per-stream receive window
-CONNECTION_WINDOW = 16 * 1024 * 1024
 MAX_STREAMS = 256  # concurrent streams a client may open (SETTINGS_MAX_CONCURRENT_STREAMS)
+# Every stream may hold its whole window unacknowledged (its upstream is slow) without starving
+# the connection's other streams: the connection window is the sum of theirs (64 MiB).
+CONNECTION_WINDOW = MAX_STREAMS * STREAM_WINDOW
 
 
 class H2DownStream:

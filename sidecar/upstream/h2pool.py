@@ -48,9 +48,10 @@ logger = logging.getLogger(__name__)
 # Bytes a stream holds beyond what the peer's window takes before its owner is paused.
 BUFFER_LIMIT = 64 * 1024
 # Our receive windows: per stream (the bound of a stalled stream's unacknowledged data) and for
-# the connection (shared by its streams, so larger).
+# the connection, large enough that 256 streams each stalled on a slow client (their windows
+# unacknowledged) leave the connection's other streams their flow.
 STREAM_WINDOW = 256 * 1024
-CONNECTION_WINDOW = 16 * 1024 * 1024
+CONNECTION_WINDOW = 256 * STREAM_WINDOW
 DEFAULT_MAX_STREAMS = 100  # until the peer's SETTINGS say otherwise (RFC 9113 suggests >= 100)
 # Client stream ids are odd and below 2^31: a connection retires well before it runs out.
 STREAM_IDS = 2**30 - 1

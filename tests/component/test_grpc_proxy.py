@@ -491,3 +491,20 @@ async def test_an_http2_caller_reaches_an_http11_app_through_two_sidecars() -> N
         assert records[-1].status == 200  # and the sidecars spoke HTTP/2 to each other:
         assert inbound.connections_opened == {f"inbound|{app_port}": 1}
         assert outbound._state.h2pool._conns  # an HTTP/2 connection to the inbound sidecar
+
+
+async def test_stalled_streams_do_not_starve_the_others_on_their_connection(rig: Rig) -> None:
+    """Eight server streams whose caller reads nothing hold their windows; a ninth call on the
+    same client connection (and the same upstream connections) still flows."""
+    size = 262144
+    stalled = [
+        method(rig.channel, "ServerStream", "unary_stream")(b"200:%d" % size)  # type: ignore[operator]
+        for _ in range(8)
+    ]
+    readers = [s.__aiter__() for s in stalled]
+    for reader in readers:
+        assert len(await bounded(reader.__anext__())) == size
+    await asyncio.sleep(0.3)  # the stalled ones fill every window they may
+    assert await bounded(method(rig.channel, "Unary")(b"big:%d" % BIG)) == b"x" * BIG  # type: ignore[operator]
+    for s in stalled:
+        s.cancel()
