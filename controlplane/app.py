@@ -35,6 +35,7 @@ from controlplane.sources.kube import KubeSource
 from controlplane.sources.registry import LocalRegistry, RegistrySource
 from controlplane.status import StatusWriter
 from controlplane.store import Store
+from controlplane.traffic import TrafficStore
 from controlplane.xds.server import ConfigDiscovery
 from lightmesh.runtime import stop_on_signals
 from lightmesh.v1 import discovery_pb2_grpc
@@ -122,6 +123,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         update_pushes=settings.update_pushes,
         push_bytes=settings.push_bytes,
     )
+    # Sidecars' traffic reports, for /debug/graph and /dashboard (bounded: see traffic.py).
+    traffic = TrafficStore()
     state_file = settings.state_dir / "registry.json" if settings.state_dir else None
     if settings.state_dir:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -152,7 +155,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         server,
     )
     server.add_generic_rpc_handlers(
-        (ConfigDiscovery(pusher=pusher, registry=keeper, metrics=metrics).handler(),)
+        (
+            ConfigDiscovery(
+                pusher=pusher, registry=keeper, metrics=metrics, traffic=traffic
+            ).handler(),
+        )
     )
     address = f"{settings.host}:{settings.port}"
     if _serves_tls(settings):
@@ -163,7 +170,9 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     if bound == 0:
         raise OSError(f"cannot listen on {settings.host}:{settings.port}")
 
-    runner = web.AppRunner(build_app(store=store, pusher=pusher, metrics=metrics), access_log=None)
+    runner = web.AppRunner(
+        build_app(store=store, pusher=pusher, metrics=metrics, traffic=traffic), access_log=None
+    )
     await runner.setup()
     sites = [web.TCPSite(runner, DEBUG_HOST, settings.debug_port)]
     runners = [runner]

@@ -1,4 +1,5 @@
-"""Debug HTTP server of the control plane: proxy status, problems, per-proxy config, metrics.
+"""Debug HTTP server of the control plane: proxy status, problems, per-proxy config, metrics, and
+the service graph (/debug/graph as JSON, /dashboard as a page drawing it).
 
 The debug endpoints show every proxy's config and every resource problem, so they are served on
 loopback only (reached in a cluster through `kubectl port-forward`, which the API server
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +22,7 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.push.pusher import Pusher
 from controlplane.store import Store
+from controlplane.traffic import TrafficStore, assemble_graph
 from controlplane.xds.protocol import SyncState
 from lightmesh.types import PUSH_ORDER, SHORT_NAMES
 
@@ -75,8 +78,68 @@ def proxy_status(pusher: Pusher, *, now: float) -> list[dict[str, Any]]:
     return rows
 
 
+_SEVERITY = {"SYNCED": 0, "STALE": 1, "NACKED": 2}
+DEFAULT_WINDOW = 60.0
+MAX_WINDOW = 900.0
+
+
+def parse_window(text: str | None) -> float:
+    """The graph window from `?window=` (seconds, or with an s/m suffix); ValueError naming it."""
+    if not text:
+        return DEFAULT_WINDOW
+    raw = text.strip().lower()
+    scale = 60.0 if raw.endswith("m") else 1.0
+    try:
+        value = float(raw.rstrip("sm")) * scale
+    except ValueError:
+        raise ValueError(
+            f"window: {text!r} is not a number of seconds (e.g. 60, 30s, 5m)"
+        ) from None
+    if not 0 < value <= MAX_WINDOW:
+        raise ValueError(f"window: {text!r} is not within 0..{MAX_WINDOW:.0f} seconds")
+    return value
+
+
+def service_graph(
+    traffic: TrafficStore, pusher: Pusher, store: Store, *, window: float, now: float
+) -> dict[str, Any]:
+    """The graph of the last `window` seconds, with each workload's proxies (config sync state
+    per type) and the problems of resources named after its services."""
+    flows, clusters = traffic.flows(window=window, now=now)
+    graph = assemble_graph(flows, clusters, reporters=traffic.reporters())
+    proxies: dict[str, list[dict[str, Any]]] = {}
+    for row in proxy_status(pusher, now=now):
+        states = {name: entry["state"] for name, entry in row["types"].items()}
+        worst = max(states.values(), key=lambda s: _SEVERITY.get(s, 0), default="SYNCED")
+        nacks = {name: entry["nack"] for name, entry in row["types"].items() if "nack" in entry}
+        proxies.setdefault(f"{row['namespace']}/{row['workload']}", []).append(
+            {"id": row["id"], "sync": worst, "types": states, "nacks": nacks}
+        )
+    problems = store.problems()
+    for node in graph["nodes"]:
+        if node["kind"] != "workload":
+            continue
+        node["proxies"] = proxies.get(node["id"], [])
+        node["sync"] = max(
+            (p["sync"] for p in node["proxies"]), key=lambda s: _SEVERITY.get(s, 0), default=""
+        )
+        names = {f"{node['namespace']}/{s}" for s in node["services"]}
+        node["problems"] = [str(p) for p in problems if p.resource.partition(" ")[2] in names]
+    for edge in graph["edges"]:
+        source = next((n for n in graph["nodes"] if n["id"] == edge["source"]), None)
+        if source is not None and edge["ejected"]:
+            source.setdefault("ejected", 0)
+            source["ejected"] += edge["ejected"]
+    return {"window_seconds": window, "source": "sidecars", **graph}
+
+
 def build_app(
-    *, store: Store, pusher: Pusher, metrics: ControlPlaneMetrics, debug: bool = True
+    *,
+    store: Store,
+    pusher: Pusher,
+    metrics: ControlPlaneMetrics,
+    debug: bool = True,
+    traffic: TrafficStore | None = None,
 ) -> web.Application:
     """The aiohttp application serving the debug endpoints and metrics/health; `debug=False`:
     metrics and health only (the metrics port)."""
@@ -135,15 +198,40 @@ def build_app(
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
+    async def graph(request: web.Request) -> web.Response:
+        try:
+            window = parse_window(request.query.get("window"))
+        except ValueError as error:
+            raise web.HTTPBadRequest(text=f"{error}\n") from None
+        body = service_graph(
+            traffic or TrafficStore(), pusher, store, window=window, now=time.monotonic()
+        )
+        return web.json_response(body, dumps=_dumps)
+
+    async def dashboard(_: web.Request) -> web.Response:
+        return web.Response(
+            body=dashboard_page(),
+            content_type="text/html",
+            charset="utf-8",
+            headers={"Cache-Control": "no-store"},
+        )
+
     app = web.Application()
     if debug:
         app.router.add_get("/debug/proxies", proxies)
         app.router.add_get("/debug/problems", problems)
         app.router.add_get("/debug/config/{node}", config)
+        app.router.add_get("/debug/graph", graph)
+        app.router.add_get("/dashboard", dashboard)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/ready", healthz)
     return app
+
+
+def dashboard_page() -> bytes:
+    """The dashboard's HTML (one file, its script and style inline: no CDN, works offline)."""
+    return (Path(__file__).parent / "dashboard.html").read_bytes()
 
 
 def _dumps(value: Any) -> str:

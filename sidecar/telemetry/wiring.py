@@ -23,6 +23,10 @@ class SidecarTelemetry:
     inbound: Telemetry
     exporter: ZipkinExporter | None
     access_log: AccessLog | None
+    # The request aggregates of both directions (for the traffic report); empty with metrics off.
+    recorded: tuple[RequestMetrics, ...] = ()
+    app: str = ""
+    version: str = ""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Export spans until `stop` (returns at once without tracing)."""
@@ -82,4 +86,6 @@ def build(settings: Settings, registry: Registry) -> SidecarTelemetry:
     )
     recorded = [t.metrics for t in (outbound, inbound) if t.metrics is not None]
     registry.register(RequestCollector(*recorded, istio=settings.istio_metrics))
-    return SidecarTelemetry(outbound, inbound, exporter, access_log)
+    return SidecarTelemetry(
+        outbound, inbound, exporter, access_log, tuple(recorded), app=app, version=version
+    )
