@@ -484,7 +484,7 @@ def assemble_graph(
         if entry is not None:
             return entry
         if node_id == UNKNOWN:
-            entry = {"id": node_id, "kind": "unknown", "label": "unknown (outside the mesh)"}
+            entry = {"id": node_id, "kind": "unknown", "label": "unknown"}
         elif node_id.startswith("svc:"):
             fqdn = node_id[4:]
             entry = {"id": node_id, "kind": "service", "label": fqdn.split(".")[0], "service": fqdn}
