@@ -199,6 +199,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         quit=stop.set,  # POST /quitquitquit: drain and exit, as on SIGTERM
         app_health=app_health,
         logger=logging.getLogger(),
+        tap=telemetry.tap,
     )
     # Loopback only, whatever --bind says: the admin interface shows the whole config and stops
     # the proxy. What the network needs (probes, Prometheus) is on the metrics port.
