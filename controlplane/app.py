@@ -78,6 +78,8 @@ class Settings:
     debug_port: int = 15014
     # /metrics, /healthz and /ready only, on `host`, for Prometheus and the kubelet; 0: not served.
     metrics_port: int = 0
+    # /debug/graph and /dashboard from this Prometheus instead of the sidecars' reports; "": off.
+    prometheus_url: str = ""
     state_dir: Path | None = None  # where the local registry persists; None: not persisted
     debounce: float = 0.1
     max_debounce: float = 1.0
@@ -171,7 +173,14 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         raise OSError(f"cannot listen on {settings.host}:{settings.port}")
 
     runner = web.AppRunner(
-        build_app(store=store, pusher=pusher, metrics=metrics, traffic=traffic), access_log=None
+        build_app(
+            store=store,
+            pusher=pusher,
+            metrics=metrics,
+            traffic=traffic,
+            prometheus_url=settings.prometheus_url,
+        ),
+        access_log=None,
     )
     await runner.setup()
     sites = [web.TCPSite(runner, DEBUG_HOST, settings.debug_port)]

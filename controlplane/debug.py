@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from google.protobuf.json_format import MessageToDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,7 +23,14 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.push.pusher import Pusher
 from controlplane.store import Store
-from controlplane.traffic import TrafficStore, assemble_graph
+from controlplane.traffic import (
+    Flow,
+    Reporter,
+    TrafficStore,
+    assemble_graph,
+    flows_from_prometheus,
+    prometheus_queries,
+)
 from controlplane.xds.protocol import SyncState
 from lightmesh.types import PUSH_ORDER, SHORT_NAMES
 
@@ -100,13 +108,45 @@ def parse_window(text: str | None) -> float:
     return value
 
 
+class PrometheusError(Exception):
+    """The Prometheus the graph is built from did not answer a query."""
+
+
+async def prometheus_flows(url: str, *, window: float) -> tuple[list[Flow], list[Reporter]]:
+    """The window's flows from PromQL over the sidecars' metrics (controlplane/traffic.py)."""
+    results = []
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for query in prometheus_queries(window):
+            try:
+                async with session.get(f"{url}/api/v1/query", params={"query": query}) as reply:
+                    body = await reply.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+                raise PrometheusError(f"{url}: {str(error) or type(error).__name__}") from None
+            if body.get("status") != "success":
+                raise PrometheusError(f"{url}: {query}: {body.get('error', body)}")
+            results.append(body["data"]["result"])
+    return flows_from_prometheus(results[0], results[1], window=window)
+
+
 def service_graph(
-    traffic: TrafficStore, pusher: Pusher, store: Store, *, window: float, now: float
+    traffic: TrafficStore,
+    pusher: Pusher,
+    store: Store,
+    *,
+    window: float,
+    now: float,
+    prometheus: tuple[list[Flow], list[Reporter]] | None = None,
 ) -> dict[str, Any]:
     """The graph of the last `window` seconds, with each workload's proxies (config sync state
-    per type) and the problems of resources named after its services."""
-    flows, clusters = traffic.flows(window=window, now=now)
-    graph = assemble_graph(flows, clusters, reporters=traffic.reporters())
+    per type) and the problems of resources named after its services; from the sidecars'
+    reports, or from `prometheus` flows when given."""
+    if prometheus is not None:
+        flows, reporters = prometheus
+        graph = assemble_graph(flows, reporters=reporters)
+    else:
+        report_flows, clusters = traffic.flows(window=window, now=now)
+        graph = assemble_graph(report_flows, clusters, reporters=traffic.reporters())
     proxies: dict[str, list[dict[str, Any]]] = {}
     for row in proxy_status(pusher, now=now):
         states = {name: entry["state"] for name, entry in row["types"].items()}
@@ -130,7 +170,8 @@ def service_graph(
         if source is not None and edge["ejected"]:
             source.setdefault("ejected", 0)
             source["ejected"] += edge["ejected"]
-    return {"window_seconds": window, "source": "sidecars", **graph}
+    source = "prometheus" if prometheus is not None else "sidecars"
+    return {"window_seconds": window, "source": source, **graph}
 
 
 def build_app(
@@ -140,6 +181,7 @@ def build_app(
     metrics: ControlPlaneMetrics,
     debug: bool = True,
     traffic: TrafficStore | None = None,
+    prometheus_url: str = "",
 ) -> web.Application:
     """The aiohttp application serving the debug endpoints and metrics/health; `debug=False`:
     metrics and health only (the metrics port)."""
@@ -203,8 +245,25 @@ def build_app(
             window = parse_window(request.query.get("window"))
         except ValueError as error:
             raise web.HTTPBadRequest(text=f"{error}\n") from None
+        # ?source=sidecars: the reports even when a Prometheus is configured.
+        source = request.query.get("source", "prometheus" if prometheus_url else "sidecars")
+        if source not in ("sidecars", "prometheus"):
+            raise web.HTTPBadRequest(text=f"source: {source!r} is not sidecars or prometheus\n")
+        if source == "prometheus" and not prometheus_url:
+            raise web.HTTPBadRequest(text="source: no --prometheus-url configured\n")
+        from_prometheus = None
+        if source == "prometheus":
+            try:
+                from_prometheus = await prometheus_flows(prometheus_url, window=window)
+            except PrometheusError as error:
+                raise web.HTTPBadGateway(text=f"prometheus: {error}\n") from None
         body = service_graph(
-            traffic or TrafficStore(), pusher, store, window=window, now=time.monotonic()
+            traffic or TrafficStore(),
+            pusher,
+            store,
+            window=window,
+            now=time.monotonic(),
+            prometheus=from_prometheus,
         )
         return web.json_response(body, dumps=_dumps)
 

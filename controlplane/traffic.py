@@ -547,3 +547,115 @@ def assemble_graph(
         item["error_rate_in"] = _round(rate) if rate is not None else None
         item["health"] = health(rate)
     return {"nodes": [nodes[n] for n in sorted(nodes)], "edges": out_edges}
+
+
+# --- the same graph from Prometheus (the sidecars' standard metrics, `--prometheus-url`) ---
+
+_BY = (
+    "reporter, source_workload, source_namespace, source_app, source_version, "
+    "destination_workload, destination_namespace, destination_app, destination_version, "
+    "destination_service, destination_subset, response_code, response_flags, mtls"
+)
+
+
+def prometheus_queries(window: float) -> tuple[str, str]:
+    """PromQL for a window: requests per series, and latency buckets per series and `le`."""
+    span = f"{max(1, round(window))}s"
+    return (
+        f"sum by ({_BY}) (increase(lightmesh_requests_total[{span}]))",
+        f"sum by ({_BY}, le) (increase(lightmesh_request_duration_seconds_bucket[{span}]))",
+    )
+
+
+def _label_key(labels: Mapping[str, str]) -> tuple[str, ...]:
+    return tuple(labels.get(name, "") for name in _BY.split(", "))
+
+
+def _prometheus_reporter(labels: Mapping[str, str]) -> Reporter:
+    if labels.get("reporter") == "destination":
+        namespace = labels.get("destination_namespace", "")
+        workload = labels.get("destination_workload", "")
+        service = labels.get("destination_service", "")
+        return Reporter(
+            node_id=f"{namespace}/{workload}",
+            workload=workload,
+            namespace=namespace,
+            app=labels.get("destination_app", ""),
+            version=labels.get("destination_version", ""),
+            services=(service,) if service and service != UNKNOWN else (),
+        )
+    namespace = labels.get("source_namespace", "")
+    workload = labels.get("source_workload", "")
+    return Reporter(
+        node_id=f"{namespace}/{workload}",
+        workload=workload,
+        namespace=namespace,
+        app=labels.get("source_app", ""),
+        version=labels.get("source_version", ""),
+    )
+
+
+def _value(sample: Mapping[str, Any]) -> float:
+    try:
+        value = float(sample["value"][1])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return 0.0
+    return value if math.isfinite(value) else 0.0
+
+
+def flows_from_prometheus(
+    requests: Sequence[Mapping[str, Any]],
+    buckets: Sequence[Mapping[str, Any]],
+    *,
+    window: float,
+) -> tuple[list[Flow], list[Reporter]]:
+    """Flows (and the workloads the destination side names, with their services) from the
+    results of `prometheus_queries(window)` (instant vectors, as the HTTP API returns them)."""
+    if window <= 0:
+        raise ValueError(f"window must be positive, not {window}")
+    per_series: dict[tuple[str, ...], list[tuple[float, float]]] = {}
+    for sample in buckets:
+        labels = sample.get("metric", {})
+        le = labels.get("le", "")
+        bound = math.inf if le == "+Inf" else float(le)
+        per_series.setdefault(_label_key(labels), []).append((bound, _value(sample)))
+    flows = []
+    reporters: dict[tuple[str, str], Reporter] = {}
+    for sample in requests:
+        labels = sample.get("metric", {})
+        count = _value(sample)
+        if count <= 0:
+            continue
+        reporter = _prometheus_reporter(labels)
+        if labels.get("reporter") == "destination" and reporter.services:
+            reporters[(reporter.namespace, reporter.workload)] = reporter
+        cumulative = sorted(per_series.get(_label_key(labels), []))
+        bounds = tuple(b for b, _ in cumulative if math.isfinite(b))
+        per_bucket = []
+        before = 0.0
+        for _, total in cumulative:
+            per_bucket.append(max(0.0, total - before))
+            before = max(before, total)
+        code = labels.get("response_code", "")
+        flags = labels.get("response_flags", "")
+        flows.append(
+            Flow(
+                reporter=reporter,
+                key=SeriesKey(
+                    reporter=labels.get("reporter", ""),
+                    source_workload=labels.get("source_workload", ""),
+                    source_namespace=labels.get("source_namespace", ""),
+                    destination_service=labels.get("destination_service", ""),
+                    destination_subset=labels.get("destination_subset", ""),
+                    destination_workload=labels.get("destination_workload", ""),
+                    code=int(code) if code.isdigit() else 0,
+                    flags="" if flags == "-" else flags,
+                    mtls=labels.get("mtls") == "true",
+                ),
+                rate=count / window,
+                requests=count,
+                buckets=tuple(per_bucket),
+                bounds=bounds,
+            )
+        )
+    return flows, [reporters[k] for k in sorted(reporters)]

@@ -8,6 +8,7 @@ parser) never loads its libraries; only `from_arguments` does.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,12 @@ def add_arguments(cp: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="serve only /metrics, /healthz and /ready here, on --host (0: off; deployed: 15016)",
+    )
+    cp.add_argument(
+        "--prometheus-url",
+        default=os.environ.get("LIGHTMESH_PROMETHEUS_URL", ""),
+        help="build /debug/graph and /dashboard from this Prometheus (PromQL over the sidecars' "
+        "lightmesh_* metrics) instead of the sidecars' own reports, e.g. http://prometheus:9090",
     )
     cp.add_argument(
         "--state-dir",
@@ -144,6 +151,7 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         port=args.port,
         debug_port=args.debug_port,
         metrics_port=args.metrics_port,
+        prometheus_url=_prometheus_url(args.prometheus_url),
         state_dir=Path(args.state_dir) if args.state_dir else None,
         trust_domain=args.trust_domain,
         ca_file=Path(args.ca_file) if args.ca_file else None,
@@ -177,3 +185,12 @@ def _export_to(value: str) -> tuple[str, ...]:
     return parse_export_to(
         [v.strip() for v in value.split(",") if v.strip()], "--default-export-to"
     )
+
+
+def _prometheus_url(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if url and (parts.scheme not in ("http", "https") or not parts.hostname):
+        raise ValueError(f"--prometheus-url: {url!r} is not an http(s)://host[:port] URL")
+    return url.rstrip("/")

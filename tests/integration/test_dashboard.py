@@ -20,6 +20,7 @@ import pytest
 from lightmeshctl.demo.mesh import LocalMesh, http_get, wait_for
 from lightmeshctl.demo.runner import start_shop
 from tests.support.browser import artefacts_dir, chromium, edge_rows
+from tests.support.prometheus import prometheus, static_job
 
 pytestmark = pytest.mark.integration
 
@@ -294,3 +295,32 @@ def test_top_and_tap_report_the_running_shop_as_json(mesh: LocalMesh) -> None:
 
     bad = lightmesh("tap", "--admin", catalog.admin, "--status", "5x", "--once")
     assert bad.returncode == 1 and "status" in bad.stderr
+
+
+def test_with_a_prometheus_url_the_graph_comes_from_promql(mesh: LocalMesh, tmp_path: Path) -> None:
+    """A real Prometheus scrapes the sidecars' metrics ports; the control plane, restarted with
+    --prometheus-url, builds the same edges from PromQL (no sidecar reports: interval 0)."""
+    start_shop(mesh, sidecar_args=("--report-interval", "0"))
+    targets = [f"127.0.0.1:{w.metrics_port}" for w in mesh.workloads.values()]
+    with prometheus(tmp_path / "prometheus", [static_job("sidecars", targets)]) as prom:
+        assert mesh.control_plane is not None
+        mesh.control_plane.stop()
+        mesh.start_control_plane(extra_args=("--prometheus-url", prom.url))
+        with Load(f"{mesh.workloads['frontend'].inbound}/"):
+
+            def graph() -> dict[str, Any] | None:
+                result = lightmesh(
+                    "top", "--json", "--window", "30", "--control-plane", mesh.debug_url
+                )
+                assert result.returncode == 0, result.stderr
+                body: dict[str, Any] = json.loads(result.stdout)
+                edges = {e["id"]: e for e in body["edges"]}
+                return body if all(e in edges and edges[e]["rps"] > 0 for e in SHOP_EDGES) else None
+
+            body = wait_for(graph, timeout=90, interval=1, what="every shop edge from PromQL")
+    assert body["source"] == "prometheus"
+    edge = next(e for e in body["edges"] if e["id"] == SHOP_EDGES[0])
+    assert edge["mtls"] == 1.0 and edge["error_rate"] == 0.0 and edge["p99_ms"] is not None
+    # The sidecars sent no reports: the same request without Prometheus has no edges.
+    reports = http_get(f"{mesh.debug_url}/debug/graph?source=sidecars").json()
+    assert reports["edges"] == []

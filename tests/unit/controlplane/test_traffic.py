@@ -11,7 +11,9 @@ from controlplane.traffic import (
     SeriesKey,
     TrafficStore,
     assemble_graph,
+    flows_from_prometheus,
     health,
+    prometheus_queries,
     quantile,
     report_from_proto,
     reporter_of,
@@ -282,3 +284,39 @@ def test_bad_arguments_are_refused():
         TrafficStore().flows(window=0, now=1.0)
     with pytest.raises(ValueError, match="retention"):
         TrafficStore(retention=0)
+
+
+def prom(value: float, **labels: str) -> dict:
+    return {"metric": labels, "value": [1700000000.0, str(value)]}
+
+
+def test_prometheus_results_give_the_same_graph():
+    """Kiali-style: the graph from PromQL over lightmesh_requests_total and the latency buckets."""
+    requests_q, buckets_q = prometheus_queries(60)
+    assert "increase(lightmesh_requests_total[60s])" in requests_q
+    assert "le)" in buckets_q
+    src = {
+        "reporter": "source", "source_workload": "frontend", "source_namespace": "default",
+        "destination_service": CATALOG, "destination_subset": "v1", "response_code": "200",
+        "response_flags": "-", "mtls": "true",
+    }  # fmt: skip
+    dst = {
+        "reporter": "destination", "source_workload": "unknown", "source_namespace": "unknown",
+        "destination_workload": "catalog-v1", "destination_namespace": "default",
+        "destination_version": "v1", "destination_service": CATALOG, "destination_subset": "v1",
+        "response_code": "200", "response_flags": "-", "mtls": "false",
+    }  # fmt: skip
+    requests = [prom(120, **src), prom(120, **dst), prom(0, **{**src, "response_code": "503"})]
+    buckets = [
+        prom(60, **src, le="0.001"),
+        prom(120, **src, le="0.01"),
+        prom(120, **src, le="+Inf"),
+    ]
+    flows, reporters = flows_from_prometheus(requests, buckets, window=60.0)
+    assert [r.workload for r in reporters] == ["catalog-v1"]
+    graph = assemble_graph(flows, reporters=reporters)
+    edges = edges_of(graph)
+    edge = edges[("default/frontend", "default/catalog-v1")]
+    assert edge["rps"] == 2.0 and edge["mtls"] == 1.0 and edge["error_rate"] == 0.0
+    assert edge["p50_ms"] == pytest.approx(1.0)
+    assert ("unknown", "default/catalog-v1") not in edges  # its caller reported it
