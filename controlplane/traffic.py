@@ -30,6 +30,9 @@ UNKNOWN = "unknown"
 # above 20%); `idle`: no requests in the window.
 DEGRADED = 0.001
 FAILING = 0.2
+# Flags of replies the calling proxy made itself, with no upstream connection: such requests are
+# left out of an edge's mTLS share (they were neither mutual TLS nor plaintext).
+NO_CONNECTION_FLAGS = frozenset({"NR", "NC", "UH", "UO", "FI"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -370,6 +373,7 @@ class _EdgeSum:
         "classes",
         "errors",
         "flags",
+        "connected",
         "mtls",
         "rate",
         "requests",
@@ -380,6 +384,7 @@ class _EdgeSum:
         self.requests = 0.0
         self.errors = 0.0
         self.mtls = 0.0
+        self.connected = 0.0  # requests that went over a connection (the mTLS share's base)
         self.classes: dict[str, float] = {}
         self.flags: dict[str, float] = {}
         self.buckets: list[float] = []
@@ -393,8 +398,10 @@ class _EdgeSum:
         self.classes[status] = self.classes.get(status, 0.0) + flow.rate
         if key.code >= 500 or key.code == 0:
             self.errors += flow.requests
-        if key.mtls:
-            self.mtls += flow.requests
+        if key.flags.partition(",")[0] not in NO_CONNECTION_FLAGS:
+            self.connected += flow.requests
+            if key.mtls:
+                self.mtls += flow.requests
         if key.flags:
             self.flags[key.flags] = self.flags.get(key.flags, 0.0) + flow.requests
         if not self.buckets:
@@ -527,7 +534,7 @@ def assemble_graph(
                 "p50_ms": _ms(quantile(0.5, bounds, buckets)),
                 "p95_ms": _ms(quantile(0.95, bounds, buckets)),
                 "p99_ms": _ms(quantile(0.99, bounds, buckets)),
-                "mtls": _round(total.mtls / total.requests) if total.requests else None,
+                "mtls": _round(total.mtls / total.connected) if total.connected else None,
                 "flags": {k: _round(v) for k, v in sorted(total.flags.items())},
                 "overflows": extra.get("overflows", 0.0),
                 "ejected": int(extra.get("ejected", 0)),

@@ -26,7 +26,7 @@ FLAGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--window-size=1400,820",
+    "--window-size=1400,900",
 )
 
 # The page's edge table, read from the rendered DOM (what a person sees), one dict per row.

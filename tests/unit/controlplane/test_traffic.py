@@ -320,3 +320,10 @@ def test_prometheus_results_give_the_same_graph():
     assert edge["rps"] == 2.0 and edge["mtls"] == 1.0 and edge["error_rate"] == 0.0
     assert edge["p50_ms"] == pytest.approx(1.0)
     assert ("unknown", "default/catalog-v1") not in edges  # its caller reported it
+
+
+def test_replies_the_caller_made_itself_do_not_dilute_the_mtls_share():
+    edges = edges_of(graph_of(demo_store(v2_errors=10.0, mtls=True)))
+    v2 = edges[("default/frontend", "default/catalog-v2")]
+    assert v2["flags"] == {"FI": 10.0}
+    assert v2["mtls"] == 1.0  # the aborted half never had a connection
