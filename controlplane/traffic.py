@@ -579,26 +579,18 @@ def _label_key(labels: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def _prometheus_reporter(labels: Mapping[str, str]) -> Reporter:
-    if labels.get("reporter") == "destination":
-        namespace = labels.get("destination_namespace", "")
-        workload = labels.get("destination_workload", "")
-        service = labels.get("destination_service", "")
-        return Reporter(
-            node_id=f"{namespace}/{workload}",
-            workload=workload,
-            namespace=namespace,
-            app=labels.get("destination_app", ""),
-            version=labels.get("destination_version", ""),
-            services=(service,) if service and service != UNKNOWN else (),
-        )
-    namespace = labels.get("source_namespace", "")
-    workload = labels.get("source_workload", "")
+    """The sidecar that exposed a series: the caller's labels (source) or the callee's."""
+    side = "destination" if labels.get("reporter") == "destination" else "source"
+    namespace = labels.get(f"{side}_namespace", "")
+    workload = labels.get(f"{side}_workload", "")
+    service = labels.get("destination_service", "") if side == "destination" else ""
     return Reporter(
         node_id=f"{namespace}/{workload}",
         workload=workload,
         namespace=namespace,
-        app=labels.get("source_app", ""),
-        version=labels.get("source_version", ""),
+        app=labels.get(f"{side}_app", ""),
+        version=labels.get(f"{side}_version", ""),
+        services=(service,) if service and service != UNKNOWN else (),
     )
 
 

@@ -135,17 +135,22 @@ def wait_for_rows(driver: Any, predicate: Any, what: str) -> dict[str, dict[str,
     )
 
 
+def wait_for_traffic(driver: Any, edges: tuple[str, ...], what: str) -> dict[str, dict[str, Any]]:
+    """The page's edge table once every one of `edges` shows a non-zero rate."""
+    return wait_for_rows(
+        driver,
+        lambda rows: all(e in rows and rate(rows[e]) > 0 for e in edges),
+        f"{what} on the page",
+    )
+
+
 def test_the_page_shows_every_edge_of_the_shop_with_its_rate(
     mesh: LocalMesh, browser: Any, artefacts: Path
 ) -> None:
     start_shop(mesh, sidecar_args=REPORTING)
     with Load(f"{mesh.workloads['frontend'].inbound}/"):
         open_dashboard(browser, mesh)
-        rows = wait_for_rows(
-            browser,
-            lambda rows: all(e in rows and rate(rows[e]) > 0 for e in SHOP_EDGES),
-            "every shop edge with a non-zero rate on the page",
-        )
+        rows = wait_for_traffic(browser, SHOP_EDGES, "every shop edge with a non-zero rate")
         for edge in SHOP_EDGES:
             assert rows[edge]["errors"] == "0.0%", rows[edge]
             assert rows[edge]["health"] == "healthy"
@@ -223,11 +228,7 @@ def test_a_strict_namespace_shows_mtls_on_every_edge(
     meshed = (*SHOP_EDGES, "default/client->default/frontend")
     with Load(f"http://127.0.0.1:{client.app_port}/"):
         open_dashboard(browser, mesh)
-        rows = wait_for_rows(
-            browser,
-            lambda rows: all(e in rows and rate(rows[e]) > 0 for e in meshed),
-            "every meshed edge on the page",
-        )
+        rows = wait_for_traffic(browser, meshed, "every meshed edge")
         for edge in meshed:
             assert rows[edge]["mtls"] == "100.0%", rows[edge]
         label = browser.execute_script(
