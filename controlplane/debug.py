@@ -165,11 +165,16 @@ def service_graph(
         )
         names = {f"{node['namespace']}/{s}" for s in node["services"]}
         node["problems"] = [str(p) for p in problems if p.resource.partition(" ")[2] in names]
+    by_id = {n["id"]: n for n in graph["nodes"]}
+    for node in graph["nodes"]:
+        node["ejected"] = 0
+        node["overflows"] = 0.0
     for edge in graph["edges"]:
-        source = next((n for n in graph["nodes"] if n["id"] == edge["source"]), None)
-        if source is not None and edge["ejected"]:
-            source.setdefault("ejected", 0)
+        # A caller's view of its upstreams: endpoints it ejected, requests its breakers refused.
+        source = by_id.get(edge["source"])
+        if source is not None:
             source["ejected"] += edge["ejected"]
+            source["overflows"] += edge["overflows"]
     source = "prometheus" if prometheus is not None else "sidecars"
     return {"window_seconds": window, "source": source, **graph}
 

@@ -62,6 +62,21 @@ spec:
           weight: 20
 """
 
+# At most 2 requests in flight from each sidecar to customer (1 connection + 1 pending).
+CUSTOMER_BREAKER = """\
+apiVersion: lightmesh.io/v1alpha1
+kind: DestinationRule
+metadata:
+  name: customer
+  namespace: default
+spec:
+  host: customer
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1}
+"""
+
 STRICT = """\
 apiVersion: lightmesh.io/v1alpha1
 kind: PeerAuthentication
@@ -206,6 +221,43 @@ def test_an_injected_fault_shows_as_errors_on_its_edge(
         )
         assert colour == "#c62828"  # drawn red
         browser.save_screenshot(str(artefacts / "dashboard-fault.png"))
+
+
+def test_circuit_breaker_overflows_show_on_the_edge_and_its_caller(
+    mesh: LocalMesh, config_dir: Path, browser: Any, artefacts: Path
+) -> None:
+    """customer answers after 0.2 s and its callers may have 2 requests in flight: four
+    concurrent clients overflow catalog's breaker (UO), which the page shows on catalog v1 →
+    customer and in catalog-v1's details."""
+    (config_dir / "customer-breaker.yaml").write_text(CUSTOMER_BREAKER)
+    mesh.start_control_plane()
+    for name, service, version, call in (
+        ("frontend", "frontend", "v1", "catalog"),
+        ("catalog-v1", "catalog", "v1", "customer"),
+        ("catalog-v2", "catalog", "v2", "customer"),
+    ):
+        mesh.start_workload(
+            name, service=service, version=version, call=call, sidecar_args=REPORTING
+        )
+    mesh.start_workload(
+        "customer", service="customer", sidecar_args=REPORTING, app_args=("--delay", "0.2")
+    )
+    mesh.wait_ready(timeout=30)
+    front = f"{mesh.workloads['frontend'].inbound}/"
+    with Load(front), Load(front), Load(front), Load(front):
+        open_dashboard(browser, mesh)
+        edge = "default/catalog-v1->default/customer"
+        rows = wait_for_rows(
+            browser,
+            lambda rows: edge in rows and float(rows[edge]["overflows"]) > 0,
+            "catalog v1 → customer overflowing on the page",
+        )
+        assert "UO" in rows[edge]["flags"]
+        browser.find_element("css selector", '[data-node="default/catalog-v1"]').click()
+        details = browser.find_element("id", "details").text
+        overflows = next(line for line in details.splitlines() if "overflows" in line)
+        assert int(overflows.split()[-2]) > 0, details
+        browser.save_screenshot(str(artefacts / "dashboard-breaker.png"))
 
 
 def test_a_strict_namespace_shows_mtls_on_every_edge(
