@@ -1,5 +1,6 @@
 """`python -m bench SUBCOMMAND`: the benchmarks of lightmesh.
 
+python -m bench admission [--requests N] [--runs N] [--json]
 python -m bench chaos [--only NAME,...] [--quick] [--json FILE] [--markdown FILE]
 python -m bench controlplane [--quick] [--run SOURCE:NxS ...] [--json FILE] [--markdown FILE]
 python -m bench dataplane [--quick] [--json FILE] [--markdown FILE] [--chart FILE] [--profile]
@@ -16,13 +17,17 @@ import sys
 def main(argv: list[str]) -> int:
     """Dispatch to a benchmark's own `main`."""
     usage = (
-        "usage: python -m bench {chaos,controlplane,dataplane,startup,telemetry,traffic} [options]"
+        "usage: python -m bench {admission,chaos,controlplane,dataplane,startup,telemetry,traffic} [options]"
         "   (-h after one for its options)"
     )
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
+    if command == "admission":
+        from bench import admission
+
+        return admission.main(rest)
     if command == "chaos":
         from bench import chaos
 

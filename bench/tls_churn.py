@@ -1,5 +1,5 @@
 """RSS of one uvloop process whose TLS connections come and go: glibc's heap with and without the
-remedies of sidecar/memory.py.
+remedies of lightmesh/memory.py.
 
     python -m bench.tls_churn [--rounds 40] [--connections 40]
 

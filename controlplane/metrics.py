@@ -44,6 +44,7 @@ class ControlPlaneMetrics:
     problems: Gauge
     certificates: Counter
     injections: Counter
+    jwks_fetches: Counter
 
     @classmethod
     def create(cls) -> ControlPlaneMetrics:
@@ -121,6 +122,13 @@ class ControlPlaneMetrics:
             injections=Counter(
                 "lightmesh_controlplane_injections",
                 "Pods the admission webhook injected a sidecar into, by outcome.",
+                ["outcome"],
+                registry=registry,
+            ),
+            jwks_fetches=Counter(
+                "lightmesh_controlplane_jwks_fetches",
+                "Fetches of RequestAuthentication jwksUris, by outcome (success, failure: the "
+                "last good keys keep serving).",
                 ["outcome"],
                 registry=registry,
             ),

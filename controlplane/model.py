@@ -265,13 +265,28 @@ class PeerAuthentication:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Condition:
+    """One `when` entry of an AuthorizationPolicy rule: `key` (request.auth.claims[a][b],
+    request.auth.principal, request.auth.audiences, request.auth.presenter) has one of `values`
+    (when given) and none of `not_values`."""
+
+    key: str
+    values: tuple[str, ...] = ()
+    not_values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuthorizationRule:
-    """`from` and `to` of one rule; empty tuples mean "any"."""
+    """`from`, `to` and `when` of one rule; empty tuples mean "any"."""
 
     principals: tuple[str, ...] = ()
     namespaces: tuple[str, ...] = ()
     methods: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
+    # "<issuer>/<subject>" of the request's verified JWT (RequestAuthentication).
+    request_principals: tuple[str, ...] = ()
+    not_request_principals: tuple[str, ...] = ()
+    conditions: tuple[Condition, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -282,6 +297,70 @@ class AuthorizationPolicy:
     selector: tuple[tuple[str, str], ...] | None
     action: Action
     rules: tuple[AuthorizationRule, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JwtRule:
+    """One `jwtRules` entry of a RequestAuthentication: how tokens of `issuer` are found and
+    verified, and what the app is told of them."""
+
+    issuer: str
+    audiences: tuple[str, ...] = ()
+    jwks: str = ""  # inline JWKS (JSON text); "" when jwks_uri is set
+    jwks_uri: str = ""
+    # (header name lower-case, value prefix); none of headers, params and cookies: Istio's
+    # default locations.
+    from_headers: tuple[tuple[str, str], ...] = ()
+    from_params: tuple[str, ...] = ()
+    from_cookies: tuple[str, ...] = ()
+    forward_original_token: bool = False
+    output_payload_to_header: str = ""
+    output_claim_to_headers: tuple[tuple[str, str], ...] = ()  # (header lower-case, claim)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestAuthentication:
+    """Istio's RequestAuthentication: which JWTs the selected workloads accept (a request with an
+    invalid one is refused, 401; one without a token is let through unless an
+    AuthorizationPolicy requires a request principal)."""
+
+    key: ResourceKey
+    selector: tuple[tuple[str, str], ...] | None
+    rules: tuple[JwtRule, ...]
+
+    def jwks_uris(self) -> frozenset[str]:
+        """The JWKS URLs the control plane must fetch for it."""
+        return frozenset(r.jwks_uri for r in self.rules if r.jwks_uri)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimit:
+    """A token bucket: `rate` requests per second, at most `burst` at once."""
+
+    rate: int
+    burst: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimitOverride:
+    """A per-identity bucket of its own for some clients ("namespace/service-account")."""
+
+    limit: RateLimit
+    clients: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HTTPLocalRateLimitPolicy:
+    """Linkerd's HTTPLocalRateLimitPolicy: token buckets on the selected workloads' inbound
+    requests (over `total`, or over its identity's bucket: 429, flag RL)."""
+
+    key: ResourceKey
+    # Workloads by labels (None: the whole namespace), or by name (`workload`, targetRef).
+    selector: tuple[tuple[str, str], ...] | None
+    workload: str = ""
+    total: RateLimit | None = None
+    identity: RateLimit | None = None
+    overrides: tuple[RateLimitOverride, ...] = ()
 
 
 GatewayProtocol = Literal["HTTP", "HTTPS", "HTTP2", "GRPC", "TCP", "TLS"]
@@ -359,6 +438,8 @@ Resource: TypeAlias = (
     | Sidecar
     | Gateway
     | ServiceEntry
+    | RequestAuthentication
+    | HTTPLocalRateLimitPolicy
 )
 
 

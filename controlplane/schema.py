@@ -29,11 +29,15 @@ ISTIO_GROUPS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "Sidecar": _NETWORKING,
     "PeerAuthentication": _SECURITY,
     "AuthorizationPolicy": _SECURITY,
+    "RequestAuthentication": _SECURITY,
 }
 
 
 def api_versions(kind: str) -> tuple[str, ...]:
-    """Every apiVersion a document of `kind` may carry: ours, then Istio's."""
+    """Every apiVersion a document of `kind` may carry: ours, then Istio's (a kind of ours
+    alone, such as HTTPLocalRateLimitPolicy, has no Istio group)."""
+    if kind not in ISTIO_GROUPS:
+        return (API_VERSION,)
     group, versions, _ = ISTIO_GROUPS[kind]
     return (API_VERSION, *(f"{group}/{version}" for version in versions))
 
@@ -374,6 +378,16 @@ AUTHORIZATION_POLICY_SPEC = _obj(
                                             desc="cluster.local/ns/<namespace>/sa/<account>",
                                         ),
                                         "namespaces": _VALUES,
+                                        "requestPrincipals": _arr(
+                                            _str(),
+                                            desc='"<issuer>/<subject>" of a verified JWT '
+                                            "(RequestAuthentication); '*': any valid token.",
+                                        ),
+                                        "notRequestPrincipals": _arr(
+                                            _str(),
+                                            desc="Matches requests whose JWT principal is none "
+                                            "of these ('*': requests without a valid token).",
+                                        ),
                                     }
                                 )
                             }
@@ -387,6 +401,22 @@ AUTHORIZATION_POLICY_SPEC = _obj(
                                 )
                             }
                         )
+                    ),
+                    "when": _arr(
+                        _obj(
+                            {
+                                "key": _str(
+                                    desc="request.auth.claims[name] (nested: claims[a][b]), "
+                                    "request.auth.principal, request.auth.audiences, "
+                                    "request.auth.presenter."
+                                ),
+                                "values": _VALUES,
+                                "notValues": _VALUES,
+                            },
+                            required=["key"],
+                        ),
+                        desc="Conditions, all of which must hold (values: any of; notValues: "
+                        "none of).",
                     ),
                 }
             ),
@@ -420,6 +450,100 @@ SIDECAR_SPEC = _obj(
 )
 
 _PORT = _int(minimum=1, maximum=65535)
+
+REQUEST_AUTHENTICATION_SPEC = _obj(
+    {
+        "selector": _SELECTOR,
+        "jwtRules": _arr(
+            _obj(
+                {
+                    "issuer": _str(desc="The token's iss claim this rule verifies."),
+                    "audiences": _arr(
+                        _str(), desc="Accepted aud values (any of); omitted: any audience."
+                    ),
+                    "jwksUri": _str(
+                        desc="http(s) URL of the issuer's JWKS; the control plane fetches it "
+                        "and sends the keys to the sidecars."
+                    ),
+                    "jwks_uri": _str(
+                        desc="Istio's proto name of jwksUri, which Istio's CRD also accepts: "
+                        "read as jwksUri, with a warning."
+                    ),
+                    "jwks": _str(desc="The JWKS itself, as JSON text (instead of jwksUri)."),
+                    "fromHeaders": _arr(
+                        _obj({"name": _str(), "prefix": _str()}, required=["name"]),
+                        desc='Where the token is; default: "Authorization: Bearer <token>" '
+                        "and the access_token query parameter.",
+                    ),
+                    "fromParams": _arr(_str(), desc="Query parameters holding the token."),
+                    "fromCookies": _arr(_str(), desc="Cookies holding the token."),
+                    "forwardOriginalToken": {
+                        "type": "boolean",
+                        "description": "Keep the token in the request to the app (default: "
+                        "removed).",
+                    },
+                    "outputPayloadToHeader": _str(
+                        desc="Header given the verified payload (base64url of its JSON)."
+                    ),
+                    "outputClaimToHeaders": _arr(
+                        _obj({"header": _str(), "claim": _str()}, required=["header", "claim"]),
+                        desc="Headers given the value of one claim each.",
+                    ),
+                    "timeout": _DURATION,
+                },
+                required=["issuer"],
+            ),
+            max_items=64,
+        ),
+    }
+)
+
+_RATE = _obj(
+    {
+        "requestsPerSecond": _int(minimum=1),
+        "burst": {
+            **_int(minimum=1),
+            "description": "Bucket size: requests admitted at once (default requestsPerSecond).",
+        },
+    },
+    required=["requestsPerSecond"],
+)
+
+HTTP_LOCAL_RATE_LIMIT_POLICY_SPEC = _obj(
+    {
+        "targetRef": _obj(
+            {"group": _str(), "kind": _str(), "name": _str()},
+            required=["kind", "name"],
+            desc="The workload limited: kind Deployment, StatefulSet or DaemonSet, by the name "
+            "its sidecar registers with (its app label); or use selector.",
+        ),
+        "selector": _SELECTOR,
+        "total": {**_RATE, "description": "One bucket for all requests to the workload."},
+        "identity": {**_RATE, "description": "One bucket per client identity."},
+        "overrides": _arr(
+            _obj(
+                {
+                    "requestsPerSecond": _int(minimum=1),
+                    "burst": _int(minimum=1),
+                    "clientRefs": _arr(
+                        _obj(
+                            {
+                                "group": _str(),
+                                "kind": _str(enum=["ServiceAccount"]),
+                                "namespace": _str(),
+                                "name": _str(),
+                            },
+                            required=["kind", "name"],
+                        )
+                    ),
+                },
+                required=["requestsPerSecond", "clientRefs"],
+            ),
+            desc="The per-identity bucket of these clients instead of identity's.",
+            max_items=64,
+        ),
+    }
+)
 
 GATEWAY_SPEC = _obj(
     {
@@ -528,6 +652,8 @@ _COLUMNS: dict[str, list[tuple[str, str]]] = {
     "Sidecar": [("Egress", ".spec.egress[*].hosts")],
     "Gateway": [("Hosts", ".spec.servers[*].hosts")],
     "ServiceEntry": [("Hosts", ".spec.hosts"), ("Resolution", ".spec.resolution")],
+    "RequestAuthentication": [("Issuers", ".spec.jwtRules[*].issuer")],
+    "HTTPLocalRateLimitPolicy": [("Total", ".spec.total.requestsPerSecond")],
 }
 
 # kind -> (plural, short names, spec schema)
@@ -539,6 +665,12 @@ KINDS: dict[str, tuple[str, list[str], Schema]] = {
     "Sidecar": ("sidecars", [], SIDECAR_SPEC),
     "Gateway": ("gateways", ["gw"], GATEWAY_SPEC),
     "ServiceEntry": ("serviceentries", ["se"], SERVICE_ENTRY_SPEC),
+    "RequestAuthentication": ("requestauthentications", ["ra"], REQUEST_AUTHENTICATION_SPEC),
+    "HTTPLocalRateLimitPolicy": (
+        "httplocalratelimitpolicies",
+        [],
+        HTTP_LOCAL_RATE_LIMIT_POLICY_SPEC,
+    ),
 }
 
 _TYPE_CHECKS: dict[str, tuple[type | tuple[type, ...], str]] = {

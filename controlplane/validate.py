@@ -53,7 +53,9 @@ from controlplane.security import (
     ROOT_NAMESPACE,
     SpecError,
     authorization_policy,
+    http_local_rate_limit_policy,
     peer_authentication,
+    request_authentication,
 )
 from lightmesh.durations import parse_duration
 
@@ -628,20 +630,19 @@ def _destination_rule(
     )
 
 
-def _peer_authentication(key: ResourceKey, spec: dict[str, Any], warnings: list[str]) -> Resource:
-    del warnings
-    try:
-        return peer_authentication(key, spec)
-    except SpecError as exc:
-        raise _Invalid(str(exc)) from exc
+Builder = Callable[[ResourceKey, dict[str, Any], list[str]], Resource]
 
 
-def _authorization_policy(key: ResourceKey, spec: dict[str, Any], warnings: list[str]) -> Resource:
-    del warnings
-    try:
-        return authorization_policy(key, spec)
-    except SpecError as exc:
-        raise _Invalid(str(exc)) from exc
+def _spec_checked(build: Builder) -> Builder:
+    """A builder of controlplane/security.py, whose SpecError becomes this module's _Invalid."""
+
+    def checked(key: ResourceKey, spec: dict[str, Any], warnings: list[str]) -> Resource:
+        try:
+            return build(key, spec, warnings)
+        except SpecError as exc:
+            raise _Invalid(str(exc)) from exc
+
+    return checked
 
 
 def _scoped_host(space: str, host: str, path: str) -> str:
@@ -850,14 +851,18 @@ def _service_entry(key: ResourceKey, spec: dict[str, Any], warnings: list[str]) 
     )
 
 
-_BUILDERS: dict[str, Callable[[ResourceKey, dict[str, Any], list[str]], Resource]] = {
+_BUILDERS: dict[str, Builder] = {
     "VirtualService": _virtual_service,
     "DestinationRule": _destination_rule,
-    "PeerAuthentication": _peer_authentication,
-    "AuthorizationPolicy": _authorization_policy,
+    "PeerAuthentication": _spec_checked(lambda key, spec, _: peer_authentication(key, spec)),
+    "AuthorizationPolicy": _spec_checked(lambda key, spec, _: authorization_policy(key, spec)),
     "Sidecar": _sidecar,
     "Gateway": _gateway,
     "ServiceEntry": _service_entry,
+    "RequestAuthentication": _spec_checked(request_authentication),
+    "HTTPLocalRateLimitPolicy": _spec_checked(
+        lambda key, spec, _: http_local_rate_limit_policy(key, spec)
+    ),
 }
 
 

@@ -28,6 +28,15 @@ SERVICE = "Service"
 # Keys of the mesh-wide settings the store holds beside resources.
 TRUST_BUNDLE = ResourceKey("Mesh", "", "trust-bundle")
 TRUST_DOMAIN = ResourceKey("Mesh", "", "trust-domain")
+# The keys a RequestAuthentication's jwksUri served, as the control plane last fetched them
+# (controlplane/sources/jwks.py): ResourceKey(JWKS, "", uri) -> the JWKS JSON text.
+JWKS = "Jwks"
+
+
+def jwks_key(uri: str) -> ResourceKey:
+    """The store key of the keys fetched from one jwksUri."""
+    return ResourceKey(JWKS, "", uri)
+
 
 Value: TypeAlias = "Resource | Service | str"
 
@@ -69,6 +78,7 @@ class World:
         self.default_export_to = default_export_to
         self.trust_bundle = trust_bundle
         self.trust_domain = trust_domain
+        self.jwks: dict[str, str] = {}  # jwksUri -> the JWKS fetched from it
         self.services: dict[str, Service] = {}  # by FQDN
         self.resources: dict[ResourceKey, Resource] = {}
         self._vs_by_host: dict[str, set[ResourceKey]] = {}
@@ -96,6 +106,12 @@ class World:
         if key == TRUST_DOMAIN:
             self.trust_domain = value if isinstance(value, str) else "cluster.local"
             return set(self.hosts())  # every cluster's secure-naming identities
+        if key.kind == JWKS:
+            if isinstance(value, str):
+                self.jwks[key.name] = value
+            else:
+                self.jwks.pop(key.name, None)
+            return set()
         if key.kind == SERVICE:
             return self._put_service(key, value if isinstance(value, Service) else None)
         old = self.resources.pop(key, None)

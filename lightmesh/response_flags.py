@@ -29,6 +29,7 @@ class ResponseFlag(enum.StrEnum):
     DI = "DI"  # the request was delayed by fault injection
     FI = "FI"  # the request was aborted by fault injection
     RBAC = "RBAC"  # denied by an AuthorizationPolicy
+    RL = "RL"  # refused by the local rate limit (HTTPLocalRateLimitPolicy), 429
 
 
 def joined(*flags: str) -> str:

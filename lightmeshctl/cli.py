@@ -101,7 +101,7 @@ def _analyze_cluster(args: argparse.Namespace) -> int:
     index = KubeIndex()
     count = 0
     # Ours, then Istio's groups (when their CRDs are installed: crds/istio/ or Istio's own).
-    for watched in (*MESH_KINDS, *(istio_kind(k) for k in MESH_KINDS)):
+    for watched in (*MESH_KINDS, *(istio_kind(k) for k in MESH_KINDS if istio_kind(k) in WATCHED)):
         group, _, version = WATCHED[watched][0].partition("/")
         plural = KINDS[mesh_kind(watched)][0]  # authorizationpolicies, not a naive "-s"
         found: Any

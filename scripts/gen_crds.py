@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from controlplane.schema import KINDS, crd_manifest
+from controlplane.schema import ISTIO_GROUPS, KINDS, crd_manifest
 
 ISTIO_HEADER = (
     "# Optional, for clusters WITHOUT Istio (docs/istio.md): Istio's apiVersions served by lightmesh.\n"
@@ -38,7 +38,8 @@ def main(out: Path) -> None:
     (out / "istio").mkdir(parents=True, exist_ok=True)
     for kind, (plural, _, _) in KINDS.items():
         (out / f"{plural}.yaml").write_text(render(kind))
-        (out / "istio" / f"{plural}.yaml").write_text(render(kind, istio=True))
+        if kind in ISTIO_GROUPS:  # HTTPLocalRateLimitPolicy is ours alone
+            (out / "istio" / f"{plural}.yaml").write_text(render(kind, istio=True))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 from google.protobuf.json_format import MessageToDict
 
 import lightmesh
+from lightmesh.memory import return_freed_memory
 from lightmesh.runtime import stop_on_signals
 from lightmesh.v1 import discovery_pb2 as pb
 from sidecar.admin.endpoints import Admin
@@ -26,7 +27,6 @@ from sidecar.contract import Completed
 from sidecar.identity.manager import CertificateManager
 from sidecar.identity.tls import MeshTLS
 from sidecar.listeners.engine import start_proxy
-from sidecar.memory import return_freed_memory
 from sidecar.routing.router import InboundRouter, OutboundRouter
 from sidecar.settings import Settings
 from sidecar.telemetry import wiring
@@ -123,6 +123,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         tcp_recorder=record_tcp,
     )
     inbound = None
+    inbound_router: InboundRouter | None = None
     app_health = AppHealth() if settings.app_port and settings.app_health else None
     if settings.app_port:
         inbound_router = InboundRouter(
@@ -185,6 +186,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             mirrors=outbound.mirrors,
             connections_opened=outbound.connections_opened,
             wrong_identity=outbound.wrong_identity,
+            admission=inbound_router.admission if inbound_router is not None else None,
         )
     )
     draining = False

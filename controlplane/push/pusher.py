@@ -52,7 +52,14 @@ log = logging.getLogger("controlplane.push")
 
 BATCH = 100  # hosts refreshed between two yields to the loop
 HERD_WINDOW = 1.0  # seconds over which stream arrivals are counted (herd detection)
-_POLICY_KINDS = frozenset({"PeerAuthentication", "AuthorizationPolicy"})
+_POLICY_KINDS = frozenset(
+    {
+        "PeerAuthentication",
+        "AuthorizationPolicy",
+        "RequestAuthentication",
+        "HTTPLocalRateLimitPolicy",
+    }
+)
 
 
 @dataclass(eq=False, slots=True)

@@ -101,7 +101,10 @@ class Translator:
 
     def inbound(self, key: InboundKey) -> Resource:
         """The InboundPolicy for one set of inputs."""
-        inputs = (*(self._versions(k) for k in key.policies), self._versions(TRUST_BUNDLE))
+        inputs = (
+            *(self._versions(k) for k in key.inputs(self.world)),
+            self._versions(TRUST_BUNDLE),
+        )
 
         def build() -> Sequence[Resource]:
             message = inbound_from_key(self.world, key)

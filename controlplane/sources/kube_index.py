@@ -37,6 +37,8 @@ _OURS = (
     "Sidecar",
     "Gateway",
     "ServiceEntry",
+    "RequestAuthentication",
+    "HTTPLocalRateLimitPolicy",
 )
 
 
@@ -66,13 +68,14 @@ KINDS: dict[str, tuple[str, str]] = {
             f"/apis/{_istio_api_version(kind)}/{SCHEMA_KINDS[kind][0]}",
         )
         for kind in _OURS
+        if kind in ISTIO_GROUPS
     },
     "Service": ("v1", "/api/v1/services"),
     "EndpointSlice": ("discovery.k8s.io/v1", "/apis/discovery.k8s.io/v1/endpointslices"),
     "Pod": ("v1", "/api/v1/pods"),
 }
 MESH_KINDS = _OURS
-ISTIO_KINDS = tuple(istio_kind(kind) for kind in _OURS)
+ISTIO_KINDS = tuple(istio_kind(kind) for kind in _OURS if kind in ISTIO_GROUPS)
 
 
 def watched_kinds(*, istio: bool) -> tuple[str, ...]:

@@ -1,5 +1,6 @@
-"""The inbound policy of one sidecar: PeerAuthentication mode, AuthorizationPolicies, trust
-roots. Pure.
+"""The inbound policy of one sidecar: PeerAuthentication mode, AuthorizationPolicies,
+RequestAuthentications' JWT rules (with their keys inline: a jwksUri's as the control plane last
+fetched them), the HTTPLocalRateLimitPolicy, trust roots. Pure.
 
 Only the policies that select the workload matter, so sidecars whose namespace and selected
 policies are equal share one translated InboundPolicy (`InboundKey`): labels count only where a
@@ -10,15 +11,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from controlplane.model import Resource, ResourceKey
+from controlplane.model import (
+    HTTPLocalRateLimitPolicy,
+    JwtRule,
+    RateLimit,
+    RequestAuthentication,
+    Resource,
+    ResourceKey,
+)
 from controlplane.security import (
     ROOT_NAMESPACE,
     AuthorizationPolicy,
     PeerAuthentication,
     authorization_policies,
     mtls_mode,
+    rate_limit_policy,
 )
-from controlplane.world import NodeInfo, World
+from controlplane.world import TRUST_DOMAIN, NodeInfo, World, jwks_key
 from lightmesh.v1 import config_pb2 as pb
 
 _MTLS = {"PERMISSIVE": pb.MTLS_PERMISSIVE, "STRICT": pb.MTLS_STRICT, "DISABLE": pb.MTLS_DISABLE}
@@ -30,6 +39,27 @@ class InboundKey:
 
     mode: str
     policies: tuple[ResourceKey, ...]
+    authentications: tuple[ResourceKey, ...] = ()
+    rate_limit: ResourceKey | None = None
+
+    def inputs(self, world: World) -> tuple[ResourceKey, ...]:
+        """Every store key the translation reads besides the trust bundle: the policies, the
+        fetched JWKS of their jwksUris, the trust domain (rate-limit overrides name principals)."""
+        uris = sorted(
+            uri
+            for key in self.authentications
+            if isinstance(ra := world.resources.get(key), RequestAuthentication)
+            for uri in ra.jwks_uris()
+        )
+        extra = [TRUST_DOMAIN] if self.rate_limit is not None else []
+        limit = [self.rate_limit] if self.rate_limit is not None else []
+        return (
+            *self.policies,
+            *self.authentications,
+            *limit,
+            *(jwks_key(uri) for uri in uris),
+            *extra,
+        )
 
 
 def _candidates(world: World, kind: str, namespace: str) -> list[Resource]:
@@ -52,16 +82,87 @@ def inbound_key(world: World, node: NodeInfo) -> InboundKey:
         namespace=node.namespace,
         labels=labels,
     )
-    return InboundKey(mode=mode, policies=tuple(p.key for p in selected))
+    authn = list(_candidates(world, "RequestAuthentication", node.namespace))
+    authentications = authorization_policies(
+        (p for p in authn if isinstance(p, RequestAuthentication)),
+        namespace=node.namespace,
+        labels=labels,
+    )
+    limits = world.in_namespace("HTTPLocalRateLimitPolicy", node.namespace)
+    limit = rate_limit_policy(
+        (p for p in limits if isinstance(p, HTTPLocalRateLimitPolicy)),
+        namespace=node.namespace,
+        workload=node.workload,
+        labels=labels,
+    )
+    return InboundKey(
+        mode=mode,
+        policies=tuple(p.key for p in selected),
+        authentications=tuple(p.key for p in authentications),
+        rate_limit=limit.key if limit is not None else None,
+    )
 
 
 def inbound_from_key(world: World, key: InboundKey) -> pb.InboundPolicy:
     """The InboundPolicy for those inputs (with the current trust bundle)."""
     policies = [world.resources[k] for k in key.policies if k in world.resources]
+    rules = [
+        _jwt_rule(world, ra, rule)
+        for k in key.authentications
+        if isinstance(ra := world.resources.get(k), RequestAuthentication)
+        for rule in ra.rules
+    ]
+    limit = world.resources.get(key.rate_limit) if key.rate_limit is not None else None
     return pb.InboundPolicy(
         mtls_mode=_MTLS[key.mode],
         policies=[_authorization_policy(p) for p in policies if isinstance(p, AuthorizationPolicy)],
         trust_bundle=world.trust_bundle,
+        jwt_rules=rules,
+        rate_limit=(
+            _rate_limit(world, limit) if isinstance(limit, HTTPLocalRateLimitPolicy) else None
+        ),
+    )
+
+
+def _jwt_rule(world: World, ra: RequestAuthentication, rule: JwtRule) -> pb.JwtRule:
+    return pb.JwtRule(
+        issuer=rule.issuer,
+        audiences=list(rule.audiences),
+        # A jwksUri not fetched yet (or never): no keys, so the sidecar refuses its tokens.
+        jwks=rule.jwks or world.jwks.get(rule.jwks_uri, ""),
+        from_headers=[pb.JwtHeader(name=n, prefix=p) for n, p in rule.from_headers],
+        from_params=list(rule.from_params),
+        from_cookies=list(rule.from_cookies),
+        forward_original_token=rule.forward_original_token,
+        output_payload_to_header=rule.output_payload_to_header,
+        output_claim_to_headers=[
+            pb.ClaimToHeader(header=h, claim=c) for h, c in rule.output_claim_to_headers
+        ],
+        policy=f"{ra.key.namespace}/{ra.key.name}",
+    )
+
+
+def _bucket(limit: RateLimit | None) -> pb.RateLimitBucket | None:
+    if limit is None:
+        return None
+    return pb.RateLimitBucket(requests_per_second=limit.rate, burst=limit.burst)
+
+
+def _rate_limit(world: World, policy: HTTPLocalRateLimitPolicy) -> pb.LocalRateLimit:
+    return pb.LocalRateLimit(
+        name=f"{policy.key.namespace}/{policy.key.name}",
+        total=_bucket(policy.total),
+        identity=_bucket(policy.identity),
+        overrides=[
+            pb.RateLimitOverride(
+                limit=_bucket(o.limit),
+                principals=[
+                    f"{world.trust_domain}/ns/{ns}/sa/{sa}"
+                    for ns, _, sa in (c.partition("/") for c in o.clients)
+                ],
+            )
+            for o in policy.overrides
+        ],
     )
 
 
@@ -81,6 +182,14 @@ def _authorization_policy(policy: AuthorizationPolicy) -> pb.AuthorizationPolicy
                 namespaces=list(r.namespaces),
                 methods=list(r.methods),
                 paths=list(r.paths),
+                request_principals=list(r.request_principals),
+                not_request_principals=list(r.not_request_principals),
+                when=[
+                    pb.AuthorizationCondition(
+                        key=c.key, values=list(c.values), not_values=list(c.not_values)
+                    )
+                    for c in r.conditions
+                ],
             )
             for r in policy.rules
         ],

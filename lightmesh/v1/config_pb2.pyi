@@ -299,14 +299,86 @@ class Endpoint(_message.Message):
     def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ..., workload: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., weight: _Optional[int] = ...) -> None: ...
 
 class InboundPolicy(_message.Message):
-    __slots__ = ("mtls_mode", "policies", "trust_bundle")
+    __slots__ = ("mtls_mode", "policies", "trust_bundle", "jwt_rules", "rate_limit")
     MTLS_MODE_FIELD_NUMBER: _ClassVar[int]
     POLICIES_FIELD_NUMBER: _ClassVar[int]
     TRUST_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    JWT_RULES_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     mtls_mode: MtlsMode
     policies: _containers.RepeatedCompositeFieldContainer[AuthorizationPolicy]
     trust_bundle: str
-    def __init__(self, mtls_mode: _Optional[_Union[MtlsMode, str]] = ..., policies: _Optional[_Iterable[_Union[AuthorizationPolicy, _Mapping]]] = ..., trust_bundle: _Optional[str] = ...) -> None: ...
+    jwt_rules: _containers.RepeatedCompositeFieldContainer[JwtRule]
+    rate_limit: LocalRateLimit
+    def __init__(self, mtls_mode: _Optional[_Union[MtlsMode, str]] = ..., policies: _Optional[_Iterable[_Union[AuthorizationPolicy, _Mapping]]] = ..., trust_bundle: _Optional[str] = ..., jwt_rules: _Optional[_Iterable[_Union[JwtRule, _Mapping]]] = ..., rate_limit: _Optional[_Union[LocalRateLimit, _Mapping]] = ...) -> None: ...
+
+class JwtRule(_message.Message):
+    __slots__ = ("issuer", "audiences", "jwks", "from_headers", "from_params", "forward_original_token", "output_payload_to_header", "output_claim_to_headers", "policy", "from_cookies")
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCES_FIELD_NUMBER: _ClassVar[int]
+    JWKS_FIELD_NUMBER: _ClassVar[int]
+    FROM_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    FROM_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_ORIGINAL_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_PAYLOAD_TO_HEADER_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_CLAIM_TO_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    FROM_COOKIES_FIELD_NUMBER: _ClassVar[int]
+    issuer: str
+    audiences: _containers.RepeatedScalarFieldContainer[str]
+    jwks: str
+    from_headers: _containers.RepeatedCompositeFieldContainer[JwtHeader]
+    from_params: _containers.RepeatedScalarFieldContainer[str]
+    forward_original_token: bool
+    output_payload_to_header: str
+    output_claim_to_headers: _containers.RepeatedCompositeFieldContainer[ClaimToHeader]
+    policy: str
+    from_cookies: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, issuer: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ..., jwks: _Optional[str] = ..., from_headers: _Optional[_Iterable[_Union[JwtHeader, _Mapping]]] = ..., from_params: _Optional[_Iterable[str]] = ..., forward_original_token: _Optional[bool] = ..., output_payload_to_header: _Optional[str] = ..., output_claim_to_headers: _Optional[_Iterable[_Union[ClaimToHeader, _Mapping]]] = ..., policy: _Optional[str] = ..., from_cookies: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class JwtHeader(_message.Message):
+    __slots__ = ("name", "prefix")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    prefix: str
+    def __init__(self, name: _Optional[str] = ..., prefix: _Optional[str] = ...) -> None: ...
+
+class ClaimToHeader(_message.Message):
+    __slots__ = ("header", "claim")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_FIELD_NUMBER: _ClassVar[int]
+    header: str
+    claim: str
+    def __init__(self, header: _Optional[str] = ..., claim: _Optional[str] = ...) -> None: ...
+
+class LocalRateLimit(_message.Message):
+    __slots__ = ("name", "total", "identity", "overrides")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    total: RateLimitBucket
+    identity: RateLimitBucket
+    overrides: _containers.RepeatedCompositeFieldContainer[RateLimitOverride]
+    def __init__(self, name: _Optional[str] = ..., total: _Optional[_Union[RateLimitBucket, _Mapping]] = ..., identity: _Optional[_Union[RateLimitBucket, _Mapping]] = ..., overrides: _Optional[_Iterable[_Union[RateLimitOverride, _Mapping]]] = ...) -> None: ...
+
+class RateLimitBucket(_message.Message):
+    __slots__ = ("requests_per_second", "burst")
+    REQUESTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    BURST_FIELD_NUMBER: _ClassVar[int]
+    requests_per_second: int
+    burst: int
+    def __init__(self, requests_per_second: _Optional[int] = ..., burst: _Optional[int] = ...) -> None: ...
+
+class RateLimitOverride(_message.Message):
+    __slots__ = ("limit", "principals")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPALS_FIELD_NUMBER: _ClassVar[int]
+    limit: RateLimitBucket
+    principals: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, limit: _Optional[_Union[RateLimitBucket, _Mapping]] = ..., principals: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AuthorizationPolicy(_message.Message):
     __slots__ = ("name", "action", "rules")
@@ -319,13 +391,29 @@ class AuthorizationPolicy(_message.Message):
     def __init__(self, name: _Optional[str] = ..., action: _Optional[_Union[AuthzAction, str]] = ..., rules: _Optional[_Iterable[_Union[AuthorizationRule, _Mapping]]] = ...) -> None: ...
 
 class AuthorizationRule(_message.Message):
-    __slots__ = ("principals", "namespaces", "methods", "paths")
+    __slots__ = ("principals", "namespaces", "methods", "paths", "request_principals", "not_request_principals", "when")
     PRINCIPALS_FIELD_NUMBER: _ClassVar[int]
     NAMESPACES_FIELD_NUMBER: _ClassVar[int]
     METHODS_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_PRINCIPALS_FIELD_NUMBER: _ClassVar[int]
+    NOT_REQUEST_PRINCIPALS_FIELD_NUMBER: _ClassVar[int]
+    WHEN_FIELD_NUMBER: _ClassVar[int]
     principals: _containers.RepeatedScalarFieldContainer[str]
     namespaces: _containers.RepeatedScalarFieldContainer[str]
     methods: _containers.RepeatedScalarFieldContainer[str]
     paths: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, principals: _Optional[_Iterable[str]] = ..., namespaces: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ..., paths: _Optional[_Iterable[str]] = ...) -> None: ...
+    request_principals: _containers.RepeatedScalarFieldContainer[str]
+    not_request_principals: _containers.RepeatedScalarFieldContainer[str]
+    when: _containers.RepeatedCompositeFieldContainer[AuthorizationCondition]
+    def __init__(self, principals: _Optional[_Iterable[str]] = ..., namespaces: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ..., paths: _Optional[_Iterable[str]] = ..., request_principals: _Optional[_Iterable[str]] = ..., not_request_principals: _Optional[_Iterable[str]] = ..., when: _Optional[_Iterable[_Union[AuthorizationCondition, _Mapping]]] = ...) -> None: ...
+
+class AuthorizationCondition(_message.Message):
+    __slots__ = ("key", "values", "not_values")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    NOT_VALUES_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    values: _containers.RepeatedScalarFieldContainer[str]
+    not_values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ..., not_values: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -84,6 +84,13 @@ def add_arguments(cp: argparse.ArgumentParser) -> None:
         "from: '*' (all, Istio's default), '.' (its own) or names, comma-separated",
     )
     cp.add_argument(
+        "--jwks-refresh",
+        type=float,
+        default=20 * 60.0,
+        help="seconds between fetches of each RequestAuthentication jwksUri (default 20 min, "
+        "Istio's); a failed fetch is retried sooner and the last good keys keep serving",
+    )
+    cp.add_argument(
         "--registry-grace",
         type=float,
         default=15.0,
@@ -140,6 +147,8 @@ def from_arguments(args: argparse.Namespace) -> Settings:
 
     if not args.config_dir and not args.kubeconfig and not args.in_cluster:
         raise ValueError("give --config-dir, --kubeconfig or --in-cluster")
+    if args.jwks_refresh < 1:
+        raise ValueError(f"--jwks-refresh {args.jwks_refresh}: at least 1 second")
     settings = Settings(
         config_dir=Path(args.config_dir) if args.config_dir else None,
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
@@ -162,6 +171,7 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         plaintext=args.plaintext,
         default_export_to=_export_to(args.default_export_to),
         registry_grace=args.registry_grace,
+        jwks_refresh=args.jwks_refresh,
         initial_pushes=args.initial_pushes,
         webhook=WebhookSettings(
             port=args.webhook_port,

@@ -18,6 +18,11 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${LIGHTMESH_CACHE:-$HOME/.cache/lightmesh}
 export GOMODCACHE=$CACHE/go/mod GOCACHE=$CACHE/go/build
+# One build at a time per cache: a second caller (another checkout, a parallel make) waits, then
+# finds the binaries built and skips them.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.k8s-build.lock"
+flock 9
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly
 
 log() { printf 'k8s-build [%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

@@ -30,7 +30,7 @@ from sidecar.http.http1 import UNPROCESSED
 from sidecar.policies.retry import DEFAULT_RETRY, RetryPolicy, backoff
 from sidecar.routing.destinations import PASSTHROUGH, Destinations
 from sidecar.routing.table import CompiledRoute, Redirect, RouteTable
-from sidecar.security.authz import Peer, evaluate
+from sidecar.security.admission import Admission
 from sidecar.security.inbound import InboundPolicy
 
 
@@ -311,9 +311,10 @@ APP_UNREACHABLE = LocalReply(
 
 
 class InboundRouter:
-    """Everything arriving on the inbound listener goes to the application, unless an
-    AuthorizationPolicy denies it (403, flag RBAC, as Envoy's RBAC filter answers), or the app is
-    known to refuse connections (`app_health.down`: 503 UF marked never-processed, at once).
+    """Everything arriving on the inbound listener goes to the application, unless admission
+    refuses it (sidecar/security/admission.py: an invalid JWT 401, an AuthorizationPolicy 403 flag
+    RBAC, the local rate limit 429 flag RL), or the app is known to refuse connections
+    (`app_health.down`: 503 UF marked never-processed, at once).
 
     The caller's verified identity (mutual TLS) is what policies see, and what the app is told in
     `x-forwarded-client-cert` (Envoy's format: `By=<us>;URI=<caller>`); a header of that name
@@ -328,7 +329,9 @@ class InboundRouter:
         dataplane: DataPlane | None = None,
         own_identity: Callable[[], str] = lambda: "",
         app_health: AppHealth | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.admission = Admission(clock)
         self._forward = Forward(
             address=app_host, port=app_port, cluster=f"inbound|{app_port}", mark_unprocessed=True
         )
@@ -344,15 +347,12 @@ class InboundRouter:
             xfcc = f"By={self._own_identity()};URI={identity}"
             head.headers.append((_XFCC, xfcc.encode("latin-1")))
         dataplane = self._dataplane
-        if dataplane is not None and dataplane.inbound.policies:
-            verdict = evaluate(
-                dataplane.inbound.policies,
-                Peer(principal=principal_of(identity)),
-                head.method,
-                head.path,
-            )
-            if not verdict.allowed:
-                return LocalReply(status=403, body="RBAC: access denied", flags=ResponseFlag.RBAC)
+        if dataplane is not None:
+            policy = dataplane.inbound
+            if policy.policies or policy.authenticator is not None or policy.rate_limit is not None:
+                refused = self.admission.check(policy, head, principal_of(identity))
+                if refused is not None:
+                    return refused
         health = self._app_health
         if health is not None and health.down:
             return APP_UNREACHABLE

@@ -1,8 +1,9 @@
-"""The inbound policy a sidecar enforces: mTLS mode, AuthorizationPolicies, trust roots. Pure.
+"""The inbound policy a sidecar enforces: mTLS mode, AuthorizationPolicies, JWT rules, the local
+rate limit, trust roots. Pure.
 
 Decoded from the control plane's `InboundPolicy` resource; a value this sidecar version does not
 know (a newer mode or action) raises `ConfigError`, so the resource is NACKed and the previous
-policy keeps serving rather than being half-applied.
+policy keeps serving rather than being half-applied; so does a JWKS that does not parse.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Literal
 
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.errors import ConfigError
-from sidecar.security.authz import Policy, Rule
+from sidecar.security.authn import Authenticator, JwtRule
+from sidecar.security.authz import Condition, Policy, Rule
+from sidecar.security.ratelimit import Bucket, RateLimitConfig
 
 MtlsMode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
 
@@ -30,6 +33,9 @@ class InboundPolicy:
     mode: MtlsMode = "PERMISSIVE"
     policies: tuple[Policy, ...] = ()
     trust_bundle: str = ""
+    # The RequestAuthentications' JWT rules, compiled; None: no JWT is looked at.
+    authenticator: Authenticator | None = None
+    rate_limit: RateLimitConfig | None = None
 
 
 def decode(message: pb.InboundPolicy) -> InboundPolicy:
@@ -53,9 +59,58 @@ def decode(message: pb.InboundPolicy) -> InboundPolicy:
                         namespaces=tuple(r.namespaces),
                         methods=tuple(r.methods),
                         paths=tuple(r.paths),
+                        request_principals=tuple(r.request_principals),
+                        not_request_principals=tuple(r.not_request_principals),
+                        conditions=tuple(
+                            Condition(
+                                key=c.key, values=tuple(c.values), not_values=tuple(c.not_values)
+                            )
+                            for c in r.when
+                        ),
                     )
                     for r in policy.rules
                 ),
             )
         )
-    return InboundPolicy(mode=mode, policies=tuple(policies), trust_bundle=message.trust_bundle)
+    rules = [
+        JwtRule(
+            issuer=r.issuer,
+            jwks=r.jwks,
+            audiences=tuple(r.audiences),
+            from_headers=tuple((h.name.lower(), h.prefix) for h in r.from_headers),
+            from_params=tuple(r.from_params),
+            from_cookies=tuple(r.from_cookies),
+            forward_original_token=r.forward_original_token,
+            output_payload_to_header=r.output_payload_to_header.lower(),
+            output_claim_to_headers=tuple(
+                (c.header.lower(), c.claim) for c in r.output_claim_to_headers
+            ),
+            policy=r.policy,
+        )
+        for r in message.jwt_rules
+    ]
+    return InboundPolicy(
+        mode=mode,
+        policies=tuple(policies),
+        trust_bundle=message.trust_bundle,
+        authenticator=Authenticator(rules) if rules else None,
+        rate_limit=_rate_limit(message.rate_limit) if message.HasField("rate_limit") else None,
+    )
+
+
+def _bucket(message: pb.RateLimitBucket) -> Bucket:
+    rate = message.requests_per_second
+    if rate == 0:
+        raise ConfigError("rate limit: requests_per_second must be at least 1")
+    return Bucket(rate=float(rate), burst=message.burst or rate)
+
+
+def _rate_limit(message: pb.LocalRateLimit) -> RateLimitConfig:
+    return RateLimitConfig(
+        name=message.name,
+        total=_bucket(message.total) if message.HasField("total") else None,
+        identity=_bucket(message.identity) if message.HasField("identity") else None,
+        overrides=tuple(
+            (principal, _bucket(o.limit)) for o in message.overrides for principal in o.principals
+        ),
+    )

@@ -1,5 +1,6 @@
 """Cluster resilience state read at scrape time: retries, circuit-breaker overflows, outlier
-ejections, and the outbound listener's mirrored copies and upstream connections.
+ejections, the outbound listener's mirrored copies and upstream connections, and the inbound
+requests admission refused (JWT, AuthorizationPolicy, local rate limit).
 
 Nothing is recorded per request here: the counters live on the objects that already count them
 (`Cluster`, `OutlierDetector`, `Mirrors`) and are read when /metrics is scraped. Labels are the
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from sidecar.cluster.cluster import Cluster
+from sidecar.security.admission import Admission
 from sidecar.telemetry.exposition import Collector, CounterMetricFamily, GaugeMetricFamily, Metric
 from sidecar.upstream.mirror import Mirrors
 
@@ -27,7 +29,9 @@ class ResilienceCollector(Collector):
         mirrors: Mirrors | None = None,
         connections_opened: Mapping[str, int] | None = None,
         wrong_identity: Mapping[str, int] | None = None,
+        admission: Admission | None = None,
     ) -> None:
+        self._admission = admission
         self._clusters = clusters
         self._mirrors = mirrors
         self._opened = connections_opened
@@ -88,6 +92,19 @@ class ResilienceCollector(Collector):
             for service, count in list(self._wrong_identity.items()):
                 refused.add_metric([service], count)
             yield refused
+        admission = self._admission
+        if admission is not None:
+            refused_inbound = CounterMetricFamily(
+                "lightmesh_inbound_refused",
+                "Inbound requests the sidecar answered itself at admission: reason "
+                "unauthenticated (an invalid JWT, 401), denied (AuthorizationPolicy, 403, flag "
+                "RBAC), rate_limited (HTTPLocalRateLimitPolicy, 429, flag RL).",
+                labels=["reason"],
+            )
+            refused_inbound.add_metric(["unauthenticated"], admission.unauthenticated)
+            refused_inbound.add_metric(["denied"], admission.denied)
+            refused_inbound.add_metric(["rate_limited"], admission.rate_limited)
+            yield refused_inbound
         mirrors = self._mirrors
         if mirrors is not None:
             copies = CounterMetricFamily(

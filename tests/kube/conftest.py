@@ -53,6 +53,8 @@ CRDS = (
     "sidecars.lightmesh.io",
     "gateways.lightmesh.io",
     "serviceentries.lightmesh.io",
+    "requestauthentications.lightmesh.io",
+    "httplocalratelimitpolicies.lightmesh.io",
 )
 
 

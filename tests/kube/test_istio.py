@@ -23,11 +23,12 @@ SAMPLES = REPO / "tests" / "data" / "istio-samples"
 
 
 def test_istio_crds_serve_every_group_and_version(kube: KubeCluster, istio_crds: None) -> None:
-    assert len(ISTIO_CRDS) == 7
+    assert len(ISTIO_CRDS) == 8
     for group, names in (
         ("networking.istio.io", ["destinationrules", "gateways", "serviceentries", "sidecars",
                                  "virtualservices"]),
-        ("security.istio.io", ["authorizationpolicies", "peerauthentications"]),
+        ("security.istio.io", ["authorizationpolicies", "peerauthentications",
+                               "requestauthentications"]),
     ):  # fmt: skip
         listed = kube.kubectl("api-resources", f"--api-group={group}", "-o", "name").stdout
         assert sorted(listed.split()) == [f"{n}.{group}" for n in names]

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from sidecar.memory import _libc, return_freed_memory
+from lightmesh.memory import _libc, return_freed_memory
 
 
 async def test_trims_until_stopped() -> None:

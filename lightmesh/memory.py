@@ -1,4 +1,4 @@
-"""Giving freed heap memory back to the operating system (glibc), so RSS follows what is in use.
+"""Returning freed heap to the operating system (glibc), so RSS follows use (both daemons).
 
 Measured (`python -m bench.tls_churn`, docs/reliability.md): every TLS connection of the event
 loop (uvloop) mallocs a 256 KiB read buffer. glibc serves the first ones with mmap, and when one is freed it raises its mmap
@@ -21,7 +21,7 @@ import ctypes
 import ctypes.util
 import logging
 
-logger = logging.getLogger("sidecar.memory")
+logger = logging.getLogger("lightmesh.memory")
 
 TRIM_INTERVAL = 5.0  # seconds
 MMAP_THRESHOLD = 128 * 1024
