@@ -88,6 +88,7 @@ def proxy_status(pusher: Pusher, *, now: float) -> list[dict[str, Any]]:
 
 _SEVERITY = {"SYNCED": 0, "STALE": 1, "NACKED": 2}
 DEFAULT_WINDOW = 60.0
+GRAPH_TTL = 1.0  # seconds a served graph is reused for the same window and source
 MAX_WINDOW = 900.0
 
 
@@ -245,6 +246,10 @@ def build_app(
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
+    # Graphs served in the last GRAPH_TTL seconds, by (window, source): every open dashboard polls
+    # every 2 s, and a graph of a large mesh costs tens of ms of the loop the streams share.
+    served: dict[tuple[float, str], tuple[float, str]] = {}
+
     async def graph(request: web.Request) -> web.Response:
         try:
             window = parse_window(request.query.get("window"))
@@ -256,6 +261,10 @@ def build_app(
             raise web.HTTPBadRequest(text=f"source: {source!r} is not sidecars or prometheus\n")
         if source == "prometheus" and not prometheus_url:
             raise web.HTTPBadRequest(text="source: no --prometheus-url configured\n")
+        now = time.monotonic()
+        cached = served.get((window, source))
+        if cached is not None and now - cached[0] < GRAPH_TTL:
+            return web.Response(text=cached[1], content_type="application/json")
         from_prometheus = None
         if source == "prometheus":
             try:
@@ -267,10 +276,14 @@ def build_app(
             pusher,
             store,
             window=window,
-            now=time.monotonic(),
+            now=now,
             prometheus=from_prometheus,
         )
-        return web.json_response(body, dumps=_dumps)
+        text = _dumps(body)
+        for key in [k for k, (at, _) in served.items() if now - at >= GRAPH_TTL]:
+            del served[key]  # what is left: the graphs asked for in the last second
+        served[(window, source)] = (now, text)
+        return web.Response(text=text, content_type="application/json")
 
     async def dashboard(_: web.Request) -> web.Response:
         return web.Response(

@@ -18,10 +18,12 @@ connection was mutual TLS. Destination reports add only the edges nobody reporte
 from __future__ import annotations
 
 import math
+import operator
+from array import array
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from lightmesh.v1 import discovery_pb2 as pb
 
@@ -47,9 +49,9 @@ class Reporter:
     services: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SeriesKey:
-    """One series of a report: an edge seen from one side, and one outcome."""
+class SeriesKey(NamedTuple):
+    """One series of a report: an edge seen from one side, and one outcome (a tuple: keys are
+    hashed for every series of every report, and a tuple hashes in C)."""
 
     reporter: str  # "source" | "destination"
     source_workload: str
@@ -153,9 +155,9 @@ def report_from_proto(message: pb.TrafficReport, *, at: float) -> Report:
             flags=edge.response_flags,
             mtls=edge.mtls,
         )
-        buckets = tuple(float(b) for b in edge.duration_buckets)
+        buckets: tuple[float, ...] = tuple(edge.duration_buckets)
         if len(buckets) != width:
-            buckets = (0.0,) * (width - 1) + (float(edge.requests),)  # no latency: +Inf
+            buckets = (0,) * (width - 1) + (edge.requests,)  # no latency: +Inf
         before = series.get(key)
         if before is not None:
             buckets = tuple(a + b for a, b in zip(before.buckets, buckets, strict=True))
@@ -205,54 +207,113 @@ def service_fqdn(service: str, namespace: str) -> str:
     return service if "." in service else f"{service}.{namespace}.svc.cluster.local"
 
 
-def _difference(latest: Report, base: Report | None) -> dict[SeriesKey, Counts]:
-    if base is None:
-        return dict(latest.series)
-    out = {}
-    for key, now in latest.series.items():
-        before = base.series.get(key)
-        if (
-            before is None
-            or before.requests > now.requests
-            or len(before.buckets) != len(now.buckets)
-        ):
-            delta = now  # new series (or a reset): all of it happened since
-        else:
-            delta = Counts(
-                requests=now.requests - before.requests,
-                buckets=tuple(a - b for a, b in zip(now.buckets, before.buckets, strict=True)),
-                seconds=now.seconds - before.seconds,
+class _Slice:
+    """What one node did between two reports (or several, merged): sparse per-series latency
+    bucket counts (requests = their sum), 4 bytes each, and its clusters' counter deltas."""
+
+    __slots__ = ("clusters", "counts", "end", "series", "start")
+
+    def __init__(
+        self,
+        start: float,
+        end: float,
+        series: array[int],
+        counts: array[int],
+        clusters: dict[tuple[str, str], tuple[float, float, float]],
+    ) -> None:
+        self.start = start
+        self.end = end
+        self.series = series  # indexes into the node's key table
+        self.counts = counts  # len(series) * width bucket counts
+        self.clusters = clusters  # (service, subset) -> (overflows, ejections, retries)
+
+
+def _merge(slices: Sequence[_Slice], width: int) -> _Slice:
+    """One slice covering `slices` (consecutive, oldest first)."""
+    sums: dict[int, list[int]] = {}
+    clusters: dict[tuple[str, str], tuple[float, float, float]] = {}
+    for piece in slices:
+        counts = piece.counts
+        for n, index in enumerate(piece.series):
+            chunk = counts[n * width : (n + 1) * width]
+            row = sums.get(index)
+            sums[index] = chunk.tolist() if row is None else list(map(operator.add, row, chunk))
+        for name, grew in piece.clusters.items():
+            before = clusters.get(name)
+            clusters[name] = (
+                grew
+                if before is None
+                else (before[0] + grew[0], before[1] + grew[1], before[2] + grew[2])
             )
-        if delta.requests > 0:
-            out[key] = delta
-    return out
+    order = sorted(sums)
+    counts = array("I")
+    for index in order:
+        counts.extend(min(c, _U32) for c in sums[index]) if max(
+            sums[index]
+        ) > _U32 else counts.extend(sums[index])
+    return _Slice(slices[0].start, slices[-1].end, array("I", order), counts, clusters)
+
+
+_U32 = 0xFFFFFFFF
+_EXPIRE_EVERY = 1.0  # seconds of report time between two expiry passes
+
+
+class _Node:
+    """One sidecar's history: its latest cumulative report and the slices between reports."""
+
+    __slots__ = ("ejected", "index", "keys", "last", "reporter", "slices", "width")
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+        self.last: Report | None = None
+        self.keys: list[SeriesKey] = []
+        self.index: dict[SeriesKey, int] = {}
+        self.slices: deque[_Slice] = deque()
+        self.width = 0
+        self.ejected: dict[tuple[str, str], int] = {}
 
 
 class TrafficStore:
-    """The latest reports of every sidecar, bounded in time and size."""
+    """What every sidecar reported, bounded in time and size.
+
+    Per node it keeps its latest (cumulative) report and, between consecutive reports, a slice of
+    what changed: only the series that grew, as 4-byte bucket counts. Slices older than `recent`
+    seconds are merged to at most one per `coarse` seconds, and none is kept past `retention`, so
+    a node holds about recent/interval + retention/coarse slices (≈ 50 at the 5 s default), at
+    most `max_slices`.
+    """
 
     def __init__(
         self,
         *,
         retention: float = 900.0,
-        max_reports: int = 256,
+        recent: float = 120.0,
+        coarse: float = 30.0,
+        max_slices: int = 256,
         max_nodes: int = 20_000,
         max_series: int = 2_000,
     ) -> None:
-        if retention <= 0 or max_reports < 2 or max_nodes < 1 or max_series < 1:
-            raise ValueError("retention > 0, max_reports >= 2, max_nodes >= 1, max_series >= 1")
+        if retention <= 0 or max_slices < 2 or max_nodes < 1 or max_series < 1:
+            raise ValueError("retention > 0, max_slices >= 2, max_nodes >= 1, max_series >= 1")
         self.retention = retention
-        self._max_reports = max_reports
+        self._recent = recent
+        self._coarse = coarse
+        self._max_slices = max_slices
         self._max_nodes = max_nodes
         self._max_series = max_series
-        self._reporters: dict[str, Reporter] = {}
-        self._reports: dict[str, deque[Report]] = {}
+        self._nodes: dict[str, _Node] = {}
+        self._expired_at = float("-inf")
 
     def __len__(self) -> int:
-        return len(self._reports)
+        return len(self._nodes)
+
+    def slices(self, node_id: str) -> int:
+        """How many slices a node holds (its memory, for tests and metrics)."""
+        node = self._nodes.get(node_id)
+        return len(node.slices) if node is not None else 0
 
     def add(self, reporter: Reporter, report: Report) -> None:
-        """Keep `report` of `reporter`'s sidecar; drop what fell out of retention."""
+        """Keep what `report` adds to `reporter`'s sidecar's last one; drop what expired."""
         if len(report.series) > self._max_series:
             # A sidecar holds at most its own bound of series; a report above ours is cut, the
             # busiest series kept.
@@ -264,90 +325,160 @@ class TrafficStore:
                 clusters=report.clusters,
                 truncated=True,
             )
-        node = reporter.node_id
-        reports = self._reports.get(node)
-        if reports is None:
-            if len(self._reports) >= self._max_nodes:
-                self._evict_oldest()
-            reports = self._reports[node] = deque(maxlen=self._max_reports)
-        self._reporters[node] = reporter
-        reports.append(report)
-        self.expire(report.at)
+        node = self._nodes.get(reporter.node_id)
+        if node is None:
+            if len(self._nodes) >= self._max_nodes:
+                oldest = min(self._nodes, key=lambda n: self._last_at(self._nodes[n]))
+                self.forget(oldest)
+            node = self._nodes[reporter.node_id] = _Node(reporter)
+        node.reporter = reporter
+        width = len(report.bounds) + 1
+        if node.width != width:
+            # New bucket bounds (a sidecar of another version): earlier slices do not add up.
+            node.slices.clear()
+            node.width = width
+            node.last = None
+        previous = node.last
+        node.last = report
+        node.ejected = {name: c.ejected for name, c in report.clusters.items()}
+        if previous is not None and report.at > previous.at:
+            node.slices.append(self._slice(node, previous, report))
+            self._compact(node, now=report.at)
+        if report.at - self._expired_at >= _EXPIRE_EVERY:
+            # A pass over every node: once a second, not once a report.
+            self._expired_at = report.at
+            self.expire(report.at)
 
-    def _evict_oldest(self) -> None:
-        oldest = min(self._reports, key=lambda n: self._reports[n][-1].at)
-        self.forget(oldest)
+    def _slice(self, node: _Node, previous: Report, report: Report) -> _Slice:
+        width = node.width
+        series = array("I")
+        counts = array("I")
+        for key, now in report.series.items():
+            if len(now.buckets) != width:
+                continue
+            before = previous.series.get(key)
+            if before is None or before.requests > now.requests:
+                delta = now.buckets  # new series (or a reset): all of it happened since
+            elif before.requests == now.requests:
+                continue  # nothing since (most series of most reports)
+            else:
+                delta = tuple(map(operator.sub, now.buckets, before.buckets))
+            index = node.index.get(key)
+            if index is None:
+                index = node.index[key] = len(node.keys)
+                node.keys.append(key)
+            series.append(index)
+            try:
+                counts.extend(delta)  # type: ignore[arg-type]  # 4 bytes a bucket
+            except (OverflowError, TypeError):
+                counts.extend(min(_U32, max(0, int(c))) for c in delta)
+        clusters = {}
+        for name, now_c in report.clusters.items():
+            before_c = previous.clusters.get(name, ClusterCounts())
+            grew = (
+                max(0.0, now_c.overflows - before_c.overflows),
+                max(0.0, now_c.ejections - before_c.ejections),
+                max(0.0, now_c.retries - before_c.retries),
+            )
+            if any(grew):
+                clusters[name] = grew
+        return _Slice(previous.at, report.at, series, counts, clusters)
+
+    def _compact(self, node: _Node, *, now: float) -> None:
+        """Merge the slices older than `recent` into spans of at most `coarse` seconds, and the
+        oldest two while there are more than `max_slices`."""
+        slices = node.slices
+        horizon = now - self._recent
+        old: list[_Slice] = []
+        while slices and slices[0].end <= horizon:
+            old.append(slices.popleft())
+        if old:
+            merged: list[_Slice] = []
+            run: list[_Slice] = []
+            for piece in old:
+                if run and piece.end - run[0].start > self._coarse:
+                    merged.append(run[0] if len(run) == 1 else _merge(run, node.width))
+                    run = []
+                run.append(piece)
+            merged.append(run[0] if len(run) == 1 else _merge(run, node.width))
+            slices.extendleft(reversed(merged))
+        while len(slices) > self._max_slices:
+            first, second = slices.popleft(), slices.popleft()
+            slices.appendleft(_merge((first, second), node.width))
+
+    @staticmethod
+    def _last_at(node: _Node) -> float:
+        return node.last.at if node.last is not None else float("-inf")
 
     def forget(self, node_id: str) -> None:
-        """Drop a node's reports (its sidecar is gone for good)."""
-        self._reports.pop(node_id, None)
-        self._reporters.pop(node_id, None)
+        """Drop a node (its sidecar is gone for good)."""
+        self._nodes.pop(node_id, None)
 
     def expire(self, now: float) -> None:
-        """Drop reports older than the retention, and nodes left without any."""
+        """Drop slices older than the retention, and nodes silent for longer."""
         horizon = now - self.retention
-        for node in list(self._reports):
-            reports = self._reports[node]
-            # Keep one report older than the horizon: the base of a window reaching back to it.
-            while len(reports) > 1 and reports[1].at <= horizon:
-                reports.popleft()
-            if reports[-1].at < horizon:
-                self.forget(node)
+        for node_id in list(self._nodes):
+            node = self._nodes[node_id]
+            while node.slices and node.slices[0].end <= horizon:
+                node.slices.popleft()
+            if self._last_at(node) < horizon:
+                self.forget(node_id)
 
     def reporters(self) -> list[Reporter]:
         """Every node with reports."""
-        return [self._reporters[n] for n in sorted(self._reports)]
+        return [self._nodes[n].reporter for n in sorted(self._nodes)]
 
     def flows(self, *, window: float, now: float) -> tuple[list[Flow], list[ClusterFlow]]:
-        """Each node's traffic over the last `window` seconds."""
+        """Each node's traffic over the last `window` seconds (the slices ending inside it)."""
         if window <= 0:
             raise ValueError(f"window must be positive, not {window}")
         start = now - window
         flows: list[Flow] = []
         clusters: list[ClusterFlow] = []
-        for node, reports in sorted(self._reports.items()):
-            latest = reports[-1]
-            if latest.at < start or len(reports) < 2:
-                continue  # silent for the whole window, or no difference yet
-            base = reports[0]
-            for report in reports:
-                if report.at <= start:
-                    base = report
-                else:
-                    break
-            elapsed = latest.at - base.at
+        for _, node in sorted(self._nodes.items()):
+            inside = [s for s in node.slices if s.end > start]
+            if not inside or node.last is None:
+                continue
+            elapsed = inside[-1].end - inside[0].start
             if elapsed <= 0:
                 continue
-            reporter = self._reporters[node]
-            for key, delta in sorted(_difference(latest, base).items(), key=_series_order):
+            total = _merge(inside, node.width)
+            width = node.width
+            reporter = node.reporter
+            bounds = node.last.bounds
+            for n, index in sorted(
+                enumerate(total.series), key=lambda item: _series_order(node.keys[item[1]])
+            ):
+                buckets = tuple(float(c) for c in total.counts[n * width : (n + 1) * width])
+                requests = sum(buckets)
                 flows.append(
                     Flow(
                         reporter=reporter,
-                        key=key,
-                        rate=delta.requests / elapsed,
-                        requests=delta.requests,
-                        buckets=delta.buckets,
-                        bounds=latest.bounds,
+                        key=node.keys[index],
+                        rate=requests / elapsed,
+                        requests=requests,
+                        buckets=buckets,
+                        bounds=bounds,
                     )
                 )
-            for (service, subset), now_counts in sorted(latest.clusters.items()):
-                before = base.clusters.get((service, subset), ClusterCounts())
+            names = sorted(set(total.clusters) | set(node.ejected))
+            for service, subset in names:
+                overflows, ejections, retries = total.clusters.get((service, subset), (0, 0, 0))
                 clusters.append(
                     ClusterFlow(
                         reporter=reporter,
                         service=service,
                         subset=subset,
-                        overflows=max(0.0, now_counts.overflows - before.overflows),
-                        ejections=max(0.0, now_counts.ejections - before.ejections),
-                        ejected=now_counts.ejected,
-                        retries=max(0.0, now_counts.retries - before.retries),
+                        overflows=overflows,
+                        ejections=ejections,
+                        ejected=node.ejected.get((service, subset), 0),
+                        retries=retries,
                     )
                 )
         return flows, clusters
 
 
-def _series_order(item: tuple[SeriesKey, Counts]) -> tuple[Any, ...]:
-    k = item[0]
+def _series_order(k: SeriesKey) -> tuple[Any, ...]:
     return (k.reporter, k.source_workload, k.destination_service, k.destination_subset, k.code)
 
 

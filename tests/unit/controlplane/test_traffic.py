@@ -125,23 +125,45 @@ def test_series_that_did_not_grow_are_left_out():
     assert [f.key.destination_subset for f in flows] == ["v2"]
 
 
-def test_memory_is_bounded_by_reports_retention_and_nodes():
-    store = TrafficStore(retention=30.0, max_reports=4, max_nodes=2)
+def test_memory_is_bounded_by_retention_and_nodes():
+    store = TrafficStore(retention=30.0, max_nodes=2)
     for i in range(10):
         store.add(FRONTEND, report(float(i), {out(CATALOG): counts(i + 1)}))
-    assert len(store._reports[FRONTEND.node_id]) == 4
+    assert store.slices(FRONTEND.node_id) == 9
     store.add(CATALOG_V1, report(100.0, {}))
-    assert FRONTEND.node_id not in store._reports  # out of retention
+    assert store.slices(FRONTEND.node_id) == 0  # out of retention: the node is gone
     store.add(CATALOG_V2, report(101.0, {}))
     store.add(CUSTOMER_R, report(102.0, {}))
-    assert len(store) == 2 and CATALOG_V1.node_id not in store._reports  # the oldest evicted
+    assert len(store) == 2
+    assert [r.workload for r in store.reporters()] == ["catalog-v2", "customer"]  # oldest out
+
+
+def test_old_slices_are_merged_and_the_counts_stay_exact():
+    """Fifteen minutes of reports every 5 s: recent ones kept, older ones merged per 30 s."""
+    store = TrafficStore(retention=900.0, recent=120.0, coarse=30.0)
+    for i in range(181):
+        store.add(FRONTEND, report(5.0 * i, {out(CATALOG, "v1"): counts(10 * i)}))
+    now = 900.0
+    assert store.slices(FRONTEND.node_id) <= 120 / 5 + 780 / 30 + 2
+    flows, _ = store.flows(window=900.0, now=now)
+    assert flows[0].requests == 1800 and flows[0].rate == pytest.approx(2.0)
+    flows, _ = store.flows(window=60.0, now=now)
+    assert flows[0].requests == 120 and flows[0].rate == pytest.approx(2.0)
+    flows, _ = store.flows(window=300.0, now=now)  # older than `recent`: whole 30 s spans
+    assert flows[0].rate == pytest.approx(2.0)
+    capped = TrafficStore(max_slices=4)
+    for i in range(20):
+        capped.add(FRONTEND, report(float(i), {out(CATALOG): counts(i)}))
+    assert capped.slices(FRONTEND.node_id) == 4
+    assert capped.flows(window=60.0, now=19.0)[0][0].requests == 19
 
 
 def test_a_report_above_the_series_bound_keeps_the_busiest():
     store = TrafficStore(max_series=1)
-    store.add(FRONTEND, report(0.0, {out(CATALOG, "v1"): counts(1), out(CATALOG, "v2"): counts(9)}))
-    kept = store._reports[FRONTEND.node_id][-1]
-    assert list(kept.series) == [out(CATALOG, "v2")] and kept.truncated
+    store.add(FRONTEND, report(0.0, {}))
+    store.add(FRONTEND, report(1.0, {out(CATALOG, "v1"): counts(1), out(CATALOG, "v2"): counts(9)}))
+    flows, _ = store.flows(window=60.0, now=1.0)
+    assert [f.key.destination_subset for f in flows] == ["v2"]
 
 
 def demo_store(*, v2_errors: float = 0.0, mtls: bool = False) -> TrafficStore:
