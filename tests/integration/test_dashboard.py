@@ -127,6 +127,13 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         yield driver
 
 
+# Where each node is drawn: id -> its translate().
+PLACES = """
+return Object.fromEntries([...document.querySelectorAll('#graph [data-node]')]
+  .map(n => [n.dataset.node, n.getAttribute('transform')]));
+"""
+
+
 def open_dashboard(driver: Any, mesh: LocalMesh) -> None:
     driver.get(f"{mesh.debug_url}/dashboard")
     wait_for(
@@ -180,6 +187,17 @@ def test_the_page_shows_every_edge_of_the_shop_with_its_rate(
             "return [...document.querySelectorAll('#graph [data-node]')].map(n => n.dataset.node)"
         )
         assert {"default/frontend", "default/catalog-v1", "default/catalog-v2"} <= set(nodes)
+        # The layout does not jump: after further redraws every node is where it was.
+        places = browser.execute_script(PLACES)
+        loaded = int(browser.execute_script("return document.body.dataset.loaded"))
+        wait_for(
+            lambda: (
+                int(browser.execute_script("return document.body.dataset.loaded")) >= loaded + 2
+            ),
+            timeout=30,
+            what="two more redraws",
+        )
+        assert browser.execute_script(PLACES) == places
         # A node's details: its proxy's config sync state.
         browser.find_element("css selector", '[data-node="default/catalog-v2"]').click()
         details = browser.find_element("id", "details").text
