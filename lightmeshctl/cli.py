@@ -413,14 +413,18 @@ def format_tap_event(event: dict[str, Any]) -> str:
     when = datetime.datetime.fromtimestamp(event["time"], datetime.UTC).strftime("%H:%M:%S.%f")[:-3]
     peer = event["peer_identity"] or ("mtls" if event["mtls"] else "plaintext")
     flags = f" {event['flags']}" if event["flags"] else ""
+    sidecar = f"{event['sidecar']} " if "sidecar" in event else ""
     return (
-        f"{when} {event['listener']:<8} {event['method']} {event['host']}{event['path']} "
+        f"{sidecar}{when} {event['listener']:<8} {event['method']} {event['host']}{event['path']} "
         f"-> {event['status']}{flags} {event['duration_ms']:.1f}ms "
         f"upstream={event['upstream'] or '-'} peer={peer}"
     )
 
 
 def _tap(args: argparse.Namespace) -> int:
+    """Long-poll each chosen sidecar's /tap from a thread of its own; print events as they come."""
+    import queue
+    import threading
     from urllib.parse import urlencode
 
     query = {
@@ -433,25 +437,62 @@ def _tap(args: argparse.Namespace) -> int:
         )
         if v
     }
-    seen = 0
-    while args.max == 0 or seen < args.max:
-        want = 100 if args.max == 0 else min(100, args.max - seen)
-        params = urlencode({**query, "max": want, "seconds": args.poll})
+    admins = [a.rstrip("/") for a in (args.admin or ["http://127.0.0.1:15000"])]
+    several = len(admins) > 1
+    # (admin, batch) or (admin, error message); None: that admin's poller is done.
+    out: queue.Queue[tuple[str, dict[str, Any] | str] | None] = queue.Queue(maxsize=64)
+    stop = threading.Event()
+    # With several sidecars, each answers at least every second: a busy one must not fill the
+    # output with whole batches while a quiet one's wait out the poll.
+    seconds = min(args.poll, 1.0) if several else args.poll
+
+    def poll(admin: str) -> None:
         try:
-            batch = fetch_json(f"{args.admin.rstrip('/')}/tap?{params}", timeout=args.poll + 5)
-        except OSError as error:
-            print(f"lightmesh tap: {error}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 0
-        for event in batch["events"]:
-            print(json.dumps(event) if args.json else format_tap_event(event), flush=True)
-        seen += len(batch["events"])
-        if batch["dropped"] and not args.json:
-            print(f"({batch['dropped']} more matched and were dropped)", file=sys.stderr)
-        if args.once:
-            break
-    return 0
+            while not stop.is_set():
+                params = urlencode({**query, "max": 100, "seconds": seconds})
+                try:
+                    batch = fetch_json(f"{admin}/tap?{params}", timeout=seconds + 5)
+                except OSError as error:
+                    out.put((admin, str(error)))
+                    return
+                out.put((admin, batch))
+                if args.once:
+                    return
+        finally:
+            out.put(None)
+
+    threads = [threading.Thread(target=poll, args=(a,), daemon=True) for a in admins]
+    for thread in threads:
+        thread.start()
+    seen = 0
+    running = len(threads)
+    failed = False
+    try:
+        while running and (args.max == 0 or seen < args.max):
+            item = out.get()
+            if item is None:
+                running -= 1
+                continue
+            admin, batch = item
+            if isinstance(batch, str):
+                print(f"lightmesh tap: {batch}", file=sys.stderr)
+                failed = True
+                continue
+            for event in batch["events"]:
+                if args.max and seen >= args.max:
+                    break
+                if several:
+                    event = {"sidecar": admin, **event}
+                line = json.dumps(event) if args.json else format_tap_event(event)
+                print(line, flush=True)
+                seen += 1
+            if batch["dropped"] and not args.json:
+                print(f"({admin}: {batch['dropped']} more matched, dropped)", file=sys.stderr)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+    return 1 if failed and not seen else 0
 
 
 def _dashboard(args: argparse.Namespace) -> int:
@@ -576,8 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     ta = sub.add_parser("tap", help="stream a sidecar's live requests (sampled, filtered)")
     ta.add_argument(
         "--admin",
-        default="http://127.0.0.1:15000",
-        help="the sidecar's admin URL (loopback only: in a cluster, port-forward first)",
+        action="append",
+        help="a sidecar's admin URL (default http://127.0.0.1:15000; loopback only: in a "
+        "cluster, port-forward first); repeat it to tap several sidecars at once",
     )
     ta.add_argument("--path", default="", help="only paths starting with this")
     ta.add_argument("--method", default="", help="only this method")

@@ -352,6 +352,16 @@ def test_top_and_tap_report_the_running_shop_as_json(mesh: LocalMesh) -> None:
             assert event["status"] == 200 and event["mtls"] is True
             assert event["duration_ms"] > 0
 
+        # Several sidecars at once: each event says whose it is.
+        both = [mesh.workloads[name].admin for name in ("catalog-v1", "catalog-v2")]
+        result = lightmesh(
+            "tap", "--admin", both[0], "--admin", both[1], "--listener", "outbound",
+            "--max", "60", "--json",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        tapped = [json.loads(line) for line in result.stdout.splitlines()]
+        assert len(tapped) == 60 and {e["sidecar"] for e in tapped} == set(both)
+
         # Filters: a path nobody calls gives nothing within one poll.
         result = lightmesh(
             "tap", "--admin", catalog.admin, "--path", "/nothing", "--once", "--poll", "1", "--json"
