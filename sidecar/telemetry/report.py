@@ -11,9 +11,13 @@ from collections.abc import Callable, Mapping, Sequence
 
 from lightmesh.v1 import discovery_pb2 as pb
 from sidecar.cluster.cluster import Cluster
-from sidecar.telemetry.metrics import DURATION_BUCKETS, LABELS, UNKNOWN, RequestMetrics
-
-_INDEX = {name: i for i, name in enumerate(LABELS)}
+from sidecar.telemetry.metrics import (
+    DURATION_BUCKETS,
+    LABELS,
+    OVERFLOW,
+    UNKNOWN,
+    RequestMetrics,
+)
 
 
 class TrafficReporter:
@@ -44,26 +48,25 @@ class TrafficReporter:
         )
         for metrics in self._metrics:
             for values, series in metrics.samples():
-                v = values.__getitem__
-                code = v(_INDEX["response_code"])
-                workload = v(_INDEX["destination_workload"])
+                label = dict(zip(LABELS, values, strict=True))
+                code = label["response_code"]
+                flags = label["response_flags"]
+                workload = label["destination_workload"]
                 report.edges.add(
-                    reporter=v(_INDEX["reporter"]),
-                    source_workload=v(_INDEX["source_workload"]),
-                    source_namespace=v(_INDEX["source_namespace"]),
-                    destination_service=v(_INDEX["destination_service"]),
-                    destination_subset=v(_INDEX["destination_subset"]),
+                    reporter=label["reporter"],
+                    source_workload=label["source_workload"],
+                    source_namespace=label["source_namespace"],
+                    destination_service=label["destination_service"],
+                    destination_subset=label["destination_subset"],
                     destination_workload="" if workload == UNKNOWN else workload,
                     response_code=int(code) if code.isdigit() else 0,
-                    response_flags=""
-                    if v(_INDEX["response_flags"]) == "-"
-                    else v(_INDEX["response_flags"]),
-                    mtls=v(_INDEX["mtls"]) == "true",
+                    response_flags="" if flags == "-" else flags,
+                    mtls=label["mtls"] == "true",
                     requests=series.count,
                     duration_buckets=series.durations,
                     duration_seconds=series.duration_sum,
                 )
-                if code == "overflow":
+                if code == OVERFLOW:
                     report.truncated = True
         for cluster in list(self._clusters().values()):
             outlier = cluster.outlier
