@@ -137,6 +137,29 @@ def check(
         dict(split).__repr__(),
     )
 
+    edges = (
+        "default/frontend->default/catalog-v1",
+        "default/frontend->default/catalog-v2",
+        "default/catalog-v1->default/customer",
+        "default/catalog-v2->default/customer",
+    )
+
+    def graph_rates() -> dict[str, float] | None:
+        # Keep traffic flowing while the sidecars' next reports are due.
+        _shop(mesh)
+        graph = http_get(f"{mesh.debug_url}/debug/graph?window=60", timeout=5).json()
+        rates = {e["id"]: e["rps"] for e in graph["edges"]}
+        return rates if all(rates.get(edge, 0) > 0 for edge in edges) else None
+
+    try:
+        rates = wait_for(graph_rates, timeout=20, interval=0.2, what="every edge on the dashboard")
+        shown = ", ".join(
+            f"{e.replace('default/', '').replace('->', ' → ')} {rates[e]:.1f}/s" for e in edges
+        )
+        report("dashboard graph has every edge", True, shown)
+    except TimeoutError as error:
+        report("dashboard graph has every edge", False, str(error))
+
     jason = _catalog_versions(mesh, 10, headers={"end-user": "jason"}) or Counter()
     report("header match end-user: jason → v2", jason == Counter({"v2": 10}), repr(dict(jason)))
 
