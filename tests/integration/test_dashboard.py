@@ -205,6 +205,29 @@ def test_the_page_shows_every_edge_of_the_shop_with_its_rate(
         browser.save_screenshot(str(artefacts / "dashboard-shop.png"))
 
 
+def test_a_node_shows_the_problems_of_its_services_resources(
+    mesh: LocalMesh, config_dir: Path, browser: Any
+) -> None:
+    """A broken edit of catalog's VirtualService is rejected (the last good one keeps serving)
+    and named in the details of catalog's workloads."""
+    start_shop(mesh, sidecar_args=REPORTING)
+    with Load(f"{mesh.workloads['frontend'].inbound}/"):
+        open_dashboard(browser, mesh)
+        wait_for_traffic(browser, SHOP_EDGES, "every shop edge")
+        vs = config_dir / "catalog-virtualservice.yaml"
+        vs.write_text(
+            vs.read_text().replace("    - name: canary\n", "    - name: canary\n      retriez: 3\n")
+        )
+        browser.find_element("css selector", '[data-node="default/catalog-v1"]').click()
+        details = wait_for(
+            lambda: "retriez" in (text := browser.find_element("id", "details").text) and text,
+            timeout=30,
+            what="the problem in catalog-v1's details",
+        )
+        assert "VirtualService default/catalog" in details
+        assert "spec.http[1].retriez" in details
+
+
 def test_an_injected_fault_shows_as_errors_on_its_edge(
     mesh: LocalMesh, config_dir: Path, browser: Any, artefacts: Path
 ) -> None:
