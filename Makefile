@@ -23,6 +23,7 @@ STAMP   = $(VENV)/.installed
 .PHONY: netns
 .PHONY: netns-tools
 .PHONY: prometheus-bin
+.PHONY: browser
 .PHONY: proto
 .PHONY: crds
 .PHONY: check-demo
@@ -62,7 +63,7 @@ unit: $(STAMP)
 component: $(STAMP)
 	$(BIN)/pytest -q tests/component
 
-integration: $(STAMP) prometheus-bin
+integration: $(STAMP) prometheus-bin browser
 	$(BIN)/pytest -q tests/integration
 
 # A real kube-apiserver + etcd + kubectl, built from Go modules into ~/.cache/lightmesh/k8s/ (about
@@ -74,6 +75,11 @@ k8s-bins:
 # `prometheus`; skipped when both are on PATH).
 prometheus-bin:
 	scripts/install-prometheus.sh
+
+# Debian's chromium and chromium-driver, which the dashboard's browser test drives through selenium
+# (tests/integration/test_dashboard.py; skipped when both are on PATH).
+browser:
+	scripts/install-browser.sh
 
 kube: $(STAMP) k8s-bins
 	$(BIN)/pytest -q tests/kube
@@ -101,7 +107,7 @@ netns-tools:
 netns: $(STAMP) netns-tools
 	$(BIN)/pytest -q tests/netns
 
-test: lint typecheck $(STAMP) k8s-bins cluster-bins netns-tools node-tools cluster-images prometheus-bin
+test: lint typecheck $(STAMP) k8s-bins cluster-bins netns-tools node-tools cluster-images prometheus-bin browser
 	$(BIN)/pytest -q tests
 
 bench-tools: $(STAMP)

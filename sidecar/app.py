@@ -34,6 +34,7 @@ from sidecar.settings import Settings
 from sidecar.telemetry import wiring
 from sidecar.telemetry.exposition import Registry
 from sidecar.telemetry.hooks import wrap_recorder, wrap_resolver
+from sidecar.telemetry.report import TrafficReporter
 from sidecar.telemetry.resilience import ResilienceCollector
 from sidecar.telemetry.state import SidecarState
 from sidecar.telemetry.tcp_metrics import TcpCollector, TcpMetrics
@@ -172,8 +173,20 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         )
     node = build_node(settings, inbound_port=inbound.port if inbound else 0)
     ca_bundle = Path(settings.ca_bundle) if settings.ca_bundle else None
+    reporter = TrafficReporter(
+        metrics=telemetry.recorded,
+        clusters=lambda: dataplane.clusters,
+        app=telemetry.app,
+        version=telemetry.version,
+        services=settings.services,
+    )
     client = ConfigClient(
-        target=settings.control_plane, ca_bundle=ca_bundle, node=node, dataplane=dataplane
+        target=settings.control_plane,
+        ca_bundle=ca_bundle,
+        node=node,
+        dataplane=dataplane,
+        report=reporter.build if settings.report_interval and telemetry.recorded else None,
+        report_interval=settings.report_interval or 5.0,
     )
     cleanup = contextlib.ExitStack()
     certificates = _certificate_manager(settings, ca_bundle, mesh_tls, cleanup)
@@ -217,6 +230,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         quit=stop.set,  # POST /quitquitquit: drain and exit, as on SIGTERM
         app_health=app_health,
         logger=logging.getLogger(),
+        tap=telemetry.tap,
     )
     # Loopback only, whatever --bind says: the admin interface shows the whole config and stops
     # the proxy. What the network needs (probes, Prometheus) is on the metrics port.

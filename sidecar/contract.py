@@ -110,6 +110,9 @@ class LocalReply:
     flags: str = ""
     # Extra response headers (lower-case names), e.g. Location of a redirect.
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    # The cluster the request was headed for when the proxy answered instead (fault abort,
+    # overflow, no healthy upstream): telemetry labels the reply with its destination.
+    cluster: str = ""
 
 
 Decision = Forward | LocalReply

@@ -107,6 +107,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="percent of new traces to sample, 0-100 (default 1)",
     )
     add("--access-log", default=_env("ACCESS_LOG", ""), help="JSON access log: '-' or a path")
+    add(
+        "--report-interval",
+        type=float,
+        default=float(_env("REPORT_INTERVAL", "5")),
+        help="seconds between traffic reports to the control plane (its dashboard); 0: none",
+    )
     switches = {
         "app-health": "while the app refuses connections, answer its requests as never delivered "
         "and report /ready 503",
@@ -161,6 +167,7 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         zipkin_url=_zipkin_url(args.zipkin_url),
         trace_sampling=_sampling(args.trace_sampling),
         access_log=args.access_log,
+        report_interval=_report_interval(args.report_interval),
         app_health=args.app_health,
         default_ejection=args.default_ejection,
         default_retries=args.default_retries,
@@ -181,3 +188,9 @@ def _sampling(percent: float) -> float:
     if not 0.0 <= percent <= 100.0:
         raise ValueError(f"--trace-sampling: {percent} is not a percentage within 0..100")
     return percent
+
+
+def _report_interval(seconds: float) -> float:
+    if seconds < 0 or seconds != seconds:
+        raise ValueError(f"--report-interval: {seconds} is not a number of seconds >= 0 (0: off)")
+    return seconds

@@ -643,7 +643,7 @@ class ExchangeMachine:
         self.out.append(WriteDown(_local_reply(self.start, said, payload, keep=keep)))
         self.status = reply.status
         self.response_bytes = len(payload)
-        self._finish(flags=reply.flags, keep=keep)
+        self._finish(flags=reply.flags, keep=keep, cluster=reply.cluster)
 
     def _says_mesh_headers(self) -> bool:
         """Whether a local reply may carry the mesh's headers: always on the outbound listener
@@ -1076,7 +1076,7 @@ class ExchangeMachine:
 
     # --- the end ---
 
-    def _finish(self, *, flags: str, keep: bool, abort: bool = False) -> None:
+    def _finish(self, *, flags: str, keep: bool, abort: bool = False, cluster: str = "") -> None:
         """Record the exchange and hand the downstream connection back; runs once."""
         if self.phase is DONE:
             return
@@ -1101,7 +1101,8 @@ class ExchangeMachine:
                 Completed(
                     method=self.start.method,
                     host=head.host if head is not None else "",
-                    cluster=target.cluster if target is not None else "",
+                    # A local reply's: the cluster it answered for (or none).
+                    cluster=target.cluster if target is not None else cluster,
                     status=self.status,
                     flags=flags,
                     duration=shared.clock() - self.started,

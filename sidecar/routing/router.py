@@ -102,7 +102,11 @@ class OutboundRouter:
         if fault is not None:
             if fault.abort_status and self._chance(fault.abort_percent):
                 return LocalReply(
-                    status=fault.abort_status, body="fault filter abort", flags=ResponseFlag.FI
+                    status=fault.abort_status,
+                    body="fault filter abort",
+                    flags=ResponseFlag.FI,
+                    # The destination the abort stands for (a weighted route picks one).
+                    cluster=route.clusters.pick() or "",
                 )
             if fault.delay and self._chance(fault.delay_percent):
                 delay = fault.delay
@@ -116,13 +120,17 @@ class OutboundRouter:
                 body=f"upstream overflow: {cluster.max_in_flight} requests in flight to "
                 f"{cluster.name} (connectionPool limits)",
                 flags=ResponseFlag.UO,
+                cluster=cluster.name,
             )
         now = self._clock()
         hash_key = _hash_key(cluster.hash, head) if cluster.policy == pb.RING_HASH else None
         endpoint = cluster.pick(hash_key=hash_key, now=now)
         if endpoint is None:
             return LocalReply(
-                status=503, body=f"no healthy upstream in {cluster.name}", flags=ResponseFlag.UH
+                status=503,
+                body=f"no healthy upstream in {cluster.name}",
+                flags=ResponseFlag.UH,
+                cluster=cluster.name,
             )
         _edit_request(route, head)
         retry: RetryPolicy | None = route.retry
