@@ -24,6 +24,7 @@ STAMP   = $(VENV)/.installed
 .PHONY: netns-tools
 .PHONY: prometheus-bin
 .PHONY: h2spec-bin
+.PHONY: browser
 .PHONY: proto
 .PHONY: crds
 .PHONY: check-demo
@@ -64,7 +65,7 @@ unit: $(STAMP)
 component: $(STAMP) h2spec-bin
 	$(BIN)/pytest -q tests/component
 
-integration: $(STAMP) prometheus-bin
+integration: $(STAMP) prometheus-bin browser
 	$(BIN)/pytest -q tests/integration
 
 # A real kube-apiserver + etcd + kubectl, built from Go modules into ~/.cache/lightmesh/k8s/ (about
@@ -81,6 +82,11 @@ prometheus-bin:
 # into ~/.cache/lightmesh/bin (about a minute cold).
 h2spec-bin:
 	scripts/install-h2spec.sh
+
+# Debian's chromium and chromium-driver, which the dashboard's browser test drives through selenium
+# (tests/integration/test_dashboard.py; skipped when both are on PATH).
+browser:
+	scripts/install-browser.sh
 
 kube: $(STAMP) k8s-bins
 	$(BIN)/pytest -q tests/kube
@@ -108,7 +114,7 @@ netns-tools:
 netns: $(STAMP) netns-tools
 	$(BIN)/pytest -q tests/netns
 
-test: lint typecheck $(STAMP) k8s-bins cluster-bins netns-tools node-tools cluster-images prometheus-bin h2spec-bin
+test: lint typecheck $(STAMP) k8s-bins cluster-bins netns-tools node-tools cluster-images prometheus-bin h2spec-bin browser
 	$(BIN)/pytest -q tests
 
 bench-tools: $(STAMP)

@@ -18,7 +18,14 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
-from controlplane.ca import CertificateAuthority, FileCAStore, SecretCAStore, new_root
+from controlplane.ca import (
+    ROOT_CONFIGMAP,
+    CertificateAuthority,
+    FileCAStore,
+    SecretCAStore,
+    new_root,
+    publish_root,
+)
 from controlplane.certs import (
     Authenticator,
     BootstrapTokenAuthenticator,
@@ -36,6 +43,7 @@ from controlplane.sources.kube import KubeSource
 from controlplane.sources.registry import LocalRegistry, RegistrySource
 from controlplane.status import StatusWriter
 from controlplane.store import Store
+from controlplane.traffic import TrafficStore
 from controlplane.xds.server import ConfigDiscovery
 from lightmesh.memory import return_freed_memory
 from lightmesh.runtime import stop_on_signals
@@ -72,6 +80,8 @@ class Settings:
     # Also watch Istio's groups (networking.istio.io, security.istio.io): their CRDs must exist
     # (Istio's, or crds/istio/ on a cluster without Istio).
     istio_api: bool = False
+    # Namespaces of the ingress gateways, whose TLS Secrets (Gateway credentialName) are read.
+    gateway_namespaces: tuple[str, ...] = ()
     host: str = "127.0.0.1"
     port: int = 15010
     # The debug server (proxy status, problems, per-proxy config, and metrics/health too) listens
@@ -79,6 +89,8 @@ class Settings:
     debug_port: int = 15014
     # /metrics, /healthz and /ready only, on `host`, for Prometheus and the kubelet; 0: not served.
     metrics_port: int = 0
+    # /debug/graph and /dashboard from this Prometheus instead of the sidecars' reports; "": off.
+    prometheus_url: str = ""
     state_dir: Path | None = None  # where the local registry persists; None: not persisted
     debounce: float = 0.1
     max_debounce: float = 1.0
@@ -126,6 +138,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         update_pushes=settings.update_pushes,
         push_bytes=settings.push_bytes,
     )
+    # Sidecars' traffic reports, for /debug/graph and /dashboard (bounded: see traffic.py).
+    traffic = TrafficStore()
     state_file = settings.state_dir / "registry.json" if settings.state_dir else None
     if settings.state_dir:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -156,7 +170,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         server,
     )
     server.add_generic_rpc_handlers(
-        (ConfigDiscovery(pusher=pusher, registry=keeper, metrics=metrics).handler(),)
+        (
+            ConfigDiscovery(
+                pusher=pusher, registry=keeper, metrics=metrics, traffic=traffic
+            ).handler(),
+        )
     )
     address = f"{settings.host}:{settings.port}"
     if _serves_tls(settings):
@@ -167,7 +185,16 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     if bound == 0:
         raise OSError(f"cannot listen on {settings.host}:{settings.port}")
 
-    runner = web.AppRunner(build_app(store=store, pusher=pusher, metrics=metrics), access_log=None)
+    runner = web.AppRunner(
+        build_app(
+            store=store,
+            pusher=pusher,
+            metrics=metrics,
+            traffic=traffic,
+            prometheus_url=settings.prometheus_url,
+        ),
+        access_log=None,
+    )
     await runner.setup()
     sites = [web.TCPSite(runner, DEBUG_HOST, settings.debug_port)]
     runners = [runner]
@@ -194,6 +221,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             on_status=status.submit,
             namespaces=settings.watch_namespaces,
             istio=settings.istio_api,
+            secret_namespaces=settings.gateway_namespaces,
         )
     jwks = JwksSource(
         store,
@@ -219,6 +247,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         if kube is not None and status is not None:
             tasks.create_task(_refresh_status_on_leadership(kube, status, stop), name="status")
         tasks.create_task(keeper.run(stop), name="registry")
+        if api is not None and settings.gateway_namespaces:
+            tasks.create_task(
+                _publish_root(api, settings.gateway_namespaces, ca.root_pem, stop),
+                name="gateway-root",
+            )
         # Each sidecar stream holds TLS buffers that are freed when it goes; without this the
         # heap stays at its high-water mark after a reconnect herd (1000 streams x 100 services:
         # steady RSS 387 -> 365 MB, `python -m bench controlplane`, docs/benchmarks.md).
@@ -256,6 +289,32 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         if kube is not None and status is not None:
             kube.stop()
             status.stop()
+
+
+# How often the root ConfigMaps of gateway namespaces are checked (and rewritten when missing,
+# e.g. the namespace or its Role came after the control plane, or someone deleted it).
+ROOT_CHECK_INTERVAL = 10.0
+
+
+async def _publish_root(
+    api: object, namespaces: tuple[str, ...], root_pem: bytes, stop: asyncio.Event
+) -> None:
+    """Gateways are not injected: they read the mesh's root from a ConfigMap of their namespace,
+    which this keeps written (every replica; the writes are idempotent)."""
+    reported: set[str] = set()
+    while not stop.is_set():
+        failed = await asyncio.to_thread(publish_root, api, namespaces, root_pem)
+        for reason in failed:
+            if reason not in reported:
+                log.warning(
+                    "root ConfigMap %s not written in %s (retrying)",
+                    ROOT_CONFIGMAP,
+                    reason,
+                    extra={"event": "root_configmap_failed"},
+                )
+        reported = set(failed)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=ROOT_CHECK_INTERVAL)
 
 
 async def _refresh_status_on_leadership(

@@ -367,3 +367,39 @@ def verify_chain(leaf_chain_pem: bytes, root_pem: bytes) -> None:
             raise CAError(
                 f"certificate {child.serial_number:x} is not issued by {parent.subject.rfc4514_string()}"
             ) from exc
+
+
+# The ConfigMap, in every gateway namespace, holding the mesh's root (Istio: istio-ca-root-cert):
+# gateways are not injected, so they mount it to verify the control plane and their peers.
+ROOT_CONFIGMAP = "lightmesh-ca-root"
+
+
+def publish_root(api_client: Any, namespaces: tuple[str, ...], root_pem: bytes) -> list[str]:
+    """Create or update the root ConfigMap in each namespace; return the namespaces that failed
+    (with the reason), so a missing namespace or Role never stops the control plane."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    core = client.CoreV1Api(api_client)
+    failed = []
+    pem = root_pem.decode("ascii")
+    for namespace in namespaces:
+        body = client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(
+                name=ROOT_CONFIGMAP, labels={"app.kubernetes.io/part-of": "lightmesh"}
+            ),
+            data={"root.pem": pem},
+        )
+        try:
+            try:
+                current = core.read_namespaced_config_map(ROOT_CONFIGMAP, namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                core.create_namespaced_config_map(namespace, body)
+                continue
+            if (current.data or {}).get("root.pem") != pem:
+                core.replace_namespaced_config_map(ROOT_CONFIGMAP, namespace, body)
+        except ApiException as exc:
+            failed.append(f"{namespace}: {exc.status} {exc.reason}")
+    return failed

@@ -135,12 +135,31 @@ class HTTPRoute:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TLSMatch:
+    """One `tls[].match` entry: the SNI names (or `*.suffix`) it takes, optionally one port."""
+
+    sni_hosts: tuple[str, ...]
+    port: int | None = None
+    gateways: tuple[str, ...] = ()  # as HTTPMatch.gateways
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TLSRoute:
+    """One entry of a VirtualService's `tls` list: where TLS connections (passed through by a
+    gateway, not terminated) go by their SNI."""
+
+    matches: tuple[TLSMatch, ...]
+    destinations: tuple[RouteDestination, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class VirtualService:
     """Routing rules for requests addressed to `hosts` (resolved to FQDNs)."""
 
     key: ResourceKey
     hosts: tuple[str, ...]
     http: tuple[HTTPRoute, ...] = ()
+    tls: tuple[TLSRoute, ...] = ()
     # Istio's exportTo: namespaces whose sidecars see it ("." its own, "*" all); () = the default.
     export_to: tuple[str, ...] = ()
     # Istio's `gateways`: MESH (the sidecars) and/or "namespace/name" of Gateways.
@@ -156,6 +175,7 @@ class VirtualService:
         """Every host its routes and mirrors send to (their clusters must reach the same sidecars)."""
         hosts = {d.host for route in self.http for d in route.destinations}
         hosts.update(route.mirror.host for route in self.http if route.mirror is not None)
+        hosts.update(d.host for route in self.tls for d in route.destinations)
         return frozenset(hosts)
 
 
@@ -389,16 +409,38 @@ class GatewayServer:
     tls_mode: GatewayTlsMode | None = None
     credential_name: str = ""
     https_redirect: bool = False
+    # Istio's file-mounted credentials: paths on the gateway's file system (read by the gateway).
+    server_certificate: str = ""
+    private_key: str = ""
+    ca_certificates: str = ""
+    min_protocol: str = ""  # TLSV1_2, TLSV1_3 ("" or TLS_AUTO: the gateway's default)
+    # MUTUAL: names one of which the client certificate must carry (Istio's subjectAltNames).
+    subject_alt_names: tuple[str, ...] = ()
+    max_protocol: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Gateway:
-    """Istio's Gateway: the ports an edge proxy selected by `selector` listens on. Validated and
-    served to the world (VirtualServices bind to it); no gateway proxy consumes it yet."""
+    """Istio's Gateway: the ports an edge proxy (`lightmesh gateway`) selected by `selector`
+    listens on; VirtualServices bind to it by "namespace/name" (controlplane/translate/gateway.py)."""
 
     key: ResourceKey
     selector: tuple[tuple[str, str], ...]
     servers: tuple[GatewayServer, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsSecret:
+    """A Kubernetes Secret with TLS material (a Gateway server's `credentialName`): PEM text of
+    its tls.crt, tls.key and ca.crt ("" when absent). Only the gateways' namespaces are read."""
+
+    key: ResourceKey
+    cert_chain: str = ""
+    private_key: str = ""
+    ca: str = ""
+
+    def __repr__(self) -> str:
+        return f"TlsSecret({self.key})"  # never the key material, in logs or debug pages
 
 
 Location = Literal["MESH_EXTERNAL", "MESH_INTERNAL"]

@@ -222,6 +222,30 @@ _HTTP_ROUTE = _obj(
     },
 )
 
+_TLS_ROUTE = _obj(
+    {
+        "match": _arr(
+            _obj(
+                {
+                    "sniHosts": _arr(
+                        _str(), desc="SNI values (names or *.suffix) of the connections taken."
+                    ),
+                    "port": _int(minimum=1, maximum=65535),
+                    "gateways": _arr(_str(), desc="Where this match applies, over spec.gateways."),
+                },
+                required=["sniHosts"],
+            ),
+            desc="Alternatives (OR).",
+        ),
+        "route": _arr(
+            _obj({"destination": _DESTINATION, "weight": _int(minimum=0, maximum=100)}),
+            max_items=64,
+            rules=ROUTE_WEIGHT_RULES,
+        ),
+    },
+    required=["match", "route"],
+)
+
 _EXPORT_TO = _arr(
     _str(),
     desc='Namespaces whose sidecars see this resource: "." (its own), "*" (all) or names; '
@@ -238,6 +262,12 @@ VIRTUAL_SERVICE_SPEC = _obj(
             'Gateways ("name" in this namespace, or "namespace/name").',
         ),
         "http": _arr(_HTTP_ROUTE, desc="Ordered routes; the first match wins.", max_items=512),
+        "tls": _arr(
+            _TLS_ROUTE,
+            desc="Routes of TLS connections by SNI, not terminated (Gateway servers with tls.mode "
+            "PASSTHROUGH); ordered, the first match wins.",
+            max_items=512,
+        ),
     },
     required=["hosts"],
 )

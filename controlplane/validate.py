@@ -43,7 +43,9 @@ from controlplane.model import (
     Sidecar,
     StringMatch,
     Subset,
+    TLSMatch,
     TlsMode,
+    TLSRoute,
     TrafficPolicy,
     VirtualService,
     resolve_host,
@@ -501,7 +503,62 @@ def _virtual_service(key: ResourceKey, spec: dict[str, Any], warnings: list[str]
             _http_route(raw, f"spec.http[{index}]", key.namespace, warnings)
             for index, raw in enumerate(spec.get("http", []))
         ),
+        tls=_tls_routes(spec, key.namespace, gateways, warnings),
     )
+
+
+def _tls_routes(
+    spec: Mapping[str, Any], namespace: str, gateways: tuple[str, ...], warnings: list[str]
+) -> tuple[TLSRoute, ...]:
+    """Istio's `tls` routes: every sniHosts entry must be one of the VirtualService's hosts (or
+    within a wildcard of them); sidecars do not apply them (gateways' PASSTHROUGH servers do)."""
+    raw_routes = spec.get("tls", [])
+    if raw_routes and MESH in gateways:
+        warnings.append(
+            "spec.tls: TLS routes apply to gateways (PASSTHROUGH servers), not to sidecars"
+        )
+    hosts = [h.lower() for h in spec["hosts"]]
+    routes = []
+    for index, raw in enumerate(raw_routes):
+        path = f"spec.tls[{index}]"
+        if not raw["match"]:
+            raise _Invalid(f"{path}.match: at least one match (with sniHosts) is required")
+        matches = []
+        for m_index, match in enumerate(raw["match"]):
+            where = f"{path}.match[{m_index}].sniHosts"
+            if not match["sniHosts"]:
+                raise _Invalid(f"{where}: at least one SNI host is required")
+            sni = []
+            for s_index, value in enumerate(match["sniHosts"]):
+                name = _scoped_host("*", value, f"{where}[{s_index}]")
+                if not any(_host_covers(h, name) for h in hosts):
+                    raise _Invalid(
+                        f"{where}[{s_index}]: {value!r} is not one of spec.hosts (or within a "
+                        "wildcard of them)"
+                    )
+                sni.append(name)
+            matches.append(
+                TLSMatch(
+                    sni_hosts=tuple(sni),
+                    port=match.get("port"),
+                    gateways=_gateways(match, namespace, f"{path}.match[{m_index}].gateways")
+                    if "gateways" in match
+                    else (),
+                )
+            )
+        routes.append(
+            TLSRoute(
+                matches=tuple(matches),
+                destinations=_destinations(raw["route"], f"{path}.route", namespace),
+            )
+        )
+    return tuple(routes)
+
+
+def _host_covers(host: str, name: str) -> bool:
+    if host in ("*", name):
+        return True
+    return host.startswith("*.") and name.endswith(host[1:])
 
 
 def _optional_duration(raw: Mapping[str, Any], name: str) -> float | None:
@@ -755,7 +812,24 @@ def _gateway_server(raw: Mapping[str, Any], path: str) -> GatewayServer:
         tls_mode=mode,
         credential_name=(tls or {}).get("credentialName", ""),
         https_redirect=bool((tls or {}).get("httpsRedirect", False)),
+        server_certificate=(tls or {}).get("serverCertificate", ""),
+        private_key=(tls or {}).get("privateKey", ""),
+        ca_certificates=(tls or {}).get("caCertificates", ""),
+        subject_alt_names=tuple((tls or {}).get("subjectAltNames", ())),
+        min_protocol=_tls_version(tls or {}, "minProtocolVersion", f"{path}.tls"),
+        max_protocol=_tls_version(tls or {}, "maxProtocolVersion", f"{path}.tls"),
     )
+
+
+def _tls_version(tls: Mapping[str, Any], name: str, path: str) -> str:
+    """TLS_AUTO is the gateway's default; TLS 1.0 and 1.1 are refused (Python's ssl and modern
+    OpenSSL builds disable them: a listener configured so would fail every handshake)."""
+    value: str = tls.get(name, "")
+    if value in ("TLSV1_0", "TLSV1_1"):
+        raise _Invalid(
+            f"{path}.{name}: {value} is not supported by lightmesh gateways (TLSV1_2 or later)"
+        )
+    return "" if value == "TLS_AUTO" else value
 
 
 def _gateway(key: ResourceKey, spec: dict[str, Any], warnings: list[str]) -> Resource:
@@ -764,8 +838,18 @@ def _gateway(key: ResourceKey, spec: dict[str, Any], warnings: list[str]) -> Res
         raise _Invalid("spec.servers: at least one server is required")
     servers = []
     names: dict[str, int] = {}
+    tls_of_port: dict[int, tuple[bool, int]] = {}
     for index, raw in enumerate(spec["servers"]):
         server = _gateway_server(raw, f"spec.servers[{index}]")
+        # A gateway port either terminates or passes TLS, or speaks plain text: its first bytes
+        # decide, so one port cannot be both (Istio refuses such a port conflict too).
+        is_tls = server.protocol in _TLS_PROTOCOLS
+        first = tls_of_port.setdefault(server.port, (is_tls, index))
+        if first[0] != is_tls:
+            raise _Invalid(
+                f"spec.servers[{index}].port: {server.port} is also spec.servers[{first[1]}]'s, "
+                f"which is {'TLS' if first[0] else 'plain text'}; a port is one or the other"
+            )
         if server.port_name:
             if server.port_name in names:
                 raise _Invalid(

@@ -19,12 +19,15 @@ from controlplane.model import (
     ResourceKey,
     Service,
     Sidecar,
+    TlsSecret,
     VirtualService,
     visible,
 )
 from controlplane.security import ROOT_NAMESPACE
 
 SERVICE = "Service"
+# Kubernetes TLS Secrets of the gateways' namespaces (Gateway credentialName).
+SECRET = "Secret"  # noqa: S105 (a kind name, not a password)
 # Keys of the mesh-wide settings the store holds beside resources.
 TRUST_BUNDLE = ResourceKey("Mesh", "", "trust-bundle")
 TRUST_DOMAIN = ResourceKey("Mesh", "", "trust-domain")
@@ -38,7 +41,7 @@ def jwks_key(uri: str) -> ResourceKey:
     return ResourceKey(JWKS, "", uri)
 
 
-Value: TypeAlias = "Resource | Service | str"
+Value: TypeAlias = "Resource | Service | TlsSecret | str"
 
 
 def service_key(service: Service) -> ResourceKey:
@@ -55,6 +58,8 @@ class NodeInfo:
     namespace: str
     labels: tuple[tuple[str, str], ...] = ()
     service_account: str = "default"
+    # An ingress gateway (`lightmesh gateway`): receives the listeners of its Gateways.
+    gateway: bool = False
 
 
 class World:
@@ -81,6 +86,7 @@ class World:
         self.jwks: dict[str, str] = {}  # jwksUri -> the JWKS fetched from it
         self.services: dict[str, Service] = {}  # by FQDN
         self.resources: dict[ResourceKey, Resource] = {}
+        self.secrets: dict[ResourceKey, TlsSecret] = {}
         self._vs_by_host: dict[str, set[ResourceKey]] = {}
         self._dr_by_host: dict[str, set[ResourceKey]] = {}
         self._by_namespace: dict[tuple[str, str], set[ResourceKey]] = {}  # (kind, ns) -> keys
@@ -114,11 +120,17 @@ class World:
             return set()
         if key.kind == SERVICE:
             return self._put_service(key, value if isinstance(value, Service) else None)
+        if key.kind == SECRET:
+            if isinstance(value, TlsSecret):
+                self.secrets[key] = value
+            else:
+                self.secrets.pop(key, None)
+            return set()  # read by gateway views only, which refresh on every change
         old = self.resources.pop(key, None)
         touched: set[str] = set()
         if old is not None:
             touched |= self._unindex(old)
-        if value is not None and not isinstance(value, str | Service):
+        if value is not None and not isinstance(value, str | Service | TlsSecret):
             self.resources[key] = value
             touched |= self._index(value)
         return touched

@@ -17,14 +17,18 @@ ROUTES = _PREFIX + "VirtualHost"
 INBOUND = _PREFIX + "InboundPolicy"
 # The name of the one InboundPolicy resource each sidecar receives.
 INBOUND_NAME = "inbound"
+# After every other type (and the routes, clusters and policies it relies on): the listeners of an
+# ingress gateway, one per port ("port-<number>"); sidecars hold an empty set of it.
+GATEWAY = _PREFIX + "GatewayListener"
 # Subscribing to this name means: every resource of the type in the sidecar's scope.
 WILDCARD = "*"
 
-PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINTS, ROUTES, INBOUND)
+PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINTS, ROUTES, INBOUND, GATEWAY)
 
 SHORT_NAMES: dict[str, str] = {
     CLUSTER: "CLUSTERS",
     ENDPOINTS: "ENDPOINTS",
     ROUTES: "ROUTES",
     INBOUND: "INBOUND",
+    GATEWAY: "GATEWAY",
 }

@@ -9,6 +9,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from google.protobuf.json_format import MessageToDict
@@ -24,14 +25,16 @@ from sidecar.cluster.outlier import DEFAULT as DEFAULT_OUTLIER
 from sidecar.config.apply import DataPlane
 from sidecar.config.client import ConfigClient
 from sidecar.contract import Completed
+from sidecar.gateway import GatewayCollector, GatewayPorts
 from sidecar.identity.manager import CertificateManager
 from sidecar.identity.tls import MeshTLS
-from sidecar.listeners.engine import start_proxy
+from sidecar.listeners.engine import ProxyListener, start_proxy
 from sidecar.routing.router import InboundRouter, OutboundRouter
 from sidecar.settings import Settings
 from sidecar.telemetry import wiring
 from sidecar.telemetry.exposition import Registry
 from sidecar.telemetry.hooks import wrap_recorder, wrap_resolver
+from sidecar.telemetry.report import TrafficReporter
 from sidecar.telemetry.resilience import ResilienceCollector
 from sidecar.telemetry.state import SidecarState
 from sidecar.telemetry.tcp_metrics import TcpCollector, TcpMetrics
@@ -51,6 +54,7 @@ def build_node(settings: Settings, *, inbound_port: int) -> pb.Node:
         labels=dict(settings.labels),
         service_account=settings.service_account,
         sidecar_version=lightmesh.__version__,
+        proxy_type="gateway" if settings.mode == "gateway" else "",
     )
     if inbound_port:
         for service in settings.services:
@@ -110,18 +114,37 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         outbound_router.finished(done)  # the endpoint's in-flight slot, for the balancer
         tcp_metrics.record(done)
 
-    outbound = await start_proxy(
-        settings.bind,
-        settings.outbound_port,
-        resolver=wrap_resolver(outbound_router.resolve, telemetry.outbound),
-        recorder=wrap_recorder(telemetry.outbound, outbound=True, then=outbound_router.finished),
-        listener="outbound",
-        client_tls=lambda: mesh_tls.client,
-        client_tls_h2=lambda: mesh_tls.client_h2,
-        intercept=settings.intercept,
-        divert=outbound_router.divert,
-        tcp_recorder=record_tcp,
-    )
+    gateway: GatewayPorts | None = None
+    outbound: ProxyListener | None = None
+    if settings.mode == "gateway":
+        # The ports come with the config (GatewayListener); upstreams as the outbound listener's.
+        gateway = GatewayPorts(
+            bind=settings.bind,
+            dataplane=dataplane,
+            telemetry=telemetry.outbound,
+            client_tls=lambda: mesh_tls.client,
+            client_tls_h2=lambda: mesh_tls.client_h2,
+            mesh_server=lambda: mesh_tls.server,
+            tcp_recorder=tcp_metrics.record,
+            drain_timeout=settings.drain_timeout,
+        )
+        dataplane.on_gateway = gateway.update
+        registry.register(GatewayCollector(gateway))
+    else:
+        outbound = await start_proxy(
+            settings.bind,
+            settings.outbound_port,
+            resolver=wrap_resolver(outbound_router.resolve, telemetry.outbound),
+            recorder=wrap_recorder(
+                telemetry.outbound, outbound=True, then=outbound_router.finished
+            ),
+            listener="outbound",
+            client_tls=lambda: mesh_tls.client,
+            client_tls_h2=lambda: mesh_tls.client_h2,
+            intercept=settings.intercept,
+            divert=outbound_router.divert,
+            tcp_recorder=record_tcp,
+        )
     inbound = None
     inbound_router: InboundRouter | None = None
     app_health = AppHealth() if settings.app_port and settings.app_health else None
@@ -153,12 +176,28 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         )
     node = build_node(settings, inbound_port=inbound.port if inbound else 0)
     ca_bundle = Path(settings.ca_bundle) if settings.ca_bundle else None
+    reporter = TrafficReporter(
+        metrics=telemetry.recorded,
+        clusters=lambda: dataplane.clusters,
+        app=telemetry.app,
+        version=telemetry.version,
+        services=settings.services,
+    )
     client = ConfigClient(
-        target=settings.control_plane, ca_bundle=ca_bundle, node=node, dataplane=dataplane
+        target=settings.control_plane,
+        ca_bundle=ca_bundle,
+        node=node,
+        dataplane=dataplane,
+        report=reporter.build if settings.report_interval and telemetry.recorded else None,
+        report_interval=settings.report_interval or 5.0,
     )
     cleanup = contextlib.ExitStack()
     certificates = _certificate_manager(settings, ca_bundle, mesh_tls, cleanup)
-    active = {"outbound": lambda: outbound.active}
+    active: dict[str, Callable[[], int]] = {}
+    if outbound is not None:
+        active["outbound"] = lambda: outbound.active
+    if gateway is not None:
+        active["gateway"] = lambda: gateway.active
     if inbound is not None:
         active["inbound"] = lambda: inbound.active
     registry.register(
@@ -172,10 +211,14 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     registry.register(
         ResilienceCollector(
             clusters=lambda: dataplane.clusters,
-            mirrors=outbound.mirrors,
-            connections_opened=outbound.connections_opened,
-            wrong_identity=outbound.wrong_identity,
-            admission=inbound_router.admission if inbound_router is not None else None,
+            mirrors=outbound.mirrors if outbound else None,
+            connections_opened=outbound.connections_opened if outbound else None,
+            wrong_identity=outbound.wrong_identity if outbound else None,
+            admission=inbound_router.admission
+            if inbound_router is not None
+            else gateway.admission
+            if gateway is not None
+            else None,
         )
     )
     draining = False
@@ -190,6 +233,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         quit=stop.set,  # POST /quitquitquit: drain and exit, as on SIGTERM
         app_health=app_health,
         logger=logging.getLogger(),
+        tap=telemetry.tap,
     )
     # Loopback only, whatever --bind says: the admin interface shows the whole config and stops
     # the proxy. What the network needs (probes, Prometheus) is on the metrics port.
@@ -206,7 +250,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             "event": "started",
             "node": node.id,
             "pid": os.getpid(),
-            "outbound_port": outbound.port,
+            "mode": settings.mode,
+            "outbound_port": outbound.port if outbound else None,
             "inbound_port": inbound.port if inbound else None,
             "admin_port": admin_port,
             "metrics_port": metrics_server.sockets[0].getsockname()[1] if metrics_server else None,
@@ -219,6 +264,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     )
     telemetry_task = asyncio.create_task(telemetry.run(stop), name="telemetry")
     memory_task = asyncio.create_task(return_freed_memory(stop), name="memory")
+    gateway_task = asyncio.create_task(gateway.run(stop), name="gateway-ports") if gateway else None
     probes_task = (
         asyncio.create_task(
             run_probes(app_health, settings.app_host, settings.app_port, stop), name="app-probes"
@@ -239,8 +285,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     if settings.drain_delay > 0:
         # Keep serving while the endpoint is being taken out of rotation.
         await asyncio.sleep(settings.drain_delay)
+    if gateway_task is not None:
+        await gateway_task
     await asyncio.gather(
-        outbound.close(settings.drain_timeout),
+        *([outbound.close(settings.drain_timeout)] if outbound else []),
+        *([gateway.close(settings.drain_timeout)] if gateway else []),
         *([inbound.close(settings.drain_timeout)] if inbound else []),
     )
     await client_task

@@ -118,6 +118,9 @@ class LocalReply:
     # The gRPC status a gRPC caller is answered with (fault abort.grpcStatus); None: derived
     # from `status` and `flags` (sidecar/http/grpc.py).
     grpc_status: int | None = None
+    # The cluster the request was headed for when the proxy answered instead (fault abort,
+    # overflow, no healthy upstream): telemetry labels the reply with its destination.
+    cluster: str = ""
 
 
 Decision = Forward | LocalReply

@@ -15,6 +15,9 @@ class Settings:
 
     control_plane: str = "127.0.0.1:15010"
     workload: str
+    # "sidecar", or "gateway": an ingress gateway (`lightmesh gateway`), whose listeners are the
+    # ports of the Gateways selecting its labels (no outbound, inbound or app).
+    mode: str = "sidecar"
     namespace: str = "default"
     services: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
@@ -55,6 +58,8 @@ class Settings:
     zipkin_url: str = ""  # Zipkin v2 endpoint (http://host:port/api/v2/spans); "": no tracing
     trace_sampling: float = 1.0  # percent of new traces sampled (an incoming decision wins)
     access_log: str = ""  # "-": stdout, a path: that file, "": off
+    # Seconds between traffic reports on the config stream (the control plane's dashboard); 0: off.
+    report_interval: float = 5.0
     # The inbound listener watches its app: while the app refuses connections, requests are
     # answered at once as never delivered (503 UF, marked for the calling sidecar) and, once the
     # app has answered since start, /ready says 503 (docs/reliability.md).

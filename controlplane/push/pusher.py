@@ -39,7 +39,7 @@ from controlplane.push.debounce import Debouncer
 from controlplane.security import ROOT_NAMESPACE
 from controlplane.snapshots.resources import TranslationCache
 from controlplane.snapshots.sets import ResourceSet
-from controlplane.snapshots.views import InboundView, OutboundView, Translator
+from controlplane.snapshots.views import GatewayView, InboundView, OutboundView, Translator
 from controlplane.store import Change, Store
 from controlplane.translate import cluster_host, scope_of
 from controlplane.translate.inbound import InboundKey, inbound_key
@@ -60,6 +60,7 @@ _POLICY_KINDS = frozenset(
         "HTTPLocalRateLimitPolicy",
     }
 )
+View = OutboundView | GatewayView
 
 
 @dataclass(eq=False, slots=True)
@@ -68,7 +69,7 @@ class Connection:
 
     node: NodeInfo
     connected_at: float
-    view: OutboundView
+    view: View
     inbound: InboundView
     protocol: StreamProtocol = field(default_factory=StreamProtocol)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -208,7 +209,7 @@ class Pusher:
         self._served = asyncio.Event()
         self._served.set()
         self.connections: dict[str, Connection] = {}
-        self.views: dict[ScopeKey, OutboundView] = {}
+        self.views: dict[ScopeKey, View] = {}
         self.inbound_views: dict[InboundKey, InboundView] = {}
         self._debouncer = Debouncer(quiet=debounce, max_delay=max_delay)
         self._max_delay = max_delay
@@ -292,7 +293,8 @@ class Pusher:
 
     async def _move(self, conn: Connection, scope: ScopeKey) -> None:
         if scope.sidecar is None:
-            scope = ScopeKey(namespace=scope.namespace)  # everything seen is routed already
+            # Everything seen is routed already.
+            scope = ScopeKey(namespace=scope.namespace, gateway=scope.gateway)
         if scope == conn.view.scope or conn.closed:
             return
         view = await self._view(scope)
@@ -302,12 +304,12 @@ class Pusher:
         conn.view = view
         view.members.add(conn)
 
-    async def _view(self, scope: ScopeKey) -> OutboundView:
+    async def _view(self, scope: ScopeKey) -> View:
         if scope.sidecar is None and scope.extra_hosts:
-            scope = ScopeKey(namespace=scope.namespace)
+            scope = ScopeKey(namespace=scope.namespace, gateway=scope.gateway)
         view = self.views.get(scope)
         if view is None:
-            view = OutboundView(scope)
+            view = OutboundView(scope) if scope.gateway is None else GatewayView(scope)
             started = self._clock()
             await self._refresh(view, sorted(self._store.world.hosts() | scope.extra_hosts), 0.0)
             self._observe_translate(self._clock() - started)
@@ -322,7 +324,9 @@ class Pusher:
             self.inbound_views[key] = view
         return view
 
-    async def _refresh(self, view: OutboundView, hosts: list[str], at: float) -> list[ResourceSet]:
+    async def _refresh(self, view: View, hosts: list[str], at: float) -> list[ResourceSet]:
+        if isinstance(view, GatewayView):
+            return view.refresh(self.translator, (), at=at)  # whole, in one go (few inputs)
         changed: list[ResourceSet] = []
         for start in range(0, len(hosts), BATCH):
             for resource_set in view.refresh(self.translator, hosts[start : start + BATCH], at=at):
@@ -390,10 +394,13 @@ class Pusher:
                 elif inbound.refresh(self.translator, at=change.at):
                     woken |= inbound.members
             hosts = sorted(change.hosts)
-            if hosts:
-                for view in list(self.views.values()):
-                    if await self._refresh(view, hosts, change.at):
-                        woken |= view.members
+            for view in list(self.views.values()):
+                # Gateway views read resources that touch no host (Gateways, VirtualServices
+                # bound to gateways only, Secrets): they recompute on every change.
+                if (hosts or isinstance(view, GatewayView)) and await self._refresh(
+                    view, hosts, change.at
+                ):
+                    woken |= view.members
             self.flushes += 1
             if self.flushes % 1000 == 0:
                 self.cache.sweep()

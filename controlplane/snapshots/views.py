@@ -18,7 +18,8 @@ from typing import Any
 from controlplane.model import ResourceKey
 from controlplane.snapshots.resources import Resource, TranslationCache, make_resource
 from controlplane.snapshots.sets import ResourceSet
-from controlplane.translate.clusters import host_assignments, host_clusters
+from controlplane.translate.clusters import cluster_host, host_assignments, host_clusters
+from controlplane.translate.gateway import gateway_of
 from controlplane.translate.inbound import InboundKey, inbound_from_key
 from controlplane.translate.routes import local_to, virtual_host
 from controlplane.translate.scope import (
@@ -113,6 +114,10 @@ class Translator:
         return self.cache.get(("in", key), inputs, build)[0]
 
 
+# The GATEWAY set of every sidecar view: empty for ever, so one is shared.
+_NO_GATEWAY = ResourceSet(types.GATEWAY)
+
+
 class OutboundView:
     """CLUSTER, ENDPOINTS and ROUTES of one scope, refreshed host by host."""
 
@@ -120,6 +125,7 @@ class OutboundView:
         self.scope = scope
         self.members: set[Any] = set()  # the streams served from it (the push stage's)
         self.sets = {t: ResourceSet(t) for t in (types.CLUSTER, types.ENDPOINTS, types.ROUTES)}
+        self.sets[types.GATEWAY] = _NO_GATEWAY  # sidecars: always empty, never changes
         self._deps: dict[str, frozenset[str]] = {}  # routed host -> hosts it needs clusters of
         self._refs: Counter[str] = Counter()  # cluster host -> routed hosts needing it
         self._names: dict[str, tuple[str, ...]] = {}  # cluster host -> its cluster names
@@ -189,3 +195,55 @@ class InboundView:
     def refresh(self, translator: Translator, *, at: float) -> bool:
         """Translate again if an input changed; return whether the resource changed."""
         return self.set.update({types.INBOUND_NAME: translator.inbound(self.key)}, at=at)
+
+
+class GatewayView:
+    """What an ingress gateway receives (one view per namespace and labels): its listeners
+    (GATEWAY), no ROUTES (the listeners carry each port's routes), and the CLUSTER and ENDPOINTS
+    of every host its routes send to.
+
+    Gateways are few and their inputs (Gateways, VirtualServices bound to them, Secrets) are not
+    indexed by host, so every flush recomputes the whole view; the sets send only what differs.
+    """
+
+    def __init__(self, scope: ScopeKey) -> None:
+        self.scope = scope
+        self.members: set[Any] = set()
+        self.sets = {
+            t: ResourceSet(t) for t in (types.CLUSTER, types.ENDPOINTS, types.ROUTES, types.GATEWAY)
+        }
+
+    def refresh(
+        self, translator: Translator, hosts: Iterable[str], *, at: float
+    ) -> list[ResourceSet]:
+        """Recompute everything (`hosts` is ignored); return the sets that changed."""
+        del hosts
+        world = translator.world
+        namespace = self.scope.namespace
+        config = gateway_of(world, namespace, dict(self.scope.gateway or ()))
+        wanted: dict[str, dict[str, Resource]] = {t: {} for t in self.sets}
+        for listener in config.listeners:
+            wanted[types.GATEWAY][listener.name] = make_resource(
+                types.GATEWAY, listener.name, listener
+            )
+        for host in sorted(config.destinations):
+            if not cluster_visible(world, namespace, host):
+                continue
+            found, assignments = translator.clusters(host, namespace)
+            wanted[types.CLUSTER].update((r.name, r) for r in found)
+            wanted[types.ENDPOINTS].update((r.name, r) for r in assignments)
+        changed = []
+        for type_url in types.PUSH_ORDER:
+            resource_set = self.sets.get(type_url)
+            if resource_set is None:
+                continue
+            new = wanted[type_url]
+            changes: dict[str, Resource | None] = dict(new)
+            changes.update((n, None) for n in resource_set.current.versions if n not in new)
+            if changes and resource_set.update(changes, at=at):
+                changed.append(resource_set)
+        return changed
+
+    def known_hosts(self) -> set[str]:
+        """Hosts this view has clusters of."""
+        return {cluster_host(n) for n in self.sets[types.CLUSTER].current.versions}

@@ -24,6 +24,7 @@ from typing import Any
 
 from controlplane.sources.kube_index import (
     ORIGIN,
+    SCOPED_KINDS,
     Delta,
     KubeIndex,
     Obj,
@@ -63,6 +64,7 @@ class KubeSource:
         on_status: Callable[[list[StatusUpdate]], None],
         namespaces: tuple[str, ...] = (),
         istio: bool = False,
+        secret_namespaces: tuple[str, ...] = (),
     ) -> None:
         self._on_status = on_status
         # Also Istio's groups (networking.istio.io, security.istio.io): their CRDs must exist.
@@ -70,6 +72,11 @@ class KubeSource:
         # Empty: watch cluster-wide. Otherwise one watch per kind and namespace, so a control
         # plane can run with namespaced RBAC only.
         self._scopes: tuple[str | None, ...] = namespaces or (None,)
+        # Every (kind, namespace or None) list/watch. Secrets only in the gateways' namespaces
+        # (`--gateway-namespace`), never cluster-wide: the RBAC to read them is namespaced too.
+        self._watches: list[tuple[str, str | None]] = [
+            (kind, scope) for kind in self._kinds for scope in self._scopes
+        ] + [("Secret", space) for space in secret_namespaces]
         self._store = store
         self._api = api_client
         self._index = KubeIndex()
@@ -84,16 +91,15 @@ class KubeSource:
     def start(self) -> None:
         """Start one list/watch thread per kind (and namespace, when scoped)."""
         self._loop = asyncio.get_running_loop()
-        for kind in self._kinds:
-            for scope in self._scopes:
-                thread = threading.Thread(
-                    target=self._run,
-                    args=(kind, scope),
-                    name=f"watch-{kind}-{scope or 'all'}",
-                    daemon=True,
-                )
-                thread.start()
-                self._threads.append(thread)
+        for kind, scope in self._watches:
+            thread = threading.Thread(
+                target=self._run,
+                args=(kind, scope),
+                name=f"watch-{kind}-{scope or 'all'}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
 
     def refresh_status(self) -> None:
         """Offer every out-of-date status again (after this replica became leader)."""
@@ -170,7 +176,9 @@ class KubeSource:
         if response.status == 410:
             response.release_conn()
             raise _Gone
-        if response.status == 404:
+        if response.status == 404 or (response.status == 403 and kind in SCOPED_KINDS):
+            # 403 on a gateway namespace's Secrets: its Role (deploy/gateway.yaml) is not there
+            # (yet); as a missing CRD, it must not hold the first config back for everyone.
             response.release_conn()
             raise _Missing
         if response.status >= 400:
@@ -227,7 +235,7 @@ class KubeSource:
         delta = self._index.replace(kind, items, namespace=scope)
         was_synced = self._all_synced.is_set()
         self._synced.add((kind, scope))
-        if len(self._synced) == len(self._kinds) * len(self._scopes):
+        if len(self._synced) == len(self._watches):
             self._all_synced.set()
         if not self._all_synced.is_set():
             return  # a partial world would push partial config; wait for every first list
@@ -236,7 +244,11 @@ class KubeSource:
             resources, _ = self._index.resources()
             self._store.update(
                 SOURCE,
-                {**resources, **{service_key(s): s for s in self._index.services().values()}},
+                {
+                    **resources,
+                    **{service_key(s): s for s in self._index.services().values()},
+                    **self._index.secrets(),
+                },
                 at=at,
             )
             self._report(self._index.status_updates())
@@ -249,7 +261,7 @@ class KubeSource:
             self._publish(delta, at)
 
     def _publish(self, delta: Delta, at: float) -> None:
-        self._store.update(SOURCE, {**delta.resources, **delta.services}, at=at)
+        self._store.update(SOURCE, {**delta.resources, **delta.services, **delta.secrets}, at=at)
         if delta.evaluated:
             self._report(self._index.status_updates(delta.evaluated))
         elif delta.services:

@@ -10,6 +10,7 @@ accepted version serving, exactly as in the file source. The returned `Delta` sa
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,13 +20,14 @@ from controlplane.model import (
     ResourceKey,
     Service,
     ServiceEndpoint,
+    TlsSecret,
     is_tcp_port,
 )
 from controlplane.schema import API_VERSION, ISTIO_GROUPS
 from controlplane.schema import KINDS as SCHEMA_KINDS
 from controlplane.sources.ledger import REJECTED, Ledger
 from controlplane.validate import Problem, parse_document, parse_export_to
-from controlplane.world import SERVICE
+from controlplane.world import SECRET, SERVICE
 from lightmesh.protocols import port_protocol, speaks_h2
 
 ORIGIN = "kubernetes"
@@ -74,14 +76,40 @@ KINDS: dict[str, tuple[str, str]] = {
     "Service": ("v1", "/api/v1/services"),
     "EndpointSlice": ("discovery.k8s.io/v1", "/apis/discovery.k8s.io/v1/endpointslices"),
     "Pod": ("v1", "/api/v1/pods"),
+    # Gateway credentials (credentialName): watched only in the gateways' namespaces.
+    "Secret": ("v1", "/api/v1/secrets"),
 }
+SCOPED_KINDS = ("Secret",)
 MESH_KINDS = _OURS
 ISTIO_KINDS = tuple(istio_kind(kind) for kind in _OURS if kind in ISTIO_GROUPS)
 
 
 def watched_kinds(*, istio: bool) -> tuple[str, ...]:
-    """The kinds a Kubernetes source lists and watches."""
-    return tuple(k for k in KINDS if istio or k not in ISTIO_KINDS)
+    """The kinds a Kubernetes source lists and watches (Secrets apart: see SCOPED_KINDS)."""
+    return tuple(k for k in KINDS if (istio or k not in ISTIO_KINDS) and k not in SCOPED_KINDS)
+
+
+def tls_secret(obj: Obj) -> TlsSecret | None:
+    """A Secret's TLS material (tls.crt, tls.key, ca.crt), or None when it holds none: only
+    what a Gateway's credentialName can use is kept, never the Secret's other keys."""
+    data = obj.get("data") or {}
+    fields = {}
+    for name in ("tls.crt", "tls.key", "ca.crt"):
+        value = data.get(name)
+        if value:
+            try:
+                fields[name] = base64.b64decode(value).decode("ascii")
+            except (ValueError, UnicodeDecodeError):
+                fields[name] = ""  # not PEM: the gateway reports the credential unusable
+    if not fields:
+        return None
+    meta = obj.get("metadata") or {}
+    return TlsSecret(
+        key=ResourceKey(SECRET, meta.get("namespace", ""), meta.get("name", "")),
+        cert_chain=fields.get("tls.crt", ""),
+        private_key=fields.get("tls.key", ""),
+        ca=fields.get("ca.crt", ""),
+    )
 
 
 # Istio's annotation on a Service: the namespaces whose sidecars see it.
@@ -129,12 +157,14 @@ class Delta:
 
     resources: dict[ResourceKey, Resource | None] = field(default_factory=dict)
     services: dict[ResourceKey, Service | None] = field(default_factory=dict)
+    secrets: dict[ResourceKey, TlsSecret | None] = field(default_factory=dict)
     evaluated: set[ResourceKey] = field(default_factory=set)  # mesh keys whose status may change
 
     def merge(self, other: Delta) -> None:
         """Add `other` into this one."""
         self.resources.update(other.resources)
         self.services.update(other.services)
+        self.secrets.update(other.secrets)
         self.evaluated |= other.evaluated
 
 
@@ -200,6 +230,9 @@ class KubeIndex:
                 committed = self._ledger.commit()
                 delta.resources.update(committed.served)
                 delta.evaluated |= committed.evaluated
+            return delta
+        if kind == "Secret":
+            delta.secrets[ResourceKey(SECRET, *key)] = None if deleted else tls_secret(obj)
             return delta
         services: set[ObjKey] = set()
         if kind == "Service":
@@ -324,6 +357,11 @@ class KubeIndex:
         return updates
 
     # --- services ---
+
+    def secrets(self) -> dict[ResourceKey, TlsSecret]:
+        """The TLS Secrets watched, by key."""
+        found = (tls_secret(o) for o in self._objects["Secret"].values())
+        return {s.key: s for s in found if s is not None}
 
     def services(self) -> dict[str, Service]:
         """Services by FQDN with their ready endpoints."""

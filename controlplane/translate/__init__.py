@@ -16,9 +16,10 @@ from controlplane.translate.clusters import (
     host_assignments,
     host_clusters,
 )
+from controlplane.translate.gateway import gateway_of
 from controlplane.translate.inbound import inbound_policy
 from controlplane.translate.routes import virtual_host
-from controlplane.translate.scope import ScopeKey, cluster_hosts, routed_hosts
+from controlplane.translate.scope import ScopeKey, cluster_hosts, cluster_visible, routed_hosts
 from controlplane.world import NodeInfo, World
 from lightmesh import types
 
@@ -29,12 +30,16 @@ ProxyConfig = dict[str, list[Message]]
 
 def scope_of(world: World, node: NodeInfo, extra_hosts: frozenset[str] = frozenset()) -> ScopeKey:
     """The scope a sidecar's outbound config is computed for."""
+    if node.gateway:
+        return ScopeKey(namespace=node.namespace, gateway=node.labels)
     sidecar = world.sidecar_for(node.namespace, dict(node.labels))
     return ScopeKey(namespace=node.namespace, sidecar=sidecar, extra_hosts=extra_hosts)
 
 
 def translate(world: World, node: NodeInfo) -> ProxyConfig:
     """Return the complete config of one sidecar, keyed by type URL (resources sorted by name)."""
+    if node.gateway:
+        return translate_gateway(world, node)
     scope = scope_of(world, node)
     routed = routed_hosts(world, scope)
     clusters: list[Message] = []
@@ -58,4 +63,26 @@ def translate(world: World, node: NodeInfo) -> ProxyConfig:
         types.ENDPOINTS: sorted(assignments, key=lambda a: a.cluster_name),  # type: ignore[attr-defined]
         types.ROUTES: vhosts,
         types.INBOUND: [inbound_policy(world, node)],
+        types.GATEWAY: [],
+    }
+
+
+def translate_gateway(world: World, node: NodeInfo) -> ProxyConfig:
+    """The complete config of an ingress gateway: its listeners and their clusters."""
+    config = gateway_of(world, node.namespace, dict(node.labels))
+    clusters: list[Message] = []
+    assignments: list[Message] = []
+    for host in sorted(config.destinations):
+        if not cluster_visible(world, node.namespace, host):
+            continue
+        service = world.services[host]
+        rule = world.destination_rule(host, node.namespace)
+        clusters += host_clusters(service, rule, trust_domain=world.trust_domain)
+        assignments += host_assignments(service, rule)
+    return {
+        types.CLUSTER: sorted(clusters, key=lambda c: c.name),  # type: ignore[attr-defined]
+        types.ENDPOINTS: sorted(assignments, key=lambda a: a.cluster_name),  # type: ignore[attr-defined]
+        types.ROUTES: [],
+        types.INBOUND: [inbound_policy(world, node)],
+        types.GATEWAY: list(config.listeners),
     }

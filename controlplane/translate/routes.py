@@ -7,6 +7,8 @@ the short name is a domain too), so sidecars of one namespace share it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from controlplane.model import HeaderOps, HTTPMatch, HTTPRoute, Service, StringMatch, VirtualService
 from controlplane.translate.clusters import cluster_name, ms
 from lightmesh.v1 import config_pb2 as pb
@@ -27,7 +29,7 @@ def virtual_host(
             name=host,
             domains=_domains(host, namespace),
             routes=[
-                _route(route, index)
+                route_message(route, index)
                 for index, route in enumerate(vs.http)
                 # A route whose every match entry is for Gateways only never matches here.
                 if not route.matches or any(m.for_mesh for m in route.matches)
@@ -62,10 +64,18 @@ def _domains(host: str, namespace: str) -> list[str]:
     return domains
 
 
-def _route(route: HTTPRoute, index: int) -> pb.Route:
+def _for_mesh(match: HTTPMatch) -> bool:
+    return match.for_mesh
+
+
+def route_message(
+    route: HTTPRoute, index: int, applies: Callable[[HTTPMatch], bool] = _for_mesh
+) -> pb.Route:
+    """One VirtualService route as a `Route`, with the match entries that `applies` keeps (by
+    their `gateways`: the mesh's for sidecars, a Gateway's for gateways)."""
     out = pb.Route(
         name=route.name or f"http[{index}]",
-        matches=[_match(m) for m in route.matches if m.for_mesh],
+        matches=[_match(m) for m in route.matches if applies(m)],
         clusters=[
             pb.WeightedCluster(cluster=cluster_name(d.host, d.subset), weight=d.weight)
             for d in route.destinations

@@ -27,6 +27,8 @@ class ScopeKey:
     namespace: str
     sidecar: Sidecar | None = None
     extra_hosts: frozenset[str] = frozenset()
+    # An ingress gateway's labels (the Gateways selecting them): its view is a GatewayView.
+    gateway: tuple[tuple[str, str], ...] | None = None
 
 
 def routes_host(world: World, scope: ScopeKey, host: str) -> bool:

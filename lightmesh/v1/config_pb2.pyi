@@ -30,6 +30,14 @@ class AuthzAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     AUTHZ_ALLOW: _ClassVar[AuthzAction]
     AUTHZ_DENY: _ClassVar[AuthzAction]
+
+class GatewayTlsMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GATEWAY_TLS_NONE: _ClassVar[GatewayTlsMode]
+    GATEWAY_TLS_SIMPLE: _ClassVar[GatewayTlsMode]
+    GATEWAY_TLS_MUTUAL: _ClassVar[GatewayTlsMode]
+    GATEWAY_TLS_PASSTHROUGH: _ClassVar[GatewayTlsMode]
+    GATEWAY_TLS_ISTIO_MUTUAL: _ClassVar[GatewayTlsMode]
 ROUND_ROBIN: LbPolicy
 LEAST_REQUEST: LbPolicy
 RANDOM: LbPolicy
@@ -42,6 +50,11 @@ MTLS_STRICT: MtlsMode
 MTLS_DISABLE: MtlsMode
 AUTHZ_ALLOW: AuthzAction
 AUTHZ_DENY: AuthzAction
+GATEWAY_TLS_NONE: GatewayTlsMode
+GATEWAY_TLS_SIMPLE: GatewayTlsMode
+GATEWAY_TLS_MUTUAL: GatewayTlsMode
+GATEWAY_TLS_PASSTHROUGH: GatewayTlsMode
+GATEWAY_TLS_ISTIO_MUTUAL: GatewayTlsMode
 
 class VirtualHost(_message.Message):
     __slots__ = ("name", "domains", "routes", "origin", "tcp_routes")
@@ -425,3 +438,67 @@ class AuthorizationCondition(_message.Message):
     values: _containers.RepeatedScalarFieldContainer[str]
     not_values: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, key: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ..., not_values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GatewayListener(_message.Message):
+    __slots__ = ("name", "port", "servers", "virtual_hosts", "tls_routes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    SERVERS_FIELD_NUMBER: _ClassVar[int]
+    VIRTUAL_HOSTS_FIELD_NUMBER: _ClassVar[int]
+    TLS_ROUTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    port: int
+    servers: _containers.RepeatedCompositeFieldContainer[GatewayServer]
+    virtual_hosts: _containers.RepeatedCompositeFieldContainer[VirtualHost]
+    tls_routes: _containers.RepeatedCompositeFieldContainer[TlsRoute]
+    def __init__(self, name: _Optional[str] = ..., port: _Optional[int] = ..., servers: _Optional[_Iterable[_Union[GatewayServer, _Mapping]]] = ..., virtual_hosts: _Optional[_Iterable[_Union[VirtualHost, _Mapping]]] = ..., tls_routes: _Optional[_Iterable[_Union[TlsRoute, _Mapping]]] = ...) -> None: ...
+
+class GatewayServer(_message.Message):
+    __slots__ = ("name", "hosts", "protocol", "tls")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    protocol: str
+    tls: GatewayTls
+    def __init__(self, name: _Optional[str] = ..., hosts: _Optional[_Iterable[str]] = ..., protocol: _Optional[str] = ..., tls: _Optional[_Union[GatewayTls, _Mapping]] = ...) -> None: ...
+
+class GatewayTls(_message.Message):
+    __slots__ = ("mode", "https_redirect", "cert_chain_pem", "private_key_pem", "ca_pem", "cert_file", "key_file", "ca_file", "credential_error", "min_protocol_version", "max_protocol_version", "client_subject_alt_names")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    HTTPS_REDIRECT_FIELD_NUMBER: _ClassVar[int]
+    CERT_CHAIN_PEM_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    CERT_FILE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FILE_FIELD_NUMBER: _ClassVar[int]
+    CA_FILE_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_ERROR_FIELD_NUMBER: _ClassVar[int]
+    MIN_PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_SUBJECT_ALT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    mode: GatewayTlsMode
+    https_redirect: bool
+    cert_chain_pem: str
+    private_key_pem: str
+    ca_pem: str
+    cert_file: str
+    key_file: str
+    ca_file: str
+    credential_error: str
+    min_protocol_version: str
+    max_protocol_version: str
+    client_subject_alt_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, mode: _Optional[_Union[GatewayTlsMode, str]] = ..., https_redirect: _Optional[bool] = ..., cert_chain_pem: _Optional[str] = ..., private_key_pem: _Optional[str] = ..., ca_pem: _Optional[str] = ..., cert_file: _Optional[str] = ..., key_file: _Optional[str] = ..., ca_file: _Optional[str] = ..., credential_error: _Optional[str] = ..., min_protocol_version: _Optional[str] = ..., max_protocol_version: _Optional[str] = ..., client_subject_alt_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TlsRoute(_message.Message):
+    __slots__ = ("sni_hosts", "clusters", "origin")
+    SNI_HOSTS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    sni_hosts: _containers.RepeatedScalarFieldContainer[str]
+    clusters: _containers.RepeatedCompositeFieldContainer[WeightedCluster]
+    origin: str
+    def __init__(self, sni_hosts: _Optional[_Iterable[str]] = ..., clusters: _Optional[_Iterable[_Union[WeightedCluster, _Mapping]]] = ..., origin: _Optional[str] = ...) -> None: ...

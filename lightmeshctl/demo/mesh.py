@@ -180,6 +180,7 @@ class LocalMesh:
     cp_metrics_port: int = field(default_factory=free_port)
     control_plane: Process | None = None
     workloads: dict[str, Workload] = field(default_factory=dict)
+    gateways: dict[str, Workload] = field(default_factory=dict)
     _processes: list[Process] = field(default_factory=list)
 
     def __enter__(self) -> Self:
@@ -304,6 +305,39 @@ class LocalMesh:
         )  # fmt: skip
         self.workloads[name] = workload
         return workload
+
+    def start_gateway(
+        self,
+        name: str = "ingressgateway",
+        *,
+        namespace: str = "default",
+        labels: str = "istio=ingressgateway",
+        service_account: str = "ingressgateway",
+        args: tuple[str, ...] = (),
+    ) -> Workload:
+        """Start an ingress gateway (`lightmesh gateway`): its ports are its Gateways' servers."""
+        gateway = Workload(
+            name=name,
+            service="",
+            version="",
+            app_port=0,
+            inbound_port=0,
+            outbound_port=0,
+            admin_port=free_port(),
+        )
+        gateway.sidecar = self.spawn(
+            name,
+            [
+                "-m", "lightmeshctl.cli", "gateway",
+                *self.control_plane_args(),
+                "--workload", name, "--namespace", namespace, "--labels", labels,
+                "--service-account", service_account,
+                "--admin-port", str(gateway.admin_port),
+                *args,
+            ],
+        )  # fmt: skip
+        self.gateways[name] = gateway
+        return gateway
 
     def wait_ready(self, *, timeout: float = 30.0) -> None:
         """Wait until every sidecar is ready and every app answers."""

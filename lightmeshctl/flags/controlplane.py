@@ -8,6 +8,7 @@ parser) never loads its libraries; only `from_arguments` does.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,13 @@ def add_arguments(cp: argparse.ArgumentParser) -> None:
         help="watch only this namespace (repeatable; default: the whole cluster)",
     )
     cp.add_argument(
+        "--gateway-namespace",
+        action="append",
+        default=[n for n in os.environ.get("LIGHTMESH_GATEWAY_NAMESPACES", "").split(",") if n],
+        help="a namespace of ingress gateways: its TLS Secrets (Gateway credentialName) are "
+        "watched and pushed to its gateways (repeatable; needs a Role there, deploy/gateway.yaml)",
+    )
+    cp.add_argument(
         "--istio-api",
         action="store_true",
         help="also watch resources in Istio's groups (networking.istio.io, security.istio.io); "
@@ -47,6 +55,12 @@ def add_arguments(cp: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="serve only /metrics, /healthz and /ready here, on --host (0: off; deployed: 15016)",
+    )
+    cp.add_argument(
+        "--prometheus-url",
+        default=os.environ.get("LIGHTMESH_PROMETHEUS_URL", ""),
+        help="build /debug/graph and /dashboard from this Prometheus (PromQL over the sidecars' "
+        "lightmesh_* metrics) instead of the sidecars' own reports, e.g. http://prometheus:9090",
     )
     cp.add_argument(
         "--state-dir",
@@ -149,10 +163,12 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         lease_namespace=args.lease_namespace,
         watch_namespaces=tuple(args.watch_namespace),
         istio_api=args.istio_api,
+        gateway_namespaces=tuple(args.gateway_namespace),
         host=args.host,
         port=args.port,
         debug_port=args.debug_port,
         metrics_port=args.metrics_port,
+        prometheus_url=_prometheus_url(args.prometheus_url),
         state_dir=Path(args.state_dir) if args.state_dir else None,
         trust_domain=args.trust_domain,
         ca_file=Path(args.ca_file) if args.ca_file else None,
@@ -187,3 +203,12 @@ def _export_to(value: str) -> tuple[str, ...]:
     return parse_export_to(
         [v.strip() for v in value.split(",") if v.strip()], "--default-export-to"
     )
+
+
+def _prometheus_url(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if url and (parts.scheme not in ("http", "https") or not parts.hostname):
+        raise ValueError(f"--prometheus-url: {url!r} is not an http(s)://host[:port] URL")
+    return url.rstrip("/")

@@ -30,6 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the sidecar's flags."""
     add = parser.add_argument
     add("--control-plane", default=_env("CONTROL_PLANE", "127.0.0.1:15010"), help="host:port")
+    add(
+        "--mode",
+        choices=["sidecar", "gateway"],
+        default=_env("MODE", "sidecar"),
+        help="sidecar (default), or gateway: an ingress gateway serving the Gateways that "
+        "select its --labels (`lightmesh gateway` sets it)",
+    )
     add("--workload", default=_env("WORKLOAD", ""), help="workload name (required)")
     add("--namespace", default=_env("NAMESPACE", "default"))
     add(
@@ -108,6 +115,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="percent of new traces to sample, 0-100 (default 1)",
     )
     add("--access-log", default=_env("ACCESS_LOG", ""), help="JSON access log: '-' or a path")
+    add(
+        "--report-interval",
+        type=float,
+        default=float(_env("REPORT_INTERVAL", "5")),
+        help="seconds between traffic reports to the control plane (its dashboard); 0: none",
+    )
     switches = {
         "app-health": "while the app refuses connections, answer its requests as never delivered "
         "and report /ready 503",
@@ -130,7 +143,10 @@ def from_arguments(args: argparse.Namespace) -> Settings:
     """Build settings from parsed flags; raise ValueError with the flag at fault."""
     if not args.workload:
         raise ValueError("--workload (or LIGHTMESH_WORKLOAD) is required")
+    if args.mode == "gateway" and args.app_port:
+        raise ValueError("--app-port: a gateway has no app (its routes come from Gateways)")
     return Settings(
+        mode=args.mode,
         control_plane=args.control_plane,
         workload=args.workload,
         namespace=args.namespace,
@@ -160,6 +176,7 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         zipkin_url=_zipkin_url(args.zipkin_url),
         trace_sampling=_sampling(args.trace_sampling),
         access_log=args.access_log,
+        report_interval=_report_interval(args.report_interval),
         app_health=args.app_health,
         default_ejection=args.default_ejection,
         default_retries=args.default_retries,
@@ -180,3 +197,9 @@ def _sampling(percent: float) -> float:
     if not 0.0 <= percent <= 100.0:
         raise ValueError(f"--trace-sampling: {percent} is not a percentage within 0..100")
     return percent
+
+
+def _report_interval(seconds: float) -> float:
+    if seconds < 0 or seconds != seconds:
+        raise ValueError(f"--report-interval: {seconds} is not a number of seconds >= 0 (0: off)")
+    return seconds

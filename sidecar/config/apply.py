@@ -25,6 +25,7 @@ from sidecar.cluster.outlier import DEFAULT as DEFAULT_OUTLIER
 from sidecar.cluster.outlier import OutlierConfig
 from sidecar.errors import ConfigError
 from sidecar.routing.destinations import Destinations, build_destinations
+from sidecar.routing.gateway import CompiledListener, compile_listener
 from sidecar.routing.table import CompiledHost, RouteTable, compile_host, route_table
 from sidecar.security.inbound import InboundPolicy, decode
 
@@ -59,6 +60,9 @@ class DataPlane:
         # Called with each newly applied inbound policy (the sidecar feeds the trust bundle to
         # its TLS contexts).
         self.on_inbound: Callable[[InboundPolicy], None] = lambda policy: None
+        # An ingress gateway's ports, by listener name; called with all of them on each change.
+        self.gateway: dict[str, CompiledListener] = {}
+        self.on_gateway: Callable[[Mapping[str, CompiledListener]], None] = lambda ports: None
 
     def apply(self, type_url: str, resources: Sequence[AnyPb]) -> None:
         """Make the resources of one type exactly `resources` (all of them), or raise
@@ -97,6 +101,23 @@ class DataPlane:
             elif types.INBOUND_NAME in removed:
                 self.inbound = InboundPolicy()
             self.on_inbound(self.inbound)
+        elif type_url == types.GATEWAY:
+            listeners = {name: _unpack(r, pb.GatewayListener) for name, r in updated}
+            compiled = {
+                name: compile_listener(listener, max_regex=self._max_regex)
+                for name, listener in listeners.items()
+            }
+            ports = {**self.gateway, **compiled}
+            for name in removed:
+                ports.pop(name, None)
+            seen: dict[int, str] = {}
+            for name, port in ports.items():
+                if port.port in seen:
+                    raise ConfigError(f"gateway listeners {seen[port.port]} and {name}: one port")
+                seen[port.port] = name
+            self.gateway = ports
+            decoded = dict(listeners)
+            self.on_gateway(ports)
         else:
             raise ConfigError(f"unsupported resource type {type_url}")
         raw = dict(self._raw.get(type_url, {}))
@@ -166,9 +187,23 @@ class DataPlane:
     def dump(self) -> dict[str, list[dict[str, Any]]]:
         """Applied resources by short type name, as JSON-ready mappings."""
         return {
-            types.SHORT_NAMES[t]: [MessageToDict(held[n]) for n in sorted(held)]
+            types.SHORT_NAMES[t]: [MessageToDict(_redacted(held[n])) for n in sorted(held)]
             for t, held in self._raw.items()
         }
+
+
+def _redacted(message: Message) -> Message:
+    """A gateway listener without its private keys (config dumps never show key material)."""
+    if not isinstance(message, pb.GatewayListener) or not any(
+        s.tls.private_key_pem for s in message.servers
+    ):
+        return message
+    copy = pb.GatewayListener()
+    copy.CopyFrom(message)
+    for server in copy.servers:
+        if server.tls.private_key_pem:
+            server.tls.private_key_pem = "(redacted)"
+    return copy
 
 
 def _name(type_url: str, resource: AnyPb) -> str:
@@ -179,6 +214,8 @@ def _name(type_url: str, resource: AnyPb) -> str:
         return _unpack(resource, pb.ClusterLoadAssignment).cluster_name
     if type_url == types.ROUTES:
         return _unpack(resource, pb.VirtualHost).name
+    if type_url == types.GATEWAY:
+        return _unpack(resource, pb.GatewayListener).name
     return types.INBOUND_NAME
 
 

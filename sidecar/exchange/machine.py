@@ -725,7 +725,7 @@ class ExchangeMachine:
         else:
             self.out.append(WriteDown(_local_reply(self.start, said, payload, keep=keep)))
             self.response_bytes = len(payload)
-        self._finish(flags=reply.flags, keep=keep)
+        self._finish(flags=reply.flags, keep=keep, cluster=reply.cluster)
 
     def _answer_h2(
         self, reply: LocalReply, extra: tuple[tuple[bytes, bytes], ...], payload: bytes
@@ -1268,7 +1268,7 @@ class ExchangeMachine:
 
     # --- the end ---
 
-    def _finish(self, *, flags: str, keep: bool, abort: bool = False) -> None:
+    def _finish(self, *, flags: str, keep: bool, abort: bool = False, cluster: str = "") -> None:
         """Record the exchange and hand the downstream connection back; runs once."""
         if self.phase is DONE:
             return
@@ -1293,7 +1293,8 @@ class ExchangeMachine:
                 Completed(
                     method=self.start.method,
                     host=head.host if head is not None else "",
-                    cluster=target.cluster if target is not None else "",
+                    # A local reply's: the cluster it answered for (or none).
+                    cluster=target.cluster if target is not None else cluster,
                     status=self.status,
                     flags=flags,
                     duration=shared.clock() - self.started,

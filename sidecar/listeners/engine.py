@@ -30,6 +30,9 @@ __all__ = ["ConnectionPool", "EngineSettings", "ProxyListener", "start_proxy"]
 
 logger = logging.getLogger("sidecar.proxy")
 
+# Makes the protocol of one accepted connection (the listener's shared state given).
+Accept = Callable[[ListenerState], asyncio.Protocol]
+
 
 def sweep_interval(*timeouts: float) -> float:
     """How often the sweeper runs: timeouts are enforced late by at most 1/8 of the shortest."""
@@ -54,6 +57,7 @@ class ProxyListener:
         divert: Divert | None = None,
         tcp_recorder: Recorder | None = None,
         hide_mesh_headers: bool = False,
+        accept: Accept | None = None,
     ) -> None:
         pool = (
             ConnectionPool(idle_timeout=settings.pool_idle_timeout, clock=settings.clock)
@@ -95,6 +99,7 @@ class ProxyListener:
             self._state.adopt = self._tcp.adopt
         self._inbound_tls = inbound_tls
         self._mtls_mode = mtls_mode
+        self._accept = accept
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.port = 0
@@ -128,7 +133,10 @@ class ProxyListener:
         state = self._state
         loop = asyncio.get_running_loop()
         tls = self._inbound_tls
-        if tls is None:
+        accept = self._accept
+        if accept is not None:
+            self._server = await loop.create_server(lambda: accept(state), host, port)
+        elif tls is None:
             self._server = await loop.create_server(lambda: DownstreamConnection(state), host, port)
         else:
             mode = self._mtls_mode
@@ -227,6 +235,7 @@ async def start_proxy(
     divert: Divert | None = None,
     tcp_recorder: Recorder | None = None,
     hide_mesh_headers: bool = False,
+    accept: Accept | None = None,
 ) -> ProxyListener:
     """Listen on host:port (0 picks a free port) and proxy every request per `resolver`.
 
@@ -234,7 +243,9 @@ async def start_proxy(
     `inbound_tls` + `mtls_mode`: accept mutual TLS (and/or plaintext, per the mode) on this port;
     `intercept`: connections arrive redirected by iptables (read their original destination);
     `divert` + `tcp_recorder` (with `intercept`): which of them are raw TCP, and their records;
-    `hide_mesh_headers`: the inbound listener (see `ListenerState.hide_mesh_headers`).
+    `hide_mesh_headers`: the inbound listener (see `ListenerState.hide_mesh_headers`);
+    `accept`: the protocol of each accepted connection (a gateway port's, which decides between
+    TLS, plaintext and passthrough itself; default: HTTP, or the inbound mTLS sniffing).
     """
     proxy = ProxyListener(
         resolver=resolver,
@@ -249,6 +260,7 @@ async def start_proxy(
         divert=divert,
         tcp_recorder=tcp_recorder,
         hide_mesh_headers=hide_mesh_headers,
+        accept=accept,
     )
     await proxy._start(host, port)
     return proxy

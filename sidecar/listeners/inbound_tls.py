@@ -136,8 +136,12 @@ class TLSServerLayer(asyncio.Protocol):
         context: ssl.SSLContext,
         state: ListenerState,
         tls: InboundTLS,
+        check_peer: Callable[[ssl.SSLObject], str] | None = None,
     ) -> None:
         self._raw = raw
+        # After the handshake: why this peer is refused ("" accepts it); a gateway's MUTUAL
+        # server checks the client certificate's subjectAltNames here.
+        self._check_peer = check_peer
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
@@ -176,6 +180,17 @@ class TLSServerLayer(asyncio.Protocol):
                 self._raw.close()
                 return
             self._flush()
+            refused = self._check_peer(self._ssl) if self._check_peer is not None else ""
+            if refused:
+                self._tls.failed_handshakes += 1
+                logger.warning(
+                    "TLS client refused: %s",
+                    refused,
+                    extra={"event": "tls_peer_refused", "error": refused},
+                )
+                self._closing = True
+                self._raw.abort()
+                return
             self._tls.handshakes += 1
             self._state.clients.discard(self)  # the HTTP connection registers itself
             app = self._app = DownstreamConnection(self._state)

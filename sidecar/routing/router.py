@@ -114,6 +114,8 @@ class OutboundRouter:
                     body="fault filter abort",
                     flags=ResponseFlag.FI,
                     grpc_status=fault.abort_grpc,
+                    # The destination the abort stands for (a weighted route picks one).
+                    cluster=route.clusters.pick() or "",
                 )
             if fault.delay and self._chance(fault.delay_percent):
                 delay = fault.delay
@@ -127,13 +129,17 @@ class OutboundRouter:
                 body=f"upstream overflow: {cluster.max_in_flight} requests in flight to "
                 f"{cluster.name} (connectionPool limits)",
                 flags=ResponseFlag.UO,
+                cluster=cluster.name,
             )
         now = self._clock()
         hash_key = _hash_key(cluster.hash, head) if cluster.policy == pb.RING_HASH else None
         endpoint = cluster.pick(hash_key=hash_key, now=now)
         if endpoint is None:
             return LocalReply(
-                status=503, body=f"no healthy upstream in {cluster.name}", flags=ResponseFlag.UH
+                status=503,
+                body=f"no healthy upstream in {cluster.name}",
+                flags=ResponseFlag.UH,
+                cluster=cluster.name,
             )
         _edit_request(route, head)
         retry: RetryPolicy | None = route.retry
@@ -172,7 +178,12 @@ class OutboundRouter:
         if name == PASSTHROUGH:
             address, port = original_dst
             return Forward(address=address, port=port, cluster=PASSTHROUGH)
-        cluster = self._dataplane.clusters.get(name)
+        return self.tcp_target(name)
+
+    def tcp_target(self, name: str | None) -> Forward | LocalReply:
+        """An endpoint of cluster `name` for a raw TCP connection (counted in flight until its
+        `finished`), or why there is none."""
+        cluster = self._dataplane.clusters.get(name) if name else None
         if cluster is None:
             return LocalReply(status=503, body=f"cluster {name!r} not found", flags=ResponseFlag.NC)
         endpoint = cluster.pick(hash_key=None, now=self._clock())
@@ -183,7 +194,7 @@ class OutboundRouter:
         return Forward(
             address=endpoint.address,
             port=endpoint.port,
-            cluster=name,
+            cluster=cluster.name,
             connect_timeout=cluster.connect_timeout,
         )
 

@@ -30,6 +30,11 @@ SA = "system:serviceaccount:lightmesh-system:lightmesh-controlplane"
         (("create", "secrets", "-n", "lightmesh-system"), True),
         (("create", "tokenreviews.authentication.k8s.io"), True),
         (("get", "secrets", "-n", "default"), False),
+        # The gateway's namespace (deploy/gateway.yaml): its TLS Secrets, read-only.
+        (("watch", "secrets", "-n", "lightmesh-gateway"), True),
+        (("update", "secrets", "-n", "lightmesh-gateway"), False),
+        (("update", "configmaps/lightmesh-ca-root", "-n", "lightmesh-gateway"), True),
+        (("update", "configmaps/other", "-n", "lightmesh-gateway"), False),
         (("create", "pods", "-n", "shop"), False),
         (("update", "virtualservices.lightmesh.io", "-n", "shop"), False),
         (("update", "leases.coordination.k8s.io", "-n", "default"), False),

@@ -190,3 +190,34 @@ def test_istio_groups_are_watched_only_when_asked() -> None:
     assert collection_path(istio_kind("AuthorizationPolicy"), "shop") == (
         "/apis/security.istio.io/v1/namespaces/shop/authorizationpolicies"
     )
+
+
+def test_tls_secrets_keep_only_their_tls_keys_and_are_not_watched_cluster_wide() -> None:
+    import base64
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    index = KubeIndex()
+    cert = {
+        "metadata": {"name": "shop-cert", "namespace": "istio-system"},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": b64("CERT"), "tls.key": b64("KEY"), "other": b64("never kept")},
+    }
+    opaque = {
+        "metadata": {"name": "db-password", "namespace": "istio-system"},
+        "data": {"p": "eA=="},
+    }
+    delta = index.replace("Secret", [cert, opaque], namespace="istio-system")
+    key = ResourceKey("Secret", "istio-system", "shop-cert")
+    secret = delta.secrets[key]
+    assert secret is not None and (secret.cert_chain, secret.private_key, secret.ca) == (
+        "CERT",
+        "KEY",
+        "",
+    )
+    assert "KEY" not in repr(secret)
+    assert delta.secrets[ResourceKey("Secret", "istio-system", "db-password")] is None
+    assert list(index.secrets()) == [key]
+    assert index.delete("Secret", cert).secrets == {key: None}
+    assert "Secret" not in watched_kinds(istio=True)
