@@ -23,6 +23,8 @@ STAMP   = $(VENV)/.installed
 .PHONY: netns
 .PHONY: netns-tools
 .PHONY: prometheus-bin
+.PHONY: h2spec-bin
+.PHONY: browser
 .PHONY: proto
 .PHONY: crds
 .PHONY: check-demo
@@ -34,6 +36,7 @@ STAMP   = $(VENV)/.installed
 .PHONY: bench-controlplane
 .PHONY: bench-controlplane-quick
 .PHONY: bench-chaos
+.PHONY: bench-grpc
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,10 +62,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-component: $(STAMP)
+component: $(STAMP) h2spec-bin
 	$(BIN)/pytest -q tests/component
 
-integration: $(STAMP) prometheus-bin
+integration: $(STAMP) prometheus-bin browser
 	$(BIN)/pytest -q tests/integration
 
 # A real kube-apiserver + etcd + kubectl, built from Go modules into ~/.cache/lightmesh/k8s/ (about
@@ -74,6 +77,16 @@ k8s-bins:
 # `prometheus`; skipped when both are on PATH).
 prometheus-bin:
 	scripts/install-prometheus.sh
+
+# h2spec, the HTTP/2 conformance tester of tests/component/test_h2spec.py, built from its Go module
+# into ~/.cache/lightmesh/bin (about a minute cold).
+h2spec-bin:
+	scripts/install-h2spec.sh
+
+# Debian's chromium and chromium-driver, which the dashboard's browser test drives through selenium
+# (tests/integration/test_dashboard.py; skipped when both are on PATH).
+browser:
+	scripts/install-browser.sh
 
 kube: $(STAMP) k8s-bins
 	$(BIN)/pytest -q tests/kube
@@ -101,7 +114,7 @@ netns-tools:
 netns: $(STAMP) netns-tools
 	$(BIN)/pytest -q tests/netns
 
-test: lint typecheck $(STAMP) k8s-bins cluster-bins netns-tools node-tools cluster-images prometheus-bin
+test: lint typecheck $(STAMP) k8s-bins cluster-bins netns-tools node-tools cluster-images prometheus-bin h2spec-bin browser
 	$(BIN)/pytest -q tests
 
 bench-tools: $(STAMP)
@@ -109,6 +122,11 @@ bench-tools: $(STAMP)
 
 bench: bench-tools
 	$(BIN)/python -m bench dataplane --profile --json docs/dataplane.json --markdown docs/benchmarks.md --chart docs/dataplane.png
+
+# gRPC unary calls/s and CPU per 1000 calls with ghz: direct, one and two sidecars (HTTP/2 over
+# mTLS), nginx grpc_pass and haproxy (h2) in the same run (docs/grpc.json).
+bench-grpc: bench-tools
+	flock /tmp/lightmesh-bench.lock $(BIN)/python -m bench grpc --json docs/grpc.json
 
 # Telemetry cost: metrics on vs off, p99 with a dead or slow span collector.
 bench-telemetry: bench-tools

@@ -4,6 +4,9 @@ python -m bench admission [--requests N] [--runs N] [--json]
 python -m bench chaos [--only NAME,...] [--quick] [--json FILE] [--markdown FILE]
 python -m bench controlplane [--quick] [--run SOURCE:NxS ...] [--json FILE] [--markdown FILE]
 python -m bench dataplane [--quick] [--json FILE] [--markdown FILE] [--chart FILE] [--profile]
+python -m bench graph [--nodes N] [--series N] [--json]
+python -m bench grpc [--calls N] [--concurrency N] [--json FILE]
+python -m bench h2codec [--calls N]
 python -m bench startup [--runs N]
 python -m bench telemetry [--quick] [--json FILE] [--markdown FILE]
 python -m bench traffic [--iterations N] [--requests N] [--json FILE]
@@ -17,7 +20,8 @@ import sys
 def main(argv: list[str]) -> int:
     """Dispatch to a benchmark's own `main`."""
     usage = (
-        "usage: python -m bench {admission,chaos,controlplane,dataplane,startup,telemetry,traffic} [options]"
+        "usage: python -m bench {admission,chaos,controlplane,dataplane,graph,grpc,h2codec,"
+        "startup,telemetry,traffic} [options]"
         "   (-h after one for its options)"
     )
     if not argv or argv[0] in ("-h", "--help"):
@@ -40,6 +44,18 @@ def main(argv: list[str]) -> int:
         from bench import dataplane
 
         return dataplane.main(rest)
+    if command == "graph":
+        from bench import graph
+
+        return graph.main(rest)
+    if command == "grpc":
+        from bench import grpc
+
+        return grpc.main(rest)
+    if command == "h2codec":
+        from bench import h2codec
+
+        return h2codec.main(rest)
     if command == "telemetry":
         from bench import telemetry
 

@@ -92,15 +92,12 @@ def nginx_proxy(work: Path, port: int, backend_port: int) -> Path:
     return path
 
 
-def haproxy(work: Path, port: int, backend_port: int) -> Path:
-    """haproxy, one thread, in front of the backend."""
-    path = work / "haproxy.cfg"
-    path.write_text(
-        f"""
+def _haproxy_common(work: Path, name: str) -> str:
+    return f"""
 global
     nbthread 1
     maxconn 4096
-    pidfile {work}/haproxy.pid
+    pidfile {work}/{name}.pid
 
 defaults
     mode http
@@ -109,7 +106,15 @@ defaults
     timeout client 60s
     timeout server 60s
     timeout http-keep-alive 300s
+"""
 
+
+def haproxy(work: Path, port: int, backend_port: int) -> Path:
+    """haproxy, one thread, in front of the backend."""
+    path = work / "haproxy.cfg"
+    path.write_text(
+        _haproxy_common(work, "haproxy")
+        + f"""
 frontend bench
     bind 127.0.0.1:{port}
     default_backend nginx
@@ -131,3 +136,44 @@ spec:
   host: {service}
   trafficPolicy: {{tls: {{mode: DISABLE}}}}
 """
+
+
+def nginx_grpc(work: Path, port: int, backend_port: int) -> Path:
+    """nginx as a gRPC proxy (`grpc_pass`, h2c both sides, a keep-alive upstream pool)."""
+    path = work / "nginx-grpc.conf"
+    path.write_text(
+        _nginx_common(work, "nginx-grpc")
+        + "http {\n"
+        + _nginx_http_common(work, "nginx-grpc")
+        + f"""
+    upstream grpc_backend {{
+        server 127.0.0.1:{backend_port};
+        keepalive 16;
+    }}
+    server {{
+        listen 127.0.0.1:{port} http2 backlog=4096;
+        http2_max_requests 10000000;
+        location / {{ grpc_pass grpc://grpc_backend; }}
+    }}
+}}
+"""
+    )
+    return path
+
+
+def haproxy_grpc(work: Path, port: int, backend_port: int) -> Path:
+    """haproxy, one thread, HTTP/2 (h2c) on both sides: gRPC passes as HTTP/2."""
+    path = work / "haproxy-grpc.cfg"
+    path.write_text(
+        _haproxy_common(work, "haproxy-grpc")
+        + f"""
+frontend grpc
+    bind 127.0.0.1:{port} proto h2
+    default_backend grpc_servers
+
+backend grpc_servers
+    http-reuse always
+    server app 127.0.0.1:{backend_port} proto h2
+"""
+    )
+    return path

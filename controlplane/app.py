@@ -43,6 +43,7 @@ from controlplane.sources.kube import KubeSource
 from controlplane.sources.registry import LocalRegistry, RegistrySource
 from controlplane.status import StatusWriter
 from controlplane.store import Store
+from controlplane.traffic import TrafficStore
 from controlplane.xds.server import ConfigDiscovery
 from lightmesh.memory import return_freed_memory
 from lightmesh.runtime import stop_on_signals
@@ -88,6 +89,8 @@ class Settings:
     debug_port: int = 15014
     # /metrics, /healthz and /ready only, on `host`, for Prometheus and the kubelet; 0: not served.
     metrics_port: int = 0
+    # /debug/graph and /dashboard from this Prometheus instead of the sidecars' reports; "": off.
+    prometheus_url: str = ""
     state_dir: Path | None = None  # where the local registry persists; None: not persisted
     debounce: float = 0.1
     max_debounce: float = 1.0
@@ -135,6 +138,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         update_pushes=settings.update_pushes,
         push_bytes=settings.push_bytes,
     )
+    # Sidecars' traffic reports, for /debug/graph and /dashboard (bounded: see traffic.py).
+    traffic = TrafficStore()
     state_file = settings.state_dir / "registry.json" if settings.state_dir else None
     if settings.state_dir:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -165,7 +170,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         server,
     )
     server.add_generic_rpc_handlers(
-        (ConfigDiscovery(pusher=pusher, registry=keeper, metrics=metrics).handler(),)
+        (
+            ConfigDiscovery(
+                pusher=pusher, registry=keeper, metrics=metrics, traffic=traffic
+            ).handler(),
+        )
     )
     address = f"{settings.host}:{settings.port}"
     if _serves_tls(settings):
@@ -176,7 +185,16 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     if bound == 0:
         raise OSError(f"cannot listen on {settings.host}:{settings.port}")
 
-    runner = web.AppRunner(build_app(store=store, pusher=pusher, metrics=metrics), access_log=None)
+    runner = web.AppRunner(
+        build_app(
+            store=store,
+            pusher=pusher,
+            metrics=metrics,
+            traffic=traffic,
+            prometheus_url=settings.prometheus_url,
+        ),
+        access_log=None,
+    )
     await runner.setup()
     sites = [web.TCPSite(runner, DEBUG_HOST, settings.debug_port)]
     runners = [runner]

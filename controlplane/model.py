@@ -111,6 +111,8 @@ class Fault:
     delay: float | None = None  # seconds
     delay_percent: float = 100.0
     abort_status: int | None = None
+    # abort.grpcStatus: the status name a gRPC caller gets (lightmesh/protocols.py GRPC_STATUSES).
+    abort_grpc: str | None = None
     abort_percent: float = 100.0
 
 
@@ -198,6 +200,9 @@ class OutlierDetection:
     min_health_percent: int = 0
 
 
+H2UpgradePolicy = Literal["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrafficPolicy:
     """Per-destination policy; unset fields inherit (subset → host → defaults)."""
@@ -209,6 +214,11 @@ class TrafficPolicy:
     max_pending_requests: int | None = None
     max_requests_per_connection: int | None = None
     idle_timeout: float | None = None  # seconds
+    # HTTP/2 (connectionPool.http): requests in flight to the destination, streams per
+    # connection, and whether HTTP/1.1 callers are upgraded to HTTP/2 towards the endpoints.
+    http2_max_requests: int | None = None
+    max_concurrent_streams: int | None = None
+    h2_upgrade_policy: H2UpgradePolicy | None = None
     outlier: OutlierDetection | None = None
     # None: mutual TLS when the destination's endpoints have sidecars, plaintext otherwise.
     tls_mode: TlsMode | None = None
@@ -527,6 +537,9 @@ class Service:
     addresses: tuple[str, ...] = ()
     # Service ports declared non-HTTP (see `is_tcp_port`): spliced as raw TCP, never parsed.
     tcp_ports: tuple[int, ...] = ()
+    # Every HTTP port of the service is declared gRPC or HTTP/2 (lightmesh/protocols.py, Istio's
+    # rules): its clusters speak HTTP/2 to the endpoints whatever the caller speaks.
+    http2: bool = False
     # The `networking.istio.io/exportTo` annotation; () = the mesh default.
     export_to: tuple[str, ...] = ()
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lightmesh import durations
+from lightmesh.protocols import GRPC_STATUSES
 
 GROUP = "lightmesh.io"
 VERSION = "v1alpha1"
@@ -207,10 +208,10 @@ _HTTP_ROUTE = _obj(
                 "abort": _obj(
                     {
                         "httpStatus": _int(minimum=200, maximum=599),
+                        "grpcStatus": _str(enum=tuple(GRPC_STATUSES)),
                         "percentage": _PERCENTAGE,
                         "percent": _DEPRECATED_PERCENT,
                     },
-                    required=["httpStatus"],
                 ),
             }
         ),
@@ -300,7 +301,10 @@ _POLICY_FIELDS: dict[str, Schema] = {
             "http": _obj(
                 {
                     "http1MaxPendingRequests": _int(minimum=0),
+                    "http2MaxRequests": _int(minimum=1),
                     "maxRequestsPerConnection": _int(minimum=0),
+                    "maxConcurrentStreams": _int(minimum=1),
+                    "h2UpgradePolicy": _str(enum=("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE")),
                     "idleTimeout": _DURATION,
                 }
             ),

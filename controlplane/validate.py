@@ -189,6 +189,12 @@ RETRY_ON = frozenset(
         "refused-stream",
         "retriable-4xx",
         "retriable-status-codes",
+        # gRPC statuses (Envoy's x-envoy-retry-grpc-on names), read from trailers-only replies.
+        "cancelled",
+        "deadline-exceeded",
+        "internal",
+        "resource-exhausted",
+        "unavailable",
     }
 )
 
@@ -336,6 +342,8 @@ def _percentage(
 def _fault(raw: Mapping[str, Any], path: str, warnings: list[str]) -> Fault:
     delay = raw.get("delay")
     abort = raw.get("abort")
+    if abort is not None and "httpStatus" not in abort and "grpcStatus" not in abort:
+        raise _Invalid(f"{path}.abort: set httpStatus or grpcStatus")
     return Fault(
         delay=parse_duration(delay["fixedDelay"]) if delay else None,
         delay_percent=(
@@ -343,7 +351,8 @@ def _fault(raw: Mapping[str, Any], path: str, warnings: list[str]) -> Fault:
             if delay
             else 100.0
         ),
-        abort_status=abort["httpStatus"] if abort else None,
+        abort_status=abort.get("httpStatus") if abort else None,
+        abort_grpc=abort.get("grpcStatus") if abort else None,
         abort_percent=(
             _percentage(abort, f"{path}.abort", warnings, new="percentage", old="percent")
             if abort
@@ -653,6 +662,9 @@ def _traffic_policy(raw: Mapping[str, Any] | None, path: str, warnings: list[str
         max_pending_requests=http.get("http1MaxPendingRequests"),
         max_requests_per_connection=http.get("maxRequestsPerConnection"),
         idle_timeout=idle if idle is not None else _optional_duration(tcp, "idleTimeout"),
+        http2_max_requests=http.get("http2MaxRequests"),
+        max_concurrent_streams=http.get("maxConcurrentStreams"),
+        h2_upgrade_policy=http.get("h2UpgradePolicy"),
         outlier=outlier,
         tls_mode=_tls_mode(raw.get("tls", {}), f"{path}.tls", warnings),
         port_level=_port_level(

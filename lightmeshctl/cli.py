@@ -240,14 +240,17 @@ def _wait_ready(args: argparse.Namespace) -> int:
     return 1
 
 
-def fetch_json(url: str) -> Any:
-    """GET a JSON document (raises OSError with a readable message when unreachable)."""
+def fetch_json(url: str, *, timeout: float = 5.0) -> Any:
+    """GET a JSON document (raises OSError with a readable message when unreachable or refused)."""
     import urllib.error  # here, not at the top: the sidecar process never needs it
     import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - http(s) URL we build
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s) URL we build
             return json.load(response)
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode(errors="replace").strip()
+        raise OSError(f"{url}: {error.code} {detail}") from None
     except urllib.error.URLError as error:
         raise OSError(f"cannot reach {url}: {error.reason}") from None
 
@@ -333,6 +336,179 @@ def _proxy_config(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     else:
         print(format_certs(data))
+    return 0
+
+
+def format_top(graph: dict[str, Any]) -> str:
+    """`lightmesh top`: one row per edge, busiest first, with its golden signals."""
+
+    def num(value: Any, digits: int = 1) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    def pct(value: Any) -> str:
+        return "-" if value is None else f"{value * 100:.1f}%"
+
+    labels = {n["id"]: n["label"] for n in graph["nodes"]}
+    rows = [["SOURCE", "DESTINATION", "RPS", "5XX", "P50", "P95", "P99", "MTLS", "FLAGS"]]
+    for edge in sorted(graph["edges"], key=lambda e: (-e["rps"], e["id"])):
+        target = labels.get(edge["target"], edge["target"])
+        if edge["subset"]:
+            target += f" ({edge['subset']})"
+        flags = ",".join(f"{k}:{v:.0f}" for k, v in edge["flags"].items()) or "-"
+        rows.append(
+            [
+                labels.get(edge["source"], edge["source"]),
+                target,
+                num(edge["rps"], 2),
+                pct(edge["error_rate"]),
+                f"{num(edge['p50_ms'])}ms",
+                f"{num(edge['p95_ms'])}ms",
+                f"{num(edge['p99_ms'])}ms",
+                pct(edge["mtls"]),
+                flags,
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i < 2 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+    if len(rows) == 1:
+        lines.append("(no traffic reported in the window)")
+    return "\n".join(lines)
+
+
+def _top(args: argparse.Namespace) -> int:
+    import time
+
+    url = f"{args.control_plane.rstrip('/')}/debug/graph?window={args.window}"
+    while True:
+        try:
+            graph = fetch_json(url)
+        except OSError as error:
+            print(f"lightmesh top: {error}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(graph, indent=2))
+            return 0
+        table = format_top(graph)
+        if args.once:
+            print(table)
+            return 0
+        # Clear the screen and redraw in place, like top(1).
+        print(
+            f"\x1b[H\x1b[2J{url}  (every {args.interval:g}s, Ctrl-C to stop)\n\n{table}", flush=True
+        )
+        try:
+            time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return 0
+
+
+def format_tap_event(event: dict[str, Any]) -> str:
+    """One tapped request on one line."""
+    import datetime
+
+    when = datetime.datetime.fromtimestamp(event["time"], datetime.UTC).strftime("%H:%M:%S.%f")[:-3]
+    peer = event["peer_identity"] or ("mtls" if event["mtls"] else "plaintext")
+    flags = f" {event['flags']}" if event["flags"] else ""
+    sidecar = f"{event['sidecar']} " if "sidecar" in event else ""
+    return (
+        f"{sidecar}{when} {event['listener']:<8} {event['method']} {event['host']}{event['path']} "
+        f"-> {event['status']}{flags} {event['duration_ms']:.1f}ms "
+        f"upstream={event['upstream'] or '-'} peer={peer}"
+    )
+
+
+def _tap(args: argparse.Namespace) -> int:
+    """Long-poll each chosen sidecar's /tap from a thread of its own; print events as they come."""
+    import queue
+    import threading
+    from urllib.parse import urlencode
+
+    query = {
+        k: v
+        for k, v in (
+            ("path", args.path),
+            ("method", args.method),
+            ("status", args.status),
+            ("listener", args.listener),
+        )
+        if v
+    }
+    admins = [a.rstrip("/") for a in (args.admin or ["http://127.0.0.1:15000"])]
+    several = len(admins) > 1
+    # (admin, batch) or (admin, error message); None: that admin's poller is done.
+    out: queue.Queue[tuple[str, dict[str, Any] | str] | None] = queue.Queue(maxsize=64)
+    stop = threading.Event()
+    # With several sidecars, each answers at least every second: a busy one must not fill the
+    # output with whole batches while a quiet one's wait out the poll.
+    seconds = min(args.poll, 1.0) if several else args.poll
+
+    def poll(admin: str) -> None:
+        try:
+            while not stop.is_set():
+                params = urlencode({**query, "max": 100, "seconds": seconds})
+                try:
+                    batch = fetch_json(f"{admin}/tap?{params}", timeout=seconds + 5)
+                except OSError as error:
+                    out.put((admin, str(error)))
+                    return
+                out.put((admin, batch))
+                if args.once:
+                    return
+        finally:
+            out.put(None)
+
+    threads = [threading.Thread(target=poll, args=(a,), daemon=True) for a in admins]
+    for thread in threads:
+        thread.start()
+    seen = 0
+    running = len(threads)
+    failed = False
+    try:
+        while running and (args.max == 0 or seen < args.max):
+            item = out.get()
+            if item is None:
+                running -= 1
+                continue
+            admin, batch = item
+            if isinstance(batch, str):
+                print(f"lightmesh tap: {batch}", file=sys.stderr)
+                failed = True
+                continue
+            for event in batch["events"]:
+                if args.max and seen >= args.max:
+                    break
+                if several:
+                    event = {"sidecar": admin, **event}
+                line = json.dumps(event) if args.json else format_tap_event(event)
+                print(line, flush=True)
+                seen += 1
+            if batch["dropped"] and not args.json:
+                print(f"({admin}: {batch['dropped']} more matched, dropped)", file=sys.stderr)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+    return 1 if failed and not seen else 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    url = f"{args.control_plane.rstrip('/')}/dashboard"
+    try:
+        fetch_json(f"{args.control_plane.rstrip('/')}/debug/graph?window=30")
+    except OSError as error:
+        print(f"lightmesh dashboard: {error}", file=sys.stderr)
+        return 1
+    print(url)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(url)
     return 0
 
 
@@ -426,6 +602,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pc.add_argument("--json", action="store_true")
     pc.set_defaults(func=_proxy_config)
+
+    db = sub.add_parser("dashboard", help="print (and --open) the service graph page's URL")
+    db.add_argument(
+        "--control-plane",
+        default=DEFAULT_DEBUG,
+        help=f"control plane debug URL (default {DEFAULT_DEBUG}; in a cluster, first "
+        "`kubectl port-forward deploy/lightmesh-controlplane 15014`)",
+    )
+    db.add_argument("--open", action="store_true", help="open it in the default browser")
+    db.set_defaults(func=_dashboard)
+
+    tp = sub.add_parser("top", help="live golden signals per edge of the service graph")
+    tp.add_argument("--control-plane", default=DEFAULT_DEBUG, help="control plane debug URL")
+    tp.add_argument("--window", default="60", help="seconds (or 30s, 5m) of traffic to show")
+    tp.add_argument("--interval", type=float, default=2.0, help="seconds between redraws")
+    tp.add_argument("--once", action="store_true", help="print the table once and exit")
+    tp.add_argument("--json", action="store_true", help="print the graph as JSON once")
+    tp.set_defaults(func=_top)
+
+    ta = sub.add_parser("tap", help="stream a sidecar's live requests (sampled, filtered)")
+    ta.add_argument(
+        "--admin",
+        action="append",
+        help="a sidecar's admin URL (default http://127.0.0.1:15000; loopback only: in a "
+        "cluster, port-forward first); repeat it to tap several sidecars at once",
+    )
+    ta.add_argument("--path", default="", help="only paths starting with this")
+    ta.add_argument("--method", default="", help="only this method")
+    ta.add_argument("--status", default="", help="only this status (503) or class (5xx)")
+    ta.add_argument("--listener", default="", choices=["", "inbound", "outbound"])
+    ta.add_argument("--max", type=int, default=0, help="stop after this many requests (0: never)")
+    ta.add_argument("--poll", type=float, default=5.0, help="seconds per long-poll of /tap")
+    ta.add_argument("--once", action="store_true", help="one poll, then exit")
+    ta.add_argument("--json", action="store_true", help="one JSON object per request per line")
+    ta.set_defaults(func=_tap)
     return parser
 
 

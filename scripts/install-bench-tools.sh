@@ -7,11 +7,13 @@
 #   - fortio, built from Go modules: the constant-rate (open-loop, -qps) latency generator with
 #     per-request latency histograms. Installed to $LIGHTMESH_BIN (default
 #     ~/.cache/lightmesh/bin), with its module cache under ~/.cache/lightmesh/go.
+#   - ghz, built from Go modules likewise: the gRPC load generator of `python -m bench grpc`.
 #   - the `bench` extra of lightmesh (matplotlib for the chart, py-spy for profiling) into the
 #     project venv, if one exists at $VENV (default .venv).
 set -euo pipefail
 
 FORTIO_VERSION="${FORTIO_VERSION:-v1.66.0}"
+GHZ_VERSION="${GHZ_VERSION:-v0.121.0}"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/lightmesh"
 BIN_DIR="${LIGHTMESH_BIN:-$CACHE/bin}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,15 +27,20 @@ for pkg in nginx haproxy wrk; do
 done
 [ "${#missing[@]}" -eq 0 ] || apt_install install-bench-tools "${missing[@]}"
 
-if [ -x "$BIN_DIR/fortio" ] && "$BIN_DIR/fortio" version 2>/dev/null | grep -q "${FORTIO_VERSION#v}"; then
-    :
-else
-    command -v go >/dev/null || { echo "install-bench-tools: go is required to build fortio" >&2; exit 1; }
-    echo "install-bench-tools: go install fortio.org/fortio@$FORTIO_VERSION -> $BIN_DIR"
+# go_install NAME MODULE@VERSION: build a Go tool into $BIN_DIR, its module cache in ours.
+go_install() {
+    command -v go >/dev/null || { echo "install-bench-tools: go is required to build $1" >&2; exit 1; }
+    echo "install-bench-tools: go install $2 -> $BIN_DIR"
     mkdir -p "$BIN_DIR"
     GOBIN="$BIN_DIR" GOPATH="$CACHE/go" GOMODCACHE="$CACHE/go/mod" GOFLAGS=-mod=mod \
-        CGO_ENABLED=0 go install "fortio.org/fortio@$FORTIO_VERSION"
+        CGO_ENABLED=0 go install "$2"
+}
+
+if ! { [ -x "$BIN_DIR/fortio" ] && "$BIN_DIR/fortio" version 2>/dev/null | grep -q "${FORTIO_VERSION#v}"; }; then
+    go_install fortio "fortio.org/fortio@$FORTIO_VERSION"
 fi
+# A go-installed ghz says "dev" for its version: presence is what is checked.
+[ -x "$BIN_DIR/ghz" ] || go_install ghz "github.com/bojand/ghz/cmd/ghz@$GHZ_VERSION"
 
 if [ -x "$VENV/bin/pip" ]; then
     if ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null || [ ! -x "$VENV/bin/py-spy" ]; then

@@ -34,6 +34,7 @@ from sidecar.settings import Settings
 from sidecar.telemetry import wiring
 from sidecar.telemetry.exposition import Registry
 from sidecar.telemetry.hooks import wrap_recorder, wrap_resolver
+from sidecar.telemetry.report import TrafficReporter
 from sidecar.telemetry.resilience import ResilienceCollector
 from sidecar.telemetry.state import SidecarState
 from sidecar.telemetry.tcp_metrics import TcpCollector, TcpMetrics
@@ -122,6 +123,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             dataplane=dataplane,
             telemetry=telemetry.outbound,
             client_tls=lambda: mesh_tls.client,
+            client_tls_h2=lambda: mesh_tls.client_h2,
             mesh_server=lambda: mesh_tls.server,
             tcp_recorder=tcp_metrics.record,
             drain_timeout=settings.drain_timeout,
@@ -138,6 +140,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             ),
             listener="outbound",
             client_tls=lambda: mesh_tls.client,
+            client_tls_h2=lambda: mesh_tls.client_h2,
             intercept=settings.intercept,
             divert=outbound_router.divert,
             tcp_recorder=record_tcp,
@@ -152,6 +155,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             dataplane=dataplane,
             own_identity=lambda: mesh_tls.identity,
             app_health=app_health,
+            app_protocol=settings.app_protocol,
         )
 
         def app_finished(done: Completed) -> None:
@@ -172,8 +176,20 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         )
     node = build_node(settings, inbound_port=inbound.port if inbound else 0)
     ca_bundle = Path(settings.ca_bundle) if settings.ca_bundle else None
+    reporter = TrafficReporter(
+        metrics=telemetry.recorded,
+        clusters=lambda: dataplane.clusters,
+        app=telemetry.app,
+        version=telemetry.version,
+        services=settings.services,
+    )
     client = ConfigClient(
-        target=settings.control_plane, ca_bundle=ca_bundle, node=node, dataplane=dataplane
+        target=settings.control_plane,
+        ca_bundle=ca_bundle,
+        node=node,
+        dataplane=dataplane,
+        report=reporter.build if settings.report_interval and telemetry.recorded else None,
+        report_interval=settings.report_interval or 5.0,
     )
     cleanup = contextlib.ExitStack()
     certificates = _certificate_manager(settings, ca_bundle, mesh_tls, cleanup)
@@ -217,6 +233,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         quit=stop.set,  # POST /quitquitquit: drain and exit, as on SIGTERM
         app_health=app_health,
         logger=logging.getLogger(),
+        tap=telemetry.tap,
     )
     # Loopback only, whatever --bind says: the admin interface shows the whole config and stops
     # the proxy. What the network needs (probes, Prometheus) is on the metrics port.

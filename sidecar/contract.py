@@ -98,6 +98,11 @@ class Forward:
     # An inbound forward to the local app: a connect failure before any request byte was written
     # is answered with the never-processed mark (the calling sidecar may send it elsewhere).
     mark_unprocessed: bool = False
+    # Speak HTTP/2 to the endpoint (h2c, or ALPN h2 over mutual TLS): its port is gRPC/HTTP/2, or
+    # it is a sidecar and the caller spoke HTTP/2. Its requests are multiplexed as streams.
+    http2: bool = False
+    # The cluster's cap on concurrent streams per HTTP/2 connection (0: the peer's setting).
+    max_concurrent_streams: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,6 +115,12 @@ class LocalReply:
     flags: str = ""
     # Extra response headers (lower-case names), e.g. Location of a redirect.
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    # The gRPC status a gRPC caller is answered with (fault abort.grpcStatus); None: derived
+    # from `status` and `flags` (sidecar/http/grpc.py).
+    grpc_status: int | None = None
+    # The cluster the request was headed for when the proxy answered instead (fault abort,
+    # overflow, no healthy upstream): telemetry labels the reply with its destination.
+    cluster: str = ""
 
 
 Decision = Forward | LocalReply
@@ -161,6 +172,11 @@ class Completed:
     attempts: int = 0
     # Whether the last upstream connection used was mutual TLS (source-side `mtls` label).
     upstream_tls: bool = False
+    # The gRPC status of a gRPC call ("14"), from its trailers or the proxy's own reply; "" else.
+    grpc_status: str = ""
+    # gRPC messages of the call each way (0 for anything else).
+    request_messages: int = 0
+    response_messages: int = 0
 
 
 Recorder = Callable[[Completed], None]

@@ -261,6 +261,7 @@ class GatewayPorts:
         dataplane: DataPlane,
         telemetry: Telemetry,
         client_tls: Callable[[], ssl.SSLContext | None],
+        client_tls_h2: Callable[[], ssl.SSLContext | None] = lambda: None,
         mesh_server: Callable[[], ssl.SSLContext | None] = lambda: None,
         tcp_recorder: Recorder | None = None,
         drain_timeout: float = 5.0,
@@ -269,6 +270,7 @@ class GatewayPorts:
         self._dataplane = dataplane
         self._telemetry = telemetry
         self._client_tls = client_tls
+        self._client_tls_h2 = client_tls_h2  # HTTP/2 upstreams (ALPN h2) to mesh sidecars
         self._mesh_server = mesh_server
         # One for every port: a rate limit is the workload's, whatever port a request came on.
         self.admission = Admission(time.monotonic)
@@ -374,6 +376,7 @@ class GatewayPorts:
                 recorder=wrap_recorder(telemetry, outbound=True, then=router.finished),
                 listener=f"gateway-{port.listener.port}",
                 client_tls=self._client_tls,
+                client_tls_h2=self._client_tls_h2,
                 accept=lambda state: GatewayAccept(state, port),
             )
         except OSError:

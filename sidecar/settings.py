@@ -24,6 +24,9 @@ class Settings:
     service_account: str = "default"
     app_host: str = "127.0.0.1"
     app_port: int = 0  # 0: no inbound listener
+    # The app port's protocol (lightmesh/protocols.py): "grpc"/"http2" get HTTP/2 (h2c), "http"
+    # HTTP/1.1; "": h2c for gRPC calls, HTTP/1.1 for the rest.
+    app_protocol: str = ""
     bind: str = "127.0.0.1"
     advertise: str = ""  # address other sidecars reach this one at; default: bind
     outbound_port: int = 15001
@@ -55,6 +58,8 @@ class Settings:
     zipkin_url: str = ""  # Zipkin v2 endpoint (http://host:port/api/v2/spans); "": no tracing
     trace_sampling: float = 1.0  # percent of new traces sampled (an incoming decision wins)
     access_log: str = ""  # "-": stdout, a path: that file, "": off
+    # Seconds between traffic reports on the config stream (the control plane's dashboard); 0: off.
+    report_interval: float = 5.0
     # The inbound listener watches its app: while the app refuses connections, requests are
     # answered at once as never delivered (503 UF, marked for the calling sidecar) and, once the
     # app has answered since start, /ready says 503 (docs/reliability.md).

@@ -48,11 +48,16 @@ def host_clusters(
     host = service.fqdn
     meshed = all(e.sidecar for e in service.endpoints)
     wide = rule.policy if rule else TrafficPolicy()
-    clusters = [_cluster(host, "", wide, meshed, _identities(trust_domain, service, ()))]
+    http2 = service.http2
+    clusters = [
+        _cluster(host, "", wide, meshed, _identities(trust_domain, service, ()), http2=http2)
+    ]
     for subset in rule.subsets if rule else ():
         identities = _identities(trust_domain, service, subset.labels)
         clusters.append(
-            _cluster(host, subset.name, _merge(subset.policy, wide), meshed, identities)
+            _cluster(
+                host, subset.name, _merge(subset.policy, wide), meshed, identities, http2=http2
+            )
         )
     return clusters
 
@@ -89,6 +94,9 @@ def _merge(narrow: TrafficPolicy, wide: TrafficPolicy) -> TrafficPolicy:
             narrow.max_requests_per_connection, wide.max_requests_per_connection
         ),
         idle_timeout=pick(narrow.idle_timeout, wide.idle_timeout),
+        http2_max_requests=pick(narrow.http2_max_requests, wide.http2_max_requests),
+        max_concurrent_streams=pick(narrow.max_concurrent_streams, wide.max_concurrent_streams),
+        h2_upgrade_policy=pick(narrow.h2_upgrade_policy, wide.h2_upgrade_policy),
         outlier=pick(narrow.outlier, wide.outlier),
         tls_mode=pick(narrow.tls_mode, wide.tls_mode),
     )
@@ -114,7 +122,13 @@ def _identities(
 
 
 def _cluster(
-    host: str, subset: str, policy: TrafficPolicy, meshed: bool, identities: list[str]
+    host: str,
+    subset: str,
+    policy: TrafficPolicy,
+    meshed: bool,
+    identities: list[str],
+    *,
+    http2: bool = False,
 ) -> pb.Cluster:
     # Mutual TLS unless the DestinationRule disables it or some endpoint has no sidecar to
     # terminate it (Istio's auto mTLS).
@@ -132,6 +146,11 @@ def _cluster(
         tls=pb.MESH_MUTUAL if mode == "MESH_MUTUAL" else pb.TLS_DISABLE,
         tls_identities=identities if mode == "MESH_MUTUAL" else [],
         meshed=meshed,
+        # HTTP/2 to the endpoints: the service's ports say so (Istio's protocol selection; a
+        # gRPC port is HTTP/2 whatever the policy), or the rule upgrades HTTP/1.1 callers.
+        http2=http2 or policy.h2_upgrade_policy == "UPGRADE",
+        max_concurrent_streams=policy.max_concurrent_streams or 0,
+        http2_max_requests=policy.http2_max_requests or 0,
     )
     if policy.consistent_hash is not None:
         ch = policy.consistent_hash

@@ -105,6 +105,7 @@ def route_message(
                 delay_ms=ms(f.delay),
                 delay_percent=f.delay_percent,
                 abort_status=f.abort_status or 0,
+                abort_grpc_status=f.abort_grpc or "",
                 abort_percent=f.abort_percent,
             )
         )

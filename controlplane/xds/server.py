@@ -21,6 +21,7 @@ from controlplane.metrics import ControlPlaneMetrics
 from controlplane.push.pusher import Connection, Pusher
 from controlplane.snapshots import wire
 from controlplane.sources.registry import Registration
+from controlplane.traffic import Report, Reporter, report_from_proto, reporter_of
 from controlplane.world import NodeInfo
 from controlplane.xds.protocol import Acked, Ignored, Nacked, Outcome, Subscribed, Target
 from lightmesh.types import PUSH_ORDER, SHORT_NAMES
@@ -34,6 +35,13 @@ INITIAL_HOLD = 10.0
 # How long a response's bytes count against the shared push budget if its sidecar never answers.
 BUDGET_HOLD = 10.0
 METHOD = "DeltaConfig"
+
+
+class TrafficSink(Protocol):
+    """Where sidecars' traffic reports go (the dashboard's store)."""
+
+    def add(self, reporter: Reporter, report: Report) -> None:
+        """Keep one report."""
 
 
 class Registrations(Protocol):
@@ -85,7 +93,9 @@ class ConfigDiscovery:
         registry: Registrations,
         metrics: ControlPlaneMetrics,
         clock: Callable[[], float] = time.monotonic,
+        traffic: TrafficSink | None = None,
     ) -> None:
+        self._traffic = traffic
         self._pusher = pusher
         self._registry = registry
         self._metrics = metrics
@@ -190,6 +200,21 @@ class ConfigDiscovery:
     ) -> None:
         try:
             async for request in requests:
+                if request.HasField("traffic_report"):
+                    # Not part of the config protocol: no type, no nonce, nothing to answer.
+                    if self._traffic is not None:
+                        node = conn.node
+                        self._traffic.add(
+                            reporter_of(
+                                request.traffic_report,
+                                node_id=node.id,
+                                workload=node.workload,
+                                namespace=node.namespace,
+                                labels=dict(node.labels),
+                            ),
+                            report_from_proto(request.traffic_report, at=self._clock()),
+                        )
+                    continue
                 await self._handle(conn, request)
         except grpc.RpcError:
             pass  # the stream broke; the stream loop notices below

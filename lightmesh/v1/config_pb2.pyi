@@ -151,16 +151,18 @@ class RetryPolicy(_message.Message):
     def __init__(self, attempts: _Optional[int] = ..., per_try_timeout_ms: _Optional[int] = ..., retry_on: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Fault(_message.Message):
-    __slots__ = ("delay_ms", "delay_percent", "abort_status", "abort_percent")
+    __slots__ = ("delay_ms", "delay_percent", "abort_status", "abort_percent", "abort_grpc_status")
     DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     DELAY_PERCENT_FIELD_NUMBER: _ClassVar[int]
     ABORT_STATUS_FIELD_NUMBER: _ClassVar[int]
     ABORT_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    ABORT_GRPC_STATUS_FIELD_NUMBER: _ClassVar[int]
     delay_ms: int
     delay_percent: float
     abort_status: int
     abort_percent: float
-    def __init__(self, delay_ms: _Optional[int] = ..., delay_percent: _Optional[float] = ..., abort_status: _Optional[int] = ..., abort_percent: _Optional[float] = ...) -> None: ...
+    abort_grpc_status: str
+    def __init__(self, delay_ms: _Optional[int] = ..., delay_percent: _Optional[float] = ..., abort_status: _Optional[int] = ..., abort_percent: _Optional[float] = ..., abort_grpc_status: _Optional[str] = ...) -> None: ...
 
 class Mirror(_message.Message):
     __slots__ = ("cluster", "percent")
@@ -251,7 +253,7 @@ class OutlierDetection(_message.Message):
     def __init__(self, consecutive_5xx: _Optional[int] = ..., consecutive_gateway: _Optional[int] = ..., interval_ms: _Optional[int] = ..., base_ejection_ms: _Optional[int] = ..., max_ejection_percent: _Optional[int] = ..., min_health_percent: _Optional[int] = ...) -> None: ...
 
 class Cluster(_message.Message):
-    __slots__ = ("name", "service", "subset", "lb_policy", "connect_timeout_ms", "hash", "max_connections", "max_pending_requests", "max_requests_per_connection", "idle_timeout_ms", "outlier", "tls", "tls_identities", "meshed")
+    __slots__ = ("name", "service", "subset", "lb_policy", "connect_timeout_ms", "hash", "max_connections", "max_pending_requests", "max_requests_per_connection", "idle_timeout_ms", "outlier", "tls", "tls_identities", "meshed", "http2", "max_concurrent_streams", "http2_max_requests")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     SUBSET_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +268,9 @@ class Cluster(_message.Message):
     TLS_FIELD_NUMBER: _ClassVar[int]
     TLS_IDENTITIES_FIELD_NUMBER: _ClassVar[int]
     MESHED_FIELD_NUMBER: _ClassVar[int]
+    HTTP2_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    HTTP2_MAX_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     service: str
     subset: str
@@ -280,7 +285,10 @@ class Cluster(_message.Message):
     tls: UpstreamTls
     tls_identities: _containers.RepeatedScalarFieldContainer[str]
     meshed: bool
-    def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., subset: _Optional[str] = ..., lb_policy: _Optional[_Union[LbPolicy, str]] = ..., connect_timeout_ms: _Optional[int] = ..., hash: _Optional[_Union[ConsistentHash, _Mapping]] = ..., max_connections: _Optional[int] = ..., max_pending_requests: _Optional[int] = ..., max_requests_per_connection: _Optional[int] = ..., idle_timeout_ms: _Optional[int] = ..., outlier: _Optional[_Union[OutlierDetection, _Mapping]] = ..., tls: _Optional[_Union[UpstreamTls, str]] = ..., tls_identities: _Optional[_Iterable[str]] = ..., meshed: _Optional[bool] = ...) -> None: ...
+    http2: bool
+    max_concurrent_streams: int
+    http2_max_requests: int
+    def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., subset: _Optional[str] = ..., lb_policy: _Optional[_Union[LbPolicy, str]] = ..., connect_timeout_ms: _Optional[int] = ..., hash: _Optional[_Union[ConsistentHash, _Mapping]] = ..., max_connections: _Optional[int] = ..., max_pending_requests: _Optional[int] = ..., max_requests_per_connection: _Optional[int] = ..., idle_timeout_ms: _Optional[int] = ..., outlier: _Optional[_Union[OutlierDetection, _Mapping]] = ..., tls: _Optional[_Union[UpstreamTls, str]] = ..., tls_identities: _Optional[_Iterable[str]] = ..., meshed: _Optional[bool] = ..., http2: _Optional[bool] = ..., max_concurrent_streams: _Optional[int] = ..., http2_max_requests: _Optional[int] = ...) -> None: ...
 
 class ClusterLoadAssignment(_message.Message):
     __slots__ = ("cluster_name", "endpoints")

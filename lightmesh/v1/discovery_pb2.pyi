@@ -53,7 +53,7 @@ class ErrorDetail(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class DeltaDiscoveryRequest(_message.Message):
-    __slots__ = ("node", "type_url", "resource_names_subscribe", "resource_names_unsubscribe", "initial_resource_versions", "response_nonce", "error_detail", "initial_resources_digest")
+    __slots__ = ("node", "type_url", "resource_names_subscribe", "resource_names_unsubscribe", "initial_resource_versions", "response_nonce", "error_detail", "initial_resources_digest", "traffic_report")
     class InitialResourceVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class DeltaDiscoveryRequest(_message.Message):
     RESPONSE_NONCE_FIELD_NUMBER: _ClassVar[int]
     ERROR_DETAIL_FIELD_NUMBER: _ClassVar[int]
     INITIAL_RESOURCES_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    TRAFFIC_REPORT_FIELD_NUMBER: _ClassVar[int]
     node: Node
     type_url: str
     resource_names_subscribe: _containers.RepeatedScalarFieldContainer[str]
@@ -77,7 +78,70 @@ class DeltaDiscoveryRequest(_message.Message):
     response_nonce: str
     error_detail: ErrorDetail
     initial_resources_digest: str
-    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., type_url: _Optional[str] = ..., resource_names_subscribe: _Optional[_Iterable[str]] = ..., resource_names_unsubscribe: _Optional[_Iterable[str]] = ..., initial_resource_versions: _Optional[_Mapping[str, str]] = ..., response_nonce: _Optional[str] = ..., error_detail: _Optional[_Union[ErrorDetail, _Mapping]] = ..., initial_resources_digest: _Optional[str] = ...) -> None: ...
+    traffic_report: TrafficReport
+    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., type_url: _Optional[str] = ..., resource_names_subscribe: _Optional[_Iterable[str]] = ..., resource_names_unsubscribe: _Optional[_Iterable[str]] = ..., initial_resource_versions: _Optional[_Mapping[str, str]] = ..., response_nonce: _Optional[str] = ..., error_detail: _Optional[_Union[ErrorDetail, _Mapping]] = ..., initial_resources_digest: _Optional[str] = ..., traffic_report: _Optional[_Union[TrafficReport, _Mapping]] = ...) -> None: ...
+
+class TrafficReport(_message.Message):
+    __slots__ = ("app", "version", "services", "duration_bounds", "edges", "clusters", "truncated")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    DURATION_BOUNDS_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    version: str
+    services: _containers.RepeatedScalarFieldContainer[str]
+    duration_bounds: _containers.RepeatedScalarFieldContainer[float]
+    edges: _containers.RepeatedCompositeFieldContainer[EdgeCounters]
+    clusters: _containers.RepeatedCompositeFieldContainer[ClusterCounters]
+    truncated: bool
+    def __init__(self, app: _Optional[str] = ..., version: _Optional[str] = ..., services: _Optional[_Iterable[str]] = ..., duration_bounds: _Optional[_Iterable[float]] = ..., edges: _Optional[_Iterable[_Union[EdgeCounters, _Mapping]]] = ..., clusters: _Optional[_Iterable[_Union[ClusterCounters, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class EdgeCounters(_message.Message):
+    __slots__ = ("reporter", "source_workload", "source_namespace", "destination_service", "destination_subset", "destination_workload", "response_code", "response_flags", "mtls", "requests", "duration_buckets", "duration_seconds")
+    REPORTER_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_SERVICE_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_SUBSET_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_CODE_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    MTLS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    reporter: str
+    source_workload: str
+    source_namespace: str
+    destination_service: str
+    destination_subset: str
+    destination_workload: str
+    response_code: int
+    response_flags: str
+    mtls: bool
+    requests: int
+    duration_buckets: _containers.RepeatedScalarFieldContainer[int]
+    duration_seconds: float
+    def __init__(self, reporter: _Optional[str] = ..., source_workload: _Optional[str] = ..., source_namespace: _Optional[str] = ..., destination_service: _Optional[str] = ..., destination_subset: _Optional[str] = ..., destination_workload: _Optional[str] = ..., response_code: _Optional[int] = ..., response_flags: _Optional[str] = ..., mtls: _Optional[bool] = ..., requests: _Optional[int] = ..., duration_buckets: _Optional[_Iterable[int]] = ..., duration_seconds: _Optional[float] = ...) -> None: ...
+
+class ClusterCounters(_message.Message):
+    __slots__ = ("service", "subset", "overflows", "ejections", "ejected", "retries")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    SUBSET_FIELD_NUMBER: _ClassVar[int]
+    OVERFLOWS_FIELD_NUMBER: _ClassVar[int]
+    EJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    EJECTED_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    subset: str
+    overflows: int
+    ejections: int
+    ejected: int
+    retries: int
+    def __init__(self, service: _Optional[str] = ..., subset: _Optional[str] = ..., overflows: _Optional[int] = ..., ejections: _Optional[int] = ..., ejected: _Optional[int] = ..., retries: _Optional[int] = ...) -> None: ...
 
 class Resource(_message.Message):
     __slots__ = ("version", "resource", "name")

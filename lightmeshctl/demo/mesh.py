@@ -259,10 +259,12 @@ class LocalMesh:
         namespace: str = "default",
         sidecar_args: tuple[str, ...] = (),
         app_args: tuple[str, ...] = (),
+        app: tuple[str, ...] = (),
     ) -> Workload:
         """Start a demo app and its sidecar (not waiting for readiness).
 
-        `app_args` go to the demo app (e.g. `--fail-first 5`, `--delay 1`).
+        `app_args` go to the demo app (e.g. `--fail-first 5`, `--delay 1`); `app`, if given, is
+        another app's Python arguments instead, "{port}" in them replaced by its port.
         """
         workload = Workload(
             name=name,
@@ -276,7 +278,9 @@ class LocalMesh:
         )
         workload.app = self.spawn(
             f"{name}-app",
-            [
+            [arg.replace("{port}", str(workload.app_port)) for arg in app]
+            if app
+            else [
                 "-m", "lightmeshctl.demo.app",
                 "--name", service, "--version", version, "--workload", name,
                 "--port", str(workload.app_port),

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from lightmeshctl.demo.mesh import LocalMesh, Process, http_get, wait_for
+
+# The demo's sidecars report traffic every DEMO_REPORT seconds (default 5): a livelier dashboard.
+DEMO_REPORT = ("--report-interval", "2")
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "demo"
 VS_FILE = "catalog-virtualservice.yaml"
@@ -132,6 +137,29 @@ def check(
         dict(split).__repr__(),
     )
 
+    edges = (
+        "default/frontend->default/catalog-v1",
+        "default/frontend->default/catalog-v2",
+        "default/catalog-v1->default/customer",
+        "default/catalog-v2->default/customer",
+    )
+
+    def graph_rates() -> dict[str, float] | None:
+        # Keep traffic flowing while the sidecars' next reports are due.
+        _shop(mesh)
+        graph = http_get(f"{mesh.debug_url}/debug/graph?window=60", timeout=5).json()
+        rates = {e["id"]: e["rps"] for e in graph["edges"]}
+        return rates if all(rates.get(edge, 0) > 0 for edge in edges) else None
+
+    try:
+        rates = wait_for(graph_rates, timeout=20, interval=0.2, what="every edge on the dashboard")
+        shown = ", ".join(
+            f"{e.replace('default/', '').replace('->', ' → ')} {rates[e]:.1f}/s" for e in edges
+        )
+        report("dashboard graph has every edge", True, shown)
+    except TimeoutError as error:
+        report("dashboard graph has every edge", False, str(error))
+
     jason = _catalog_versions(mesh, 10, headers={"end-user": "jason"}) or Counter()
     report("header match end-user: jason → v2", jason == Counter({"v2": 10}), repr(dict(jason)))
 
@@ -189,7 +217,7 @@ def run_demo(*, check: bool = False, config_dir: Path | None = None) -> int:
         started = time.monotonic()
         with LocalMesh(config_dir=config, work_dir=work) as mesh:
             try:
-                start_shop(mesh)
+                start_shop(mesh, sidecar_args=DEMO_REPORT)
             except TimeoutError as error:
                 print(f"lightmesh demo: {error}", file=sys.stderr)
                 for process in [mesh.control_plane, *_sidecars(mesh)]:
@@ -200,9 +228,31 @@ def run_demo(*, check: bool = False, config_dir: Path | None = None) -> int:
             if check:
                 return _run_check(mesh, config, started, ready)
             _print_intro(mesh, config, ready)
-            _wait_for_interrupt()
+            # A trickle of shop requests, so the dashboard has a live graph out of the box.
+            stop = threading.Event()
+            traffic = threading.Thread(
+                target=_send_traffic, args=(mesh, stop), name="demo-traffic", daemon=True
+            )
+            traffic.start()
+            try:
+                _wait_for_interrupt()
+            finally:
+                stop.set()
+                traffic.join(timeout=10)
             print("\nstopping…")
     return 0
+
+
+TRAFFIC_INTERVAL = 0.2  # seconds between the demo's own shop requests (5 req/s)
+
+
+def _send_traffic(mesh: LocalMesh, stop: threading.Event) -> None:
+    """GET the shop every TRAFFIC_INTERVAL until `stop` (loopback only; errors are part of the
+    picture: a fault you inject shows up on the dashboard)."""
+    url = f"{mesh.workloads['frontend'].inbound}/"
+    while not stop.wait(TRAFFIC_INTERVAL):
+        with contextlib.suppress(OSError, ValueError):
+            http_get(url, timeout=5)
 
 
 def _sidecars(mesh: LocalMesh) -> list[Process | None]:
@@ -245,6 +295,9 @@ def _print_intro(mesh: LocalMesh, config: Path, ready: float) -> None:
         f"  curl -s -x http://{front.outbound} http://catalog/",
         "",
         f"Edit the routing live: {config / VS_FILE}",
+        f"Dashboard:       {mesh.debug_url}/dashboard   (the service graph, live)",
+        f"Golden signals:  lightmesh top --control-plane {mesh.debug_url}",
+        f"Live requests:   lightmesh tap --admin {front.admin}",
         f"Proxy status:    lightmesh proxy-status --control-plane {mesh.debug_url}",
         f"Problems:        curl -s {mesh.debug_url}/debug/problems",
         "Sidecar admin, loopback only (/config_dump /certs /ready /metrics):",

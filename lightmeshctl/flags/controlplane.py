@@ -57,6 +57,12 @@ def add_arguments(cp: argparse.ArgumentParser) -> None:
         help="serve only /metrics, /healthz and /ready here, on --host (0: off; deployed: 15016)",
     )
     cp.add_argument(
+        "--prometheus-url",
+        default=os.environ.get("LIGHTMESH_PROMETHEUS_URL", ""),
+        help="build /debug/graph and /dashboard from this Prometheus (PromQL over the sidecars' "
+        "lightmesh_* metrics) instead of the sidecars' own reports, e.g. http://prometheus:9090",
+    )
+    cp.add_argument(
         "--state-dir",
         default="",
         help="keep the local registry, the CA (ca.pem, 0600), the bootstrap token and the trust "
@@ -162,6 +168,7 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         port=args.port,
         debug_port=args.debug_port,
         metrics_port=args.metrics_port,
+        prometheus_url=_prometheus_url(args.prometheus_url),
         state_dir=Path(args.state_dir) if args.state_dir else None,
         trust_domain=args.trust_domain,
         ca_file=Path(args.ca_file) if args.ca_file else None,
@@ -196,3 +203,12 @@ def _export_to(value: str) -> tuple[str, ...]:
     return parse_export_to(
         [v.strip() for v in value.split(",") if v.strip()], "--default-export-to"
     )
+
+
+def _prometheus_url(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if url and (parts.scheme not in ("http", "https") or not parts.hostname):
+        raise ValueError(f"--prometheus-url: {url!r} is not an http(s)://host[:port] URL")
+    return url.rstrip("/")

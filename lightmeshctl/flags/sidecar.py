@@ -7,6 +7,7 @@ import argparse
 import os
 from urllib.parse import urlsplit
 
+from lightmesh.protocols import port_protocol
 from sidecar.settings import Settings
 
 
@@ -48,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--service-account", default=_env("SERVICE_ACCOUNT", "default"))
     add("--app-host", default=_env("APP_HOST", "127.0.0.1"))
     add("--app-port", type=int, default=int(_env("APP_PORT", "0")))
+    add(
+        "--app-protocol",
+        default=_env("APP_PROTOCOL", ""),
+        help="the app port's protocol: grpc, http2 or h2c (HTTP/2 cleartext), http (HTTP/1.1); "
+        "default: h2c for gRPC calls, HTTP/1.1 for the rest (Istio's appProtocol / port-name "
+        "values)",
+    )
     add("--bind", default=_env("BIND", "127.0.0.1"))
     add("--advertise", default=_env("ADVERTISE", ""))
     add("--outbound-port", type=int, default=int(_env("OUTBOUND_PORT", "15001")))
@@ -107,6 +115,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="percent of new traces to sample, 0-100 (default 1)",
     )
     add("--access-log", default=_env("ACCESS_LOG", ""), help="JSON access log: '-' or a path")
+    add(
+        "--report-interval",
+        type=float,
+        default=float(_env("REPORT_INTERVAL", "5")),
+        help="seconds between traffic reports to the control plane (its dashboard); 0: none",
+    )
     switches = {
         "app-health": "while the app refuses connections, answer its requests as never delivered "
         "and report /ready 503",
@@ -140,6 +154,7 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         labels=parse_labels(args.labels),
         service_account=args.service_account,
         app_host=args.app_host,
+        app_protocol=port_protocol("", args.app_protocol) if args.app_protocol else "",
         app_port=args.app_port,
         bind=args.bind,
         advertise=args.advertise,
@@ -161,6 +176,7 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         zipkin_url=_zipkin_url(args.zipkin_url),
         trace_sampling=_sampling(args.trace_sampling),
         access_log=args.access_log,
+        report_interval=_report_interval(args.report_interval),
         app_health=args.app_health,
         default_ejection=args.default_ejection,
         default_retries=args.default_retries,
@@ -181,3 +197,9 @@ def _sampling(percent: float) -> float:
     if not 0.0 <= percent <= 100.0:
         raise ValueError(f"--trace-sampling: {percent} is not a percentage within 0..100")
     return percent
+
+
+def _report_interval(seconds: float) -> float:
+    if seconds < 0 or seconds != seconds:
+        raise ValueError(f"--report-interval: {seconds} is not a number of seconds >= 0 (0: off)")
+    return seconds

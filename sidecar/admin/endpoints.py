@@ -1,5 +1,5 @@
 """Admin endpoints of the sidecar: /ready, /healthz, /metrics, /config_dump, /certs, /logging,
-POST /quitquitquit (the admin port, on loopback), and the subset the network may reach (the
+/tap (live requests, `lightmesh tap`), POST /quitquitquit (the admin port, on loopback), and the subset the network may reach (the
 metrics port: /metrics, /ready, /healthz, nothing else)."""
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from sidecar.telemetry.exposition import (
     render_openmetrics,
     render_text,
 )
+from sidecar.telemetry.tap import Tap, parse_filter
 
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 _JSON = [(b"content-type", b"application/json")]
@@ -47,7 +48,9 @@ class Admin:
         mesh_tls: MeshTLS | None = None,
         app_health: AppHealth | None = None,
         logger: logging.Logger | None = None,
+        tap: Tap | None = None,
     ) -> None:
+        self._tap = tap
         self._logger = logger  # whose level POST /logging?level= sets (the process's root)
         self._app_health = app_health
         self._certificates = certificates
@@ -95,6 +98,8 @@ class Admin:
             return self._quitquitquit(head)
         if path == "/logging":
             return self._logging(head)
+        if path == "/tap":
+            return await self._tap_requests(head)
         if path == "/config_dump":
             return LocalResponse(
                 status=200, headers=_JSON, body=json.dumps(self.config_dump(), indent=2).encode()
@@ -102,9 +107,24 @@ class Admin:
         return LocalResponse(
             status=404,
             headers=_TEXT,
-            body=b"try /ready, /healthz, /metrics, /config_dump, /certs, /logging, "
+            body=b"try /ready, /healthz, /metrics, /config_dump, /certs, /logging, /tap, "
             b"POST /quitquitquit\n",
         )
+
+    async def _tap_requests(self, head: RequestHead) -> LocalResponse:
+        """Long-poll: the requests completed from now on that match ?path=&method=&status=
+        &listener=, until ?max= of them (default 100) or ?seconds= passed (default 5)."""
+        if self._tap is None:
+            return LocalResponse(status=501, headers=_TEXT, body=b"tap is not wired\n")
+        try:
+            flt, limit, seconds = parse_filter(head.path.partition("?")[2])
+        except ValueError as error:
+            return LocalResponse(status=400, headers=_TEXT, body=f"tap: {error}\n".encode())
+        try:
+            body = await self._tap.collect(flt, limit=limit, seconds=seconds)
+        except RuntimeError as error:
+            return LocalResponse(status=429, headers=_TEXT, body=f"tap: {error}\n".encode())
+        return LocalResponse(status=200, headers=_JSON, body=json.dumps(body).encode())
 
     def _logging(self, head: RequestHead) -> LocalResponse:
         """GET: the log level; POST ?level=debug|info|warning|error: change it (as Envoy's

@@ -36,6 +36,13 @@ class Cluster:
         # Circuit breaking: both limits set → at most their sum in flight (active + pending).
         both = config.max_connections and config.max_pending_requests
         self.max_in_flight = config.max_connections + config.max_pending_requests if both else 0
+        if config.http2_max_requests:
+            # http2MaxRequests bounds requests in flight on its own (Envoy's max_requests).
+            limit = config.http2_max_requests
+            self.max_in_flight = min(self.max_in_flight, limit) if self.max_in_flight else limit
+        # HTTP/2 to the endpoints (see pb.Cluster.http2), and streams per connection.
+        self.http2 = config.http2
+        self.max_concurrent_streams = config.max_concurrent_streams
         self.max_requests_per_connection = config.max_requests_per_connection
         self.idle_timeout = config.idle_timeout_ms / 1000 if config.idle_timeout_ms else None
         # Non-empty: originate mutual TLS, with the service FQDN as SNI.
@@ -44,6 +51,8 @@ class Cluster:
         self.tls_identities = frozenset(config.tls_identities)
         # Every endpoint has a sidecar: their never-processed marks may be believed.
         self.meshed = config.meshed
+        # Sidecar endpoints take HTTP/2 from a caller that speaks it, whatever their app does.
+        self.h2_peer = config.meshed or bool(self.tls_server_name)
         self.hash = pb.ConsistentHash()
         self.hash.CopyFrom(config.hash)
         self._rng = rng

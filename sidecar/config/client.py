@@ -1,7 +1,9 @@
 """The config stream client: subscribes, applies deltas, ACKs/NACKs, reconnects with backoff.
 
 The last applied config keeps serving while the control plane is away; on reconnect the versions
-held are announced so the control plane sends only what changed meanwhile.
+held are announced so the control plane sends only what changed meanwhile. With a `report`, the
+sidecar's traffic counters ride on the same stream every `report_interval` seconds (the dashboard's
+data, controlplane/traffic.py).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from lightmesh.types import SHORT_NAMES
@@ -58,7 +60,13 @@ class ConfigClient:
         dataplane: DataPlane,
         on_applied: Callable[[], None] = lambda: None,
         rng: random.Random | None = None,
+        report: Callable[[], pb.TrafficReport] | None = None,
+        report_interval: float = 5.0,
     ) -> None:
+        if report is not None and report_interval <= 0:
+            raise ValueError(f"report_interval must be positive, not {report_interval}")
+        self._report = report
+        self._report_interval = report_interval
         self._target = target
         self._ca_bundle = ca_bundle
         self._node = node
@@ -110,7 +118,20 @@ class ConfigClient:
                 if index == 0:
                     request.node.CopyFrom(self._node)
                 await call.write(request)
+            # Replies and reports write from two tasks: one message at a time, or a message split
+            # across flow-control windows could interleave with the other.
+            writing = asyncio.Lock()
+
+            async def write(request: pb.DeltaDiscoveryRequest) -> None:
+                async with writing:
+                    await call.write(request)
+
             stopped = asyncio.ensure_future(stop.wait())
+            reports = (
+                asyncio.ensure_future(self._send_reports(self._report, write))
+                if self._report is not None
+                else None
+            )
             try:
                 while True:
                     read = asyncio.ensure_future(call.read())
@@ -127,9 +148,30 @@ class ConfigClient:
                         self.connected = True
                         self._backoff.reset()
                         log.info("connected", extra={"event": "connected", "target": self._target})
-                    await call.write(self._handle(response))
+                    await write(self._handle(response))
             finally:
                 stopped.cancel()
+                if reports is not None:
+                    reports.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, RpcError):
+                        await reports
+
+    async def _send_reports(
+        self,
+        report: Callable[[], pb.TrafficReport],
+        write: Callable[[pb.DeltaDiscoveryRequest], Awaitable[None]],
+    ) -> None:
+        """Every `report_interval`: the traffic counters, as a request with no type (the stream
+        breaking ends this task with the stream)."""
+        while True:
+            await asyncio.sleep(self._report_interval)
+            try:
+                built = report()
+            except Exception:
+                # Telemetry must never break the config stream: skip this report, try the next.
+                log.exception("traffic report failed", extra={"event": "report_error"})
+                continue
+            await write(pb.DeltaDiscoveryRequest(traffic_report=built))
 
     def _handle(self, response: pb.DeltaDiscoveryResponse) -> pb.DeltaDiscoveryRequest:
         short = SHORT_NAMES.get(response.type_url, response.type_url)

@@ -65,9 +65,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from lightmesh.protocols import http_status_of_grpc
 from lightmesh.response_flags import ResponseFlag
 from sidecar.contract import (
     MESH_HEADER_PREFIX,
@@ -85,6 +86,7 @@ from sidecar.errors import (
     UpstreamTimeout,
     rescue,
 )
+from sidecar.http.grpc import MessageCounter, is_grpc, status_of, trailers_only
 from sidecar.http.http1 import (
     HOP_BY_HOP,
     LAST_CHUNK,
@@ -100,8 +102,11 @@ from sidecar.http.http1 import (
     ResponseStart,
     end_of_body,
 )
+from sidecar.http.http2 import HTTP_VERSION as HTTP2
+from sidecar.http.http2 import response_headers, trailer_fields
 from sidecar.http.messages import (
     CONTINUE,
+    FLAGS_HEADER,
     downstream_framing,
     expects_continue,
     forwarded_head,
@@ -288,6 +293,31 @@ class Tunnel(Action):
         self.tail = tail
 
 
+class HeadDown(Action):
+    """HTTP/2 client: send a response header block (`end`: the response ends with it)."""
+
+    __slots__ = ("end", "headers")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]], end: bool) -> None:
+        self.headers = headers
+        self.end = end
+
+
+class EndDown(Action):
+    """HTTP/2 client: end the response (with `trailers` if any) once its data is sent."""
+
+    __slots__ = ("trailers",)
+
+    def __init__(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        self.trailers = trailers
+
+
+class EndUp(Action):
+    """HTTP/2 upstream: end the request stream once its data is sent."""
+
+    __slots__ = ()
+
+
 class Finish(Action):
     """Record `completed`; then, unless the connection became a tunnel (`hand_back` False), hand
     the downstream connection back: serve the next request if `keep_alive`, else close (reset if
@@ -304,6 +334,7 @@ class Finish(Action):
         self.hand_back = hand_back
 
 
+END_UP = EndUp()
 PAUSE_DOWN = ReadDown(False)
 RESUME_DOWN = ReadDown(True)
 # The common CloseUps, made once (a cluster idle timeout makes its own).
@@ -352,9 +383,12 @@ class ExchangeMachine:
         "attempts",
         "conn_requests",
         "continue_sent",
+        "down_h2",
         "failure",
         "framing",
         "fresh",
+        "grpc",
+        "grpc_status",
         "head",
         "inspect",
         "keep_alive",
@@ -369,7 +403,9 @@ class ExchangeMachine:
         "request_bytes",
         "request_complete",
         "request_data",
+        "request_messages",
         "response_bytes",
+        "response_messages",
         "reused",
         "sent_upstream",
         "shared",
@@ -381,6 +417,7 @@ class ExchangeMachine:
         "timers",
         "unsent",
         "unsent_bytes",
+        "up_h2",
         "upstream_keep_alive",
         "upstream_tls",
         "whole",
@@ -428,6 +465,15 @@ class ExchangeMachine:
         self.attempt = 0
         self.live = False  # it holds (or is getting) a connection
         self.upstream_tls = False  # the last bound upstream connection was mutual TLS
+        # HTTP/2 on either side (the seams in "HTTP/1 framing" take the HTTP/2 branch); a gRPC
+        # caller gets the proxy's own replies as gRPC statuses, and its call's status is recorded.
+        self.down_h2 = start.http_version == HTTP2
+        self.up_h2 = False
+        self.grpc = self.down_h2 and is_grpc(start.headers)
+        self.grpc_status = ""
+        # gRPC messages each way (Istio's request/response message counters); gRPC only.
+        self.request_messages = MessageCounter() if self.grpc else None
+        self.response_messages = MessageCounter() if self.grpc else None
 
     @property
     def done(self) -> bool:
@@ -471,12 +517,14 @@ class ExchangeMachine:
     def request_body(self, data: bytes) -> list[Action]:
         """A piece of the request body (de-chunked)."""
         self.request_bytes += len(data)
+        if self.request_messages is not None:
+            self.request_messages.feed(data)
         phase = self.phase
         if phase is DRAIN:
             if self.request_bytes > MAX_DRAIN_BYTES and self.pending_reply is not None:
                 self._answer(self.pending_reply, keep=False)
         elif phase is not DONE:
-            if self.start.framing.kind is _CHUNKED:
+            if self.start.framing.kind is _CHUNKED and not self.up_h2:
                 data = _chunk(data)
             self._send_body(data)
         return self.out
@@ -492,7 +540,10 @@ class ExchangeMachine:
             return self.out
         if phase is DONE:
             return self.out
-        if self.start.framing.kind is _CHUNKED:
+        if self.up_h2:
+            if phase is WAIT or phase is RELAY:
+                self.out.append(END_UP)  # else sent once a connection is bound
+        elif self.start.framing.kind is _CHUNKED:
             self._send_body(LAST_CHUNK)
         policies = self.policies
         if policies is not None and policies.mirror is not None:
@@ -524,7 +575,7 @@ class ExchangeMachine:
     # --- events of the upstream side ---
 
     def upstream_connected(
-        self, attempt: int, parser: ResponseParser, tls: bool, reused: bool, requests: int
+        self, attempt: int, parser: ResponseParser | None, tls: bool, reused: bool, requests: int
     ) -> list[Action]:
         """Attempt `attempt` has its connection (`requests` sent on it, this one included; the
         driver resets `parser`, the connection's HTTP/1 codec, for this request)."""
@@ -536,6 +587,14 @@ class ExchangeMachine:
         self.reused = reused
         self.conn_requests = requests
         self.sent_upstream = True
+        if self.up_h2:
+            # The driver opened the stream with the head: the body so far, and its end.
+            body = self._request_so_far()
+            if body:
+                self.out.append(WriteUp(body))
+            if self.request_complete:
+                self.out.append(END_UP)
+            return self.out
         self.out.append(WriteUp(self._request_so_far()))
         return self.out
 
@@ -561,6 +620,21 @@ class ExchangeMachine:
             return self.out
         if events:
             self.response_events(events, data)
+        return self.out
+
+    def upstream_response(self, events: list[ResponseEvent]) -> list[Action]:
+        """Response events of an HTTP/2 upstream stream (its codec is the connection's)."""
+        phase = self.phase
+        if phase is WAIT or phase is RELAY:
+            self.received += 1  # something came back: not a stale connection
+            self.response_events(events)
+        return self.out
+
+    def upstream_refused(self, reason: str) -> list[Action]:
+        """The HTTP/2 upstream refused the stream before processing it (REFUSED_STREAM, or a
+        GOAWAY that left it out): retried like a refused connection, whatever the method."""
+        if self.phase is WAIT:
+            self._attempt_failed(UpstreamReset(reason), Failure.REFUSED)
         return self.out
 
     def upstream_eof(self) -> list[Action]:
@@ -620,6 +694,11 @@ class ExchangeMachine:
     def _reply(self, reply: LocalReply) -> None:
         """Answer from the proxy; the unread body is drained first unless that cannot work."""
         start = self.start
+        if self.down_h2:
+            # A stream is answered at once (the rest of its body is refused with the stream's
+            # reset), never drained: a streaming caller may not end its request first.
+            self._answer(reply, keep=True)
+            return
         # A client still waiting for 100 Continue never sends its body: draining would hang.
         awaiting = not self.continue_sent and expects_continue(start)
         keep = start.keep_alive and not self.shared.draining and not awaiting
@@ -640,10 +719,45 @@ class ExchangeMachine:
                 body=reply.body,
                 headers=tuple(h for h in reply.headers if not h[0].startswith(MESH_HEADER_PREFIX)),
             )
-        self.out.append(WriteDown(_local_reply(self.start, said, payload, keep=keep)))
         self.status = reply.status
-        self.response_bytes = len(payload)
-        self._finish(flags=reply.flags, keep=keep)
+        if self.down_h2:
+            self._answer_h2(reply, said.headers, payload)
+        else:
+            self.out.append(WriteDown(_local_reply(self.start, said, payload, keep=keep)))
+            self.response_bytes = len(payload)
+        self._finish(flags=reply.flags, keep=keep, cluster=reply.cluster)
+
+    def _answer_h2(
+        self, reply: LocalReply, extra: tuple[tuple[bytes, bytes], ...], payload: bytes
+    ) -> None:
+        """A local reply on an HTTP/2 stream (`extra`: its headers the caller may see): a
+        trailers-only gRPC status to a gRPC caller."""
+        flags = reply.flags if self._says_mesh_headers() else ""
+        said = ((FLAGS_HEADER, flags.encode("ascii")),) if flags else ()
+        if self.grpc:
+            # HTTP 200 as gRPC wants; a never-processed mark keeps its 503 for the calling sidecar.
+            marked = any(name == UNPROCESSED for name, _ in extra)
+            status = b"%d" % reply.status if marked else b"200"
+            block = trailers_only(reply.status, reply.body, reply.flags, code=reply.grpc_status)
+            headers = [(b":status", status), *block]
+            headers.extend(said)
+            headers.extend(extra)
+            self.grpc_status = headers[2][1].decode("ascii")
+            self.out.append(HeadDown(headers, end=True))
+            return
+        head_only = self.start.method == "HEAD"
+        headers = [
+            (b":status", b"%d" % reply.status),
+            (b"content-type", b"text/plain"),
+            (b"content-length", b"%d" % len(payload)),
+            *said,
+            *extra,
+        ]
+        self.out.append(HeadDown(headers, end=head_only))
+        if not head_only:
+            self.response_bytes = len(payload)
+            self.out.append(WriteDown(payload))
+            self.out.append(EndDown([]))
 
     def _says_mesh_headers(self) -> bool:
         """Whether a local reply may carry the mesh's headers: always on the outbound listener
@@ -659,11 +773,12 @@ class ExchangeMachine:
         """Send the request to `target` through attempts."""
         self.target = target
         start = self.start
+        self.up_h2 = target.http2
         if expects_continue(start):
             # Like Envoy, answer 100 ourselves and keep Expect away from the upstream.
             self.out.append(WriteDown(CONTINUE))
             self.continue_sent = True
-        self.request_data = upstream_request(head, start.framing)
+        self.request_data = b"" if self.up_h2 else upstream_request(head, start.framing)
         if target.delay:
             # Fault injection: hold the request (its body is buffered meanwhile), then forward.
             self._policies().flags = ResponseFlag.DI
@@ -852,7 +967,8 @@ class ExchangeMachine:
             return False  # the retry budget is spent
         retrier.attempt_finished(
             target,
-            status=status,
+            # A gRPC status is accounted as the HTTP status it stands for.
+            status=http_status_of_grpc(status) if failure is Failure.GRPC else status,
             duration=now - policies.attempt_started,
             local_origin=failure is Failure.CONNECT or failure is Failure.REFUSED,
         )
@@ -905,12 +1021,16 @@ class ExchangeMachine:
             if self.inspect and self._inspect_head(first):
                 return
             if (
-                len(data) == self.received
+                not self.down_h2
+                and len(data) == self.received
                 and type(events[-1]) is EndOfMessage
                 and (self.policies is None or self.policies.edits is None)
                 and self._relay_verbatim(first, data)
             ):
                 return
+        if self.down_h2:
+            self._relay_h2(events)
+            return
         out: list[bytes] = []
         framing = self.framing
         for event in events:
@@ -930,12 +1050,75 @@ class ExchangeMachine:
                 framing = self._response_head(event, out)
             else:  # EndOfMessage
                 if framing is not None:
-                    out.append(end_of_body(framing))
+                    trailers = event.trailers  # type: ignore[union-attr]
+                    if trailers:
+                        self._trailers_seen(trailers)
+                        if framing.kind is _CHUNKED:
+                            out.append(_last_chunk(trailer_fields(list(trailers))))
+                        else:
+                            out.append(end_of_body(framing))
+                    else:
+                        out.append(end_of_body(framing))
                 self.out.append(WriteDown(b"".join(out)))
                 self._response_complete()
                 return
         if out:
             self.out.append(WriteDown(b"".join(out)))
+
+    def _relay_h2(self, events: list[ResponseEvent]) -> None:
+        """Relay response events to an HTTP/2 client: head, data and end (trailers) as frames."""
+        out = self.out
+        for index, event in enumerate(events):
+            kind = type(event)
+            if kind is Data:
+                data = event.data  # type: ignore[union-attr]
+                self.response_bytes += len(data)
+                if self.response_messages is not None:
+                    self.response_messages.feed(data)
+                out.append(WriteDown(data))
+            elif kind is ResponseStart:
+                head: ResponseStart = event  # type: ignore[assignment]
+                if head.status == 101:  # no upgrade over HTTP/2
+                    self._upstream_broke(UpstreamProtocolError("unexpected 101"))
+                    return
+                self._head_arrived()
+                self._go(RELAY)
+                self.status = head.status
+                self.keep_alive = True
+                self.upstream_keep_alive = head.keep_alive
+                if self.grpc:
+                    self._trailers_seen(head.headers)  # a trailers-only response's status
+                rest = events[index + 1 :]
+                # A head the response ends with goes as one frame (a gRPC trailers-only reply).
+                end = bool(rest) and type(rest[0]) is EndOfMessage and not rest[0].trailers
+                out.append(
+                    HeadDown(
+                        response_headers(
+                            head.status,
+                            head.headers,
+                            hide_mesh=self.shared.hide_mesh_headers,
+                            prefix=MESH_HEADER_PREFIX,
+                        ),
+                        end,
+                    )
+                )
+                if end:
+                    self._response_complete()
+                    return
+            else:  # EndOfMessage
+                trailers = list(event.trailers)  # type: ignore[union-attr]
+                if trailers:
+                    self._trailers_seen(trailers)
+                out.append(EndDown(trailer_fields(trailers)))
+                self._response_complete()
+                return
+
+    def _trailers_seen(self, fields: Sequence[tuple[bytes, bytes]]) -> None:
+        """Note the call's gRPC status from a trailer (or trailers-only head) block."""
+        if self.grpc or self.up_h2:
+            code = status_of(list(fields))
+            if code is not None:
+                self.grpc_status = str(code)
 
     def _never_processed(self, head: ResponseStart) -> bool:
         """A 503 that the endpoint's sidecar marked never-processed (its app refused the
@@ -966,6 +1149,15 @@ class ExchangeMachine:
             and self._retry(Failure.STATUS, status)
         ):
             return True
+        if policy is not None and policy.grpc_codes:
+            # A trailers-only gRPC response: its status is in the head, nothing is committed.
+            code = status_of(head.headers)
+            if (
+                code is not None
+                and policy.retriable(Failure.GRPC, code)
+                and self._retry(Failure.GRPC, code)
+            ):
+                return True
         policies = self.policies
         if policies is not None and policies.edits is not None and status != 101:
             policies.edits.apply(head.headers)
@@ -1076,7 +1268,7 @@ class ExchangeMachine:
 
     # --- the end ---
 
-    def _finish(self, *, flags: str, keep: bool, abort: bool = False) -> None:
+    def _finish(self, *, flags: str, keep: bool, abort: bool = False, cluster: str = "") -> None:
         """Record the exchange and hand the downstream connection back; runs once."""
         if self.phase is DONE:
             return
@@ -1101,7 +1293,8 @@ class ExchangeMachine:
                 Completed(
                     method=self.start.method,
                     host=head.host if head is not None else "",
-                    cluster=target.cluster if target is not None else "",
+                    # A local reply's: the cluster it answered for (or none).
+                    cluster=target.cluster if target is not None else cluster,
                     status=self.status,
                     flags=flags,
                     duration=shared.clock() - self.started,
@@ -1112,6 +1305,13 @@ class ExchangeMachine:
                     start_time=self.start_time,
                     attempts=self.attempts,
                     upstream_tls=self.upstream_tls,
+                    grpc_status=self.grpc_status,
+                    request_messages=self.request_messages.count
+                    if self.request_messages is not None
+                    else 0,
+                    response_messages=self.response_messages.count
+                    if self.response_messages is not None
+                    else 0,
                 ),
                 keep and not shared.draining,  # keep_alive
                 abort,
@@ -1143,4 +1343,15 @@ def _local_reply(start: RequestStart, reply: LocalReply, payload: bytes, *, keep
 
 def _retries_on_status(policy: RetryPolicy) -> bool:
     """Whether `policy` may retry after a response head (so heads must be inspected)."""
-    return policy.on_5xx or policy.on_gateway or policy.on_4xx or bool(policy.status_codes)
+    return (
+        policy.on_5xx
+        or policy.on_gateway
+        or policy.on_4xx
+        or bool(policy.status_codes)
+        or bool(policy.grpc_codes)
+    )
+
+
+def _last_chunk(trailers: list[tuple[bytes, bytes]]) -> bytes:
+    """The last chunk of a chunked body with its trailer section (HTTP/2 trailers relayed)."""
+    return b"0\r\n" + b"".join(b"%s: %s\r\n" % field for field in trailers) + b"\r\n"

@@ -148,7 +148,10 @@ class Data:
 
 @dataclass(frozen=True, slots=True)
 class EndOfMessage:
-    """The current message is complete."""
+    """The current message is complete; `trailers`: its trailer fields (HTTP/2 trailers, which
+    carry gRPC's status; HTTP/1 chunked trailers are not parsed)."""
+
+    trailers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 END = EndOfMessage()
@@ -326,6 +329,7 @@ class _Collector:
         self.target = bytearray()
         self.reason = bytearray()
         self.headers: Headers = []
+        self.trailers: Headers | None = None  # trailer fields of the current message, if any
         self.in_head = True  # the next bytes belong to a head (also between messages)
         self.in_message = False  # a message has begun and not yet ended
         self.message_start = 0  # index in `events` where the current message's events begin
@@ -340,6 +344,7 @@ class _Collector:
         self.target.clear()
         self.reason.clear()
         self.headers = []
+        self.trailers = None
         self.in_head = True
         self.in_message = True
         self.message_start = len(self.events)
@@ -353,10 +358,17 @@ class _Collector:
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.in_head:  # trailer fields also come here; they are dropped
+        if self.in_head:
             self.headers.append((name.lower(), value))
             if len(self.headers) > self.max_headers:
                 self.fail(HeadTooLarge(f"more than {self.max_headers} header fields"))
+        else:  # a chunked body's trailer section: kept for the message's end
+            trailers = self.trailers
+            if trailers is None:
+                trailers = self.trailers = []
+            trailers.append((name.lower(), value))
+            if len(trailers) > self.max_headers:
+                self.fail(HeadTooLarge(f"more than {self.max_headers} trailer fields"))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -372,7 +384,12 @@ class _Collector:
     def on_message_complete(self) -> None:
         self.in_head = True
         self.in_message = False
-        self.events.append(END)
+        trailers = self.trailers
+        if trailers is None:
+            self.events.append(END)
+        else:
+            self.trailers = None
+            self.events.append(EndOfMessage(tuple(trailers)))
 
     def fail(self, error: ParseError) -> None:
         """Stop the parser from a callback, remembering why."""

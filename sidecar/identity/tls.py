@@ -17,6 +17,9 @@ from sidecar.identity.manager import Identity
 # listener knows a TLS connection is sidecar-to-sidecar and what it carries.
 ALPN_HTTP11 = "lightmesh-http/1.1"
 ALPN_TCP = "lightmesh-tcp"
+# HTTP/2 between sidecars: the standard id (an HTTP/2 connection starts with its preface, which
+# the inbound listener detects whatever was negotiated).
+ALPN_H2 = "h2"
 
 
 def _base(context: ssl.SSLContext, identity: Identity, extra_roots: str) -> ssl.SSLContext:
@@ -28,7 +31,7 @@ def _base(context: ssl.SSLContext, identity: Identity, extra_roots: str) -> ssl.
         # peers already holding a certificate of the new root are trusted before we rotate.
         context.load_verify_locations(cadata=extra_roots)
     context.verify_mode = ssl.CERT_REQUIRED
-    context.set_alpn_protocols([ALPN_HTTP11, ALPN_TCP])
+    context.set_alpn_protocols([ALPN_HTTP11, ALPN_TCP, ALPN_H2])
     return context
 
 
@@ -44,6 +47,13 @@ def client_context(identity: Identity, extra_roots: str = "") -> ssl.SSLContext:
     return _base(context, identity, extra_roots)
 
 
+def client_context_h2(identity: Identity, extra_roots: str = "") -> ssl.SSLContext:
+    """For upstream HTTP/2 connections to other sidecars: offers only ALPN h2."""
+    context = client_context(identity, extra_roots)
+    context.set_alpn_protocols([ALPN_H2])
+    return context
+
+
 @dataclass(frozen=True, slots=True)
 class TLSContexts:
     """The contexts of one certificate generation."""
@@ -51,6 +61,7 @@ class TLSContexts:
     identity: Identity
     server: ssl.SSLContext
     client: ssl.SSLContext
+    client_h2: ssl.SSLContext
 
     @classmethod
     def build(cls, identity: Identity, extra_roots: str = "") -> TLSContexts:
@@ -59,6 +70,7 @@ class TLSContexts:
             identity,
             server_context(identity, extra_roots),
             client_context(identity, extra_roots),
+            client_context_h2(identity, extra_roots),
         )
 
 
@@ -80,6 +92,12 @@ class MeshTLS:
         """For new upstream connections; None before the first certificate."""
         contexts = self.contexts
         return contexts.client if contexts is not None else None
+
+    @property
+    def client_h2(self) -> ssl.SSLContext | None:
+        """For new upstream HTTP/2 connections; None before the first certificate."""
+        contexts = self.contexts
+        return contexts.client_h2 if contexts is not None else None
 
     @property
     def server(self) -> ssl.SSLContext | None:

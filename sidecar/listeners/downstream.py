@@ -27,8 +27,10 @@ from sidecar.http.http1 import (
     RequestParser,
     RequestStart,
 )
+from sidecar.http.http2 import preface_state
 from sidecar.http.messages import local_reply
 from sidecar.listeners.exchange import Exchange
+from sidecar.listeners.h2down import take_over
 from sidecar.listeners.original_dst import original_destination
 from sidecar.listeners.splice import DOWN, Splice
 from sidecar.listeners.state import PAUSE_BACKLOG, ListenerState, Phase
@@ -55,6 +57,7 @@ class DownstreamConnection(asyncio.Protocol):
         "peer_identity",
         "phase",
         "since",
+        "sniff",
         "splice",
         "state",
         "transport",
@@ -79,6 +82,8 @@ class DownstreamConnection(asyncio.Protocol):
         self.write_paused = False
         self._paused = 0  # PAUSE_* reasons in force
         self._processing = False
+        # The connection's first bytes until they tell HTTP/2's preface from HTTP/1 (None then).
+        self.sniff: bytes | None = b""
 
     # --- asyncio.Protocol ---
 
@@ -105,12 +110,35 @@ class DownstreamConnection(asyncio.Protocol):
             return
         if self.phase is Phase.CLOSED:
             return
+        if self.sniff is not None:
+            data = self.sniff + data
+            h2c = preface_state(data)
+            if h2c is None:
+                self.sniff = data  # a prefix of the preface: wait for more
+                return
+            self.sniff = None
+            if h2c:
+                self._become_h2(data)
+                return
         if self.phase is Phase.IDLE:
             self.phase, self.since = Phase.HEAD, self.state.clock()
         events = self.parser.feed(data)
         if events:
             self.events.extend(events)
         self.process()
+
+    def _become_h2(self, data: bytes) -> None:
+        """The client spoke HTTP/2 (prior knowledge, or ALPN h2): hand the connection over."""
+        self.phase = Phase.CLOSED
+        self.state.clients.discard(self)
+        take_over(
+            self.state,
+            self.transport,
+            data,
+            peer=self.peer,
+            peer_identity=self.peer_identity,
+            original_dst=self.original_dst,
+        )
 
     def eof_received(self) -> bool | None:
         if self.splice is not None:
@@ -272,6 +300,14 @@ class DownstreamConnection(asyncio.Protocol):
         if self.write_paused:
             splice.throttle(DOWN, paused=True)
         return self.parser.detach()
+
+    def send_head(self, headers: list[tuple[bytes, bytes]], *, end: bool) -> None:
+        """HTTP/2 only: an HTTP/1 exchange never asks for it."""
+        raise ProxyError("an HTTP/2 response head on an HTTP/1 connection")
+
+    def send_end(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """HTTP/2 only: an HTTP/1 exchange never asks for it."""
+        raise ProxyError("an HTTP/2 response end on an HTTP/1 connection")
 
     # --- closing ---
 

@@ -17,10 +17,12 @@ from collections.abc import Callable
 
 from sidecar.contract import Divert, Forward, Recorder, Resolver
 from sidecar.listeners.downstream import DownstreamConnection
+from sidecar.listeners.h2down import H2Downstream
 from sidecar.listeners.inbound_tls import InboundAccept, InboundTLS
 from sidecar.listeners.splice import expire_splices
 from sidecar.listeners.state import EngineSettings, ListenerState, Phase
 from sidecar.listeners.tcp import TcpProxyListener
+from sidecar.upstream.h2pool import H2Pool
 from sidecar.upstream.mirror import Mirrors
 from sidecar.upstream.pool import ConnectionPool
 
@@ -48,6 +50,7 @@ class ProxyListener:
         listener: str,
         settings: EngineSettings,
         client_tls: Callable[[], ssl.SSLContext | None] | None = None,
+        client_tls_h2: Callable[[], ssl.SSLContext | None] | None = None,
         inbound_tls: InboundTLS | None = None,
         mtls_mode: Callable[[], str] = lambda: "PERMISSIVE",
         intercept: bool = False,
@@ -71,6 +74,12 @@ class ProxyListener:
             recorder=recorder,
             settings=settings,
             pool=pool,
+            h2pool=H2Pool(
+                idle_timeout=settings.pool_idle_timeout,
+                clock=settings.clock,
+                client_tls=client_tls_h2 or _no_tls,
+                refused=pool.wrong_identity,
+            ),
             clock=settings.clock,
             intercept=intercept,
             hide_mesh_headers=hide_mesh_headers,
@@ -149,6 +158,8 @@ class ProxyListener:
         for client in list(state.clients):
             if client.phase is Phase.IDLE:
                 client.close()  # between requests: nothing is lost by closing now
+            elif isinstance(client, H2Downstream):
+                client.drain()  # GOAWAY: streams in flight finish, no new one starts
         if state.clients:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(drain_timeout):
@@ -168,6 +179,7 @@ class ProxyListener:
         if self._server is not None:
             await self._server.wait_closed()
         state.pool.close()
+        state.h2pool.close()
         state.mirrors.close()
         if self._tcp is not None:
             await self._tcp.close(drain_timeout)
@@ -191,10 +203,15 @@ class ProxyListener:
         """One round of the sweeper: expire pooled connections, clients and idle tunnels."""
         state = self._state
         state.pool.sweep()
+        state.h2pool.sweep()
         now = state.clock()
         for client in list(state.clients):
             client.expire(now)
         expire_splices(state.tunnels, now=now, idle_timeout=state.settings.tunnel_idle_timeout)
+
+
+def _no_tls() -> ssl.SSLContext | None:
+    return None
 
 
 def _no_resolve(_: str) -> Forward | None:
@@ -211,6 +228,7 @@ async def start_proxy(
     listener: str,
     settings: EngineSettings | None = None,
     client_tls: Callable[[], ssl.SSLContext | None] | None = None,
+    client_tls_h2: Callable[[], ssl.SSLContext | None] | None = None,
     inbound_tls: InboundTLS | None = None,
     mtls_mode: Callable[[], str] = lambda: "PERMISSIVE",
     intercept: bool = False,
@@ -235,6 +253,7 @@ async def start_proxy(
         listener=listener,
         settings=settings or EngineSettings(),
         client_tls=client_tls,
+        client_tls_h2=client_tls_h2,
         inbound_tls=inbound_tls,
         mtls_mode=mtls_mode,
         intercept=intercept,

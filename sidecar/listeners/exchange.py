@@ -20,8 +20,11 @@ from sidecar.exchange.machine import (
     Action,
     CloseUp,
     Connect,
+    EndDown,
+    EndUp,
     ExchangeMachine,
     Finish,
+    HeadDown,
     Mirror,
     ReadDown,
     Timer,
@@ -30,9 +33,12 @@ from sidecar.exchange.machine import (
     WriteDown,
     WriteUp,
 )
-from sidecar.http.http1 import ParseError, RequestStart, ResponseParser
+from sidecar.http.grpc import format_timeout, request_timeout
+from sidecar.http.http1 import Headers, ParseError, RequestStart, ResponseEvent, ResponseParser
+from sidecar.http.http2 import request_headers
 from sidecar.listeners.splice import DOWN, Splice
 from sidecar.listeners.state import PAUSE_UNSENT, PAUSE_UPSTREAM_FULL, ListenerState
+from sidecar.upstream.h2pool import H2UpstreamStream
 from sidecar.upstream.pool import UpstreamConnection
 
 __all__ = ["Downstream", "Exchange"]
@@ -41,7 +47,10 @@ __all__ = ["Downstream", "Exchange"]
 class Downstream(Protocol):
     """What an exchange needs of its downstream connection."""
 
-    transport: asyncio.Transport
+    @property
+    def transport(self) -> asyncio.Transport:
+        """Where response bytes are written (an HTTP/2 stream's is the stream itself)."""
+
     peer: str
     peer_identity: str  # verified SPIFFE ID of a mutual-TLS client, "" otherwise
     original_dst: tuple[str, int] | None  # where an intercepted connection was going
@@ -59,6 +68,12 @@ class Downstream(Protocol):
     def start_tunnel(self, splice: Splice) -> bytes:
         """Stop parsing HTTP; route the connection through `splice`; the bytes held past the head."""
 
+    def send_head(self, headers: Headers, *, end: bool) -> None:
+        """HTTP/2 only: send a response header block."""
+
+    def send_end(self, trailers: Headers) -> None:
+        """HTTP/2 only: end the response once its data is sent."""
+
 
 class Exchange:
     """Drives one request's machine against the downstream connection, the pool and the loop."""
@@ -71,7 +86,8 @@ class Exchange:
         self.down = down
         self.state = state
         self.machine = ExchangeMachine(start, state, complete)
-        self.conn: UpstreamConnection | None = None  # the current attempt's connection
+        # The current attempt's connection (HTTP/1), or stream (HTTP/2).
+        self.conn: UpstreamConnection | H2UpstreamStream | None = None
         self.connecting: asyncio.Task[None] | None = None
         self.timers: list[asyncio.TimerHandle | None] | None = None  # per Timer, made on first use
         self.running = False
@@ -156,6 +172,14 @@ class Exchange:
                         action.body,
                         pool=state.pool,
                     )
+                elif type(action) is HeadDown:
+                    self.down.send_head(action.headers, end=action.end)
+                elif type(action) is EndDown:
+                    self.down.send_end(action.trailers)
+                elif type(action) is EndUp:
+                    conn = self.conn
+                    if type(conn) is H2UpstreamStream:
+                        conn.end_request()
                 elif type(action) is Tunnel:
                     self.tunnel(action)
         finally:
@@ -165,6 +189,20 @@ class Exchange:
     def connect(self, action: Connect) -> None:
         """Bind an idle pooled connection, or connect (the one await of the hot path)."""
         target = action.target
+        if target.http2:
+            # A new stream is always fresh; it goes on a connection with room if one is open.
+            stream = self.state.h2pool.take_stream(
+                (target.address, target.port, target.tls_server_name),
+                target.max_concurrent_streams,
+                target.max_requests_per_connection,
+            )
+            if stream is not None:
+                self.bind(action.attempt, stream)
+                return
+            self.connecting = asyncio.get_running_loop().create_task(
+                self.open_stream(action), name=f"proxy-{self.state.name}-connect"
+            )
+            return
         conn = (
             None
             if action.fresh
@@ -205,8 +243,62 @@ class Exchange:
         else:
             pool.release(conn)  # clean and unused: someone else may take it
 
-    def bind(self, attempt: int, conn: UpstreamConnection) -> None:
+    async def open_stream(self, action: Connect) -> None:
+        """A stream on a connection being opened or a new one, then bind it."""
+        target = action.target
+        state = self.state
+        try:
+            stream = await state.h2pool.stream(
+                target.address,
+                target.port,
+                connect_timeout=target.connect_timeout,
+                tls_server_name=target.tls_server_name,
+                identities=target.tls_identities,
+                cap=target.max_concurrent_streams,
+                max_requests=target.max_requests_per_connection,
+            )
+        except UpstreamConnectFailure as exc:
+            if self.machine.expects(action.attempt):
+                self.connecting = None
+                self.run(self.machine.upstream_connect_failed(action.attempt, exc))
+            return
+        if stream.requests == 1:
+            opened = state.connections_opened
+            opened[target.cluster] = opened.get(target.cluster, 0) + 1
+        if self.machine.expects(action.attempt):
+            self.connecting = None
+            self.bind_stream(action.attempt, stream)
+
+    def bind_stream(self, attempt: int, stream: H2UpstreamStream) -> None:
+        """Open the HTTP/2 stream with the forwarded head; the machine sends the body so far."""
+        machine = self.machine
+        head = machine.head
+        if head is None:  # unreachable: a forward has its head
+            return
+        self.conn = stream
+        stream.owner = self
+        headers = request_headers(head)
+        timeout = request_timeout(head.headers)
+        if timeout is not None:
+            # The caller's deadline less the time spent here (and on any earlier attempt).
+            left = timeout - (self.state.clock() - machine.started)
+            headers = [
+                (name, format_timeout(max(left, 0.0))) if name == b"grpc-timeout" else (name, v)
+                for name, v in headers
+            ]
+        stream.open(headers, machine.start.method)
+        if self.down.write_paused:
+            stream.pause_reading()
+        actions = machine.upstream_connected(attempt, None, stream.tls, False, stream.requests)
+        if not self.running:
+            self.run(actions)
+
+    def bind(self, attempt: int, conn: UpstreamConnection | H2UpstreamStream) -> None:
         """Use `conn` for `attempt`: the machine sends the request head and the body so far."""
+        if type(conn) is H2UpstreamStream:
+            self.bind_stream(attempt, conn)
+            return
+        assert type(conn) is UpstreamConnection  # noqa: S101 (narrowing)
         self.conn = conn
         conn.owner = self
         conn.requests += 1
@@ -228,7 +320,13 @@ class Exchange:
             self.connecting.cancel()
             self.connecting = None
         conn, self.conn = self.conn, None
-        if conn is not None:
+        if type(conn) is H2UpstreamStream:
+            if action.reuse:
+                conn.finished()
+            else:
+                conn.cancel()
+        elif conn is not None:
+            assert type(conn) is UpstreamConnection  # noqa: S101 (narrowing)
             pool = self.state.pool
             if action.reuse:
                 pool.release(conn, idle_timeout=action.idle_timeout)
@@ -260,8 +358,8 @@ class Exchange:
     def tunnel(self, action: Tunnel) -> None:
         """After a 101: relay raw bytes both ways until both sides have closed."""
         conn, self.conn = self.conn, None
-        if conn is None or conn.transport is None:
-            return  # unreachable: a 101 arrived on the attempt's connection
+        if type(conn) is not UpstreamConnection or conn.transport is None:
+            return  # unreachable: a 101 arrived on the attempt's HTTP/1 connection
         state = self.state
         state.pool.detach(conn)
         conn.resume_reading()
@@ -295,6 +393,15 @@ class Exchange:
     def upstream_data(self, data: bytes) -> None:
         """Bytes of the response."""
         self.run(self.machine.upstream_data(data))
+
+    def upstream_response(self, events: list[ResponseEvent]) -> None:
+        """Response events of the HTTP/2 stream."""
+        self.run(self.machine.upstream_response(events))
+
+    def upstream_refused(self, reason: str) -> None:
+        """The HTTP/2 stream was refused unprocessed."""
+        self.conn = None  # nothing to reset
+        self.run(self.machine.upstream_refused(reason))
 
     def upstream_eof(self) -> bool:
         """The upstream closed its half; our half is of no more use."""

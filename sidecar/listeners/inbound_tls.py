@@ -239,6 +239,14 @@ class TLSServerLayer(asyncio.Protocol):
         else:
             self._state.forget(self)
 
+    def set_protocol(self, protocol: asyncio.Protocol) -> None:
+        """The connection changed protocols (HTTP/2 after its preface): deliver to `protocol`."""
+        self._app = protocol  # type: ignore[assignment]
+
+    def get_protocol(self) -> asyncio.Protocol | None:
+        """Whom decrypted bytes go to."""
+        return self._app
+
     def pause_writing(self) -> None:
         if self._app is not None:
             self._app.pause_writing()

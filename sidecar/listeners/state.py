@@ -27,6 +27,7 @@ from sidecar.contract import (
 from sidecar.errors import rescue
 from sidecar.http.http1 import MAX_HEAD_BYTES, MAX_HEADERS
 from sidecar.listeners.splice import Splice
+from sidecar.upstream.h2pool import H2Pool
 from sidecar.upstream.mirror import Mirrors
 from sidecar.upstream.pool import ConnectionPool
 
@@ -92,6 +93,8 @@ class ListenerState:
     settings: EngineSettings
     pool: ConnectionPool
     clock: Callable[[], float]
+    # Upstream HTTP/2 connections (requests multiplexed as streams), beside `pool`'s HTTP/1 ones.
+    h2pool: H2Pool
     draining: bool = False
     # Traffic arrives redirected by iptables: read each connection's original destination.
     intercept: bool = False

@@ -27,6 +27,15 @@ from enum import Enum
 
 from lightmesh.v1 import config_pb2 as pb
 
+# Envoy's and Istio's retryOn names for gRPC statuses (sidecar/http/grpc.py has the codes).
+GRPC_RETRY_ON = {
+    "cancelled": 1,
+    "deadline-exceeded": 4,
+    "resource-exhausted": 8,
+    "internal": 13,
+    "unavailable": 14,
+}
+
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 BASE_BACKOFF = 0.025
 MAX_BACKOFF = 0.250
@@ -41,6 +50,7 @@ class Failure(Enum):
     RESET = "reset"  # connection reset/closed after the request was (maybe) sent
     TIMEOUT = "per-try-timeout"
     STATUS = "status"  # a response arrived; see the status code
+    GRPC = "grpc-status"  # a trailers-only gRPC response; the status is its gRPC code
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,6 +66,9 @@ class RetryPolicy:
     on_reset: bool = False
     on_4xx: bool = False
     status_codes: frozenset[int] = frozenset()
+    # gRPC statuses retried (cancelled, deadline-exceeded, internal, resource-exhausted,
+    # unavailable), read from a trailers-only response before anything is relayed.
+    grpc_codes: frozenset[int] = frozenset()
 
     @classmethod
     def parse(
@@ -72,10 +85,13 @@ class RetryPolicy:
         }
         chosen: dict[str, bool] = {}
         codes: set[int] = set()
+        grpc: set[int] = set()
         for raw in retry_on:
             condition = raw.strip()
             if condition in flags:
                 chosen[flags[condition]] = True
+            elif condition in GRPC_RETRY_ON:
+                grpc.add(GRPC_RETRY_ON[condition])
             elif condition == "retriable-status-codes":
                 continue  # the codes themselves come as numbers
             elif condition.isdigit() and 100 <= int(condition) < 600:
@@ -89,6 +105,7 @@ class RetryPolicy:
             attempts=attempts,
             per_try_timeout=per_try_timeout,
             status_codes=frozenset(codes),
+            grpc_codes=frozenset(grpc),
             **chosen,
         )
 
@@ -113,6 +130,8 @@ class RetryPolicy:
             return self.on_reset
         if failure is Failure.TIMEOUT:
             return self.on_5xx or self.on_gateway  # Envoy counts a per-try timeout as both
+        if failure is Failure.GRPC:
+            return status in self.grpc_codes
         return (
             (self.on_5xx and status >= 500)
             or (self.on_gateway and status in _GATEWAY)
@@ -135,6 +154,8 @@ class RetryPolicy:
             return True
         # Non-idempotent and the upstream may have acted on it: only an explicit status code the
         # user listed (the upstream answered, so it says itself whether it processed the request).
+        if failure is Failure.GRPC:
+            return True  # listed by name: the server says how the call ended (Envoy's grpc-on)
         return failure is Failure.STATUS and status in self.status_codes
 
 

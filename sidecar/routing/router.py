@@ -20,13 +20,16 @@ from collections.abc import Callable, Mapping, Sequence
 from http.cookies import CookieError, SimpleCookie
 from typing import Protocol
 
+from lightmesh.protocols import H2_PROTOCOLS, http_status_of_grpc
 from lightmesh.response_flags import ResponseFlag
 from lightmesh.spiffe import principal_of
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.cluster.app_health import AppHealth
 from sidecar.cluster.cluster import Cluster
 from sidecar.contract import Completed, Decision, Forward, LocalReply, RequestHead
+from sidecar.http.grpc import is_grpc, request_timeout
 from sidecar.http.http1 import UNPROCESSED
+from sidecar.http.http2 import HTTP_VERSION as HTTP2
 from sidecar.policies.retry import DEFAULT_RETRY, RetryPolicy, backoff
 from sidecar.routing.destinations import PASSTHROUGH, Destinations
 from sidecar.routing.table import CompiledRoute, Redirect, RouteTable
@@ -88,7 +91,12 @@ class OutboundRouter:
             host, route = dataplane.routes.route(head, domain=address)
             if host is None:
                 # Not a mesh destination: let it through to where the app was going.
-                return Forward(address=address, port=port, cluster=PASSTHROUGH)
+                return Forward(
+                    address=address,
+                    port=port,
+                    cluster=PASSTHROUGH,
+                    http2=head.http_version == HTTP2,  # the caller's protocol, as it was going
+                )
         if host is None:
             return LocalReply(
                 status=404, body=f"no route to host {head.host!r}", flags=ResponseFlag.NR
@@ -109,7 +117,12 @@ class OutboundRouter:
         if fault is not None:
             if fault.abort_status and self._chance(fault.abort_percent):
                 return LocalReply(
-                    status=fault.abort_status, body="fault filter abort", flags=ResponseFlag.FI
+                    status=fault.abort_status,
+                    body="fault filter abort",
+                    flags=ResponseFlag.FI,
+                    grpc_status=fault.abort_grpc,
+                    # The destination the abort stands for (a weighted route picks one).
+                    cluster=route.clusters.pick() or "",
                 )
             if fault.delay and self._chance(fault.delay_percent):
                 delay = fault.delay
@@ -123,13 +136,17 @@ class OutboundRouter:
                 body=f"upstream overflow: {cluster.max_in_flight} requests in flight to "
                 f"{cluster.name} (connectionPool limits)",
                 flags=ResponseFlag.UO,
+                cluster=cluster.name,
             )
         now = self._clock()
         hash_key = _hash_key(cluster.hash, head) if cluster.policy == pb.RING_HASH else None
         endpoint = cluster.pick(hash_key=hash_key, now=now)
         if endpoint is None:
             return LocalReply(
-                status=503, body=f"no healthy upstream in {cluster.name}", flags=ResponseFlag.UH
+                status=503,
+                body=f"no healthy upstream in {cluster.name}",
+                flags=ResponseFlag.UH,
+                cluster=cluster.name,
             )
         _edit_request(route, head)
         retry: RetryPolicy | None = route.retry
@@ -139,7 +156,7 @@ class OutboundRouter:
             address=endpoint.address,
             port=endpoint.port,
             cluster=cluster.name,
-            timeout=route.timeout,
+            timeout=_deadline(route.timeout, head),
             connect_timeout=cluster.connect_timeout,
             retry=retry,
             retrier=self,
@@ -152,6 +169,11 @@ class OutboundRouter:
             tls_server_name=cluster.tls_server_name,
             tls_identities=cluster.tls_identities,
             meshed=cluster.meshed,
+            # HTTP/2 if the port says so; else to a sidecar (which knows its app's protocol) for
+            # a caller that spoke HTTP/2, and to anyone for a gRPC call.
+            http2=cluster.http2
+            or (head.http_version == HTTP2 and (cluster.h2_peer or _needs_h2(head))),
+            max_concurrent_streams=cluster.max_concurrent_streams,
         )
 
     def divert(self, original_dst: tuple[str, int]) -> Forward | LocalReply | None:
@@ -243,14 +265,33 @@ class OutboundRouter:
         if completed.upstream:
             cluster: Cluster | None = self._dataplane.clusters.get(completed.cluster)
             if cluster is not None:
+                status = completed.status
+                if completed.grpc_status and status == 200:
+                    # A gRPC call's outcome is its grpc-status (UNAVAILABLE counts as a 503).
+                    status = http_status_of_grpc(int(completed.grpc_status))
                 cluster.finished(
                     completed.upstream,
-                    status=completed.status,
+                    status=status,
                     duration=completed.duration,
                     now=self._clock(),
                     # This sidecar could not connect (or the server was not who it should be).
                     local_origin=_UF in completed.flags,
                 )
+
+
+def _needs_h2(head: RequestHead) -> bool:
+    """A gRPC call: HTTP/2 or nothing (its trailers, its streams)."""
+    return head.http_version == HTTP2 and is_grpc(head.headers)
+
+
+def _deadline(timeout: float | None, head: RequestHead) -> float | None:
+    """The route timeout, shortened to a gRPC caller's grpc-timeout (its deadline)."""
+    if head.http_version != HTTP2:
+        return timeout
+    caller = request_timeout(head.headers)
+    if caller is None:
+        return timeout
+    return caller if timeout is None else min(timeout, caller)
 
 
 def _redirect(head: RequestHead, redirect: Redirect) -> LocalReply:
@@ -333,12 +374,19 @@ class InboundRouter:
         dataplane: DataPlane | None = None,
         own_identity: Callable[[], str] = lambda: "",
         app_health: AppHealth | None = None,
+        app_protocol: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.admission = Admission(clock)
         self._forward = Forward(
             address=app_host, port=app_port, cluster=f"inbound|{app_port}", mark_unprocessed=True
         )
+        # The app's protocol (the Service port's: Istio's rules, lightmesh/protocols.py): HTTP/2
+        # (h2c) for grpc/http2, HTTP/1.1 for http; undeclared: h2c for a gRPC call (it cannot
+        # be anything else), HTTP/1.1 for the rest (what every HTTP app speaks), whatever the
+        # calling sidecar spoke.
+        self._h2_forward = dataclasses.replace(self._forward, http2=True)
+        self._app_protocol = app_protocol
         self._dataplane = dataplane
         self._own_identity = own_identity
         self._app_health = app_health
@@ -360,4 +408,7 @@ class InboundRouter:
         health = self._app_health
         if health is not None and health.down:
             return APP_UNREACHABLE
+        protocol = self._app_protocol
+        if protocol in H2_PROTOCOLS or (not protocol and _needs_h2(head)):
+            return self._h2_forward
         return self._forward

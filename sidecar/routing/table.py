@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
+from lightmesh.protocols import GRPC_STATUSES
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.contract import RequestHead
 from sidecar.errors import ConfigError
@@ -150,6 +151,7 @@ class Fault:
     delay_percent: float
     abort_status: int
     abort_percent: float
+    abort_grpc: int | None = None  # the gRPC status code a gRPC caller is answered with
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,8 +363,10 @@ def _compile_route(
         fault = Fault(
             delay=f.delay_ms / 1000,
             delay_percent=f.delay_percent,
-            abort_status=f.abort_status,
+            abort_status=f.abort_status
+            or (GRPC_STATUSES[f.abort_grpc_status][1] if f.abort_grpc_status else 0),
             abort_percent=f.abort_percent,
+            abort_grpc=GRPC_STATUSES[f.abort_grpc_status][0] if f.abort_grpc_status else None,
         )
     rewrite = route.rewrite if route.HasField("rewrite") else None
     return CompiledRoute(

@@ -40,6 +40,8 @@ def entry(done: Completed, *, direction: str) -> dict[str, Any]:
         "trace_id": "",
         "peer_identity": "",
     }
+    if done.grpc_status:
+        record["grpc_status"] = done.grpc_status  # one record per stream, HTTP/2 or not
     if head is not None:
         if direction == "inbound" and head.peer_identity:
             # The caller's announcement, believed (as by metrics) only over mutual TLS.

@@ -27,6 +27,8 @@ class Telemetry:
     tracer: Tracer | None = None
     exporter: ZipkinExporter | None = None
     access_log: Recorder | None = None
+    # The live tap's part (sidecar/telemetry/tap.py): an empty-list test while nobody taps.
+    tap: Recorder | None = None
     # Outbound only: the PEER_HEADER value announcing this workload to the next sidecar.
     peer: bytes = b""
 
@@ -71,6 +73,8 @@ def wrap_recorder(
         parts.append(trace)
     if telemetry.access_log is not None:
         parts.append(telemetry.access_log)
+    if telemetry.tap is not None:
+        parts.append(telemetry.tap)
     if not parts:
         return _ignore
     if len(parts) == 1:

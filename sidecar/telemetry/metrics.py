@@ -52,6 +52,8 @@ LABELS = (
     "response_flags",
     "mtls",
     "source_principal",
+    # The gRPC status of a gRPC call ("0", "14"), "" for other requests (Istio's label).
+    "grpc_response_status",
 )
 
 ISTIO_LABELS = (
@@ -95,8 +97,10 @@ class _Series:
         "count",
         "duration_sum",
         "durations",
+        "req_messages",
         "req_sizes",
         "req_sum",
+        "resp_messages",
         "resp_sizes",
         "resp_sum",
     )
@@ -109,6 +113,8 @@ class _Series:
         self.req_sizes = [0] * (len(SIZE_BUCKETS) + 1)
         self.resp_sum = 0
         self.resp_sizes = [0] * (len(SIZE_BUCKETS) + 1)
+        self.req_messages = 0  # gRPC messages (gRPC series only)
+        self.resp_messages = 0
 
 
 def split_cluster(cluster: str) -> tuple[str, str]:
@@ -176,11 +182,14 @@ class RequestMetrics:
 
     def record(self, done: Completed) -> None:
         """Add one completed request."""
+        flags = done.flags
+        if done.grpc_status:
+            flags = f"{flags}{_VERIFIED}{done.grpc_status}"  # a gRPC call: its status rides along
         if self._reporter == "source":
             # The upstream connection's mutual TLS rides in the key as a suffix: a bool copied
             # from the connection, no lookup.
             first = f"{done.cluster}{_VERIFIED}" if done.upstream_tls else done.cluster
-            key = (first, done.status, done.flags)
+            key = (first, done.status, flags)
         else:
             head = done.head
             first = ""
@@ -189,7 +198,7 @@ class RequestMetrics:
                 # certificate decides its namespace (see labels): over plaintext anyone could
                 # have written it, so a plaintext caller is `unknown`.
                 first = f"{head.mesh_peer.decode('latin-1')}{_VERIFIED}{head.peer_identity}"
-            key = (first, done.status, done.flags)
+            key = (first, done.status, flags)
         series = self._series.get(key)
         if series is None:
             if len(self._series) >= self._max_series:
@@ -207,6 +216,9 @@ class RequestMetrics:
         size = done.response_bytes
         series.resp_sum += size
         series.resp_sizes[bisect_left(SIZE_BUCKETS, size)] += 1
+        if done.grpc_status:
+            series.req_messages += done.request_messages
+            series.resp_messages += done.response_messages
 
     def total(self) -> int:
         """Requests recorded so far."""
@@ -215,6 +227,7 @@ class RequestMetrics:
     def labels(self, key: tuple[str, int, str]) -> tuple[str, ...]:
         """The full lightmesh label values (in LABELS order) of one aggregate key."""
         first, status, flags = key
+        flags, _, grpc_status = flags.partition(_VERIFIED)
         code = str(status) if status else OVERFLOW
         if self._reporter == "source":
             first, tls, _ = first.partition(_VERIFIED)
@@ -238,6 +251,7 @@ class RequestMetrics:
                 flags or "-",
                 "true" if tls else "false",
                 UNKNOWN,
+                grpc_status,
             )
         first, _, identity = first.partition(_VERIFIED)
         workload, namespace, app, version = (
@@ -268,6 +282,7 @@ class RequestMetrics:
             flags or "-",
             mtls,
             principal,
+            grpc_status,
         )
 
     def samples(self) -> Iterator[tuple[list[str], _Series]]:
@@ -303,7 +318,23 @@ class RequestCollector(Collector):
         resp_bytes = HistogramMetricFamily(
             "lightmesh_response_bytes", "Response body sizes.", labels=LABELS
         )
+        req_messages = CounterMetricFamily(
+            "lightmesh_request_messages", "gRPC messages received from callers.", labels=LABELS
+        )
+        resp_messages = CounterMetricFamily(
+            "lightmesh_response_messages", "gRPC messages sent back to callers.", labels=LABELS
+        )
         istio = self._istio
+        i_req_messages = CounterMetricFamily(
+            "istio_request_messages",
+            "gRPC request messages (Istio standard metric).",
+            labels=ISTIO_LABELS,
+        )
+        i_resp_messages = CounterMetricFamily(
+            "istio_response_messages",
+            "gRPC response messages (Istio standard metric).",
+            labels=ISTIO_LABELS,
+        )
         # Built always (cheap), filled and yielded only with the Istio switch.
         i_requests = CounterMetricFamily(
             "istio_requests", "Requests (Istio standard metric).", labels=ISTIO_LABELS
@@ -333,6 +364,10 @@ class RequestCollector(Collector):
                 resp_bytes.add_metric(
                     values, _cumulative(SIZE_BUCKETS, series.resp_sizes), series.resp_sum
                 )
+                grpc_series = bool(values[-1])  # grpc_response_status: a gRPC series
+                if grpc_series:
+                    req_messages.add_metric(values, series.req_messages)
+                    resp_messages.add_metric(values, series.resp_messages)
                 if istio:
                     ivalues = istio_labels(values)
                     i_requests.add_metric(ivalues, series.count)
@@ -347,9 +382,12 @@ class RequestCollector(Collector):
                     i_resp.add_metric(
                         ivalues, _cumulative(SIZE_BUCKETS, series.resp_sizes), series.resp_sum
                     )
-        yield from (requests, duration, req_bytes, resp_bytes)
+                    if grpc_series:
+                        i_req_messages.add_metric(ivalues, series.req_messages)
+                        i_resp_messages.add_metric(ivalues, series.resp_messages)
+        yield from (requests, duration, req_bytes, resp_bytes, req_messages, resp_messages)
         if istio:
-            yield from (i_requests, i_duration, i_req, i_resp)
+            yield from (i_requests, i_duration, i_req, i_resp, i_req_messages, i_resp_messages)
 
 
 def istio_labels(values: list[str]) -> list[str]:
@@ -381,9 +419,9 @@ def istio_labels(values: list[str]) -> list[str]:
         v["destination_app"],
         v["destination_version"],
         "Kubernetes",
-        "http",
+        "grpc" if v["grpc_response_status"] else "http",
         code,
-        "",
+        v["grpc_response_status"],
         v["response_flags"],
         "mutual_tls"
         if v["mtls"] == "true"

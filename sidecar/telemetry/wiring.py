@@ -12,6 +12,7 @@ from sidecar.telemetry.exposition import Registry
 from sidecar.telemetry.hooks import Telemetry
 from sidecar.telemetry.metrics import RequestCollector, RequestMetrics, peer_value
 from sidecar.telemetry.propagation import Tracer
+from sidecar.telemetry.tap import Tap
 from sidecar.telemetry.zipkin import LocalEndpoint, ZipkinExporter
 
 
@@ -23,6 +24,11 @@ class SidecarTelemetry:
     inbound: Telemetry
     exporter: ZipkinExporter | None
     access_log: AccessLog | None
+    # The request aggregates of both directions (for the traffic report); empty with metrics off.
+    recorded: tuple[RequestMetrics, ...] = ()
+    app: str = ""
+    version: str = ""
+    tap: Tap | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Export spans until `stop` (returns at once without tracing)."""
@@ -67,7 +73,9 @@ def build(settings: Settings, registry: Registry) -> SidecarTelemetry:
             ),
         )
     access_log = AccessLog(settings.access_log) if settings.access_log else None
+    tap = Tap()
     outbound = Telemetry(
+        tap=tap.recorder("outbound"),
         metrics=request_metrics("source"),
         tracer=tracer,
         exporter=exporter,
@@ -75,6 +83,7 @@ def build(settings: Settings, registry: Registry) -> SidecarTelemetry:
         peer=peer_value(settings.workload, settings.namespace, app, version or "unknown"),
     )
     inbound = Telemetry(
+        tap=tap.recorder("inbound"),
         metrics=request_metrics("destination"),
         tracer=tracer,
         exporter=exporter,
@@ -82,4 +91,6 @@ def build(settings: Settings, registry: Registry) -> SidecarTelemetry:
     )
     recorded = [t.metrics for t in (outbound, inbound) if t.metrics is not None]
     registry.register(RequestCollector(*recorded, istio=settings.istio_metrics))
-    return SidecarTelemetry(outbound, inbound, exporter, access_log)
+    return SidecarTelemetry(
+        outbound, inbound, exporter, access_log, tuple(recorded), app=app, version=version, tap=tap
+    )

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Protocol, TypeVar, cast
 
 from lightmesh.spiffe import peer_identity
 from sidecar.errors import UpstreamConnectFailure, UpstreamWrongIdentity
@@ -58,7 +58,21 @@ class UpstreamOwner(Protocol):
         """The upstream's write buffer drained."""
 
 
-class UpstreamConnection(asyncio.Protocol):
+class Dialled(asyncio.Protocol):
+    """What `dial` needs of the protocol it connects: its transport, where TLS says who."""
+
+    __slots__ = ()
+
+    transport: asyncio.Transport | None
+    tls: bool
+    peer: str
+
+    def abort(self) -> None:
+        """Drop the connection."""
+        raise NotImplementedError
+
+
+class UpstreamConnection(Dialled):
     """One connection to an endpoint; `reused` once it has come out of the idle pool."""
 
     __slots__ = (
@@ -164,6 +178,64 @@ def _no_tls() -> ssl.SSLContext | None:
     return None
 
 
+P = TypeVar("P", bound=Dialled)
+
+
+async def dial(
+    factory: Callable[[], P],
+    address: str,
+    port: int,
+    *,
+    connect_timeout: float,
+    context: ssl.SSLContext | None,
+    tls_server_name: str,
+    identities: frozenset[str],
+    refused: dict[str, int],
+) -> P:
+    """Connect `factory`'s protocol to address:port, over mutual TLS with `context` (its SNI
+    `tls_server_name`), the server named securely; raises UpstreamConnectFailure, also for a
+    failed handshake, and UpstreamWrongIdentity (counted in `refused` per server name)."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(connect_timeout):
+            if context is None:
+                # Before the first certificate arrives, mesh traffic goes in plaintext (a
+                # STRICT peer refuses it; a PERMISSIVE one serves it).
+                _, conn = await loop.create_connection(factory, address, port)
+            else:
+                _, conn = await loop.create_connection(
+                    factory,
+                    address,
+                    port,
+                    ssl=context,
+                    server_hostname=tls_server_name,
+                    ssl_handshake_timeout=connect_timeout,
+                )
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
+        raise UpstreamConnectFailure(f"connect {address}:{port}: {exc!r}") from exc
+    if context is not None:
+        transport = conn.transport
+        identity = peer_identity(transport.get_extra_info("ssl_object") if transport else None)
+        if not named_securely(identity, identities):
+            conn.abort()
+            refused[tls_server_name] = refused.get(tls_server_name, 0) + 1
+            logger.warning(
+                "upstream %s:%d presented %r, not an identity of %s",
+                address,
+                port,
+                identity,
+                tls_server_name,
+                extra={"event": "secure_naming_refused", "peer_identity": identity},
+            )
+            raise UpstreamWrongIdentity(
+                f"connect {address}:{port}: server identity {identity!r} is not one of "
+                f"{tls_server_name}'s ({', '.join(sorted(identities))})"
+            )
+        conn.tls = True
+        conn.peer = identity
+    return conn
+
+
 class ConnectionPool:
     """Idle keep-alive connections per (address, port, TLS server name), reused last-in first-out."""
 
@@ -216,49 +288,17 @@ class ConnectionPool:
         certificate); raises UpstreamConnectFailure, also for a failed handshake, and
         UpstreamWrongIdentity when the server's SPIFFE ID is not in `identities` (if any)."""
         key = (address, port, tls_server_name)
-        loop = asyncio.get_running_loop()
         context = self._client_tls() if tls_server_name else None
-        try:
-            async with asyncio.timeout(connect_timeout):
-                if context is None:
-                    # Before the first certificate arrives, mesh traffic goes in plaintext (a
-                    # STRICT peer refuses it; a PERMISSIVE one serves it).
-                    _, conn = await loop.create_connection(
-                        lambda: UpstreamConnection(key), address, port
-                    )
-                else:
-                    _, conn = await loop.create_connection(
-                        lambda: UpstreamConnection(key),
-                        address,
-                        port,
-                        ssl=context,
-                        server_hostname=tls_server_name,
-                        ssl_handshake_timeout=connect_timeout,
-                    )
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            raise UpstreamConnectFailure(f"connect {address}:{port}: {exc!r}") from exc
-        if context is not None:
-            transport = conn.transport
-            identity = peer_identity(transport.get_extra_info("ssl_object") if transport else None)
-            if not named_securely(identity, identities):
-                conn.abort()
-                self.wrong_identity[tls_server_name] = (
-                    self.wrong_identity.get(tls_server_name, 0) + 1
-                )
-                logger.warning(
-                    "upstream %s:%d presented %r, not an identity of %s",
-                    address,
-                    port,
-                    identity,
-                    tls_server_name,
-                    extra={"event": "secure_naming_refused", "peer_identity": identity},
-                )
-                raise UpstreamWrongIdentity(
-                    f"connect {address}:{port}: server identity {identity!r} is not one of "
-                    f"{tls_server_name}'s ({', '.join(sorted(identities))})"
-                )
-            conn.tls = True
-            conn.peer = identity
+        conn = await dial(
+            lambda: UpstreamConnection(key),
+            address,
+            port,
+            connect_timeout=connect_timeout,
+            context=context,
+            tls_server_name=tls_server_name,
+            identities=identities,
+            refused=self.wrong_identity,
+        )
         self._open.add(conn)
         return conn
 

@@ -57,7 +57,7 @@ def lightmesh(*args: str) -> subprocess.CompletedProcess[str]:
 def test_demo_check_passes() -> None:
     result = lightmesh("demo", "--check")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.splitlines()[-1].startswith("demo check passed: 7 checks")
+    assert result.stdout.splitlines()[-1].startswith("demo check passed: 8 checks")
 
 
 def test_requests_cross_two_sidecars_and_are_counted(mesh: LocalMesh) -> None:

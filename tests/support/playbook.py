@@ -189,3 +189,20 @@ class Playbook:
         if pending:
             fail(f"unexpected actions at the end: {pending!r}")
         return True
+
+
+def h2_connected(attempt: int, *, tls: bool = False) -> Event:
+    """An HTTP/2 stream bound for `attempt` (its connection's codec is not the machine's)."""
+    return Event(
+        f"h2_connected({attempt})",
+        lambda m: m.upstream_connected(attempt, None, tls=tls, reused=False, requests=1),
+    )
+
+
+def h2_response(*events: Any) -> Event:
+    """Response events of an HTTP/2 stream."""
+    return Event(f"h2_response{events!r}", lambda m: m.upstream_response(list(events)))
+
+
+def h2_refused() -> Event:
+    return Event("h2_refused", lambda m: m.upstream_refused("REFUSED_STREAM"))

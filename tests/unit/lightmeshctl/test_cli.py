@@ -86,3 +86,38 @@ def test_analyze_prints_warnings_without_failing(
     )
     assert "warning: 2s is longer than the route timeout 1s" in out[0]
     assert out[-1] == "1 resources accepted, 0 problems in 1 files"
+
+
+def test_top_lists_the_busiest_edge_first_with_its_signals() -> None:
+    from lightmeshctl.cli import format_top
+
+    edge = {
+        "subset": "v1", "error_rate": 0.0, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0,
+        "mtls": 1.0, "flags": {},
+    }  # fmt: skip
+    graph = {
+        "nodes": [
+            {"id": "default/frontend", "label": "frontend"},
+            {"id": "default/catalog-v1", "label": "catalog-v1"},
+        ],
+        "edges": [
+            {**edge, "id": "a", "source": "unknown", "target": "default/frontend", "rps": 1.0},
+            {
+                **edge,
+                "id": "b",
+                "source": "default/frontend",
+                "target": "default/catalog-v1",
+                "rps": 8.0,
+                "error_rate": 0.25,
+                "flags": {"FI": 4.0},
+            },
+        ],
+    }
+    lines = format_top(graph).splitlines()
+    assert lines[0].split()[:3] == ["SOURCE", "DESTINATION", "RPS"]
+    assert lines[1].split() == [
+        "frontend", "catalog-v1", "(v1)", "8.00", "25.0%", "1.0ms", "2.0ms", "3.0ms", "100.0%",
+        "FI:4",
+    ]  # fmt: skip
+    assert lines[2].split()[0] == "unknown"
+    assert "no traffic" in format_top({"nodes": [], "edges": []})

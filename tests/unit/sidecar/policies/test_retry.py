@@ -92,3 +92,19 @@ def test_budget_allows_a_minimum_then_a_share_of_requests() -> None:
     assert sum(budget.try_retry(1.0) for _ in range(50)) == 20  # 20% of 100 requests
     # Eleven seconds later everything expired: the floor again.
     assert sum(budget.try_retry(12.5) for _ in range(50)) == 10
+
+
+def test_grpc_statuses_are_retried_by_name_whatever_the_method() -> None:
+    from sidecar.policies.retry import Failure, RetryPolicy
+
+    policy = RetryPolicy.parse(
+        2, ["unavailable", "resource-exhausted", "5xx"], per_try_timeout=None
+    )
+    assert policy.grpc_codes == frozenset({14, 8})
+    assert policy.should_retry(attempt=1, failure=Failure.GRPC, status=14, method="POST", sent=True)
+    assert not policy.should_retry(
+        attempt=1, failure=Failure.GRPC, status=13, method="POST", sent=True
+    )
+    assert not policy.should_retry(
+        attempt=3, failure=Failure.GRPC, status=14, method="POST", sent=True
+    )

@@ -115,6 +115,9 @@ def test_fault_abort_hits_its_percentage_with_flag_fi() -> None:
     replies = [router.resolve(head()) for _ in range(4000)]
     aborted = [r for r in replies if isinstance(r, LocalReply)]
     assert all((r.status, r.flags) == (503, "FI") for r in aborted)
+    # Labelled with the destination it stood for (metrics, the dashboard's edge).
+    forwarded = next(r for r in replies if isinstance(r, Forward))
+    assert {r.cluster for r in aborted} == {forwarded.cluster}
     assert 850 <= len(aborted) <= 1150  # Binomial(4000, 0.25): mean 1000, sd 27
 
 

@@ -94,7 +94,7 @@ def test_source_labels_come_from_the_cluster_and_this_workload() -> None:
         "destination_namespace": "default", "destination_app": "catalog",
         "destination_version": "v2", "destination_service": "catalog.default.svc.cluster.local",
         "destination_subset": "v2", "response_code": "200", "response_flags": "-",
-        "mtls": "false", "source_principal": "unknown",
+        "mtls": "false", "source_principal": "unknown", "grpc_response_status": "",
     }  # fmt: skip
     buckets = {
         s_labels["le"]: value
@@ -292,3 +292,34 @@ def test_source_series_say_whether_the_upstream_connection_was_mutual_tls() -> N
         for labels, value in samples["istio_requests_total"]
     }
     assert policies == {"mutual_tls": 2, "unknown": 1}
+
+
+def test_grpc_calls_are_labelled_with_their_status_in_both_namings() -> None:
+    from sidecar.telemetry.metrics import istio_labels
+
+    metrics = RequestMetrics(reporter="source", workload="frontend", namespace="default")
+    for status in ("0", "14", "14", ""):
+        record = done()
+        record.grpc_status = status
+        metrics.record(record)
+    samples = {
+        dict(zip(LABELS, values, strict=True))["grpc_response_status"]: series.count
+        for values, series in metrics.samples()
+    }
+    assert samples == {"0": 1, "14": 2, "": 1}
+    values = next(v for v, _ in metrics.samples() if v[-1] == "14")
+    istio = istio_labels(values)
+    assert "grpc" in istio and "14" in istio and "-" in istio  # protocol, status, flags
+    streamed = done()
+    streamed.grpc_status, streamed.request_messages, streamed.response_messages = "0", 1, 7
+    metrics.record(streamed)
+    registry = Registry()
+    registry.register(RequestCollector(metrics, istio=True))
+    text = render_text(registry).decode()
+    assert "lightmesh_request_messages_total{" in text
+    assert any(
+        line.startswith("istio_response_messages_total{")
+        and 'grpc_response_status="0"' in line
+        and line.endswith(" 7.0")
+        for line in text.splitlines()
+    ), text
