@@ -97,6 +97,19 @@ for _index, (_name, _value) in enumerate(hpack.table.HeaderTable.STATIC_TABLE, s
 MEMO_LIMIT = 4096  # header fields whose encoding is kept (then the memo starts over)
 MEMO_VALUE_LIMIT = 256  # longer values are encoded each time, not kept
 _MEMO: dict[tuple[bytes, bytes], bytes] = {}
+# Fields whose value is new on every request (a deadline left, ids of the request and its trace):
+# kept, they would only push the stable fields out of the memo.
+_VOLATILE = frozenset(
+    (
+        b"grpc-timeout",
+        b"x-request-id",
+        b"traceparent",
+        b"tracestate",
+        b"x-b3-traceid",
+        b"x-b3-spanid",
+        b"x-b3-parentspanid",
+    )
+)
 
 
 def encode_field(name: bytes, value: bytes, *, never_index: bool = False) -> bytes:
@@ -148,7 +161,7 @@ class MemoEncoder(hpack.Encoder):
             field = memo.get(key)
             if field is None:
                 field = encode_field(name, value)
-                if len(value) <= MEMO_VALUE_LIMIT:
+                if len(value) <= MEMO_VALUE_LIMIT and name not in _VOLATILE:
                     if len(memo) >= MEMO_LIMIT:
                         memo.clear()
                     memo[key] = field

@@ -6,6 +6,7 @@ import hpack
 import pytest
 
 from sidecar.contract import RequestHead
+from sidecar.http import http2
 from sidecar.http.http1 import CHUNKED, NO_BODY, BodyKind, ParseError
 from sidecar.http.http2 import (
     PREFACE,
@@ -146,6 +147,10 @@ def test_the_memo_encoder_s_blocks_decode_to_the_fields_sent_and_never_fill_a_ta
     for _ in range(3):  # the second and third blocks come from the memo
         assert decoder.decode(encoder.encode(fields), raw=True) == fields
     assert len(decoder.header_table.dynamic_entries) == 0
+    assert (b"x-long", b"v" * 300) not in http2._MEMO
+    assert (b"x-index", b"i" * 20) in http2._MEMO
+    encoder.encode([(b"grpc-timeout", b"999m")])  # new on every request: not kept
+    assert (b"grpc-timeout", b"999m") not in http2._MEMO
     assert encoder.encode([(b":method", b"POST")]) == b"\x83"
     # `age` (static index 21) overflows the 4-bit name prefix, 130 bytes the 7-bit length one.
     assert decoder.decode(encoder.encode([(b"age", b"a" * 130)]), raw=True) == [
