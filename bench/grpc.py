@@ -12,6 +12,7 @@ from /proc for each sidecar. Run under `flock /tmp/lightmesh-bench.lock`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import tempfile
@@ -74,8 +75,9 @@ def _latency(report: dict[str, Any], percentile: str) -> float:
     return 0.0
 
 
-def run(calls: int, concurrency: int) -> list[dict[str, Any]]:
-    """The three paths, in order."""
+def run(calls: int, concurrency: int, *, profile: float = 0.0) -> list[dict[str, Any]]:
+    """The three paths, in order (with `profile` seconds: the server's sidecar sampled by py-spy
+    under ghz on the one-sidecar path, instead of the measured runs)."""
     with tempfile.TemporaryDirectory(prefix="bench-grpc-") as tmp:
         work = Path(tmp)
         config = work / "config"
@@ -115,6 +117,8 @@ def run(calls: int, concurrency: int) -> list[dict[str, Any]]:
                 timeout=30,
                 what="echo routed through the client's sidecar",
             )  # fmt: skip
+            if profile:
+                return [_profile(work, e_pid, echo.inbound_port, profile, concurrency)]
             kw = {"calls": calls, "concurrency": concurrency}
             references = _references(work, echo.app_port, kw)
             return [
@@ -131,6 +135,28 @@ def run(calls: int, concurrency: int) -> list[dict[str, Any]]:
                 ),
                 *references,
             ]
+
+
+def _profile(work: Path, pid: int, port: int, seconds: float, concurrency: int) -> dict[str, Any]:
+    """py-spy's hot spots of the sidecar hop while ghz keeps it busy for `seconds`."""
+    from bench.profile import profile_sidecar
+
+    # Enough calls to outlast the sampling at the hop's rate (~1,300 calls/s today).
+    calls = int(seconds * 4000) + 2000
+    result = profile_sidecar(
+        pid,
+        seconds=seconds,
+        load=lambda: ghz(
+            f"127.0.0.1:{port}", calls=calls, concurrency=concurrency, authority="echo"
+        ),
+        core=0,
+        work=work,
+    )
+    result["tool"] = result["tool"].replace("wrk", "ghz")
+    raw = work / "py-spy.txt"
+    with contextlib.suppress(OSError):  # the raw stacks, for a flame graph or a closer look
+        (Path(tempfile.gettempdir()) / "bench-grpc-py-spy.txt").write_bytes(raw.read_bytes())
+    return {"path": "one sidecar (profile)", **result}
 
 
 def _references(work: Path, app_port: int, kw: dict[str, int]) -> list[dict[str, Any]]:
@@ -172,10 +198,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--profile", type=float, default=0.0, help="seconds of py-spy on the one-sidecar hop"
+    )
     args = parser.parse_args(argv)
-    rows = run(args.calls, args.concurrency)
+    rows = run(args.calls, args.concurrency, profile=args.profile)
     text = json.dumps(rows, indent=2)
     print(text)
+    if args.profile:
+        return 0
     if args.json:
         args.json.write_text(text + "\n")
     print(

@@ -18,7 +18,7 @@ import h2.connection
 import h2.events
 import httptools
 
-from sidecar.http.http2 import h2_config
+from sidecar.http.http2 import new_connection
 
 REQUEST = [
     (b":method", b"POST"),
@@ -37,8 +37,8 @@ MESSAGE = b"\x00\x00\x00\x00\x0b" + b"hello world"
 
 def _pair() -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
     # The sidecar's own codec settings (and its quieted hpack logging).
-    client = h2.connection.H2Connection(h2_config(client_side=True))
-    server = h2.connection.H2Connection(h2_config(client_side=False))
+    client = new_connection(client_side=True)
+    server = new_connection(client_side=False)
     client.initiate_connection()
     server.initiate_connection()
     server.receive_data(client.data_to_send())

@@ -32,7 +32,7 @@ import h2.settings
 from sidecar.errors import ProxyError, rescue
 from sidecar.http.http1 import Headers, ParseError
 from sidecar.http.http2 import (
-    h2_config,
+    new_connection,
     reopen_after_goaway,
     request_start,
     send_within_window,
@@ -145,7 +145,7 @@ class H2Downstream(asyncio.Protocol):
         self.peer_identity = peer_identity
         self.original_dst = original_dst
         self.write_paused = False
-        self.h2 = h2.connection.H2Connection(config=h2_config(client_side=False))
+        self.h2 = new_connection(client_side=False)
         self.streams: dict[int, H2DownStream] = {}
         self.phase = Phase.IDLE
         self.since = state.clock()

@@ -36,7 +36,7 @@ from sidecar.errors import UpstreamConnectFailure
 from sidecar.http.http1 import END, Data, EndOfMessage, Headers, ParseError, ResponseEvent
 from sidecar.http.http2 import (
     ALPN_H2,
-    h2_config,
+    new_connection,
     reopen_after_goaway,
     response_start,
     send_within_window,
@@ -190,7 +190,7 @@ class H2UpstreamConnection(Dialled):
         self.transport: asyncio.Transport | None = None
         self.tls = False
         self.peer = ""
-        self.h2 = h2.connection.H2Connection(config=h2_config(client_side=True))
+        self.h2 = new_connection(client_side=True)
         self.streams: dict[int, H2UpstreamStream] = {}
         self.streams_opened = 0
         self.closed = False

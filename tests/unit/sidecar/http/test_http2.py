@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hpack
 import pytest
 
 from sidecar.contract import RequestHead
+from sidecar.http import http2
 from sidecar.http.http1 import CHUNKED, NO_BODY, BodyKind, ParseError
 from sidecar.http.http2 import (
     PREFACE,
+    MemoEncoder,
     preface_state,
     request_headers,
     request_start,
@@ -130,3 +133,41 @@ def test_cookie_crumbs_are_joined_into_one_field() -> None:
         end_stream=True,
     )  # fmt: skip
     assert start.headers == [(b"x", b"y"), (b"cookie", b"a=1; b=2")]
+
+
+def test_the_memo_encoder_s_blocks_decode_to_the_fields_sent_and_never_fill_a_table() -> None:
+    encoder, decoder = MemoEncoder(), hpack.Decoder()
+    fields = [
+        (b":method", b"POST"),  # whole field in the static table
+        (b":path", b"/shop.Catalog/Get"),  # static name, literal value
+        (b"content-type", b"application/grpc"),
+        (b"x-long", b"v" * 300),  # literal name; a value too long to keep
+        (b"x-index", b"i" * 20),
+    ]
+    for _ in range(3):  # the second and third blocks come from the memo
+        assert decoder.decode(encoder.encode(fields), raw=True) == fields
+    assert len(decoder.header_table.dynamic_entries) == 0
+    assert (b"x-long", b"v" * 300) not in http2._MEMO
+    assert (b"x-index", b"i" * 20) in http2._MEMO
+    encoder.encode([(b"grpc-timeout", b"999m")])  # new on every request: not kept
+    assert (b"grpc-timeout", b"999m") not in http2._MEMO
+    assert encoder.encode([(b":method", b"POST")]) == b"\x83"
+    # `age` (static index 21) overflows the 4-bit name prefix, 130 bytes the 7-bit length one.
+    assert decoder.decode(encoder.encode([(b"age", b"a" * 130)]), raw=True) == [
+        (b"age", b"a" * 130)
+    ]
+
+
+def test_the_memo_encoder_keeps_sensitive_fields_never_indexed_and_signals_a_smaller_table() -> (
+    None
+):
+    encoder, decoder = MemoEncoder(), hpack.Decoder()
+    block = encoder.encode([hpack.NeverIndexedHeaderTuple(b"authorization", b"secret")])
+    assert block[0] & 0xF0 == 0x10  # literal never indexed (RFC 7541 6.2.3)
+    [field] = decoder.decode(block, raw=True)
+    assert (field, field.indexable) == ((b"authorization", b"secret"), False)
+    encoder.header_table_size = 256  # the peer's SETTINGS_HEADER_TABLE_SIZE
+    block = encoder.encode([(b":method", b"GET")])
+    assert block[0] & 0xE0 == 0x20  # a dynamic table size update first (RFC 7541 6.3)
+    assert decoder.decode(block, raw=True) == [(b":method", b"GET")]
+    assert encoder.encode([(b":method", b"GET")]) == b"\x82"
