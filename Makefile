@@ -122,6 +122,7 @@ bench-tools: $(STAMP)
 
 bench: bench-tools
 	$(BIN)/python -m bench dataplane --profile --json docs/dataplane.json --markdown docs/benchmarks.md --chart docs/dataplane.png
+	flock /tmp/lightmesh-bench.lock $(BIN)/python -m bench grpc --json docs/grpc.json
 
 # gRPC unary calls/s and CPU per 1000 calls with ghz: direct, one and two sidecars (HTTP/2 over
 # mTLS), nginx grpc_pass and haproxy (h2) in the same run (docs/grpc.json).
