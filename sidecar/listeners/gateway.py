@@ -23,7 +23,7 @@ from typing import Protocol, cast
 
 from sidecar.contract import Forward, LocalReply
 from sidecar.listeners.downstream import DownstreamConnection
-from sidecar.listeners.inbound_tls import TLSServerLayer
+from sidecar.listeners.inbound_tls import TLSServerLayer, UndecidedConnection
 from sidecar.listeners.sni import MAX_HELLO, NotTLS, read_hello
 from sidecar.listeners.state import ListenerState, Phase
 from sidecar.routing.gateway import CompiledListener, Server
@@ -69,26 +69,16 @@ def client_name_refused(tls: ssl.SSLObject, names: tuple[str, ...]) -> str:
     return f"client certificate names {found or 'nothing'}, none of {list(names)}"
 
 
-class GatewayAccept(asyncio.Protocol):
-    """An accepted gateway connection until its first bytes say what it is.
+class GatewayAccept(UndecidedConnection):
+    """An accepted gateway connection until its first bytes say what it is (phase IDLE until a
+    byte, then HEAD while a ClientHello is being read, so a slow one is closed too)."""
 
-    One of the listener's clients meanwhile (phase IDLE until a byte, then HEAD while a
-    ClientHello is being read), so the sweeper closes a silent or slow one and a drain closes it.
-    """
-
-    __slots__ = ("_buffer", "_port", "_state", "_transport", "phase", "since")
+    __slots__ = ("_buffer", "_port")
 
     def __init__(self, state: ListenerState, port: GatewayPort) -> None:
-        self._state = state
+        super().__init__(state)
         self._port = port
-        self._transport: asyncio.Transport | None = None
         self._buffer = b""
-        self.phase = Phase.IDLE
-        self.since = state.clock()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-        self._state.clients.add(self)
 
     def expire(self, now: float) -> None:
         """Idle timeout before any byte, head timeout while reading a ClientHello."""
@@ -96,15 +86,6 @@ class GatewayAccept(asyncio.Protocol):
         limit = settings.idle_timeout if self.phase is Phase.IDLE else settings.head_timeout
         if now - self.since >= limit:
             self.close()
-
-    def close(self, *, abort: bool = False) -> None:
-        """Close before anything was decided."""
-        transport = self._transport
-        if transport is not None:
-            if abort:
-                transport.abort()
-            else:
-                transport.close()
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport

@@ -45,19 +45,18 @@ class InboundTLS(Protocol):
         """The context for new inbound TLS connections; None before the first certificate."""
 
 
-class InboundAccept(asyncio.Protocol):
-    """An accepted inbound connection until its first bytes say TLS or plaintext.
+class UndecidedConnection(asyncio.Protocol):
+    """An accepted connection until its first bytes decide what serves it (the inbound's TLS or
+    plaintext, a gateway's server by SNI).
 
     Until then it is one of the listener's clients in phase IDLE, so the sweeper closes it after
     the idle timeout and a drain closes it at once, as for an HTTP connection between requests.
     """
 
-    __slots__ = ("_mode", "_state", "_tls", "_transport", "phase", "since")
+    __slots__ = ("_state", "_transport", "phase", "since")
 
-    def __init__(self, state: ListenerState, tls: InboundTLS, mode: Callable[[], str]) -> None:
+    def __init__(self, state: ListenerState) -> None:
         self._state = state
-        self._tls = tls
-        self._mode = mode
         self._transport: asyncio.Transport | None = None
         self.phase = Phase.IDLE
         self.since = state.clock()
@@ -79,6 +78,17 @@ class InboundAccept(asyncio.Protocol):
                 transport.abort()
             else:
                 transport.close()
+
+
+class InboundAccept(UndecidedConnection):
+    """An accepted inbound connection until its first bytes say TLS or plaintext."""
+
+    __slots__ = ("_mode", "_tls")
+
+    def __init__(self, state: ListenerState, tls: InboundTLS, mode: Callable[[], str]) -> None:
+        super().__init__(state)
+        self._tls = tls
+        self._mode = mode
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport
