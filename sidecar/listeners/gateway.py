@@ -158,11 +158,3 @@ class GatewayAccept(UndecidedConnection):
             extra={"event": "gateway_refused", "peer": str(transport.get_extra_info("peername"))},
         )
         transport.abort()
-
-    def eof_received(self) -> bool | None:
-        return None  # closed before saying anything
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._transport is not None:
-            self._transport = None
-            self._state.forget(self)

@@ -79,6 +79,14 @@ class UndecidedConnection(asyncio.Protocol):
             else:
                 transport.close()
 
+    def eof_received(self) -> bool | None:
+        return None  # closed before saying anything
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._transport = None
+            self._state.forget(self)
+
 
 class InboundAccept(UndecidedConnection):
     """An accepted inbound connection until its first bytes say TLS or plaintext."""
@@ -123,14 +131,6 @@ class InboundAccept(UndecidedConnection):
         transport.set_protocol(conn)
         conn.connection_made(transport)
         conn.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return None  # closed before saying anything
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._transport is not None:
-            self._transport = None
-            self._state.forget(self)
 
 
 class TLSServerLayer(asyncio.Protocol):
