@@ -540,6 +540,10 @@ class Service:
     # Every HTTP port of the service is declared gRPC or HTTP/2 (lightmesh/protocols.py, Istio's
     # rules): its clusters speak HTTP/2 to the endpoints whatever the caller speaks.
     http2: bool = False
+    # The protocol its HTTP ports agree on ("grpc", "http2", "http"; "": undeclared or mixed,
+    # lightmesh/protocols.py `agreed_protocol`): what its endpoints' inbound sidecars speak to
+    # the app.
+    protocol: str = ""
     # The `networking.istio.io/exportTo` annotation; () = the mesh default.
     export_to: tuple[str, ...] = ()
 

@@ -57,9 +57,13 @@ def build_node(settings: Settings, *, inbound_port: int) -> pb.Node:
         proxy_type="gateway" if settings.mode == "gateway" else "",
     )
     if inbound_port:
+        protocols = dict(settings.service_protocols)
         for service in settings.services:
             node.registrations.add(
-                service=service, address=settings.advertise or settings.bind, port=inbound_port
+                service=service,
+                address=settings.advertise or settings.bind,
+                port=inbound_port,
+                app_protocol=protocols.get(service, ""),
             )
     return node
 

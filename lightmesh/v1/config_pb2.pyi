@@ -320,18 +320,20 @@ class Endpoint(_message.Message):
     def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ..., workload: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., weight: _Optional[int] = ...) -> None: ...
 
 class InboundPolicy(_message.Message):
-    __slots__ = ("mtls_mode", "policies", "trust_bundle", "jwt_rules", "rate_limit")
+    __slots__ = ("mtls_mode", "policies", "trust_bundle", "jwt_rules", "rate_limit", "app_protocol")
     MTLS_MODE_FIELD_NUMBER: _ClassVar[int]
     POLICIES_FIELD_NUMBER: _ClassVar[int]
     TRUST_BUNDLE_FIELD_NUMBER: _ClassVar[int]
     JWT_RULES_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    APP_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     mtls_mode: MtlsMode
     policies: _containers.RepeatedCompositeFieldContainer[AuthorizationPolicy]
     trust_bundle: str
     jwt_rules: _containers.RepeatedCompositeFieldContainer[JwtRule]
     rate_limit: LocalRateLimit
-    def __init__(self, mtls_mode: _Optional[_Union[MtlsMode, str]] = ..., policies: _Optional[_Iterable[_Union[AuthorizationPolicy, _Mapping]]] = ..., trust_bundle: _Optional[str] = ..., jwt_rules: _Optional[_Iterable[_Union[JwtRule, _Mapping]]] = ..., rate_limit: _Optional[_Union[LocalRateLimit, _Mapping]] = ...) -> None: ...
+    app_protocol: str
+    def __init__(self, mtls_mode: _Optional[_Union[MtlsMode, str]] = ..., policies: _Optional[_Iterable[_Union[AuthorizationPolicy, _Mapping]]] = ..., trust_bundle: _Optional[str] = ..., jwt_rules: _Optional[_Iterable[_Union[JwtRule, _Mapping]]] = ..., rate_limit: _Optional[_Union[LocalRateLimit, _Mapping]] = ..., app_protocol: _Optional[str] = ...) -> None: ...
 
 class JwtRule(_message.Message):
     __slots__ = ("issuer", "audiences", "jwks", "from_headers", "from_params", "forward_original_token", "output_payload_to_header", "output_claim_to_headers", "policy", "from_cookies")
