@@ -214,6 +214,8 @@ class TrafficPolicy:
     max_pending_requests: int | None = None
     max_requests_per_connection: int | None = None
     idle_timeout: float | None = None  # seconds
+    # connectionPool.tcp.maxConnectionDuration (seconds): upstream HTTP/2 connections recycled.
+    max_connection_duration: float | None = None
     # HTTP/2 (connectionPool.http): requests in flight to the destination, streams per
     # connection, and whether HTTP/1.1 callers are upgraded to HTTP/2 towards the endpoints.
     http2_max_requests: int | None = None

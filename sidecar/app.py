@@ -149,6 +149,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             divert=outbound_router.divert,
             tcp_recorder=record_tcp,
         )
+        # A cluster or endpoint gone from the config: GOAWAY its pooled HTTP/2 connections.
+        dataplane.on_upstreams = outbound.retire_upstreams
     inbound = None
     inbound_router: InboundRouter | None = None
     app_health = AppHealth() if settings.app_port and settings.app_health else None

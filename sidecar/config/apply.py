@@ -40,6 +40,10 @@ _KNOWN_LB = set(pb.LbPolicy.values())
 _M = TypeVar("_M", bound=Message)
 
 
+# The (address, port, TLS server name) of every upstream endpoint, computed when called.
+UpstreamKeys = Callable[[], set[tuple[str, int, str]]]
+
+
 class DataPlane:
     """The config currently serving: route table and clusters (with endpoints)."""
 
@@ -70,6 +74,9 @@ class DataPlane:
         # An ingress gateway's ports, by listener name; called with all of them on each change.
         self.gateway: dict[str, CompiledListener] = {}
         self.on_gateway: Callable[[Mapping[str, CompiledListener]], None] = lambda ports: None
+        # Called after clusters or endpoints changed with `upstream_keys` (to call if needed):
+        # the sidecar sends GOAWAY on its pooled HTTP/2 connections to endpoints now gone.
+        self.on_upstreams: Callable[[UpstreamKeys], object] = lambda live: None
 
     def apply(self, type_url: str, resources: Sequence[AnyPb]) -> None:
         """Make the resources of one type exactly `resources` (all of them), or raise
@@ -89,10 +96,12 @@ class DataPlane:
             clusters = {name: _unpack(r, pb.Cluster) for name, r in updated}
             self._apply_clusters(clusters, removed)
             decoded = dict(clusters)
+            self.on_upstreams(self.upstream_keys)
         elif type_url == types.ENDPOINTS:
             assignments = {name: _unpack(r, pb.ClusterLoadAssignment) for name, r in updated}
             self._apply_endpoints(assignments, removed)
             decoded = dict(assignments)
+            self.on_upstreams(self.upstream_keys)
         elif type_url == types.ROUTES:
             vhosts = {name: _unpack(r, pb.VirtualHost) for name, r in updated}
             self._apply_routes(vhosts, removed)
@@ -191,6 +200,15 @@ class DataPlane:
         self.routes = route_table((sources[n], hosts[n]) for n in sorted(hosts))
         self._compiled, self._vhosts = hosts, sources
         self._update_destinations()
+
+    def upstream_keys(self) -> set[tuple[str, int, str]]:
+        """(address, port, TLS server name) of every endpoint of every cluster: the upstream
+        connections the config still has a use for."""
+        return {
+            (e.address, e.port, cluster.tls_server_name)
+            for name, cluster in self.clusters.items()
+            for e in self._endpoints.get(name, ())
+        }
 
     def _update_destinations(self) -> None:
         addresses = {name: [e.address for e in found] for name, found in self._endpoints.items()}

@@ -166,6 +166,7 @@ class OutboundRouter:
             mirror=self._mirror(route, now),
             max_requests_per_connection=cluster.max_requests_per_connection,
             idle_timeout=cluster.idle_timeout,
+            max_connection_age=cluster.max_connection_age,
             tls_server_name=cluster.tls_server_name,
             tls_identities=cluster.tls_identities,
             meshed=cluster.meshed,

@@ -508,3 +508,50 @@ async def test_stalled_streams_do_not_starve_the_others_on_their_connection(rig:
     assert await bounded(method(rig.channel, "Unary")(b"big:%d" % BIG)) == b"x" * BIG  # type: ignore[operator]
     for s in stalled:
         s.cancel()
+
+
+async def test_a_removed_endpoint_gets_goaway_and_comes_back_on_a_new_connection(
+    rig: Rig,
+) -> None:
+    """A config change that drops an endpoint GOAWAYs the pooled connection to it (its sidecar
+    still up): nothing is left to it, so when the endpoint returns a new connection opens."""
+    retired: list[int] = []
+    rig.plane.on_upstreams = lambda live: retired.append(rig.outbound.retire_upstreams(live))
+    who = method(rig.channel, "Who")
+    assert {await bounded(who(b"")) for _ in range(3)} == {b"s0", b"s1", b"s2"}  # type: ignore[operator]
+    assert rig.outbound.connections_opened == {CLUSTER: 3}
+
+    def endpoints(inbounds: list[ProxyListener]) -> None:
+        found = [pb.Endpoint(address="127.0.0.1", port=i.port) for i in inbounds]
+        assignment = pb.ClusterLoadAssignment(cluster_name=CLUSTER, endpoints=found)
+        rig.plane.apply(types.ENDPOINTS, pack(assignment))
+
+    endpoints(rig.inbounds[1:])
+    assert retired == [1]
+    assert {await bounded(who(b"")) for _ in range(4)} == {b"s1", b"s2"}  # type: ignore[operator]
+    endpoints(rig.inbounds)
+    assert {await bounded(who(b"")) for _ in range(3)} == {b"s0", b"s1", b"s2"}  # type: ignore[operator]
+    assert rig.outbound.connections_opened == {CLUSTER: 4}  # s0 again, on a new connection
+    # Removing the whole cluster retires every connection.
+    rig.plane.apply(types.CLUSTER, [])
+    assert retired[-1] == 3
+
+
+async def test_connections_older_than_the_max_duration_take_no_new_streams(rig: Rig) -> None:
+    """maxConnectionDuration: a connection past it is GOAWAYed when a new call would use it,
+    and the call goes on a new connection (time is the pool's clock, moved by the test)."""
+    now = [0.0]
+    rig.outbound._state.h2pool._clock = lambda: now[0]  # the pool's clock is the test's
+    _limit(rig, max_connection_duration_ms=60_000)
+    who = method(rig.channel, "Who")
+    for _ in range(6):
+        await bounded(who(b""))  # type: ignore[operator]
+    assert rig.outbound.connections_opened == {CLUSTER: 3}
+    now[0] = 59.0
+    for _ in range(3):
+        await bounded(who(b""))  # type: ignore[operator]
+    assert rig.outbound.connections_opened == {CLUSTER: 3}
+    now[0] = 60.0  # every connection is a minute old: each endpoint's next call opens anew
+    for _ in range(6):
+        await bounded(who(b""))  # type: ignore[operator]
+    assert rig.outbound.connections_opened == {CLUSTER: 6}

@@ -108,3 +108,24 @@ def test_backoff_grows_to_its_cap_and_resets() -> None:
     assert delays[0] < 0.4 and all(d <= 6.0 for d in delays) and delays[-1] >= 2.0
     backoff.reset()
     assert backoff.next_delay() < 0.4
+
+
+def test_cluster_and_endpoint_changes_report_the_upstreams_still_in_use() -> None:
+    plane = DataPlane()
+    seen: list[set[tuple[str, int, str]]] = []
+    plane.on_upstreams = lambda live: seen.append(live())
+    mutual = pb.Cluster(name="outbound||a", service="a.shop.svc.cluster.local", tls=pb.MESH_MUTUAL)
+    plane.apply(types.CLUSTER, packed(mutual, pb.Cluster(name="outbound||b")))
+    endpoints = [pb.Endpoint(address="10.0.0.1", port=80), pb.Endpoint(address="10.0.0.2", port=80)]
+    plane.apply(
+        types.ENDPOINTS,
+        packed(
+            pb.ClusterLoadAssignment(cluster_name="outbound||a", endpoints=endpoints),
+            pb.ClusterLoadAssignment(cluster_name="outbound||b", endpoints=endpoints[:1]),
+        ),
+    )
+    sni = "a.shop.svc.cluster.local"
+    assert seen[-1] == {("10.0.0.1", 80, sni), ("10.0.0.2", 80, sni), ("10.0.0.1", 80, "")}
+    plane.apply(types.CLUSTER, packed(pb.Cluster(name="outbound||b")))  # a is gone
+    assert seen[-1] == {("10.0.0.1", 80, "")}
+    assert len(seen) == 3
