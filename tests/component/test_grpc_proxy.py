@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
+import http.client
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -24,6 +26,10 @@ from aiohttp import web
 from grpc import aio
 
 from controlplane.ca import new_root
+from controlplane.model import ServiceEndpoint
+from controlplane.sources.kube_index import KubeIndex
+from controlplane.translate.inbound import inbound_policy
+from controlplane.world import NodeInfo, World, service_key
 from lightmesh import types
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.config.apply import DataPlane
@@ -555,3 +561,53 @@ async def test_connections_older_than_the_max_duration_take_no_new_streams(rig: 
     for _ in range(6):
         await bounded(who(b""))  # type: ignore[operator]
     assert rig.outbound.connections_opened == {CLUSTER: 6}
+
+
+def _http11_grpc_call(port: int, message: bytes) -> tuple[int, bytes]:
+    """A gRPC-framed unary call sent as HTTP/1.1: the answer's status and body."""
+    frame = b"\x00" + len(message).to_bytes(4, "big") + message
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        headers = {"Host": "catalog", "Content-Type": "application/grpc", "TE": "trailers"}
+        connection.request("POST", "/test.Echo/Unary", body=frame, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+async def test_a_service_declared_grpc_in_kubernetes_makes_the_inbound_speak_http2() -> None:
+    """The control plane's translation of a Kubernetes Service port `appProtocol: grpc` (whose
+    endpoint is this workload), applied by an inbound sidecar started without --app-protocol:
+    an HTTP/1.1 call reaches the grpcio app (HTTP/2 only) as HTTP/2. Before it, HTTP/1.1."""
+    server, app_port, _ = await start("app")
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(server.stop, 0)
+        plane = DataPlane()
+        inbound = await start_proxy(
+            "127.0.0.1",
+            0,
+            resolver=InboundRouter(
+                app_host="127.0.0.1", app_port=app_port, dataplane=plane
+            ).resolve,
+            recorder=lambda _: None,
+            listener="inbound",
+        )
+        stack.push_async_callback(inbound.close, 1.0)
+        framed = b"\x00\x00\x00\x00\x02hi"
+        status, _ = await asyncio.to_thread(_http11_grpc_call, inbound.port, b"hi")
+        assert status >= 500  # HTTP/1.1 to a gRPC server: no answer
+        index = KubeIndex()
+        index.replace(
+            "Service",
+            [{"metadata": {"name": "catalog", "namespace": "shop"},
+              "spec": {"clusterIP": "10.0.0.9",
+                       "ports": [{"name": "api", "port": 80, "appProtocol": "grpc"}]}}],
+        )  # fmt: skip
+        service = index.services()["catalog.shop.svc.cluster.local"]
+        endpoint = ServiceEndpoint(address="127.0.0.1", port=inbound.port, workload="catalog-1")
+        world = World()
+        world.put(service_key(service), dataclasses.replace(service, endpoints=(endpoint,)))
+        node = NodeInfo(id="catalog-1.shop", workload="catalog-1", namespace="shop")
+        plane.apply(types.INBOUND, pack(inbound_policy(world, node)))
+        assert await asyncio.to_thread(_http11_grpc_call, inbound.port, b"hi") == (200, framed)
