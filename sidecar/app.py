@@ -133,6 +133,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             drain_timeout=settings.drain_timeout,
         )
         dataplane.on_gateway = gateway.update
+        dataplane.on_upstreams = gateway.retire_upstreams
         registry.register(GatewayCollector(gateway))
     else:
         outbound = await start_proxy(

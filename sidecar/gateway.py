@@ -25,7 +25,7 @@ import os
 import ssl
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +46,7 @@ from sidecar.security.admission import Admission
 from sidecar.security.inbound import InboundPolicy
 from sidecar.telemetry.exposition import Collector, CounterMetricFamily, Metric
 from sidecar.telemetry.hooks import Telemetry, wrap_recorder, wrap_resolver
+from sidecar.upstream.pool import PoolKey
 
 log = logging.getLogger("sidecar.gateway")
 
@@ -291,6 +292,10 @@ class GatewayPorts:
             (p.proxy.active if p.proxy else 0) + (p.tcp.active if p.tcp else 0)
             for p in self.ports.values()
         )
+
+    def retire_upstreams(self, live: Callable[[], Collection[PoolKey]]) -> int:
+        """GOAWAY every port's pooled HTTP/2 connections to endpoints not in `live()`."""
+        return sum(p.proxy.retire_upstreams(live) for p in self.ports.values() if p.proxy)
 
     def update(self, listeners: Mapping[str, CompiledListener]) -> None:
         """The config changed (DataPlane.on_gateway): ports follow at the next loop turn."""

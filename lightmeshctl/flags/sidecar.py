@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--app-protocol",
         default=_env("APP_PROTOCOL", ""),
         help="the app port's protocol: grpc, http2 or h2c (HTTP/2 cleartext), http (HTTP/1.1); "
-        "default: h2c for gRPC calls, HTTP/1.1 for the rest (Istio's appProtocol / port-name "
+        "overrides what the control plane says from the workload's Service ports; undeclared "
+        "there too: h2c for gRPC calls, HTTP/1.1 for the rest (Istio's appProtocol / port-name "
         "values)",
     )
     add("--bind", default=_env("BIND", "127.0.0.1"))
