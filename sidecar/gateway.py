@@ -293,9 +293,9 @@ class GatewayPorts:
             for p in self.ports.values()
         )
 
-    def retire_upstreams(self, live: Callable[[], Collection[PoolKey]]) -> int:
-        """GOAWAY every port's pooled HTTP/2 connections to endpoints not in `live()`."""
-        return sum(p.proxy.retire_upstreams(live) for p in self.ports.values() if p.proxy)
+    def retire_upstreams(self, gone: Collection[PoolKey]) -> int:
+        """GOAWAY every port's pooled HTTP/2 connections to `gone` (endpoints removed)."""
+        return sum(p.proxy.retire_upstreams(gone) for p in self.ports.values() if p.proxy)
 
     def update(self, listeners: Mapping[str, CompiledListener]) -> None:
         """The config changed (DataPlane.on_gateway): ports follow at the next loop turn."""

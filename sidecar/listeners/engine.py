@@ -104,10 +104,10 @@ class ProxyListener:
         self._sweeper: asyncio.Task[None] | None = None
         self.port = 0
 
-    def retire_upstreams(self, live: Callable[[], Collection[PoolKey]]) -> int:
-        """GOAWAY the pooled HTTP/2 connections to endpoints not in `live()` (a config change
-        removed their cluster or endpoint); returns how many."""
-        return self._state.h2pool.retire_except(live)
+    def retire_upstreams(self, gone: Collection[PoolKey]) -> int:
+        """GOAWAY the pooled HTTP/2 connections to `gone` (a config change removed their
+        cluster or endpoint); returns how many."""
+        return self._state.h2pool.retire(gone)
 
     @property
     def active(self) -> int:

@@ -570,20 +570,15 @@ class H2Pool:
                 if not conn.streams and now - conn.idle_since >= self.idle_timeout:
                     conn.close()
 
-    def retire_except(self, live: Callable[[], Collection[PoolKey]]) -> int:
-        """GOAWAY the connections to endpoints no longer in the config (`live()`: the pool keys
-        of every cluster's endpoints, asked only when there are connections); their streams in
-        flight finish. Returns how many were retired."""
-        if not self._conns:
-            return 0
-        keep = live()
+    def retire(self, gone: Collection[PoolKey]) -> int:
+        """GOAWAY the connections to `gone` (endpoints a config change removed); their streams
+        in flight finish. Returns how many were retired."""
         retired = 0
-        for key, conns in list(self._conns.items()):
-            if key not in keep:
-                for conn in list(conns):
-                    if not conn.goaway:
-                        conn.close()
-                        retired += 1
+        for key in gone:
+            for conn in list(self._conns.get(key, ())):
+                if not conn.goaway:
+                    conn.close()
+                    retired += 1
         return retired
 
     def close(self) -> None:

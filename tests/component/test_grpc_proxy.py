@@ -522,7 +522,7 @@ async def test_a_removed_endpoint_gets_goaway_and_comes_back_on_a_new_connection
     """A config change that drops an endpoint GOAWAYs the pooled connection to it (its sidecar
     still up): nothing is left to it, so when the endpoint returns a new connection opens."""
     retired: list[int] = []
-    rig.plane.on_upstreams = lambda live: retired.append(rig.outbound.retire_upstreams(live))
+    rig.plane.on_upstreams = lambda gone: retired.append(rig.outbound.retire_upstreams(gone))
     who = method(rig.channel, "Who")
     assert {await bounded(who(b"")) for _ in range(3)} == {b"s0", b"s1", b"s2"}  # type: ignore[operator]
     assert rig.outbound.connections_opened == {CLUSTER: 3}
