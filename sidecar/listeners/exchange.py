@@ -258,6 +258,7 @@ class Exchange:
                 cap=target.max_concurrent_streams,
                 max_requests=target.max_requests_per_connection,
                 max_age=target.max_connection_age,
+                idle_timeout=target.idle_timeout or 0.0,
             )
         except UpstreamConnectFailure as exc:
             if self.machine.expects(action.attempt):

@@ -169,6 +169,7 @@ class H2UpstreamConnection(Dialled):
         "goaway",
         "h2",
         "idle_since",
+        "idle_timeout",
         "key",
         "max_streams",
         "on_closed",
@@ -201,6 +202,7 @@ class H2UpstreamConnection(Dialled):
         self.flush_pending = False
         self.clock = clock
         self.idle_since = self.opened_at = clock()
+        self.idle_timeout = 0.0  # the cluster's idleTimeout; 0: the pool's
         self.on_closed = on_closed
 
     # --- asyncio.Protocol ---
@@ -498,6 +500,7 @@ class H2Pool:
         cap: int = 0,
         max_requests: int = 0,
         max_age: float = 0.0,
+        idle_timeout: float = 0.0,
     ) -> H2UpstreamStream:
         """A stream to the endpoint: on a connection being opened, or on a new one."""
         key = (address, port, tls_server_name)
@@ -523,6 +526,7 @@ class H2Pool:
         finally:
             if self._opening.get(key) is future:
                 del self._opening[key]
+        conn.idle_timeout = idle_timeout
         future.set_result(conn)
         self._conns.setdefault(key, []).append(conn)
         return conn.new_stream()
@@ -563,11 +567,13 @@ class H2Pool:
                 del self._conns[conn.key]
 
     def sweep(self) -> None:
-        """Close connections without streams idle longer than the idle timeout."""
+        """Close connections without streams idle longer than their cluster's idle timeout
+        (connectionPool idleTimeout), or the pool's."""
         now = self._clock()
         for conns in list(self._conns.values()):
             for conn in list(conns):
-                if not conn.streams and now - conn.idle_since >= self.idle_timeout:
+                limit = conn.idle_timeout or self.idle_timeout
+                if not conn.streams and now - conn.idle_since >= limit:
                     conn.close()
 
     def retire(self, gone: Collection[PoolKey]) -> int:

@@ -611,3 +611,27 @@ async def test_a_service_declared_grpc_in_kubernetes_makes_the_inbound_speak_htt
         node = NodeInfo(id="catalog-1.shop", workload="catalog-1", namespace="shop")
         plane.apply(types.INBOUND, pack(inbound_policy(world, node)))
         assert await asyncio.to_thread(_http11_grpc_call, inbound.port, b"hi") == (200, framed)
+
+
+async def test_the_clusters_idle_timeout_closes_idle_http2_connections(rig: Rig) -> None:
+    """connectionPool idleTimeout applies to upstream HTTP/2 connections: one idle that long is
+    closed at the next sweep, and the next call opens a new one (the pool's clock, moved)."""
+    now = [0.0]
+    pool = rig.outbound._state.h2pool
+    pool._clock = lambda: now[0]  # the pool's clock is the test's
+    _limit(rig, idle_timeout_ms=30_000)
+    who = method(rig.channel, "Who")
+    for _ in range(3):
+        await bounded(who(b""))  # type: ignore[operator]
+    assert rig.outbound.connections_opened == {CLUSTER: 3}
+    now[0] = 29.0
+    pool.sweep()
+    for _ in range(3):
+        await bounded(who(b""))  # type: ignore[operator]
+    assert rig.outbound.connections_opened == {CLUSTER: 3}
+    now[0] = 29.0 + 30.0  # idle 30 s since the last calls
+    pool.sweep()
+    await bounded(_until(lambda: not pool._conns))
+    for _ in range(3):
+        await bounded(who(b""))  # type: ignore[operator]
+    assert rig.outbound.connections_opened == {CLUSTER: 6}
