@@ -543,23 +543,32 @@ async def test_a_removed_endpoint_gets_goaway_and_comes_back_on_a_new_connection
     assert retired[-1] == 3
 
 
+def _pool_clock(rig: Rig) -> list[float]:
+    """The outbound's HTTP/2 pool reads the time from the list's one item (the test moves it);
+    connections opened from now on keep that clock."""
+    now = [0.0]
+    rig.outbound._state.h2pool._clock = lambda: now[0]
+    return now
+
+
+async def _who(rig: Rig, calls: int) -> None:
+    who = method(rig.channel, "Who")
+    for _ in range(calls):
+        await bounded(who(b""))  # type: ignore[operator]
+
+
 async def test_connections_older_than_the_max_duration_take_no_new_streams(rig: Rig) -> None:
     """maxConnectionDuration: a connection past it is GOAWAYed when a new call would use it,
     and the call goes on a new connection (time is the pool's clock, moved by the test)."""
-    now = [0.0]
-    rig.outbound._state.h2pool._clock = lambda: now[0]  # the pool's clock is the test's
+    now = _pool_clock(rig)
     _limit(rig, max_connection_duration_ms=60_000)
-    who = method(rig.channel, "Who")
-    for _ in range(6):
-        await bounded(who(b""))  # type: ignore[operator]
+    await _who(rig, 6)
     assert rig.outbound.connections_opened == {CLUSTER: 3}
     now[0] = 59.0
-    for _ in range(3):
-        await bounded(who(b""))  # type: ignore[operator]
+    await _who(rig, 3)
     assert rig.outbound.connections_opened == {CLUSTER: 3}
     now[0] = 60.0  # every connection is a minute old: each endpoint's next call opens anew
-    for _ in range(6):
-        await bounded(who(b""))  # type: ignore[operator]
+    await _who(rig, 6)
     assert rig.outbound.connections_opened == {CLUSTER: 6}
 
 
@@ -616,22 +625,17 @@ async def test_a_service_declared_grpc_in_kubernetes_makes_the_inbound_speak_htt
 async def test_the_clusters_idle_timeout_closes_idle_http2_connections(rig: Rig) -> None:
     """connectionPool idleTimeout applies to upstream HTTP/2 connections: one idle that long is
     closed at the next sweep, and the next call opens a new one (the pool's clock, moved)."""
-    now = [0.0]
+    now = _pool_clock(rig)
     pool = rig.outbound._state.h2pool
-    pool._clock = lambda: now[0]  # the pool's clock is the test's
     _limit(rig, idle_timeout_ms=30_000)
-    who = method(rig.channel, "Who")
-    for _ in range(3):
-        await bounded(who(b""))  # type: ignore[operator]
+    await _who(rig, 3)
     assert rig.outbound.connections_opened == {CLUSTER: 3}
     now[0] = 29.0
     pool.sweep()
-    for _ in range(3):
-        await bounded(who(b""))  # type: ignore[operator]
+    await _who(rig, 3)
     assert rig.outbound.connections_opened == {CLUSTER: 3}
-    now[0] = 29.0 + 30.0  # idle 30 s since the last calls
+    now[0] = 29.0 + 30.0  # idle 30 s since the last calls (the pool's own default is 60 s)
     pool.sweep()
     await bounded(_until(lambda: not pool._conns))
-    for _ in range(3):
-        await bounded(who(b""))  # type: ignore[operator]
+    await _who(rig, 3)
     assert rig.outbound.connections_opened == {CLUSTER: 6}
