@@ -214,6 +214,8 @@ class TrafficPolicy:
     max_pending_requests: int | None = None
     max_requests_per_connection: int | None = None
     idle_timeout: float | None = None  # seconds
+    # connectionPool.tcp.maxConnectionDuration (seconds): upstream HTTP/2 connections recycled.
+    max_connection_duration: float | None = None
     # HTTP/2 (connectionPool.http): requests in flight to the destination, streams per
     # connection, and whether HTTP/1.1 callers are upgraded to HTTP/2 towards the endpoints.
     http2_max_requests: int | None = None
@@ -540,6 +542,10 @@ class Service:
     # Every HTTP port of the service is declared gRPC or HTTP/2 (lightmesh/protocols.py, Istio's
     # rules): its clusters speak HTTP/2 to the endpoints whatever the caller speaks.
     http2: bool = False
+    # The protocol its HTTP ports agree on ("grpc", "http2", "http"; "": undeclared or mixed,
+    # lightmesh/protocols.py `agreed_protocol`): what its endpoints' inbound sidecars speak to
+    # the app.
+    protocol: str = ""
     # The `networking.istio.io/exportTo` annotation; () = the mesh default.
     export_to: tuple[str, ...] = ()
 

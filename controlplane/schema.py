@@ -296,6 +296,7 @@ _POLICY_FIELDS: dict[str, Schema] = {
                     "maxConnections": _int(minimum=1),
                     "connectTimeout": _DURATION,
                     "idleTimeout": _DURATION,
+                    "maxConnectionDuration": _DURATION,
                 }
             ),
             "http": _obj(

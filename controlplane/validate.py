@@ -662,6 +662,7 @@ def _traffic_policy(raw: Mapping[str, Any] | None, path: str, warnings: list[str
         max_pending_requests=http.get("http1MaxPendingRequests"),
         max_requests_per_connection=http.get("maxRequestsPerConnection"),
         idle_timeout=idle if idle is not None else _optional_duration(tcp, "idleTimeout"),
+        max_connection_duration=_optional_duration(tcp, "maxConnectionDuration"),
         http2_max_requests=http.get("http2MaxRequests"),
         max_concurrent_streams=http.get("maxConcurrentStreams"),
         h2_upgrade_policy=http.get("h2UpgradePolicy"),

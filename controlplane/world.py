@@ -24,6 +24,7 @@ from controlplane.model import (
     visible,
 )
 from controlplane.security import ROOT_NAMESPACE
+from lightmesh.protocols import agreed_protocol
 
 SERVICE = "Service"
 # Kubernetes TLS Secrets of the gateways' namespaces (Gateway credentialName).
@@ -90,6 +91,9 @@ class World:
         self._vs_by_host: dict[str, set[ResourceKey]] = {}
         self._dr_by_host: dict[str, set[ResourceKey]] = {}
         self._by_namespace: dict[tuple[str, str], set[ResourceKey]] = {}  # (kind, ns) -> keys
+        # (namespace, workload) -> the FQDNs of the services with an endpoint of that workload:
+        # what the workload's inbound sidecar speaks to its app (`app_protocol`).
+        self._services_of_workload: dict[tuple[str, str], set[str]] = {}
         for service in (services or {}).values():
             self.put(service_key(service), service)
         resources: list[Resource] = [
@@ -137,10 +141,16 @@ class World:
 
     def _put_service(self, key: ResourceKey, service: Service | None) -> set[str]:
         host = f"{key.name}.{key.namespace}.svc.cluster.local"
-        if service is None:
-            self.services.pop(host, None)
-        else:
+        old = self.services.pop(host, None)
+        if old is not None:
+            for workload in {e.workload for e in old.endpoints}:
+                _discard(self._services_of_workload, (old.namespace, workload), host)
+        if service is not None:
             self.services[service.fqdn] = service
+            for workload in {e.workload for e in service.endpoints}:
+                self._services_of_workload.setdefault((service.namespace, workload), set()).add(
+                    service.fqdn
+                )
         return {host}
 
     def _index(self, resource: Resource) -> set[str]:
@@ -172,6 +182,13 @@ class World:
         return set()
 
     # --- reads (translation's side) ---
+
+    def app_protocol(self, namespace: str, workload: str) -> str:
+        """The protocol the Services with an endpoint of `workload` agree its app speaks
+        ("grpc", "http2", "http"; "": none declares one, or they disagree)."""
+        hosts = self._services_of_workload.get((namespace, workload), ())
+        protocols = [self.services[h].protocol for h in hosts]
+        return "" if "" in protocols else agreed_protocol(protocols)
 
     def hosts(self) -> set[str]:
         """Every host something routes for: the services and the VirtualServices' hosts."""
@@ -273,7 +290,7 @@ def host_namespace(host: str) -> str:
     return parts[1] if len(parts) >= 3 and parts[2] == "svc" else ""
 
 
-def _discard(index: dict[Any, set[ResourceKey]], at: Any, key: ResourceKey) -> None:
+def _discard(index: dict[Any, set[Any]], at: Any, key: Any) -> None:
     keys = index.get(at)
     if keys is not None:
         keys.discard(key)

@@ -8,6 +8,8 @@ protocol to detection (""): the sidecar then uses the caller's.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 # appProtocol values and name prefixes -> the protocol lightmesh speaks to that port.
 _KNOWN = {
     "http": "http",
@@ -39,6 +41,14 @@ def port_protocol(name: str, app_protocol: str = "") -> str:
     if prefix == "grpc" and lowered.startswith("grpc-web"):
         return "http"
     return _KNOWN.get(prefix, "")
+
+
+def agreed_protocol(protocols: Iterable[str]) -> str:
+    """The protocol a set of declared port protocols agrees on, TCP ports aside: "grpc",
+    "http2" or "http"; "" when one is undeclared, they differ, or there is no HTTP port. What
+    an inbound sidecar speaks to an app serving those ports (one app port, one protocol)."""
+    http = {p for p in protocols if p != "tcp"}
+    return http.pop() if len(http) == 1 else ""
 
 
 # gRPC status names (grpc/status.h) and the HTTP status a non-gRPC caller gets for each

@@ -57,9 +57,13 @@ def build_node(settings: Settings, *, inbound_port: int) -> pb.Node:
         proxy_type="gateway" if settings.mode == "gateway" else "",
     )
     if inbound_port:
+        protocols = dict(settings.service_protocols)
         for service in settings.services:
             node.registrations.add(
-                service=service, address=settings.advertise or settings.bind, port=inbound_port
+                service=service,
+                address=settings.advertise or settings.bind,
+                port=inbound_port,
+                app_protocol=protocols.get(service, ""),
             )
     return node
 
@@ -129,6 +133,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             drain_timeout=settings.drain_timeout,
         )
         dataplane.on_gateway = gateway.update
+        dataplane.on_upstreams = gateway.retire_upstreams
         registry.register(GatewayCollector(gateway))
     else:
         outbound = await start_proxy(
@@ -145,6 +150,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             divert=outbound_router.divert,
             tcp_recorder=record_tcp,
         )
+        # A cluster or endpoint gone from the config: GOAWAY its pooled HTTP/2 connections.
+        dataplane.on_upstreams = outbound.retire_upstreams
     inbound = None
     inbound_router: InboundRouter | None = None
     app_health = AppHealth() if settings.app_port and settings.app_health else None

@@ -87,6 +87,8 @@ class Forward:
     # Upstream connection pool limits of the cluster; 0 / None: unlimited.
     max_requests_per_connection: int = 0
     idle_timeout: float | None = None
+    # An upstream HTTP/2 connection this old (seconds) takes no new streams; 0: no limit.
+    max_connection_age: float = 0.0
     # Non-empty: connect with mutual TLS (the sidecar's current certificate), this as SNI.
     tls_server_name: str = ""
     # Secure naming: the SPIFFE IDs the cluster's endpoints run as; a mutual-TLS server presenting

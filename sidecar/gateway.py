@@ -25,7 +25,7 @@ import os
 import ssl
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +46,7 @@ from sidecar.security.admission import Admission
 from sidecar.security.inbound import InboundPolicy
 from sidecar.telemetry.exposition import Collector, CounterMetricFamily, Metric
 from sidecar.telemetry.hooks import Telemetry, wrap_recorder, wrap_resolver
+from sidecar.upstream.pool import PoolKey
 
 log = logging.getLogger("sidecar.gateway")
 
@@ -92,7 +93,9 @@ def build_context(tls: pb.GatewayTls) -> ssl.SSLContext:
     context.minimum_version = _VERSIONS.get(tls.min_protocol_version, ssl.TLSVersion.TLSv1_2)
     if tls.max_protocol_version:
         context.maximum_version = _VERSIONS[tls.max_protocol_version]
-    context.set_alpn_protocols(["http/1.1"])
+    # h2 first (what Envoy offers at Istio's gateways): the engine above the TLS layer tells
+    # HTTP/2 by its preface, so gRPC clients (which require ALPN h2) and HTTP/1.1 ones share it.
+    context.set_alpn_protocols(["h2", "http/1.1"])
     if tls.cert_chain_pem:
         # ssl loads a key pair from files only: a private directory that lives for the load.
         with tempfile.TemporaryDirectory(prefix="lightmesh-gw-") as directory:
@@ -289,6 +292,10 @@ class GatewayPorts:
             (p.proxy.active if p.proxy else 0) + (p.tcp.active if p.tcp else 0)
             for p in self.ports.values()
         )
+
+    def retire_upstreams(self, gone: Collection[PoolKey]) -> int:
+        """GOAWAY every port's pooled HTTP/2 connections to `gone` (endpoints removed)."""
+        return sum(p.proxy.retire_upstreams(gone) for p in self.ports.values() if p.proxy)
 
     def update(self, listeners: Mapping[str, CompiledListener]) -> None:
         """The config changed (DataPlane.on_gateway): ports follow at the next loop turn."""

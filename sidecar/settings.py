@@ -20,6 +20,9 @@ class Settings:
     mode: str = "sidecar"
     namespace: str = "default"
     services: tuple[str, ...] = ()
+    # Local mode: the protocol a service is served with (`--service catalog:grpc`), registered
+    # with it as the Kubernetes Service port's appProtocol would say; (service, protocol) pairs.
+    service_protocols: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
     service_account: str = "default"
     app_host: str = "127.0.0.1"

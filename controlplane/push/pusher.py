@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -44,7 +45,7 @@ from controlplane.store import Change, Store
 from controlplane.translate import cluster_host, scope_of
 from controlplane.translate.inbound import InboundKey, inbound_key
 from controlplane.translate.scope import ScopeKey
-from controlplane.world import NodeInfo
+from controlplane.world import SERVICE, NodeInfo, World
 from controlplane.xds.protocol import StreamProtocol
 from lightmesh import types
 
@@ -388,6 +389,8 @@ class Pusher:
                         conn.inbound = self._inbound_view(key)
                         conn.inbound.members.add(conn)
                         woken.add(conn)
+            if SERVICE in kinds:
+                woken |= self._rekey_app_protocol(world, change.keys)
             for inbound in list(self.inbound_views.values()):
                 if not inbound.members:
                     del self.inbound_views[inbound.key]
@@ -439,6 +442,37 @@ class Pusher:
         elif self.awaiting_first == 0:
             self._herd = False
         return self._herd
+
+    def _rekey_app_protocol(self, world: World, keys: Iterable[ResourceKey]) -> set[Connection]:
+        """Move the sidecars whose app protocol (from their Services' ports) changed to the
+        inbound view of the new one. Only the changed Services' namespaces are looked at, and
+        in them only sidecars with a protocol already or an endpoint in a changed Service:
+        endpoint churn re-keys nobody else."""
+        changed = [k for k in keys if k.kind == SERVICE]
+        namespaces = {k.namespace for k in changed}
+        workloads: set[tuple[str, str]] = set()
+        for key in changed:
+            service = world.services.get(f"{key.name}.{key.namespace}.svc.cluster.local")
+            if service is not None:
+                workloads |= {(key.namespace, e.workload) for e in service.endpoints}
+        moved: set[Connection] = set()
+        for conn in self.connections.values():
+            node = conn.node
+            if node.gateway or node.namespace not in namespaces:
+                continue
+            if (
+                not conn.inbound.key.app_protocol
+                and (node.namespace, node.workload) not in workloads
+            ):
+                continue
+            protocol = world.app_protocol(node.namespace, node.workload)
+            if protocol != conn.inbound.key.app_protocol:
+                rekeyed = dataclasses.replace(conn.inbound.key, app_protocol=protocol)
+                conn.inbound.members.discard(conn)
+                conn.inbound = self._inbound_view(rekeyed)
+                conn.inbound.members.add(conn)
+                moved.add(conn)
+        return moved
 
     def _affected(self, keys: Iterable[ResourceKey], *kinds: str) -> list[Connection]:
         namespaces = {k.namespace for k in keys if k.kind in kinds}

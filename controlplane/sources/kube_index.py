@@ -28,7 +28,7 @@ from controlplane.schema import KINDS as SCHEMA_KINDS
 from controlplane.sources.ledger import REJECTED, Ledger
 from controlplane.validate import Problem, parse_document, parse_export_to
 from controlplane.world import SECRET, SERVICE
-from lightmesh.protocols import port_protocol, speaks_h2
+from lightmesh.protocols import agreed_protocol, port_protocol, speaks_h2
 
 ORIGIN = "kubernetes"
 
@@ -426,6 +426,7 @@ class KubeIndex:
                 and is_tcp_port(str(port.get("name") or ""), str(port.get("appProtocol") or ""))
             ),
             http2=_all_http2(spec.get("ports") or []),
+            protocol=agreed_protocol(_protocols(spec.get("ports") or [])),
             export_to=self._export_to(key, obj),
         )
 
@@ -460,11 +461,14 @@ def _drop(index: dict[ObjKey, set[ObjKey]], at: ObjKey, value: ObjKey) -> None:
             del index[at]
 
 
-def _all_http2(ports: list[Obj]) -> bool:
-    """Whether every HTTP port of a Service is declared gRPC or HTTP/2 (and there is one)."""
-    protocols = [
+def _protocols(ports: list[Obj]) -> list[str]:
+    return [
         port_protocol(str(port.get("name") or ""), str(port.get("appProtocol") or ""))
         for port in ports
     ]
-    http = [p for p in protocols if p != "tcp"]
+
+
+def _all_http2(ports: list[Obj]) -> bool:
+    """Whether every HTTP port of a Service is declared gRPC or HTTP/2 (and there is one)."""
+    http = [p for p in _protocols(ports) if p != "tcp"]
     return bool(http) and all(speaks_h2(p) for p in http)

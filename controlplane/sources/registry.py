@@ -23,6 +23,7 @@ from typing import Any
 from controlplane.model import ResourceKey, Service, ServiceEndpoint
 from controlplane.store import Store
 from controlplane.world import SERVICE
+from lightmesh.protocols import speaks_h2
 
 log = logging.getLogger("controlplane.sources.registry")
 
@@ -42,6 +43,9 @@ class Registration:
     port: int
     labels: tuple[tuple[str, str], ...] = ()
     service_account: str = "default"
+    # The protocol the sidecar declares it serves the service with (`--service catalog:grpc`,
+    # lightmesh/protocols.py's values); "": undeclared.
+    app_protocol: str = ""
 
 
 @dataclass(slots=True)
@@ -108,6 +112,7 @@ class LocalRegistry:
                 port=int(item["port"]),
                 labels=tuple(sorted(item.get("labels", {}).items())),
                 service_account=item.get("service_account", "default"),
+                app_protocol=item.get("app_protocol", ""),
             )
             entry = self._entries.setdefault(reg.node_id, _Entry((), now + self._grace))
             if entry.expires_at is not None:
@@ -149,6 +154,7 @@ class LocalRegistry:
                 "port": r.port,
                 "labels": dict(r.labels),
                 "service_account": r.service_account,
+                "app_protocol": r.app_protocol,
             }
             for node in sorted(self._entries)
             for r in self._entries[node].registrations
@@ -157,6 +163,14 @@ class LocalRegistry:
     def service(self, service: ServiceId) -> Service | None:
         """One service with every registered endpoint (None: nobody registers it)."""
         namespace, name = service
+        registrations = [
+            reg
+            for node in sorted(self._by_service.get(service, ()))
+            for reg in self._entries[node].registrations
+            if (reg.namespace, reg.service) == service
+        ]
+        if not registrations:
+            return None
         endpoints = [
             ServiceEndpoint(
                 address=reg.address,
@@ -165,13 +179,19 @@ class LocalRegistry:
                 labels=reg.labels,
                 service_account=reg.service_account,
             )
-            for node in sorted(self._by_service.get(service, ()))
-            for reg in self._entries[node].registrations
-            if (reg.namespace, reg.service) == service
+            for reg in registrations
         ]
-        if not endpoints:
-            return None
-        return Service(name=name, namespace=namespace, endpoints=tuple(endpoints))
+        # What the instances declare stands for the Kubernetes port's appProtocol: declared
+        # alike by all of them, or not at all (an instance mid-rollout keeps it undeclared).
+        declared = {reg.app_protocol for reg in registrations}
+        protocol = declared.pop() if len(declared) == 1 else ""
+        return Service(
+            name=name,
+            namespace=namespace,
+            endpoints=tuple(endpoints),
+            protocol=protocol if protocol != "tcp" else "",
+            http2=speaks_h2(protocol),
+        )
 
     def services(self) -> dict[str, Service]:
         """Services by FQDN with every registered endpoint."""

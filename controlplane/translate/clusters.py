@@ -94,6 +94,7 @@ def _merge(narrow: TrafficPolicy, wide: TrafficPolicy) -> TrafficPolicy:
             narrow.max_requests_per_connection, wide.max_requests_per_connection
         ),
         idle_timeout=pick(narrow.idle_timeout, wide.idle_timeout),
+        max_connection_duration=pick(narrow.max_connection_duration, wide.max_connection_duration),
         http2_max_requests=pick(narrow.http2_max_requests, wide.http2_max_requests),
         max_concurrent_streams=pick(narrow.max_concurrent_streams, wide.max_concurrent_streams),
         h2_upgrade_policy=pick(narrow.h2_upgrade_policy, wide.h2_upgrade_policy),
@@ -151,6 +152,7 @@ def _cluster(
         http2=http2 or policy.h2_upgrade_policy == "UPGRADE",
         max_concurrent_streams=policy.max_concurrent_streams or 0,
         http2_max_requests=policy.http2_max_requests or 0,
+        max_connection_duration_ms=ms(policy.max_connection_duration),
     )
     if policy.consistent_hash is not None:
         ch = policy.consistent_hash

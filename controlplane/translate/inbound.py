@@ -1,6 +1,7 @@
 """The inbound policy of one sidecar: PeerAuthentication mode, AuthorizationPolicies,
 RequestAuthentications' JWT rules (with their keys inline: a jwksUri's as the control plane last
-fetched them), the HTTPLocalRateLimitPolicy, trust roots. Pure.
+fetched them), the HTTPLocalRateLimitPolicy, trust roots, and the protocol its app speaks (from
+the workload's Services' ports). Pure.
 
 Only the policies that select the workload matter, so sidecars whose namespace and selected
 policies are equal share one translated InboundPolicy (`InboundKey`): labels count only where a
@@ -48,6 +49,9 @@ class InboundKey:
     # VirtualServices of the namespace naming a route the rate limit has buckets for (a
     # sidecar's; a gateway knows its routes): their matches tell the sidecar a request's route.
     route_sources: tuple[ResourceKey, ...] = ()
+    # The protocol the workload's Services declare its app speaks (World.app_protocol): a value,
+    # so a Service change re-keys the sidecars it concerns (controlplane/push/pusher.py).
+    app_protocol: str = ""
 
     def inputs(self, world: World) -> tuple[ResourceKey, ...]:
         """Every store key the translation reads besides the trust bundle: the policies, the
@@ -114,6 +118,7 @@ def inbound_key(world: World, node: NodeInfo) -> InboundKey:
         authentications=tuple(p.key for p in authentications),
         rate_limit=limit.key if limit is not None else None,
         route_sources=sources,
+        app_protocol="" if node.gateway else world.app_protocol(node.namespace, node.workload),
     )
 
 
@@ -151,6 +156,7 @@ def inbound_from_key(world: World, key: InboundKey) -> pb.InboundPolicy:
             if isinstance(limit, HTTPLocalRateLimitPolicy)
             else None
         ),
+        app_protocol=key.app_protocol,
     )
 
 

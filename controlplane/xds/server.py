@@ -24,6 +24,7 @@ from controlplane.sources.registry import Registration
 from controlplane.traffic import Report, Reporter, report_from_proto, reporter_of
 from controlplane.world import NodeInfo
 from controlplane.xds.protocol import Acked, Ignored, Nacked, Outcome, Subscribed, Target
+from lightmesh.protocols import port_protocol
 from lightmesh.types import PUSH_ORDER, SHORT_NAMES
 from lightmesh.v1 import discovery_pb2 as pb
 
@@ -78,6 +79,8 @@ def registrations(node: pb.Node) -> tuple[Registration, ...]:
             port=r.port,
             labels=tuple(sorted(node.labels.items())),
             service_account=node.service_account or "default",
+            # An appProtocol-like value; one naming no known protocol counts as undeclared.
+            app_protocol=port_protocol("", r.app_protocol) if r.app_protocol else "",
         )
         for r in node.registrations
     )

@@ -253,7 +253,7 @@ class OutlierDetection(_message.Message):
     def __init__(self, consecutive_5xx: _Optional[int] = ..., consecutive_gateway: _Optional[int] = ..., interval_ms: _Optional[int] = ..., base_ejection_ms: _Optional[int] = ..., max_ejection_percent: _Optional[int] = ..., min_health_percent: _Optional[int] = ...) -> None: ...
 
 class Cluster(_message.Message):
-    __slots__ = ("name", "service", "subset", "lb_policy", "connect_timeout_ms", "hash", "max_connections", "max_pending_requests", "max_requests_per_connection", "idle_timeout_ms", "outlier", "tls", "tls_identities", "meshed", "http2", "max_concurrent_streams", "http2_max_requests")
+    __slots__ = ("name", "service", "subset", "lb_policy", "connect_timeout_ms", "hash", "max_connections", "max_pending_requests", "max_requests_per_connection", "idle_timeout_ms", "outlier", "tls", "tls_identities", "meshed", "http2", "max_concurrent_streams", "http2_max_requests", "max_connection_duration_ms")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     SUBSET_FIELD_NUMBER: _ClassVar[int]
@@ -271,6 +271,7 @@ class Cluster(_message.Message):
     HTTP2_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENT_STREAMS_FIELD_NUMBER: _ClassVar[int]
     HTTP2_MAX_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONNECTION_DURATION_MS_FIELD_NUMBER: _ClassVar[int]
     name: str
     service: str
     subset: str
@@ -288,7 +289,8 @@ class Cluster(_message.Message):
     http2: bool
     max_concurrent_streams: int
     http2_max_requests: int
-    def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., subset: _Optional[str] = ..., lb_policy: _Optional[_Union[LbPolicy, str]] = ..., connect_timeout_ms: _Optional[int] = ..., hash: _Optional[_Union[ConsistentHash, _Mapping]] = ..., max_connections: _Optional[int] = ..., max_pending_requests: _Optional[int] = ..., max_requests_per_connection: _Optional[int] = ..., idle_timeout_ms: _Optional[int] = ..., outlier: _Optional[_Union[OutlierDetection, _Mapping]] = ..., tls: _Optional[_Union[UpstreamTls, str]] = ..., tls_identities: _Optional[_Iterable[str]] = ..., meshed: _Optional[bool] = ..., http2: _Optional[bool] = ..., max_concurrent_streams: _Optional[int] = ..., http2_max_requests: _Optional[int] = ...) -> None: ...
+    max_connection_duration_ms: int
+    def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., subset: _Optional[str] = ..., lb_policy: _Optional[_Union[LbPolicy, str]] = ..., connect_timeout_ms: _Optional[int] = ..., hash: _Optional[_Union[ConsistentHash, _Mapping]] = ..., max_connections: _Optional[int] = ..., max_pending_requests: _Optional[int] = ..., max_requests_per_connection: _Optional[int] = ..., idle_timeout_ms: _Optional[int] = ..., outlier: _Optional[_Union[OutlierDetection, _Mapping]] = ..., tls: _Optional[_Union[UpstreamTls, str]] = ..., tls_identities: _Optional[_Iterable[str]] = ..., meshed: _Optional[bool] = ..., http2: _Optional[bool] = ..., max_concurrent_streams: _Optional[int] = ..., http2_max_requests: _Optional[int] = ..., max_connection_duration_ms: _Optional[int] = ...) -> None: ...
 
 class ClusterLoadAssignment(_message.Message):
     __slots__ = ("cluster_name", "endpoints")
@@ -320,18 +322,20 @@ class Endpoint(_message.Message):
     def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ..., workload: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., weight: _Optional[int] = ...) -> None: ...
 
 class InboundPolicy(_message.Message):
-    __slots__ = ("mtls_mode", "policies", "trust_bundle", "jwt_rules", "rate_limit")
+    __slots__ = ("mtls_mode", "policies", "trust_bundle", "jwt_rules", "rate_limit", "app_protocol")
     MTLS_MODE_FIELD_NUMBER: _ClassVar[int]
     POLICIES_FIELD_NUMBER: _ClassVar[int]
     TRUST_BUNDLE_FIELD_NUMBER: _ClassVar[int]
     JWT_RULES_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    APP_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     mtls_mode: MtlsMode
     policies: _containers.RepeatedCompositeFieldContainer[AuthorizationPolicy]
     trust_bundle: str
     jwt_rules: _containers.RepeatedCompositeFieldContainer[JwtRule]
     rate_limit: LocalRateLimit
-    def __init__(self, mtls_mode: _Optional[_Union[MtlsMode, str]] = ..., policies: _Optional[_Iterable[_Union[AuthorizationPolicy, _Mapping]]] = ..., trust_bundle: _Optional[str] = ..., jwt_rules: _Optional[_Iterable[_Union[JwtRule, _Mapping]]] = ..., rate_limit: _Optional[_Union[LocalRateLimit, _Mapping]] = ...) -> None: ...
+    app_protocol: str
+    def __init__(self, mtls_mode: _Optional[_Union[MtlsMode, str]] = ..., policies: _Optional[_Iterable[_Union[AuthorizationPolicy, _Mapping]]] = ..., trust_bundle: _Optional[str] = ..., jwt_rules: _Optional[_Iterable[_Union[JwtRule, _Mapping]]] = ..., rate_limit: _Optional[_Union[LocalRateLimit, _Mapping]] = ..., app_protocol: _Optional[str] = ...) -> None: ...
 
 class JwtRule(_message.Message):
     __slots__ = ("issuer", "audiences", "jwks", "from_headers", "from_params", "forward_original_token", "output_payload_to_header", "output_claim_to_headers", "policy", "from_cookies")

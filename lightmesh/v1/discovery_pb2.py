@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clightmesh/v1/discovery.proto\x12\x0clightmesh.v1\x1a\x19google/protobuf/any.proto\"\x96\x02\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08workload\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12.\n\x06labels\x18\x04 \x03(\x0b\x32\x1e.lightmesh.v1.Node.LabelsEntry\x12\x17\n\x0fservice_account\x18\x05 \x01(\t\x12\x17\n\x0fsidecar_version\x18\x06 \x01(\t\x12\x38\n\rregistrations\x18\x07 \x03(\x0b\x32!.lightmesh.v1.ServiceRegistration\x12\x12\n\nproxy_type\x18< \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x13ServiceRegistration\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\",\n\x0b\x45rrorDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xd6\x03\n\x15\x44\x65ltaDiscoveryRequest\x12 \n\x04node\x18\x01 \x01(\x0b\x32\x12.lightmesh.v1.Node\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12 \n\x18resource_names_subscribe\x18\x03 \x03(\t\x12\"\n\x1aresource_names_unsubscribe\x18\x04 \x03(\t\x12\x63\n\x19initial_resource_versions\x18\x05 \x03(\x0b\x32@.lightmesh.v1.DeltaDiscoveryRequest.InitialResourceVersionsEntry\x12\x16\n\x0eresponse_nonce\x18\x06 \x01(\t\x12/\n\x0c\x65rror_detail\x18\x07 \x01(\x0b\x32\x19.lightmesh.v1.ErrorDetail\x12 \n\x18initial_resources_digest\x18\x08 \x01(\t\x12\x33\n\x0etraffic_report\x18( \x01(\x0b\x32\x1b.lightmesh.v1.TrafficReport\x1a>\n\x1cInitialResourceVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc7\x01\n\rTrafficReport\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08services\x18\x03 \x03(\t\x12\x17\n\x0f\x64uration_bounds\x18\x04 \x03(\x01\x12)\n\x05\x65\x64ges\x18\x05 \x03(\x0b\x32\x1a.lightmesh.v1.EdgeCounters\x12/\n\x08\x63lusters\x18\x06 \x03(\x0b\x32\x1d.lightmesh.v1.ClusterCounters\x12\x11\n\ttruncated\x18\x07 \x01(\x08\"\xad\x02\n\x0c\x45\x64geCounters\x12\x10\n\x08reporter\x18\x01 \x01(\t\x12\x17\n\x0fsource_workload\x18\x02 \x01(\t\x12\x18\n\x10source_namespace\x18\x03 \x01(\t\x12\x1b\n\x13\x64\x65stination_service\x18\x04 \x01(\t\x12\x1a\n\x12\x64\x65stination_subset\x18\x05 \x01(\t\x12\x1c\n\x14\x64\x65stination_workload\x18\x06 \x01(\t\x12\x15\n\rresponse_code\x18\x07 \x01(\r\x12\x16\n\x0eresponse_flags\x18\x08 \x01(\t\x12\x0c\n\x04mtls\x18\t \x01(\x08\x12\x10\n\x08requests\x18\n \x01(\x04\x12\x18\n\x10\x64uration_buckets\x18\x0b \x03(\x04\x12\x18\n\x10\x64uration_seconds\x18\x0c \x01(\x01\"z\n\x0f\x43lusterCounters\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06subset\x18\x02 \x01(\t\x12\x11\n\toverflows\x18\x03 \x01(\x04\x12\x11\n\tejections\x18\x04 \x01(\x04\x12\x0f\n\x07\x65jected\x18\x05 \x01(\r\x12\x0f\n\x07retries\x18\x06 \x01(\x04\"Q\n\x08Resource\x12\x0f\n\x07version\x18\x01 \x01(\t\x12&\n\x08resource\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x0c\n\x04name\x18\x03 \x01(\t\"\x9c\x01\n\x16\x44\x65ltaDiscoveryResponse\x12\x1b\n\x13system_version_info\x18\x01 \x01(\t\x12)\n\tresources\x18\x02 \x03(\x0b\x32\x16.lightmesh.v1.Resource\x12\x10\n\x08type_url\x18\x04 \x01(\t\x12\r\n\x05nonce\x18\x05 \x01(\t\x12\x19\n\x11removed_resources\x18\x06 \x03(\t\"k\n\x12\x43\x65rtificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\x12\x18\n\x10validity_seconds\x18\x02 \x01(\x03\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x17\n\x0fservice_account\x18\x04 \x01(\t\"\x82\x01\n\x13\x43\x65rtificateResponse\x12\x16\n\x0e\x63\x65rt_chain_pem\x18\x01 \x01(\t\x12\x18\n\x10trust_bundle_pem\x18\x02 \x01(\t\x12\x11\n\tspiffe_id\x18\x03 \x01(\t\x12\x0e\n\x06serial\x18\x04 \x01(\t\x12\x16\n\x0enot_after_unix\x18\x05 \x01(\x03\x32o\n\x0f\x43onfigDiscovery\x12\\\n\x0b\x44\x65ltaConfig\x12#.lightmesh.v1.DeltaDiscoveryRequest\x1a$.lightmesh.v1.DeltaDiscoveryResponse(\x01\x30\x01\x32n\n\x12\x43\x65rtificateService\x12X\n\x11\x43reateCertificate\x12 .lightmesh.v1.CertificateRequest\x1a!.lightmesh.v1.CertificateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clightmesh/v1/discovery.proto\x12\x0clightmesh.v1\x1a\x19google/protobuf/any.proto\"\x96\x02\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08workload\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12.\n\x06labels\x18\x04 \x03(\x0b\x32\x1e.lightmesh.v1.Node.LabelsEntry\x12\x17\n\x0fservice_account\x18\x05 \x01(\t\x12\x17\n\x0fsidecar_version\x18\x06 \x01(\t\x12\x38\n\rregistrations\x18\x07 \x03(\x0b\x32!.lightmesh.v1.ServiceRegistration\x12\x12\n\nproxy_type\x18< \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"[\n\x13ServiceRegistration\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x14\n\x0c\x61pp_protocol\x18Z \x01(\t\",\n\x0b\x45rrorDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xd6\x03\n\x15\x44\x65ltaDiscoveryRequest\x12 \n\x04node\x18\x01 \x01(\x0b\x32\x12.lightmesh.v1.Node\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12 \n\x18resource_names_subscribe\x18\x03 \x03(\t\x12\"\n\x1aresource_names_unsubscribe\x18\x04 \x03(\t\x12\x63\n\x19initial_resource_versions\x18\x05 \x03(\x0b\x32@.lightmesh.v1.DeltaDiscoveryRequest.InitialResourceVersionsEntry\x12\x16\n\x0eresponse_nonce\x18\x06 \x01(\t\x12/\n\x0c\x65rror_detail\x18\x07 \x01(\x0b\x32\x19.lightmesh.v1.ErrorDetail\x12 \n\x18initial_resources_digest\x18\x08 \x01(\t\x12\x33\n\x0etraffic_report\x18( \x01(\x0b\x32\x1b.lightmesh.v1.TrafficReport\x1a>\n\x1cInitialResourceVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc7\x01\n\rTrafficReport\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08services\x18\x03 \x03(\t\x12\x17\n\x0f\x64uration_bounds\x18\x04 \x03(\x01\x12)\n\x05\x65\x64ges\x18\x05 \x03(\x0b\x32\x1a.lightmesh.v1.EdgeCounters\x12/\n\x08\x63lusters\x18\x06 \x03(\x0b\x32\x1d.lightmesh.v1.ClusterCounters\x12\x11\n\ttruncated\x18\x07 \x01(\x08\"\xad\x02\n\x0c\x45\x64geCounters\x12\x10\n\x08reporter\x18\x01 \x01(\t\x12\x17\n\x0fsource_workload\x18\x02 \x01(\t\x12\x18\n\x10source_namespace\x18\x03 \x01(\t\x12\x1b\n\x13\x64\x65stination_service\x18\x04 \x01(\t\x12\x1a\n\x12\x64\x65stination_subset\x18\x05 \x01(\t\x12\x1c\n\x14\x64\x65stination_workload\x18\x06 \x01(\t\x12\x15\n\rresponse_code\x18\x07 \x01(\r\x12\x16\n\x0eresponse_flags\x18\x08 \x01(\t\x12\x0c\n\x04mtls\x18\t \x01(\x08\x12\x10\n\x08requests\x18\n \x01(\x04\x12\x18\n\x10\x64uration_buckets\x18\x0b \x03(\x04\x12\x18\n\x10\x64uration_seconds\x18\x0c \x01(\x01\"z\n\x0f\x43lusterCounters\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06subset\x18\x02 \x01(\t\x12\x11\n\toverflows\x18\x03 \x01(\x04\x12\x11\n\tejections\x18\x04 \x01(\x04\x12\x0f\n\x07\x65jected\x18\x05 \x01(\r\x12\x0f\n\x07retries\x18\x06 \x01(\x04\"Q\n\x08Resource\x12\x0f\n\x07version\x18\x01 \x01(\t\x12&\n\x08resource\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x0c\n\x04name\x18\x03 \x01(\t\"\x9c\x01\n\x16\x44\x65ltaDiscoveryResponse\x12\x1b\n\x13system_version_info\x18\x01 \x01(\t\x12)\n\tresources\x18\x02 \x03(\x0b\x32\x16.lightmesh.v1.Resource\x12\x10\n\x08type_url\x18\x04 \x01(\t\x12\r\n\x05nonce\x18\x05 \x01(\t\x12\x19\n\x11removed_resources\x18\x06 \x03(\t\"k\n\x12\x43\x65rtificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\x12\x18\n\x10validity_seconds\x18\x02 \x01(\x03\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x17\n\x0fservice_account\x18\x04 \x01(\t\"\x82\x01\n\x13\x43\x65rtificateResponse\x12\x16\n\x0e\x63\x65rt_chain_pem\x18\x01 \x01(\t\x12\x18\n\x10trust_bundle_pem\x18\x02 \x01(\t\x12\x11\n\tspiffe_id\x18\x03 \x01(\t\x12\x0e\n\x06serial\x18\x04 \x01(\t\x12\x16\n\x0enot_after_unix\x18\x05 \x01(\x03\x32o\n\x0f\x43onfigDiscovery\x12\\\n\x0b\x44\x65ltaConfig\x12#.lightmesh.v1.DeltaDiscoveryRequest\x1a$.lightmesh.v1.DeltaDiscoveryResponse(\x01\x30\x01\x32n\n\x12\x43\x65rtificateService\x12X\n\x11\x43reateCertificate\x12 .lightmesh.v1.CertificateRequest\x1a!.lightmesh.v1.CertificateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,29 +41,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODE_LABELSENTRY']._serialized_start=307
   _globals['_NODE_LABELSENTRY']._serialized_end=352
   _globals['_SERVICEREGISTRATION']._serialized_start=354
-  _globals['_SERVICEREGISTRATION']._serialized_end=423
-  _globals['_ERRORDETAIL']._serialized_start=425
-  _globals['_ERRORDETAIL']._serialized_end=469
-  _globals['_DELTADISCOVERYREQUEST']._serialized_start=472
-  _globals['_DELTADISCOVERYREQUEST']._serialized_end=942
-  _globals['_DELTADISCOVERYREQUEST_INITIALRESOURCEVERSIONSENTRY']._serialized_start=880
-  _globals['_DELTADISCOVERYREQUEST_INITIALRESOURCEVERSIONSENTRY']._serialized_end=942
-  _globals['_TRAFFICREPORT']._serialized_start=945
-  _globals['_TRAFFICREPORT']._serialized_end=1144
-  _globals['_EDGECOUNTERS']._serialized_start=1147
-  _globals['_EDGECOUNTERS']._serialized_end=1448
-  _globals['_CLUSTERCOUNTERS']._serialized_start=1450
-  _globals['_CLUSTERCOUNTERS']._serialized_end=1572
-  _globals['_RESOURCE']._serialized_start=1574
-  _globals['_RESOURCE']._serialized_end=1655
-  _globals['_DELTADISCOVERYRESPONSE']._serialized_start=1658
-  _globals['_DELTADISCOVERYRESPONSE']._serialized_end=1814
-  _globals['_CERTIFICATEREQUEST']._serialized_start=1816
-  _globals['_CERTIFICATEREQUEST']._serialized_end=1923
-  _globals['_CERTIFICATERESPONSE']._serialized_start=1926
-  _globals['_CERTIFICATERESPONSE']._serialized_end=2056
-  _globals['_CONFIGDISCOVERY']._serialized_start=2058
-  _globals['_CONFIGDISCOVERY']._serialized_end=2169
-  _globals['_CERTIFICATESERVICE']._serialized_start=2171
-  _globals['_CERTIFICATESERVICE']._serialized_end=2281
+  _globals['_SERVICEREGISTRATION']._serialized_end=445
+  _globals['_ERRORDETAIL']._serialized_start=447
+  _globals['_ERRORDETAIL']._serialized_end=491
+  _globals['_DELTADISCOVERYREQUEST']._serialized_start=494
+  _globals['_DELTADISCOVERYREQUEST']._serialized_end=964
+  _globals['_DELTADISCOVERYREQUEST_INITIALRESOURCEVERSIONSENTRY']._serialized_start=902
+  _globals['_DELTADISCOVERYREQUEST_INITIALRESOURCEVERSIONSENTRY']._serialized_end=964
+  _globals['_TRAFFICREPORT']._serialized_start=967
+  _globals['_TRAFFICREPORT']._serialized_end=1166
+  _globals['_EDGECOUNTERS']._serialized_start=1169
+  _globals['_EDGECOUNTERS']._serialized_end=1470
+  _globals['_CLUSTERCOUNTERS']._serialized_start=1472
+  _globals['_CLUSTERCOUNTERS']._serialized_end=1594
+  _globals['_RESOURCE']._serialized_start=1596
+  _globals['_RESOURCE']._serialized_end=1677
+  _globals['_DELTADISCOVERYRESPONSE']._serialized_start=1680
+  _globals['_DELTADISCOVERYRESPONSE']._serialized_end=1836
+  _globals['_CERTIFICATEREQUEST']._serialized_start=1838
+  _globals['_CERTIFICATEREQUEST']._serialized_end=1945
+  _globals['_CERTIFICATERESPONSE']._serialized_start=1948
+  _globals['_CERTIFICATERESPONSE']._serialized_end=2078
+  _globals['_CONFIGDISCOVERY']._serialized_start=2080
+  _globals['_CONFIGDISCOVERY']._serialized_end=2191
+  _globals['_CERTIFICATESERVICE']._serialized_start=2193
+  _globals['_CERTIFICATESERVICE']._serialized_end=2303
 # @@protoc_insertion_point(module_scope)

@@ -35,14 +35,16 @@ class Node(_message.Message):
     def __init__(self, id: _Optional[str] = ..., workload: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., service_account: _Optional[str] = ..., sidecar_version: _Optional[str] = ..., registrations: _Optional[_Iterable[_Union[ServiceRegistration, _Mapping]]] = ..., proxy_type: _Optional[str] = ...) -> None: ...
 
 class ServiceRegistration(_message.Message):
-    __slots__ = ("service", "address", "port")
+    __slots__ = ("service", "address", "port", "app_protocol")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
+    APP_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     service: str
     address: str
     port: int
-    def __init__(self, service: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+    app_protocol: str
+    def __init__(self, service: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., app_protocol: _Optional[str] = ...) -> None: ...
 
 class ErrorDetail(_message.Message):
     __slots__ = ("code", "message")

@@ -260,8 +260,12 @@ class LocalMesh:
         sidecar_args: tuple[str, ...] = (),
         app_args: tuple[str, ...] = (),
         app: tuple[str, ...] = (),
+        protocol: str = "",
     ) -> Workload:
         """Start a demo app and its sidecar (not waiting for readiness).
+
+        `protocol` (grpc, http2, http) is registered with the service, as a Kubernetes Service
+        port's appProtocol would declare it: other sidecars and this one's inbound use it.
 
         `app_args` go to the demo app (e.g. `--fail-first 5`, `--delay 1`); `app`, if given, is
         another app's Python arguments instead, "{port}" in them replaced by its port.
@@ -293,7 +297,8 @@ class LocalMesh:
             [
                 "-m", "lightmeshctl.cli", "sidecar",
                 *self.control_plane_args(),
-                "--workload", name, "--service", service, "--namespace", namespace,
+                "--workload", name, "--namespace", namespace,
+                "--service", f"{service}:{protocol}" if protocol else service,
                 "--labels", f"app={service},version={version}",
                 "--app-port", str(workload.app_port),
                 "--inbound-port", str(workload.inbound_port),

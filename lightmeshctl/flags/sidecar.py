@@ -43,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--service",
         action="append",
         default=[s for s in _env("SERVICES", "").split(",") if s],
-        help="service this workload serves (local mode registration); repeatable",
+        help="service this workload serves (local mode registration), NAME or NAME:PROTOCOL "
+        "(grpc, http2, h2c, http: what a Kubernetes Service port's appProtocol would say); "
+        "repeatable",
     )
     add("--labels", default=_env("LABELS", ""), help="workload labels, k=v,k2=v2")
     add("--service-account", default=_env("SERVICE_ACCOUNT", "default"))
@@ -53,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--app-protocol",
         default=_env("APP_PROTOCOL", ""),
         help="the app port's protocol: grpc, http2 or h2c (HTTP/2 cleartext), http (HTTP/1.1); "
-        "default: h2c for gRPC calls, HTTP/1.1 for the rest (Istio's appProtocol / port-name "
+        "overrides what the control plane says from the workload's Service ports; undeclared "
+        "there too: h2c for gRPC calls, HTTP/1.1 for the rest (Istio's appProtocol / port-name "
         "values)",
     )
     add("--bind", default=_env("BIND", "127.0.0.1"))
@@ -139,6 +142,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def _services(values: list[str]) -> list[tuple[str, str]]:
+    """`--service` values as (name, protocol) pairs; raise ValueError for an unknown protocol."""
+    found = []
+    for value in values:
+        name, _, declared = value.partition(":")
+        protocol = port_protocol("", declared) if declared else ""
+        if declared and protocol not in ("grpc", "http2", "http"):
+            raise ValueError(
+                f"--service {value}: protocol {declared!r} is not one of grpc, http2, h2c, http"
+            )
+        found.append((name, protocol))
+    return found
+
+
 def from_arguments(args: argparse.Namespace) -> Settings:
     """Build settings from parsed flags; raise ValueError with the flag at fault."""
     if not args.workload:
@@ -150,7 +167,8 @@ def from_arguments(args: argparse.Namespace) -> Settings:
         control_plane=args.control_plane,
         workload=args.workload,
         namespace=args.namespace,
-        services=tuple(args.service),
+        services=tuple(name for name, _ in _services(args.service)),
+        service_protocols=tuple((n, p) for n, p in _services(args.service) if p),
         labels=parse_labels(args.labels),
         service_account=args.service_account,
         app_host=args.app_host,

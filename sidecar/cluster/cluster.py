@@ -45,6 +45,8 @@ class Cluster:
         self.max_concurrent_streams = config.max_concurrent_streams
         self.max_requests_per_connection = config.max_requests_per_connection
         self.idle_timeout = config.idle_timeout_ms / 1000 if config.idle_timeout_ms else None
+        # Upstream HTTP/2 connections older than this take no new streams (0: no limit).
+        self.max_connection_age = config.max_connection_duration_ms / 1000
         # Non-empty: originate mutual TLS, with the service FQDN as SNI.
         self.tls_server_name = config.service if config.tls == pb.MESH_MUTUAL else ""
         # Secure naming: who the endpoints may be (see Forward.tls_identities).

@@ -40,6 +40,10 @@ _KNOWN_LB = set(pb.LbPolicy.values())
 _M = TypeVar("_M", bound=Message)
 
 
+# (address, port, TLS server name): what upstream connections are pooled by.
+UpstreamKey = tuple[str, int, str]
+
+
 class DataPlane:
     """The config currently serving: route table and clusters (with endpoints)."""
 
@@ -70,6 +74,12 @@ class DataPlane:
         # An ingress gateway's ports, by listener name; called with all of them on each change.
         self.gateway: dict[str, CompiledListener] = {}
         self.on_gateway: Callable[[Mapping[str, CompiledListener]], None] = lambda ports: None
+        # Called when a change of clusters or endpoints left upstreams no cluster has any more,
+        # with those: the sidecar sends GOAWAY on its pooled HTTP/2 connections to them (and
+        # only to them: connections passed through to non-mesh addresses are not the config's).
+        # None: nobody listens.
+        self.on_upstreams: Callable[[set[UpstreamKey]], object] | None = None
+        self._upstreams: set[UpstreamKey] = set()
 
     def apply(self, type_url: str, resources: Sequence[AnyPb]) -> None:
         """Make the resources of one type exactly `resources` (all of them), or raise
@@ -89,10 +99,12 @@ class DataPlane:
             clusters = {name: _unpack(r, pb.Cluster) for name, r in updated}
             self._apply_clusters(clusters, removed)
             decoded = dict(clusters)
+            self._upstreams_changed()
         elif type_url == types.ENDPOINTS:
             assignments = {name: _unpack(r, pb.ClusterLoadAssignment) for name, r in updated}
             self._apply_endpoints(assignments, removed)
             decoded = dict(assignments)
+            self._upstreams_changed()
         elif type_url == types.ROUTES:
             vhosts = {name: _unpack(r, pb.VirtualHost) for name, r in updated}
             self._apply_routes(vhosts, removed)
@@ -191,6 +203,23 @@ class DataPlane:
         self.routes = route_table((sources[n], hosts[n]) for n in sorted(hosts))
         self._compiled, self._vhosts = hosts, sources
         self._update_destinations()
+
+    def upstream_keys(self) -> set[UpstreamKey]:
+        """(address, port, TLS server name) of every endpoint of every cluster: the upstream
+        connections the config has a use for."""
+        return {
+            (e.address, e.port, cluster.tls_server_name)
+            for name, cluster in self.clusters.items()
+            for e in self._endpoints.get(name, ())
+        }
+
+    def _upstreams_changed(self) -> None:
+        # O(endpoints), as `_update_destinations` is on every endpoints change; tracked with
+        # nobody listening too, so a listener set later learns of every removal.
+        now = self.upstream_keys()
+        gone, self._upstreams = self._upstreams - now, now
+        if gone and self.on_upstreams is not None:
+            self.on_upstreams(gone)
 
     def _update_destinations(self) -> None:
         addresses = {name: [e.address for e in found] for name, found in self._endpoints.items()}

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from sidecar.contract import Divert, Forward, Recorder, Resolver
 from sidecar.listeners.downstream import DownstreamConnection
@@ -24,7 +24,7 @@ from sidecar.listeners.state import EngineSettings, ListenerState, Phase
 from sidecar.listeners.tcp import TcpProxyListener
 from sidecar.upstream.h2pool import H2Pool
 from sidecar.upstream.mirror import Mirrors
-from sidecar.upstream.pool import ConnectionPool
+from sidecar.upstream.pool import ConnectionPool, PoolKey
 
 __all__ = ["ConnectionPool", "EngineSettings", "ProxyListener", "start_proxy"]
 
@@ -103,6 +103,11 @@ class ProxyListener:
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.port = 0
+
+    def retire_upstreams(self, gone: Collection[PoolKey]) -> int:
+        """GOAWAY the pooled HTTP/2 connections to `gone` (a config change removed their
+        cluster or endpoint); returns how many."""
+        return self._state.h2pool.retire(gone)
 
     @property
     def active(self) -> int:

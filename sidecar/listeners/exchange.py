@@ -195,6 +195,7 @@ class Exchange:
                 (target.address, target.port, target.tls_server_name),
                 target.max_concurrent_streams,
                 target.max_requests_per_connection,
+                target.max_connection_age,
             )
             if stream is not None:
                 self.bind(action.attempt, stream)
@@ -256,6 +257,8 @@ class Exchange:
                 identities=target.tls_identities,
                 cap=target.max_concurrent_streams,
                 max_requests=target.max_requests_per_connection,
+                max_age=target.max_connection_age,
+                idle_timeout=target.idle_timeout or 0.0,
             )
         except UpstreamConnectFailure as exc:
             if self.machine.expects(action.attempt):

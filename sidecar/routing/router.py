@@ -166,6 +166,7 @@ class OutboundRouter:
             mirror=self._mirror(route, now),
             max_requests_per_connection=cluster.max_requests_per_connection,
             idle_timeout=cluster.idle_timeout,
+            max_connection_age=cluster.max_connection_age,
             tls_server_name=cluster.tls_server_name,
             tls_identities=cluster.tls_identities,
             meshed=cluster.meshed,
@@ -381,7 +382,8 @@ class InboundRouter:
         self._forward = Forward(
             address=app_host, port=app_port, cluster=f"inbound|{app_port}", mark_unprocessed=True
         )
-        # The app's protocol (the Service port's: Istio's rules, lightmesh/protocols.py): HTTP/2
+        # The app's protocol (--app-protocol, else the Service port's pushed in the inbound
+        # policy: Istio's rules, lightmesh/protocols.py): HTTP/2
         # (h2c) for grpc/http2, HTTP/1.1 for http; undeclared: h2c for a gRPC call (it cannot
         # be anything else), HTTP/1.1 for the rest (what every HTTP app speaks), whatever the
         # calling sidecar spoke.
@@ -408,7 +410,8 @@ class InboundRouter:
         health = self._app_health
         if health is not None and health.down:
             return APP_UNREACHABLE
-        protocol = self._app_protocol
+        # The flag's protocol, else the one the control plane has from the Services' ports.
+        protocol = self._app_protocol or (dataplane.inbound.app_protocol if dataplane else "")
         if protocol in H2_PROTOCOLS or (not protocol and _needs_h2(head)):
             return self._h2_forward
         return self._forward

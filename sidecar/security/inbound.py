@@ -43,6 +43,12 @@ class InboundPolicy:
     # the config layer, sidecar/config/apply.py). None: not needed (no route limits, or a
     # gateway, which routes anyway).
     route_of: Callable[[RequestHead], str] | None = None
+    # The protocol the app speaks, as the control plane has it from the workload's Services'
+    # ports ("grpc", "http2", "http"; "": undeclared). The --app-protocol flag overrides it.
+    app_protocol: str = ""
+
+
+_APP_PROTOCOLS = frozenset({"", "grpc", "http2", "http"})
 
 
 def decode(message: pb.InboundPolicy) -> InboundPolicy:
@@ -97,12 +103,17 @@ def decode(message: pb.InboundPolicy) -> InboundPolicy:
         for r in message.jwt_rules
     ]
     limit = message.rate_limit if message.HasField("rate_limit") else None
+    if message.app_protocol not in _APP_PROTOCOLS:
+        raise ConfigError(
+            f"inbound policy: app_protocol {message.app_protocol!r} is not one of grpc, http2, http"
+        )
     return InboundPolicy(
         mode=mode,
         policies=tuple(policies),
         trust_bundle=message.trust_bundle,
         authenticator=Authenticator(rules) if rules else None,
         rate_limit=_rate_limit(limit) if limit is not None else None,
+        app_protocol=message.app_protocol,
     )
 
 

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 import h2.config
@@ -169,9 +169,11 @@ class H2UpstreamConnection(Dialled):
         "goaway",
         "h2",
         "idle_since",
+        "idle_timeout",
         "key",
         "max_streams",
         "on_closed",
+        "opened_at",
         "peer",
         "streams",
         "streams_opened",
@@ -199,7 +201,8 @@ class H2UpstreamConnection(Dialled):
         self.max_streams = DEFAULT_MAX_STREAMS
         self.flush_pending = False
         self.clock = clock
-        self.idle_since = clock()
+        self.idle_since = self.opened_at = clock()
+        self.idle_timeout = 0.0  # the cluster's idleTimeout; 0: the pool's
         self.on_closed = on_closed
 
     # --- asyncio.Protocol ---
@@ -332,13 +335,17 @@ class H2UpstreamConnection(Dialled):
 
     # --- streams ---
 
-    def has_room(self, cap: int, max_requests: int = 0) -> bool:
+    def has_room(self, cap: int, max_requests: int = 0, max_age: float = 0.0) -> bool:
         """Whether a new stream may open now (under the peer's and the cluster's limits).
 
-        A connection that carried `max_requests` streams (maxRequestsPerConnection) takes no
-        more and closes once its last one ends: connections are recycled, so endpoints added
-        since it opened get their share of new connections too."""
+        A connection that carried `max_requests` streams (maxRequestsPerConnection), or is
+        `max_age` seconds old (maxConnectionDuration), takes no more and closes once its last
+        one ends: connections are recycled, so endpoints added since it opened get their share
+        of new connections too."""
         if self.goaway or self.closed:
+            return False
+        if max_age and self.clock() - self.opened_at >= max_age:
+            self.close()  # GOAWAY: the server learns no more streams come
             return False
         if self.streams_opened >= (max_requests or STREAM_IDS):
             self.goaway = True  # retired: closes when its streams are done
@@ -474,11 +481,11 @@ class H2Pool:
         self._opening: dict[PoolKey, asyncio.Future[H2UpstreamConnection]] = {}
 
     def take_stream(
-        self, key: PoolKey, cap: int = 0, max_requests: int = 0
+        self, key: PoolKey, cap: int = 0, max_requests: int = 0, max_age: float = 0.0
     ) -> H2UpstreamStream | None:
         """A stream on an open connection to `key` with room, or None."""
         for conn in list(self._conns.get(key, ())):
-            if conn.has_room(cap, max_requests):
+            if conn.has_room(cap, max_requests, max_age):
                 return conn.new_stream()
         return None
 
@@ -492,6 +499,8 @@ class H2Pool:
         identities: frozenset[str] = frozenset(),
         cap: int = 0,
         max_requests: int = 0,
+        max_age: float = 0.0,
+        idle_timeout: float = 0.0,
     ) -> H2UpstreamStream:
         """A stream to the endpoint: on a connection being opened, or on a new one."""
         key = (address, port, tls_server_name)
@@ -501,9 +510,9 @@ class H2Pool:
                 conn = await asyncio.shield(opening)
             except UpstreamConnectFailure:
                 raise
-            if conn.has_room(cap, max_requests):
+            if conn.has_room(cap, max_requests, max_age):
                 return conn.new_stream()
-        stream = self.take_stream(key, cap, max_requests)
+        stream = self.take_stream(key, cap, max_requests, max_age)
         if stream is not None:
             return stream
         future: asyncio.Future[H2UpstreamConnection] = asyncio.get_running_loop().create_future()
@@ -517,6 +526,7 @@ class H2Pool:
         finally:
             if self._opening.get(key) is future:
                 del self._opening[key]
+        conn.idle_timeout = idle_timeout
         future.set_result(conn)
         self._conns.setdefault(key, []).append(conn)
         return conn.new_stream()
@@ -557,12 +567,25 @@ class H2Pool:
                 del self._conns[conn.key]
 
     def sweep(self) -> None:
-        """Close connections without streams idle longer than the idle timeout."""
+        """Close connections without streams idle longer than their cluster's idle timeout
+        (connectionPool idleTimeout), or the pool's."""
         now = self._clock()
         for conns in list(self._conns.values()):
             for conn in list(conns):
-                if not conn.streams and now - conn.idle_since >= self.idle_timeout:
+                limit = conn.idle_timeout or self.idle_timeout
+                if not conn.streams and now - conn.idle_since >= limit:
                     conn.close()
+
+    def retire(self, gone: Collection[PoolKey]) -> int:
+        """GOAWAY the connections to `gone` (endpoints a config change removed); their streams
+        in flight finish. Returns how many were retired."""
+        retired = 0
+        for key in gone:
+            for conn in list(self._conns.get(key, ())):
+                if not conn.goaway:
+                    conn.close()
+                    retired += 1
+        return retired
 
     def close(self) -> None:
         """Abort every connection."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
+import http.client
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -24,6 +26,10 @@ from aiohttp import web
 from grpc import aio
 
 from controlplane.ca import new_root
+from controlplane.model import ServiceEndpoint
+from controlplane.sources.kube_index import KubeIndex
+from controlplane.translate.inbound import inbound_policy
+from controlplane.world import NodeInfo, World, service_key
 from lightmesh import types
 from lightmesh.v1 import config_pb2 as pb
 from sidecar.config.apply import DataPlane
@@ -508,3 +514,128 @@ async def test_stalled_streams_do_not_starve_the_others_on_their_connection(rig:
     assert await bounded(method(rig.channel, "Unary")(b"big:%d" % BIG)) == b"x" * BIG  # type: ignore[operator]
     for s in stalled:
         s.cancel()
+
+
+async def test_a_removed_endpoint_gets_goaway_and_comes_back_on_a_new_connection(
+    rig: Rig,
+) -> None:
+    """A config change that drops an endpoint GOAWAYs the pooled connection to it (its sidecar
+    still up): nothing is left to it, so when the endpoint returns a new connection opens."""
+    retired: list[int] = []
+    rig.plane.on_upstreams = lambda gone: retired.append(rig.outbound.retire_upstreams(gone))
+    who = method(rig.channel, "Who")
+    assert {await bounded(who(b"")) for _ in range(3)} == {b"s0", b"s1", b"s2"}  # type: ignore[operator]
+    assert rig.outbound.connections_opened == {CLUSTER: 3}
+
+    def endpoints(inbounds: list[ProxyListener]) -> None:
+        found = [pb.Endpoint(address="127.0.0.1", port=i.port) for i in inbounds]
+        assignment = pb.ClusterLoadAssignment(cluster_name=CLUSTER, endpoints=found)
+        rig.plane.apply(types.ENDPOINTS, pack(assignment))
+
+    endpoints(rig.inbounds[1:])
+    assert retired == [1]
+    assert {await bounded(who(b"")) for _ in range(4)} == {b"s1", b"s2"}  # type: ignore[operator]
+    endpoints(rig.inbounds)
+    assert {await bounded(who(b"")) for _ in range(3)} == {b"s0", b"s1", b"s2"}  # type: ignore[operator]
+    assert rig.outbound.connections_opened == {CLUSTER: 4}  # s0 again, on a new connection
+    # Removing the whole cluster retires every connection.
+    rig.plane.apply(types.CLUSTER, [])
+    assert retired[-1] == 3
+
+
+def _pool_clock(rig: Rig) -> list[float]:
+    """The outbound's HTTP/2 pool reads the time from the list's one item (the test moves it);
+    connections opened from now on keep that clock."""
+    now = [0.0]
+    rig.outbound._state.h2pool._clock = lambda: now[0]
+    return now
+
+
+async def _who(rig: Rig, calls: int) -> None:
+    who = method(rig.channel, "Who")
+    for _ in range(calls):
+        await bounded(who(b""))  # type: ignore[operator]
+
+
+async def test_connections_older_than_the_max_duration_take_no_new_streams(rig: Rig) -> None:
+    """maxConnectionDuration: a connection past it is GOAWAYed when a new call would use it,
+    and the call goes on a new connection (time is the pool's clock, moved by the test)."""
+    now = _pool_clock(rig)
+    _limit(rig, max_connection_duration_ms=60_000)
+    await _who(rig, 6)
+    assert rig.outbound.connections_opened == {CLUSTER: 3}
+    now[0] = 59.0
+    await _who(rig, 3)
+    assert rig.outbound.connections_opened == {CLUSTER: 3}
+    now[0] = 60.0  # every connection is a minute old: each endpoint's next call opens anew
+    await _who(rig, 6)
+    assert rig.outbound.connections_opened == {CLUSTER: 6}
+
+
+def _http11_grpc_call(port: int, message: bytes) -> tuple[int, bytes]:
+    """A gRPC-framed unary call sent as HTTP/1.1: the answer's status and body."""
+    frame = b"\x00" + len(message).to_bytes(4, "big") + message
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        headers = {"Host": "catalog", "Content-Type": "application/grpc", "TE": "trailers"}
+        connection.request("POST", "/test.Echo/Unary", body=frame, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+async def test_a_service_declared_grpc_in_kubernetes_makes_the_inbound_speak_http2() -> None:
+    """The control plane's translation of a Kubernetes Service port `appProtocol: grpc` (whose
+    endpoint is this workload), applied by an inbound sidecar started without --app-protocol:
+    an HTTP/1.1 call reaches the grpcio app (HTTP/2 only) as HTTP/2. Before it, HTTP/1.1."""
+    server, app_port, _ = await start("app")
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(server.stop, 0)
+        plane = DataPlane()
+        inbound = await start_proxy(
+            "127.0.0.1",
+            0,
+            resolver=InboundRouter(
+                app_host="127.0.0.1", app_port=app_port, dataplane=plane
+            ).resolve,
+            recorder=lambda _: None,
+            listener="inbound",
+        )
+        stack.push_async_callback(inbound.close, 1.0)
+        framed = b"\x00\x00\x00\x00\x02hi"
+        status, _ = await asyncio.to_thread(_http11_grpc_call, inbound.port, b"hi")
+        assert status >= 500  # HTTP/1.1 to a gRPC server: no answer
+        index = KubeIndex()
+        index.replace(
+            "Service",
+            [{"metadata": {"name": "catalog", "namespace": "shop"},
+              "spec": {"clusterIP": "10.0.0.9",
+                       "ports": [{"name": "api", "port": 80, "appProtocol": "grpc"}]}}],
+        )  # fmt: skip
+        service = index.services()["catalog.shop.svc.cluster.local"]
+        endpoint = ServiceEndpoint(address="127.0.0.1", port=inbound.port, workload="catalog-1")
+        world = World()
+        world.put(service_key(service), dataclasses.replace(service, endpoints=(endpoint,)))
+        node = NodeInfo(id="catalog-1.shop", workload="catalog-1", namespace="shop")
+        plane.apply(types.INBOUND, pack(inbound_policy(world, node)))
+        assert await asyncio.to_thread(_http11_grpc_call, inbound.port, b"hi") == (200, framed)
+
+
+async def test_the_clusters_idle_timeout_closes_idle_http2_connections(rig: Rig) -> None:
+    """connectionPool idleTimeout applies to upstream HTTP/2 connections: one idle that long is
+    closed at the next sweep, and the next call opens a new one (the pool's clock, moved)."""
+    now = _pool_clock(rig)
+    pool = rig.outbound._state.h2pool
+    _limit(rig, idle_timeout_ms=30_000)
+    await _who(rig, 3)
+    assert rig.outbound.connections_opened == {CLUSTER: 3}
+    now[0] = 29.0
+    pool.sweep()
+    await _who(rig, 3)
+    assert rig.outbound.connections_opened == {CLUSTER: 3}
+    now[0] = 29.0 + 30.0  # idle 30 s since the last calls (the pool's own default is 60 s)
+    pool.sweep()
+    await bounded(_until(lambda: not pool._conns))
+    await _who(rig, 3)
+    assert rig.outbound.connections_opened == {CLUSTER: 6}

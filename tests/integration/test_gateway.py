@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -745,3 +746,99 @@ spec:
             _sample(metrics, "lightmesh_inbound_route_rate_limited_total", route="catalog-api")
             == refused_by["catalog-api"]
         )
+
+
+# --- HTTP/2 and gRPC at the edge ---
+
+
+def grpc_gateway(plain: int, tls: int, certs: Path) -> str:
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: grpc-gateway, namespace: shop}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+    - port: {{number: {plain}, name: grpc, protocol: GRPC}}
+      hosts: ["shop/grpc.example.com"]
+    - port: {{number: {tls}, name: https-grpc, protocol: HTTPS}}
+      hosts: ["shop/grpc.example.com"]
+      tls: {{mode: SIMPLE, credentialName: "{certs / "grpc"}"}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: pricing, namespace: shop}}
+spec:
+  hosts: ["grpc.example.com"]
+  gateways: ["grpc-gateway"]
+  http:
+    - route: [{{destination: {{host: pricing}}}}]
+"""
+
+
+def test_grpc_clients_through_the_gateway_over_h2c_and_tls_alpn_h2(
+    mesh: LocalMesh, tmp_path: Path, edge_ca: tuple[EdgeCA, Path]
+) -> None:
+    """A real grpcio client: prior-knowledge h2c on a GRPC server, h2 by ALPN on an HTTPS one;
+    to a grpcio app behind its STRICT sidecar (mutual TLS from the gateway)."""
+    import grpc  # the gateway process never imports it; the test client does
+
+    from tests.support.grpc_echo import SERVICE
+
+    ca, ca_file = edge_ca
+    certs = tmp_path / "certs"
+    ca.write_secret_dir(certs / "grpc", "grpc.example.com", dns=("grpc.example.com",))
+    plain, tls = free_port(), free_port()
+    apply(mesh, "gateway", grpc_gateway(plain, tls, certs))
+    apply(mesh, "strict", STRICT)
+    mesh.start_control_plane()
+    app = ("-m", "tests.support.grpc_echo", "--port", "{port}", "--name", "pricing-a")
+    mesh.start_workload("pricing-a", service="pricing", namespace="shop", app=app,
+                        protocol="grpc", sidecar_args=("--service-account", "pricing-sa"))  # fmt: skip
+    mesh.wait_ready()
+    start_gateway(mesh)
+
+    def identity(data: bytes) -> bytes:
+        return data
+
+    def call(channel: grpc.Channel, message: bytes) -> tuple[bytes, dict[str, str]]:
+        unary = channel.unary_unary(
+            f"/{SERVICE}/Unary", request_serializer=identity, response_deserializer=identity
+        )
+        reply, outcome = unary.with_call(message, metadata=(("x-echo", "1"),), timeout=5)
+        return reply, dict(outcome.trailing_metadata())
+
+    def answers(channel: grpc.Channel) -> bool:
+        try:
+            return call(channel, b"hi")[0] == b"hi"
+        except grpc.RpcError:
+            return False
+
+    options = [("grpc.default_authority", "grpc.example.com")]
+    with grpc.insecure_channel(f"127.0.0.1:{plain}", options=options) as channel:
+        wait_for(lambda: answers(channel), timeout=30, what="gRPC over h2c through the gateway")
+        reply, trailers = call(channel, b"big:2000000")
+        assert len(reply) == 2_000_000 and trailers["x-trailer"] == "pricing-a"
+        unary = channel.unary_unary(f"/{SERVICE}/Unary", request_serializer=identity,
+                                    response_deserializer=identity)  # fmt: skip
+        with pytest.raises(grpc.RpcError) as caught:
+            unary(b"status:5", timeout=5)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes())
+    tls_options = [("grpc.ssl_target_name_override", "grpc.example.com"), *options]
+    with grpc.secure_channel(f"127.0.0.1:{tls}", credentials, options=tls_options) as channel:
+        wait_for(lambda: answers(channel), timeout=30, what="gRPC over TLS (ALPN h2)")
+        assert call(channel, b"over tls")[0] == b"over tls"
+    # ALPN: h2 for a client that offers it, http/1.1 for one that offers only that.
+    assert [_alpn(tls, ca_file, offer) for offer in (["h2", "http/1.1"], ["http/1.1"])] == [
+        "h2",
+        "http/1.1",
+    ]
+
+
+def _alpn(port: int, ca_file: Path, offer: list[str]) -> str | None:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.set_alpn_protocols(offer)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with context.wrap_socket(raw, server_hostname="grpc.example.com") as tls:
+        return tls.selected_alpn_protocol()

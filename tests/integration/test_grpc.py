@@ -9,6 +9,7 @@ call across the three pods.
 
 from __future__ import annotations
 
+import http.client
 from pathlib import Path
 
 import grpc
@@ -132,3 +133,45 @@ def test_grpc_through_two_sidecars_balanced_per_call(mesh: LocalMesh, config_dir
         and 'mtls="true"' in line
         for line in served.splitlines()
     )  # fmt: skip
+
+
+def _http11_unary(port: int, message: bytes) -> tuple[int, bytes]:
+    """A gRPC-framed call sent as HTTP/1.1 (what the inbound listener gets from an HTTP/1.1
+    caller): the status and body of the answer."""
+    frame = b"\x00" + len(message).to_bytes(4, "big") + message
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request(
+            "POST",
+            f"/{SERVICE}/Unary",
+            body=frame,
+            headers={"Host": "pricing", "Content-Type": "application/grpc", "TE": "trailers"},
+        )
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_the_registered_protocol_makes_the_inbound_speak_http2_to_the_app(
+    mesh: LocalMesh,
+) -> None:
+    """No --app-protocol: the control plane pushes the protocol the service is declared with
+    (here registered as `--service pricing:grpc`, Kubernetes' appProtocol in cluster mode), so
+    an HTTP/1.1 call reaches the grpcio app (HTTP/2 only) as HTTP/2. Undeclared, the same call
+    goes to its app as HTTP/1.1, which a grpcio server cannot answer."""
+    mesh.start_control_plane()
+    app = ("-m", "tests.support.grpc_echo", "--port", "{port}", "--name", "app")
+    declared = mesh.start_workload("pricing-a", service="pricing", namespace="shop", app=app,
+                                   protocol="grpc")  # fmt: skip
+    undeclared = mesh.start_workload("ledger-a", service="ledger", namespace="shop", app=app)
+    mesh.wait_ready()
+    message = b"hi over h1"
+    framed = b"\x00" + len(message).to_bytes(4, "big") + message
+    wait_for(
+        lambda: _http11_unary(declared.inbound_port, message) == (200, framed),
+        timeout=30,
+        what="an HTTP/1.1 call answered by the gRPC app",
+    )
+    status, _ = _http11_unary(undeclared.inbound_port, message)
+    assert status >= 500

@@ -150,3 +150,40 @@ def test_fault_abort_takes_a_grpc_status() -> None:
     assert (fault.abort_grpc, fault.abort_status, fault.abort_percent) == ("UNAVAILABLE", None, 50)
     assert any("grpcStatus" in str(p) for p in _vs({"grpcStatus": "BROKEN"}).problems)
     assert any("httpStatus or grpcStatus" in str(p) for p in _vs({}).problems)
+
+
+def test_max_connection_duration_reaches_the_clusters_and_a_subset_may_narrow_it() -> None:
+    parsed = parse_document(
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": {"name": "catalog", "namespace": "shop"},
+            "spec": {
+                "host": "catalog",
+                "trafficPolicy": {"connectionPool": {"tcp": {"maxConnectionDuration": "5m"}}},
+                "subsets": [
+                    {
+                        "name": "v2",
+                        "labels": {"version": "v2"},
+                        "trafficPolicy": {
+                            "connectionPool": {"tcp": {"maxConnectionDuration": "30s"}}
+                        },
+                    }
+                ],
+            },
+        },
+        origin="f.yaml",
+    )
+    assert isinstance(parsed.resource, DestinationRule), parsed.problems
+    whole, v2 = host_clusters(_service([{"name": "grpc", "port": 80}]), parsed.resource,
+                              trust_domain="cluster.local")  # fmt: skip
+    assert (whole.max_connection_duration_ms, v2.max_connection_duration_ms) == (300_000, 30_000)
+    refused = parse_document(
+        {"apiVersion": "lightmesh.io/v1alpha1", "kind": "DestinationRule",
+         "metadata": {"name": "c", "namespace": "shop"},
+         "spec": {"host": "c", "trafficPolicy": {"connectionPool": {"tcp": {
+             "maxConnectionDuration": "soon"}}}}},
+        origin="f.yaml",
+    )  # fmt: skip
+    assert refused.resource is None
+    assert any("maxConnectionDuration" in str(p) for p in refused.problems)

@@ -108,3 +108,30 @@ def test_backoff_grows_to_its_cap_and_resets() -> None:
     assert delays[0] < 0.4 and all(d <= 6.0 for d in delays) and delays[-1] >= 2.0
     backoff.reset()
     assert backoff.next_delay() < 0.4
+
+
+def test_cluster_and_endpoint_changes_report_the_upstreams_no_cluster_has_left() -> None:
+    plane = DataPlane()
+    gone: list[set[tuple[str, int, str]]] = []
+    plane.on_upstreams = gone.append
+    mutual = pb.Cluster(name="outbound||a", service="a.shop.svc.cluster.local", tls=pb.MESH_MUTUAL)
+    plane.apply(types.CLUSTER, packed(mutual, pb.Cluster(name="outbound||b")))
+    endpoints = [pb.Endpoint(address="10.0.0.1", port=80), pb.Endpoint(address="10.0.0.2", port=80)]
+
+    def assign(a: list[pb.Endpoint], b: list[pb.Endpoint]) -> None:
+        plane.apply(
+            types.ENDPOINTS,
+            packed(
+                pb.ClusterLoadAssignment(cluster_name="outbound||a", endpoints=a),
+                pb.ClusterLoadAssignment(cluster_name="outbound||b", endpoints=b),
+            ),
+        )
+
+    assign(endpoints, endpoints[:1])
+    assert gone == []  # only additions
+    sni = "a.shop.svc.cluster.local"
+    assign(endpoints[1:], endpoints[:1])  # 10.0.0.1 leaves a; b (plaintext) keeps its own
+    assert gone == [{("10.0.0.1", 80, sni)}]
+    plane.apply(types.CLUSTER, packed(pb.Cluster(name="outbound||b")))  # a is gone
+    assert gone[-1] == {("10.0.0.2", 80, sni)}
+    assert len(gone) == 2

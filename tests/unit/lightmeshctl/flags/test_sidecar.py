@@ -34,3 +34,14 @@ def test_metrics_port_is_off_by_default_and_read_from_its_flag_or_environment(
     assert parsed("--metrics-port", "15020", "--no-metrics") == 15020  # not --metrics' prefix
     monkeypatch.setenv("LIGHTMESH_METRICS_PORT", "15021")
     assert parsed() == 15021
+
+
+def test_a_service_registers_with_the_protocol_it_is_served_with() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = ["--workload", "w", "--service", "catalog:h2c", "--service", "web"]
+    settings = from_arguments(parser.parse_args(args))
+    assert settings.services == ("catalog", "web")
+    assert settings.service_protocols == (("catalog", "http2"),)
+    with pytest.raises(ValueError, match="--service catalog:spdy"):
+        from_arguments(parser.parse_args(["--workload", "w", "--service", "catalog:spdy"]))

@@ -79,3 +79,21 @@ def test_a_route_match_that_does_not_compile_is_refused_naming_it() -> None:
     policy.rate_limit.inbound_hosts[0].routes[0].matches[0].uri.regex = "a" * 6
     with pytest.raises(ConfigError, match="search"):
         DataPlane(max_regex_length=5).apply(types.INBOUND, pack(policy))
+
+
+def test_the_pushed_app_protocol_picks_http2_and_the_flag_overrides_it() -> None:
+    dataplane = DataPlane()
+    plain = InboundRouter(app_host="127.0.0.1", app_port=8080, dataplane=dataplane)
+    forced = InboundRouter(app_host="127.0.0.1", app_port=8080, dataplane=dataplane,
+                           app_protocol="http")  # fmt: skip
+
+    def http2(router: InboundRouter) -> bool:
+        decided = router.resolve(head())
+        assert isinstance(decided, Forward)
+        return decided.http2
+
+    assert (http2(plain), http2(forced)) == (False, False)  # undeclared: HTTP/1.1 stays
+    dataplane.apply(types.INBOUND, pack(pb.InboundPolicy(app_protocol="grpc")))
+    assert (http2(plain), http2(forced)) == (True, False)
+    with pytest.raises(ConfigError, match="app_protocol 'spdy'"):
+        dataplane.apply(types.INBOUND, pack(pb.InboundPolicy(app_protocol="spdy")))
