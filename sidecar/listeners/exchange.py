@@ -289,7 +289,11 @@ class Exchange:
                 (name, format_timeout(max(left, 0.0))) if name == b"grpc-timeout" else (name, v)
                 for name, v in headers
             ]
-        stream.open(headers, machine.start.method)
+        if not stream.open(headers, machine.start.method):
+            self.conn = None
+            failure = UpstreamConnectFailure("upstream HTTP/2 connection takes no new stream")
+            self.run(machine.upstream_connect_failed(attempt, failure))
+            return
         if self.down.write_paused:
             stream.pause_reading()
         actions = machine.upstream_connected(attempt, None, stream.tls, False, stream.requests)

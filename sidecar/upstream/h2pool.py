@@ -57,6 +57,10 @@ DEFAULT_MAX_STREAMS = 100  # until the peer's SETTINGS say otherwise (RFC 9113 s
 STREAM_IDS = 2**30 - 1
 
 
+class _DialAbandoned(UpstreamConnectFailure):
+    """The request dialling a connection others wait on was cancelled before it was up."""
+
+
 class H2Owner(Protocol):
     """Who receives an upstream stream's events: the exchange's driver."""
 
@@ -115,18 +119,24 @@ class H2UpstreamStream:
 
     # --- what the exchange's driver calls ---
 
-    def open(self, headers: Headers, method: str) -> None:
-        """Send the request head (the body follows with `write`, the end with `end_request`)."""
+    def open(self, headers: Headers, method: str) -> bool:
+        """Send the request head (the body follows with `write`, the end with `end_request`);
+        False when this connection cannot take the stream (the caller treats it as a failed
+        connect, so the request is retried or answered, never left waiting)."""
         conn = self.conn
         self.method = method
         try:
             self.stream_id = conn.h2.get_next_available_stream_id()
             conn.h2.send_headers(self.stream_id, headers)
         except (h2.exceptions.ProtocolError, h2.exceptions.NoAvailableStreamIDError) as exc:
-            conn.fail(exc)
-            return
+            # Out of stream ids, over the peer's limit or closed by h2: no new streams here, but
+            # the streams in flight on it are not this stream's failure.
+            logger.info("upstream HTTP/2 connection %s takes no new stream: %r", conn.key, exc)
+            conn.close()
+            return False
         conn.streams[self.stream_id] = self
         conn.flush()
+        return True
 
     def write(self, data: bytes) -> None:
         """Request body bytes, sent within the peer's windows."""
@@ -508,10 +518,11 @@ class H2Pool:
         if opening is not None:
             try:
                 conn = await asyncio.shield(opening)
-            except UpstreamConnectFailure:
-                raise
-            if conn.has_room(cap, max_requests, max_age):
-                return conn.new_stream()
+            except _DialAbandoned:
+                pass  # its dialer was cancelled: dial ourselves below
+            else:
+                if conn.has_room(cap, max_requests, max_age):
+                    return conn.new_stream()
         stream = self.take_stream(key, cap, max_requests, max_age)
         if stream is not None:
             return stream
@@ -519,8 +530,11 @@ class H2Pool:
         self._opening[key] = future
         try:
             conn = await self._open(key, connect_timeout, identities)
-        except UpstreamConnectFailure as exc:
-            future.set_exception(exc)
+        except BaseException as exc:
+            # Also when this request is cancelled mid-dial (its client reset, its timeout): the
+            # others waiting on this dial must not wait forever, they dial again on their own.
+            failure = exc if isinstance(exc, UpstreamConnectFailure) else _DialAbandoned(repr(exc))
+            future.set_exception(failure)
             future.exception()  # retrieved: nobody else may be waiting
             raise
         finally:
