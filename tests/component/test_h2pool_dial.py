@@ -25,9 +25,11 @@ def _pool() -> H2Pool:
 
 async def test_a_cancelled_dialer_does_not_strand_the_requests_waiting_on_its_dial() -> None:
     accepted: list[asyncio.StreamWriter] = []
+    dialled = asyncio.Event()
 
     async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepted.append(writer)  # never a ServerHello: the dial stays open
+        dialled.set()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -40,8 +42,7 @@ async def test_a_cancelled_dialer_does_not_strand_the_requests_waiting_on_its_di
 
     try:
         first = stream(30.0)
-        while not accepted:  # bounded by the test's timeout; the dial is under way
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(dialled.wait(), 20.0)  # the dial is under way
         waiting = stream(0.5)
         await asyncio.sleep(0.05)  # the second one waits on the first's dial
         first.cancel()
