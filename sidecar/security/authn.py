@@ -155,6 +155,10 @@ class Authenticator:
         found: RequestAuth | None = None
         for location, rules in self._by_location.items():
             if location.header:
+                if sum(1 for k, _ in head.headers if k == location.header) > 1:
+                    # Only the first would be read, and a second (forged) token would reach
+                    # the app unverified: a token header is single-valued (RFC 9110 11.6.2).
+                    return Refused(f"Jwt is ambiguous: more than one {location.header.decode()}")
                 token = _from_header(head, location)
             elif location.cookie:
                 token = _from_cookie(head, location.cookie)

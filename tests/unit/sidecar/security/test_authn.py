@@ -70,6 +70,19 @@ def test_invalid_tokens_are_refused(token: str, reason: str) -> None:
     assert authenticator().authenticate(head(authorization=bearer(token))) == Refused(reason)
 
 
+def test_a_second_authorization_header_is_refused_not_passed_on_unverified() -> None:
+    forged = Issuer(RSA.name).token()  # signed by a key the issuer never published
+    for first in ("Basic dXNlcjpwdw==", bearer(RSA.token())):
+        request = head()
+        request.headers = [
+            (b"authorization", first.encode()),
+            (b"authorization", bearer(forged).encode()),
+        ]
+        assert authenticator().authenticate(request) == Refused(
+            "Jwt is ambiguous: more than one authorization"
+        )
+
+
 def test_a_token_of_an_issuer_whose_keys_are_not_fetched_is_refused() -> None:
     rule = JwtRule(issuer=RSA.name, jwks="")  # jwksUri not fetched yet
     assert isinstance(
