@@ -112,7 +112,10 @@ class GatewayAccept(UndecidedConnection):
         if hello is None:
             if self.phase is Phase.IDLE:
                 self.phase, self.since = Phase.HEAD, self._state.clock()
-            self._buffer = buffer if len(buffer) <= MAX_HELLO else b""
+            if len(buffer) > MAX_HELLO + 1024:  # a ClientHello and its record headers
+                self._refuse(transport, "ClientHello too large")
+                return
+            self._buffer = buffer
             return
         sni = hello.server_name
         server = listener.server_for(sni, tls=True)
