@@ -10,7 +10,12 @@ while the exchange has not paused reading its downstream, which it does for the 
 pauses an HTTP/1 socket (the body waits for an upstream connection beyond the replay limit, or
 the upstream cannot take more), so each stream holds at most its window plus the machine's
 bounded buffer. Response data goes out within the client's windows; what waits beyond
-BUFFER_LIMIT pauses the exchange's upstream. A reset from the client ends its exchange (and
+BUFFER_LIMIT pauses the exchange's upstream. Frames the codec answers on its own (PING and
+SETTINGS acknowledgements, resets) are bounded by not reading: while the transport's write buffer
+is above its high-water mark the connection stops reading from the client, so one that floods
+PINGs and never reads is held back by TCP rather than by our memory. A client that resets most of
+its streams before their response (HTTP/2 rapid reset, CVE-2023-44487) gets GOAWAY
+ENHANCE_YOUR_CALM and the connection is closed. A reset from the client ends its exchange (and
 resets the upstream stream); an exchange that aborts resets the client's stream. On drain the
 connection sends GOAWAY and closes once its streams are done.
 """
@@ -49,6 +54,15 @@ MAX_STREAMS = 256  # concurrent streams a client may open (SETTINGS_MAX_CONCURRE
 # Every stream may hold its whole window unacknowledged (its upstream is slow) without starving
 # the connection's other streams: the connection window is the sum of theirs (64 MiB).
 CONNECTION_WINDOW = MAX_STREAMS * STREAM_WINDOW
+# Rapid reset (CVE-2023-44487): a connection whose client reset more than EARLY_RESET_LIMIT
+# streams before their response, and more than half of all its streams, is closed. Like Envoy's
+# premature-reset check, the count is per connection and needs both a floor and a ratio: gRPC
+# clients cancel calls legitimately (deadlines, streaming calls abandoned), so a ratio alone would
+# punish a short connection that cancelled 2 of 3 calls, and a floor alone a long-lived
+# connection that has cancelled a hundred calls out of a million. 100 is well above what a
+# well-behaved client cancels while each reset still costs us an Exchange, routing and maybe a
+# dial, so an attacker gets about a hundred of those per connection.
+EARLY_RESET_LIMIT = 100
 
 
 class H2DownStream:
@@ -64,6 +78,7 @@ class H2DownStream:
         "paused_up",
         "peer",
         "peer_identity",
+        "responded",
         "stream_id",
         "trailers",
         "unacked",
@@ -83,6 +98,7 @@ class H2DownStream:
         self.trailers: Headers = []
         self.paused = 0  # PAUSE_* reasons of the exchange: request data is not acknowledged
         self.paused_up = False  # we paused the exchange's upstream (buffer full)
+        self.responded = False  # the response's header block was sent
         self.unacked = 0
 
     @property
@@ -153,6 +169,9 @@ class H2Downstream(asyncio.Protocol):
         self.closed = False
         self.loop = asyncio.get_running_loop()
         self.flush_pending = False
+        self.reading_paused = False  # we paused reading the transport (its write buffer is full)
+        self.opened = 0  # request streams the client opened
+        self.early_resets = 0  # of those, reset by the client before their response
         h2c = self.h2
         h2c.initiate_connection()
         h2c.update_settings(
@@ -180,6 +199,8 @@ class H2Downstream(asyncio.Protocol):
             return
         for event in events:
             self._event(event)
+            if self.phase is Phase.CLOSED:  # rapid reset: the rest of this read is not served
+                return
         self.flush_now()
 
     def eof_received(self) -> bool | None:
@@ -191,7 +212,14 @@ class H2Downstream(asyncio.Protocol):
         self._lost()
 
     def pause_writing(self) -> None:
+        # Stop reading too: the codec answers PINGs and SETTINGS on its own, so a client that
+        # sends and never reads would otherwise grow the write buffer without bound. What is
+        # queued beyond the high-water mark is at most what one read's frames make. h2 takes
+        # every byte of a read, so nothing waits on our side to be processed on resume.
         self.write_paused = True
+        if not self.reading_paused and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
         for stream in list(self.streams.values()):
             stream.write_paused = True
             if stream.exchange is not None:
@@ -199,6 +227,10 @@ class H2Downstream(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.reading_paused:
+            self.reading_paused = False
+            if not self.closed:
+                self.transport.resume_reading()
         for stream in list(self.streams.values()):
             stream.write_paused = False
             if stream.exchange is not None and not stream.paused_up:
@@ -239,11 +271,33 @@ class H2Downstream(asyncio.Protocol):
         self.goaway_sent = True
         self.closed = True
         self.phase = Phase.CLOSED
+        if self.reading_paused:  # read (and discard) what the client still sends
+            self.reading_paused = False
+            transport.resume_reading()
         if transport.can_write_eof():
             transport.write_eof()
             self.loop.call_later(1.0, transport.abort)
         else:
             transport.close()
+
+    def _calm(self) -> None:
+        """Rapid reset: GOAWAY ENHANCE_YOUR_CALM, end every exchange, close."""
+        logger.warning(
+            "proxy listener=%s peer=%s HTTP/2 rapid reset: %d of %d streams reset before their "
+            "response; closing with ENHANCE_YOUR_CALM",
+            self.state.name, self.peer, self.early_resets, self.opened,
+        )  # fmt: skip
+        if not self.closed:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+            self.flush_now()
+        self._linger()  # closed from here: the exchanges' callbacks below write nothing
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for stream in streams:
+            exchange, stream.exchange = stream.exchange, None
+            if exchange is not None:
+                exchange.downstream_lost()
 
     def goaway(self) -> None:
         """Tell the client no new stream will be served."""
@@ -288,6 +342,11 @@ class H2Downstream(asyncio.Protocol):
             if stream is not None and stream.exchange is not None:
                 exchange, stream.exchange = stream.exchange, None
                 exchange.downstream_lost()
+            if stream is not None and not stream.responded and event.remote_reset:  # type: ignore[attr-defined]
+                self.early_resets += 1
+                if self.early_resets > EARLY_RESET_LIMIT and self.early_resets * 2 > self.opened:
+                    self._calm()
+                    return
             self._idle()
         elif kind is h2.events.WindowUpdated or kind is h2.events.RemoteSettingsChanged:
             # Only streams with data waiting for window (the others have nothing to send).
@@ -311,6 +370,7 @@ class H2Downstream(asyncio.Protocol):
             return
         stream = H2DownStream(self, sid)
         self.streams[sid] = stream
+        self.opened += 1
         self.phase = Phase.BUSY
         try:
             start = request_start(list(event.headers), end_stream=ended)
@@ -337,6 +397,7 @@ class H2Downstream(asyncio.Protocol):
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as exc:
             logger.debug("proxy listener=%s send_headers: %r", self.state.name, exc)
             return
+        stream.responded = True
         if end:
             stream.end_pending = False
         self.flush()
