@@ -31,6 +31,7 @@ from controlplane.certs import (
     BootstrapTokenAuthenticator,
     CertificateService,
     TokenReviewAuthenticator,
+    Unauthenticated,
     load_or_create_token,
 )
 from controlplane.debug import build_app
@@ -44,10 +45,10 @@ from controlplane.sources.registry import LocalRegistry, RegistrySource
 from controlplane.status import StatusWriter
 from controlplane.store import Store
 from controlplane.traffic import TrafficStore
-from controlplane.xds.server import ConfigDiscovery
+from controlplane.xds.server import ConfigDiscovery, Vouch
 from lightmesh.memory import return_freed_memory
 from lightmesh.runtime import stop_on_signals
-from lightmesh.v1 import discovery_pb2_grpc
+from lightmesh.v1 import discovery_pb2, discovery_pb2_grpc
 
 log = logging.getLogger("controlplane")
 
@@ -172,7 +173,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     server.add_generic_rpc_handlers(
         (
             ConfigDiscovery(
-                pusher=pusher, registry=keeper, metrics=metrics, traffic=traffic
+                pusher=pusher,
+                registry=keeper,
+                metrics=metrics,
+                traffic=traffic,
+                vouch=_vouching(authenticator),
             ).handler(),
         )
     )
@@ -344,6 +349,26 @@ def _server_names(settings: Settings) -> tuple[list[str], list[str]]:
     except ValueError:
         names.append(settings.host)
     return names, addresses
+
+
+def _vouching(authenticator: Authenticator) -> Vouch:
+    """Whether a gateway's token is for the namespace and service account its node claims (the
+    certificate service's check: TokenReview in a cluster, the bootstrap token locally)."""
+
+    async def vouch(token: str, node: discovery_pb2.Node) -> str:
+        if not token:
+            return "no bearer token on the stream (the gateway's --token-file)"
+        claimed = (node.namespace or "default", node.service_account or "default")
+        claim = discovery_pb2.CertificateRequest(namespace=claimed[0], service_account=claimed[1])
+        try:
+            vouched = await authenticator.authenticate(token, claim)
+        except Unauthenticated as error:
+            return str(error)
+        if vouched != claimed:
+            return f"the token is for {vouched[0]}/{vouched[1]}, the node claims {claimed[0]}/{claimed[1]}"
+        return ""
+
+    return vouch
 
 
 def _identity(settings: Settings, api: object | None) -> tuple[CertificateAuthority, Authenticator]:

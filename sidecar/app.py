@@ -197,6 +197,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         dataplane=dataplane,
         report=reporter.build if settings.report_interval and telemetry.recorded else None,
         report_interval=settings.report_interval or 5.0,
+        token_file=Path(settings.token_file) if settings.token_file else None,
     )
     cleanup = contextlib.ExitStack()
     certificates = _certificate_manager(settings, ca_bundle, mesh_tls, cleanup)

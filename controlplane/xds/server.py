@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import grpc
@@ -86,6 +86,20 @@ def registrations(node: pb.Node) -> tuple[Registration, ...]:
     )
 
 
+# A gateway is sent its listeners, which carry the private keys of TLS Secrets, only when the
+# stream's bearer token vouches for the namespace and service account its node claims: (token,
+# node) -> "" when it does, else why not (the certificate service's authenticator, in app.py).
+Vouch = Callable[[str, pb.Node], Awaitable[str]]
+
+
+def bearer_token(metadata: Any) -> str:
+    """The token of a call's `authorization: Bearer ...` metadata ("" without one)."""
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value.removeprefix("Bearer ").strip()
+    return ""
+
+
 class ConfigDiscovery:
     """The `lightmesh.v1.ConfigDiscovery` service."""
 
@@ -97,7 +111,9 @@ class ConfigDiscovery:
         metrics: ControlPlaneMetrics,
         clock: Callable[[], float] = time.monotonic,
         traffic: TrafficSink | None = None,
+        vouch: Vouch | None = None,
     ) -> None:
+        self._vouch = vouch
         self._traffic = traffic
         self._pusher = pusher
         self._registry = registry
@@ -126,6 +142,22 @@ class ConfigDiscovery:
                 grpc.StatusCode.INVALID_ARGUMENT, "first request must carry node.id"
             )
             return
+        if first.node.proxy_type == "gateway" and self._vouch is not None:
+            why = await self._vouch(bearer_token(context.invocation_metadata()), first.node)
+            if why:
+                log.warning(
+                    "gateway refused: %s",
+                    why,
+                    extra={
+                        "event": "gateway_refused",
+                        "node": first.node.id,
+                        "peer": context.peer(),
+                    },
+                )
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED, f"gateway {first.node.id}: {why}"
+                )
+                return
         conn = await self._pusher.open(node_info(first.node))
         self._metrics.connected.inc()
         log.info(

@@ -385,11 +385,12 @@ class Channel:
         *,
         request_serializer: Callable[[_Req], bytes],
         response_deserializer: Callable[[bytes], _Resp],
-    ) -> Callable[[], StreamingCall[_Req, _Resp]]:
-        """A bidirectional-streaming method: calling the result starts a call."""
+    ) -> Callable[..., StreamingCall[_Req, _Resp]]:
+        """A bidirectional-streaming method: calling the result (`metadata=` optional) starts a
+        call."""
 
-        def start() -> StreamingCall[_Req, _Resp]:
-            return StreamingCall(self, method, request_serializer, response_deserializer)
+        def start(metadata: Sequence[tuple[str, str]] = ()) -> StreamingCall[_Req, _Resp]:
+            return StreamingCall(self, method, request_serializer, response_deserializer, metadata)
 
         return start
 
@@ -446,9 +447,11 @@ class StreamingCall(Generic[_Req, _Resp]):
         method: str,
         serialize: Callable[[_Req], bytes],
         deserialize: Callable[[bytes], _Resp],
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         self._channel = channel
         self._method = method
+        self._metadata = tuple(metadata)
         self._serialize = serialize
         self._deserialize = deserialize
         self._call: Call[_Req, _Resp] | None = None
@@ -456,7 +459,9 @@ class StreamingCall(Generic[_Req, _Resp]):
 
     async def _ensure(self) -> Call[_Req, _Resp]:
         if self._call is None:
-            connection, stream_id, stream = await self._channel._start(self._method, (), None)
+            connection, stream_id, stream = await self._channel._start(
+                self._method, self._metadata, None
+            )
             self._call = Call(connection, stream_id, stream, self._serialize, self._deserialize)
         return self._call
 

@@ -62,7 +62,11 @@ class ConfigClient:
         rng: random.Random | None = None,
         report: Callable[[], pb.TrafficReport] | None = None,
         report_interval: float = 5.0,
+        token_file: Path | None = None,
     ) -> None:
+        # Sent on every stream: the control plane sends a gateway its listeners (with the keys
+        # of their TLS Secrets) only when this token vouches for the identity the node claims.
+        self._token_file = token_file
         if report is not None and report_interval <= 0:
             raise ValueError(f"report_interval must be positive, not {report_interval}")
         self._report = report
@@ -101,13 +105,25 @@ class ConfigClient:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        if self._token_file is None:
+            return ()
+        try:
+            token = self._token_file.read_text().strip()  # re-read: projected tokens rotate
+        except OSError as error:
+            log.warning(
+                "cannot read the token file: %s", error, extra={"event": "token_unreadable"}
+            )
+            return ()
+        return (("authorization", f"Bearer {token}"),) if token else ()
+
     async def _stream(self, stop: asyncio.Event) -> None:
         async with open_channel(self._target, self._ca_bundle) as channel:
             call = channel.stream_stream(
                 METHOD,
                 request_serializer=pb.DeltaDiscoveryRequest.SerializeToString,
                 response_deserializer=pb.DeltaDiscoveryResponse.FromString,
-            )()
+            )(metadata=self._metadata())
             for index, sub in enumerate(self.protocol.subscriptions()):
                 request = pb.DeltaDiscoveryRequest(
                     type_url=sub.type_url,

@@ -16,6 +16,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -842,3 +843,57 @@ def _alpn(port: int, ca_file: Path, offer: list[str]) -> str | None:
     raw = socket.create_connection(("127.0.0.1", port), timeout=5)
     with context.wrap_socket(raw, server_hostname="grpc.example.com") as tls:
         return tls.selected_alpn_protocol()
+
+
+def _claim_gateway(mesh: LocalMesh, token: str, *, namespace: str = "shop") -> str:
+    """Open a config stream (grpcio) as a node claiming to be a gateway; the first outcome: the
+    type URL of the first response, or the status the stream ended with."""
+    import threading
+
+    import grpc
+
+    from lightmesh.types import GATEWAY
+    from lightmesh.v1 import discovery_pb2 as pb
+    from sidecar.config.client import METHOD
+
+    node = pb.Node(id="intruder", namespace=namespace, service_account="default",
+                   proxy_type="gateway", labels={"istio": "ingressgateway"})  # fmt: skip
+    done = threading.Event()
+
+    def outgoing() -> Iterator[pb.DeltaDiscoveryRequest]:
+        yield pb.DeltaDiscoveryRequest(type_url=GATEWAY, node=node)
+        done.wait(30)  # keep the stream open until the answer is read
+
+    credentials = grpc.ssl_channel_credentials((mesh.state_dir / "root.pem").read_bytes())
+    with grpc.secure_channel(f"127.0.0.1:{mesh.cp_port}", credentials) as channel:
+        call = channel.stream_stream(
+            METHOD,
+            request_serializer=pb.DeltaDiscoveryRequest.SerializeToString,
+            response_deserializer=pb.DeltaDiscoveryResponse.FromString,
+        )
+        metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        responses = call(outgoing(), metadata=metadata, timeout=20)
+        try:
+            return str(next(responses).type_url)
+        except grpc.RpcError as error:
+            return str(error.code().name)
+        finally:
+            done.set()
+            responses.cancel()
+
+
+def test_a_stream_gets_a_gateways_listeners_only_with_a_token_for_its_namespace(
+    mesh: LocalMesh, edge_ca: tuple[EdgeCA, Path]
+) -> None:
+    """A gateway's listeners carry the private keys of its credentials: a stream that only says
+    it is a gateway is refused; the bootstrap token (local mode; a TokenReview-ed ServiceAccount
+    token in a cluster) vouches for the identity it claims."""
+    _, certs = edge_ca
+    apply(mesh, "gateway", https_gateway(free_port(), certs))
+    start_shop(mesh)
+    assert _claim_gateway(mesh, "") == "UNAUTHENTICATED"
+    assert _claim_gateway(mesh, "not-the-bootstrap-token") == "UNAUTHENTICATED"
+    token = (mesh.state_dir / "bootstrap-token").read_text().strip()
+    assert _claim_gateway(mesh, token).endswith("GatewayListener")  # its listeners come
+    log = (mesh.work_dir / "logs" / "controlplane.log").read_text()
+    assert "gateway_refused" in log and "no bearer token" in log

@@ -178,7 +178,16 @@ def test_secret_credentials_rotate_without_a_failed_request_and_passthrough_by_s
                 "--kubeconfig", str(kube.kubeconfig), "--gateway-namespace", namespace,
             )
         )  # fmt: skip
-        gateway = mesh.start_gateway(namespace=namespace)
+        # In a cluster the gateway's stream is vouched for by a TokenReview of its ServiceAccount
+        # token (it is sent its Secrets' keys only then), as its projected token is in a pod.
+        kube.kubectl("create", "serviceaccount", "ingressgateway", "-n", namespace)
+        token = kube.kubectl(
+            "create", "token", "ingressgateway", "-n", namespace, "--audience=lightmesh",
+            "--duration=1h",
+        ).stdout.strip()  # fmt: skip
+        token_file = tmp_path / "gateway-token"
+        token_file.write_text(token + "\n")
+        gateway = mesh.start_gateway(namespace=namespace, args=("--token-file", str(token_file)))
         # The mesh's root, for gateways to mount (they are not injected).
         root = (mesh.state_dir / "root.pem").read_text()
         wait_for(
