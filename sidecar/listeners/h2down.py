@@ -275,7 +275,11 @@ class H2Downstream(asyncio.Protocol):
             self.reading_paused = False
             transport.resume_reading()
         if transport.can_write_eof():
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:  # the client is gone already
+                transport.abort()
+                return
             self.loop.call_later(1.0, transport.abort)
         else:
             transport.close()
@@ -359,8 +363,13 @@ class H2Downstream(asyncio.Protocol):
             self.goaway_sent = True  # the client is done: nothing new will come
             if event.error_code == h2.errors.ErrorCodes.NO_ERROR:  # type: ignore[attr-defined]
                 reopen_after_goaway(self.h2)
-            if not self.streams:
-                self.close(abort=False)
+            if not self.streams and not self.closed:
+                self.goaway()
+                self.flush_now()
+                # Half-close and discard what still comes: closing with the client's next
+                # frames unread (h2spec 7/1 sends a PING after its GOAWAY) would reset the
+                # connection instead of closing it.
+                self._linger()
 
     def _request(self, event: h2.events.RequestReceived) -> None:
         sid = event.stream_id
