@@ -99,7 +99,13 @@ async def fetch_jwks(url: str) -> str:
         ):
             if response.status != 200:
                 raise FetchError(f"HTTP {response.status}")
-            body = await response.content.read(MAX_JWKS_BYTES + 1)
+            # The whole body, not one read: a JWKS sent in several chunks (chunked encoding, TLS
+            # records, a slow link) must not be cut at the first.
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > MAX_JWKS_BYTES:
+                    break
     except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
         raise FetchError(f"{type(error).__name__}: {error}".rstrip(": ")) from None
     if len(body) > MAX_JWKS_BYTES:
