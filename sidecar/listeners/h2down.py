@@ -296,12 +296,7 @@ class H2Downstream(asyncio.Protocol):
                 self.h2.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
             self.flush_now()
         self._linger()  # closed from here: the exchanges' callbacks below write nothing
-        streams = list(self.streams.values())
-        self.streams.clear()
-        for stream in streams:
-            exchange, stream.exchange = stream.exchange, None
-            if exchange is not None:
-                exchange.downstream_lost()
+        self._lose_streams()
 
     def goaway(self) -> None:
         """Tell the client no new stream will be served."""
@@ -514,18 +509,22 @@ class H2Downstream(asyncio.Protocol):
         if self.goaway_sent or self.state.draining:
             self.close()
 
-    def _lost(self) -> None:
-        if self.phase is Phase.CLOSED and not self.streams:
-            self.state.forget(self)
-            return
-        self.closed = True
-        self.phase = Phase.CLOSED
+    def _lose_streams(self) -> None:
+        """Every stream's exchange learns its client is gone."""
         streams = list(self.streams.values())
         self.streams.clear()
         for stream in streams:
             exchange, stream.exchange = stream.exchange, None
             if exchange is not None:
                 exchange.downstream_lost()
+
+    def _lost(self) -> None:
+        if self.phase is Phase.CLOSED and not self.streams:
+            self.state.forget(self)
+            return
+        self.closed = True
+        self.phase = Phase.CLOSED
+        self._lose_streams()
         self.state.forget(self)
 
 
