@@ -92,17 +92,18 @@ class ResilienceCollector(Collector):
             )
         admission = self._admission
         if admission is not None:
-            refused_inbound = CounterMetricFamily(
+            yield _by_label(
                 "lightmesh_inbound_refused",
                 "Inbound requests the sidecar answered itself at admission: reason "
                 "unauthenticated (an invalid JWT, 401), denied (AuthorizationPolicy, 403, flag "
                 "RBAC), rate_limited (HTTPLocalRateLimitPolicy, 429, flag RL).",
-                labels=["reason"],
+                "reason",
+                {
+                    "unauthenticated": admission.unauthenticated,
+                    "denied": admission.denied,
+                    "rate_limited": admission.rate_limited,
+                },
             )
-            refused_inbound.add_metric(["unauthenticated"], admission.unauthenticated)
-            refused_inbound.add_metric(["denied"], admission.denied)
-            refused_inbound.add_metric(["rate_limited"], admission.rate_limited)
-            yield refused_inbound
             if admission.rate_limited_routes:
                 # Labels: the routes of the policy's spec.routes (at most 64), so bounded.
                 yield _by_label(
