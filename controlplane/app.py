@@ -14,6 +14,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -32,6 +33,7 @@ from controlplane.certs import (
     CertificateService,
     TokenReviewAuthenticator,
     Unauthenticated,
+    bearer_token,
     load_or_create_token,
 )
 from controlplane.debug import build_app
@@ -355,7 +357,8 @@ def _vouching(authenticator: Authenticator) -> Vouch:
     """Whether a gateway's token is for the namespace and service account its node claims (the
     certificate service's check: TokenReview in a cluster, the bootstrap token locally)."""
 
-    async def vouch(token: str, node: discovery_pb2.Node) -> str:
+    async def vouch(metadata: Any, node: discovery_pb2.Node) -> str:
+        token = bearer_token(metadata)
         if not token:
             return "no bearer token on the stream (the gateway's --token-file)"
         claimed = (node.namespace or "default", node.service_account or "default")

@@ -87,17 +87,9 @@ def registrations(node: pb.Node) -> tuple[Registration, ...]:
 
 
 # A gateway is sent its listeners, which carry the private keys of TLS Secrets, only when the
-# stream's bearer token vouches for the namespace and service account its node claims: (token,
-# node) -> "" when it does, else why not (the certificate service's authenticator, in app.py).
-Vouch = Callable[[str, pb.Node], Awaitable[str]]
-
-
-def bearer_token(metadata: Any) -> str:
-    """The token of a call's `authorization: Bearer ...` metadata ("" without one)."""
-    for key, value in metadata or ():
-        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-            return value.removeprefix("Bearer ").strip()
-    return ""
+# stream's bearer token vouches for the namespace and service account its node claims: (call
+# metadata, node) -> "" when it does, else why not (the certificate service's check, in app.py).
+Vouch = Callable[[Any, pb.Node], Awaitable[str]]
 
 
 class ConfigDiscovery:
@@ -143,7 +135,7 @@ class ConfigDiscovery:
             )
             return
         if first.node.proxy_type == "gateway" and self._vouch is not None:
-            why = await self._vouch(bearer_token(context.invocation_metadata()), first.node)
+            why = await self._vouch(context.invocation_metadata(), first.node)
             if why:
                 log.warning(
                     "gateway refused: %s",
